@@ -1,0 +1,224 @@
+"""The study spec: what a researcher asks the federation to do.
+
+A study spec is a TOML file validated by these pydantic models. It is part of the wire
+contract (the coordinator stores it, every silo receives it verbatim and approves its hash),
+so it lives here and imports nothing from the other rooms. Every other room reads the
+section it needs: pipelines read `cohort`, pipelines.models read `model` (through
+`model_arguments`), privacy reads `privacy`, the coordinator reads `training`,
+`aggregation` and `compression`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Modality = Literal["ehr", "image", "signal"]
+ALL_MODALITIES: tuple[Modality, ...] = ("ehr", "image", "signal")
+Aggregate = Literal["last", "mean", "min", "max", "count"]
+
+
+class SpecError(ValueError):
+    """A study spec that cannot be used; the message names the file, field and reason."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FeatureSpec(_Strict):
+    """One EHR feature: which coded observation, aggregated how, in which unit."""
+
+    name: str
+    system: str = "http://loinc.org"
+    code: str
+    unit: str | None = None  # UCUM unit values are normalised to; None for unitless/count
+    aggregate: Aggregate = "last"
+    window_days: int = Field(default=365, gt=0)  # look-back from the index date
+
+
+DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec(name="age", system="fedcare", code="age", unit="a"),
+    FeatureSpec(name="sex_female", system="fedcare", code="sex-female", unit=None),
+    FeatureSpec(name="glucose", code="2345-7", unit="mg/dL", aggregate="mean"),
+    FeatureSpec(name="hba1c", code="4548-4", unit="%"),
+    FeatureSpec(name="systolic_bp", code="8480-6", unit="mm[Hg]", aggregate="mean"),
+    FeatureSpec(name="diastolic_bp", code="8462-4", unit="mm[Hg]", aggregate="mean"),
+    FeatureSpec(name="bmi", code="39156-5", unit="kg/m2"),
+    FeatureSpec(name="cholesterol", code="2093-3", unit="mg/dL"),
+    FeatureSpec(name="creatinine", code="2160-0", unit="mg/dL"),
+    FeatureSpec(name="nt_probnp", code="33762-6", unit="pg/mL"),
+)
+
+
+class CohortSpec(_Strict):
+    """Who is in the study, what is predicted, and how each modality becomes a tensor."""
+
+    label_system: str = "http://snomed.info/sct"
+    label_code: str = "84114007"  # heart failure
+    label_window_days: int = Field(default=365, gt=0)  # condition onset within N days after index
+    min_age: int = Field(default=18, ge=0)
+    features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
+    image_size: int = Field(default=32, ge=8, le=512)
+    signal_channels: tuple[str, ...] = ("heart_rate", "acc_x", "acc_y", "acc_z")
+    signal_rate_hz: float = Field(default=1.0, gt=0)
+    signal_length: int = Field(default=128, ge=8)  # samples per window after resampling
+    test_fraction: float = Field(default=0.25, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _unique_feature_names(self) -> "CohortSpec":
+        names = [f.name for f in self.features]
+        if len(names) != len(set(names)):
+            raise ValueError(f"feature names must be unique, got {names}")
+        return self
+
+
+class ModelSpec(_Strict):
+    """Architecture of the multimodal model (pipelines.models builds it from this)."""
+
+    embed_dim: int = Field(default=16, ge=2, le=1024)
+    ehr_hidden: int = Field(default=64, ge=4)
+    image_channels: tuple[int, ...] = (8, 16)
+    signal_hidden: int = Field(default=32, ge=4)
+    fusion: Literal["moe", "concat"] = "moe"
+    kl_weight: float = Field(default=1e-3, ge=0)
+    consistency_weight: float = Field(default=0.1, ge=0)
+    modality_dropout: float = Field(default=0.15, ge=0, lt=1)
+    personal_layers: tuple[str, ...] = ()  # parameter-name prefixes kept at the silo, e.g. ("head",)
+
+
+class TrainingSpec(_Strict):
+    rounds: int = Field(default=5, ge=1, le=10_000)
+    local_epochs: int = Field(default=1, ge=1, le=1000)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=0.05, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    fedprox_mu: float = Field(default=0.0, ge=0)
+    min_silos: int = Field(default=2, ge=1)  # quorum: a round closes only with this many updates
+    expected_silos: int | None = Field(default=None, ge=1)  # start as soon as this many enrolled
+    enrollment_timeout_s: float = Field(default=60.0, gt=0)
+    round_timeout_s: float = Field(default=600.0, gt=0)
+    seed: int = 0
+
+
+class PrivacySpec(_Strict):
+    dp: bool = True
+    noise_multiplier: float | None = Field(default=None, ge=0)  # None: derived from target_epsilon
+    target_epsilon: float | None = Field(default=8.0, gt=0)  # for the whole study at one silo
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    encryption: Literal["none", "ckks-exact", "ckks-packed"] = "ckks-exact"
+    update_clip: float = Field(default=10.0, gt=0)  # L-inf bound on update values (packed mode)
+
+    @model_validator(mode="after")
+    def _noise_or_target(self) -> "PrivacySpec":
+        if self.dp and self.noise_multiplier is None and self.target_epsilon is None:
+            raise ValueError("with dp = true set noise_multiplier or target_epsilon")
+        return self
+
+
+class AggregationSpec(_Strict):
+    rule: Literal["fedavg", "median", "trimmed_mean", "krum", "centered_clipping", "norm_bounding"] = "fedavg"
+    params: dict[str, float] = Field(default_factory=dict)
+    server_optimizer: Literal["none", "fedadam", "fedyogi"] = "none"
+    server_learning_rate: float = Field(default=1.0, gt=0)
+
+
+class CompressionSpec(_Strict):
+    codec: Literal["none", "fp16", "q8", "q4", "topk", "randk"] = "none"
+    fraction: float = Field(default=0.1, gt=0, le=1)  # kept share for top-k / random-k
+    zstd: bool = False
+
+
+class StudySpec(_Strict):
+    name: str = Field(min_length=1, max_length=200)
+    description: str = ""
+    modalities: tuple[Modality, ...] = ALL_MODALITIES
+    cohort: CohortSpec = CohortSpec()
+    model: ModelSpec = ModelSpec()
+    training: TrainingSpec = TrainingSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    aggregation: AggregationSpec = AggregationSpec()
+    compression: CompressionSpec = CompressionSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StudySpec":
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities must be a non-empty list without repeats, got {list(self.modalities)}")
+        t = self.training
+        if t.expected_silos is not None and t.expected_silos < t.min_silos:
+            raise ValueError("training.expected_silos must be >= training.min_silos")
+        return self
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, so its hash identifies the study's content."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "StudySpec":
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as e:
+            raise SpecError(f"study spec: {describe_validation_error(e)}") from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "StudySpec":
+        return validate_toml_file(cls, path, what="study spec")
+
+    # -- what other rooms need -------------------------------------------------------------
+    def model_arguments(self) -> dict[str, Any]:
+        """Keyword arguments for `pipelines.models.build_model`."""
+        m, c = self.model, self.cohort
+        return {
+            "modalities": tuple(self.modalities),
+            "ehr_features": len(c.features),
+            "image_size": c.image_size,
+            "signal_channels": len(c.signal_channels),
+            "signal_length": c.signal_length,
+            "embed_dim": m.embed_dim,
+            "ehr_hidden": m.ehr_hidden,
+            "image_channels": tuple(m.image_channels),
+            "signal_hidden": m.signal_hidden,
+            "fusion": m.fusion,
+            "modality_dropout": m.modality_dropout,
+        }
+
+
+def describe_validation_error(e: ValidationError) -> str:
+    """One line per problem: `field.path: reason (got value)`."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        got = err.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{loc}: {err['msg']}{got_s}")
+    return "; ".join(parts)
+
+
+def load_toml(path: str | Path, *, what: str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SpecError(f"{what} {path}: file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{what} {path}: not valid TOML: {e}") from None
+
+
+def validate_toml_file(cls: type[BaseModel], path: str | Path, *, what: str) -> Any:
+    """Load a TOML file into `cls`, raising SpecError that names the file, field and reason."""
+    data = load_toml(path, what=what)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(f"{what} {path}: {describe_validation_error(e)}") from None
