@@ -1,0 +1,136 @@
+"""Verify an audit log: chain, contents, signatures and the signed head.
+
+Entries are checked in index order and the first failure is reported, since everything
+after a broken link is unanchored. For each entry, in this order:
+
+1. its index continues the sequence (a gap means an entry was deleted);
+2. its previous-hash equals the stored hash of the entry before it (deleted, inserted or
+   reordered entries);
+3. its hash equals the SHA-256 of its contents (an edited entry);
+4. its signature verifies under the node's public key (a forged or re-hashed entry).
+
+Finally the signed head (entry count and last hash) must match, which catches deletion of
+the newest entries. Pass ``public_key`` (registered out of band) to check the log against
+the key the hospital registered rather than the key the log's own header claims.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from compliance.audit import (
+    ENTRY_DOMAIN, GENESIS_HASH, AuditEntry, LogContents, entry_hash, head_message, read_log,
+)
+from compliance.errors import AuditLogError
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    entries: int
+    first_bad: int | None  # index of the first bad (or first missing) entry
+    reason: str
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def verify_log(path: Path, *, public_key: bytes | str | None = None) -> VerifyResult:
+    """Check the log at ``path``; ``public_key`` is the node's raw 32-byte key (or its hex)."""
+    try:
+        contents = read_log(Path(path))
+    except AuditLogError as exc:
+        if not Path(path).is_file():
+            raise
+        return VerifyResult(False, 0, None, str(exc))
+    return verify_contents(contents, public_key=public_key)
+
+
+def verify_contents(log: LogContents, *, public_key: bytes | str | None = None) -> VerifyResult:
+    n = len(log.entries)
+    header_key = _key_bytes(log.public_key)
+    expected_key = header_key
+    if public_key is not None:
+        expected_key = _key_bytes(public_key)
+        if expected_key is None:
+            raise ValueError("public_key must be the node's 32 raw Ed25519 bytes or their 64 hex digits")
+    if expected_key is None:
+        return VerifyResult(False, n, None, "the log header holds no valid public key; "
+                            "pass the node's registered key to verify it")
+    key = Ed25519PublicKey.from_public_bytes(expected_key)
+    rekeyed = header_key != expected_key
+
+    prev_hash = GENESIS_HASH
+    for position, entry in enumerate(log.entries, start=1):
+        problem = _check_entry(entry, position, prev_hash, log.node, key)
+        if problem:
+            if rekeyed and problem == "bad signature":
+                problem += (f" (not signed by the expected key {expected_key.hex()[:16]}…; "
+                            f"the log header names key {log.public_key[:16]}…)")
+            return VerifyResult(False, n, position, f"entry {position}: {problem}")
+        prev_hash = entry.hash
+
+    if rekeyed:
+        return VerifyResult(False, n, None, f"the log header names public key {log.public_key}, "
+                            f"not the expected {expected_key.hex()} (header edited?)")
+    return _check_head(log, key, n, prev_hash)
+
+
+def _check_entry(entry: AuditEntry, position: int, prev_hash: str, node: str,
+                 key: Ed25519PublicKey) -> str | None:
+    if entry.index != position:
+        return f"index {entry.index} where {position} was expected (entry deleted or renumbered)"
+    if entry.prev_hash != prev_hash:
+        previous = f"entry {position - 1}" if position > 1 else "the start of the log"
+        return f"previous-hash does not match {previous} (deleted, inserted or reordered)"
+    try:
+        fields = json.loads(entry.raw_fields)
+    except ValueError:
+        return "fields are not valid JSON (edited?)"
+    try:
+        digest = entry_hash(index=entry.index, timestamp=entry.timestamp, node=entry.node,
+                            event=entry.event, fields=fields, prev_hash=entry.prev_hash)
+    except (TypeError, ValueError):
+        return "fields cannot be encoded canonically (edited?)"
+    if digest != entry.hash:
+        return "hash does not match its contents (edited?)"
+    if entry.node != node:
+        return f"node {entry.node!r} differs from the log's node {node!r}"
+    try:
+        key.verify(bytes.fromhex(entry.signature), ENTRY_DOMAIN + bytes.fromhex(entry.hash))
+    except (InvalidSignature, ValueError):
+        return "bad signature"
+    return None
+
+
+def _check_head(log: LogContents, key: Ed25519PublicKey, n: int, last_hash: str) -> VerifyResult:
+    try:
+        key.verify(bytes.fromhex(log.head_signature), head_message(log.head_count, log.head_hash))
+    except (InvalidSignature, ValueError, OverflowError):
+        return VerifyResult(False, n, None, "the signed head (entry count and last hash) has a "
+                            "bad signature (header edited?)")
+    if log.head_count > n:
+        return VerifyResult(False, n, n + 1, f"entry {n + 1}: missing; the signed head records "
+                            f"{log.head_count} entries but only {n} are stored (newest deleted?)")
+    if log.head_count < n:
+        return VerifyResult(False, n, log.head_count + 1, f"entry {log.head_count + 1}: not "
+                            f"covered by the signed head of {log.head_count} entries (appended "
+                            "outside fedcare?)")
+    if log.head_hash != last_hash:
+        return VerifyResult(False, n, n or None, f"entry {n}: differs from the signed head's last "
+                            "hash (replaced?)")
+    return VerifyResult(True, n, None, f"all {n} entries intact and signed by {log.node}")
+
+
+def _key_bytes(key: bytes | str | None) -> bytes | None:
+    if isinstance(key, str):
+        try:
+            key = bytes.fromhex(key)
+        except ValueError:
+            return None
+    return key if key is not None and len(key) == 32 else None

@@ -1,0 +1,60 @@
+"""Chunked blob streams: a header that declares size and SHA-256, then data pieces.
+
+Both sides use these two functions, so the framing rules live in one place: the sender
+never builds a message above gRPC's limit, and the receiver refuses a stream that is
+longer than declared, longer than its own limit, shorter than declared, or whose bytes do
+not hash to the declared SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+
+from coordinator.api import federation_pb2 as pb
+
+CHUNK_BYTES = 1 << 20  # 1 MiB: well below gRPC's 4 MB default, large enough to amortise calls
+
+
+class BlobError(ValueError):
+    """A blob stream that breaks the framing rules."""
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chunk_blob(header: pb.BlobHeader, data: bytes | memoryview, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
+    """Yield the header (with size and sha256 filled in) followed by the data pieces."""
+    view = memoryview(data)
+    header.size = len(view)
+    if not header.sha256:
+        header.sha256 = sha256_hex(view)
+    yield pb.Chunk(header=header)
+    for start in range(0, len(view), chunk_bytes):
+        yield pb.Chunk(data=bytes(view[start : start + chunk_bytes]))
+
+
+def receive_blob(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.BlobHeader, bytes]:
+    """Read one blob from a chunk stream; verify its declared size and hash."""
+    it = iter(chunks)
+    first = next(it, None)
+    if first is None or first.WhichOneof("body") != "header":
+        raise BlobError("blob stream must start with a header chunk")
+    header = first.header
+    if header.size > max_bytes:
+        raise BlobError(f"declared size {header.size} bytes exceeds the limit of {max_bytes} bytes")
+    buf = bytearray()
+    digest = hashlib.sha256()
+    for chunk in it:
+        if chunk.WhichOneof("body") != "data":
+            raise BlobError("a second header arrived inside a blob stream")
+        if len(buf) + len(chunk.data) > header.size:
+            raise BlobError(f"stream is longer than its declared {header.size} bytes")
+        buf += chunk.data
+        digest.update(chunk.data)
+    if len(buf) != header.size:
+        raise BlobError(f"stream ended after {len(buf)} of {header.size} declared bytes (truncated)")
+    if digest.hexdigest() != header.sha256:
+        raise BlobError(f"SHA-256 mismatch: declared {header.sha256[:16]}…, received {digest.hexdigest()[:16]}…")
+    return header, bytes(buf)

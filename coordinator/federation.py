@@ -1,0 +1,410 @@
+"""The coordinator's state machine: studies, enrollment, rounds, tasks for silos.
+
+A study goes enrolling -> (keygen, under CKKS) -> running -> finalizing -> done. Silos
+dial out and long-poll `next_task`; every state change notifies the waiting polls, so a
+silo learns about new work as soon as it exists (no polling delay). One lock orders all
+state changes; everything is persisted in the Store before the lock is released, so a
+restarted coordinator resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api.study import SpecError, StudySpec
+from coordinator.api.tensors import TensorFormatError, decode_tensors, encode_tensors
+from coordinator.blobs import BlobStore
+from coordinator.errors import InvalidInput, NotFound, Refused
+from coordinator.model_layout import initial_model
+from coordinator.rounds import RoundCloser
+from coordinator.store import (
+    EnrollmentRow,
+    MetricsRow,
+    ModelVersionRow,
+    RoundRow,
+    SiloRow,
+    SkipRow,
+    Store,
+    StudyRow,
+    UpdateRow,
+    dumps,
+)
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATES = ("enrolling", "keygen", "running", "finalizing")
+MAX_ROUND_RETRIES = 3
+AuditFn = Callable[..., None]
+
+
+def _no_audit(event: str, **fields: Any) -> None:
+    return None
+
+
+class Federation:
+    def __init__(self, store: Store, blobs: BlobStore, *, audit: AuditFn = _no_audit, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.audit = audit
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._specs: dict[str, StudySpec] = {}
+        self._closer = RoundCloser(store, blobs, audit=audit)
+
+    # --- helpers --------------------------------------------------------------------------
+    def spec(self, study_id: str) -> StudySpec:
+        if study_id not in self._specs:
+            row = self.store.get(StudyRow, study_id)
+            if row is None:
+                raise NotFound(f"unknown study {study_id!r}")
+            self._specs[study_id] = StudySpec.from_json(row.spec_json)
+        return self._specs[study_id]
+
+    def study(self, study_id: str) -> StudyRow:
+        row = self.store.get(StudyRow, study_id)
+        if row is None:
+            raise NotFound(f"unknown study {study_id!r}")
+        return row
+
+    def _notify(self) -> None:
+        self._changed.notify_all()
+
+    def accepted_silos(self, study_id: str) -> list[str]:
+        return sorted(e.silo for e in self.store.all(EnrollmentRow, study_id=study_id, accepted=True))
+
+    def current_round_of(self, study_id: str) -> int:
+        """The round that traffic is counted against: 0 before training, R+1 while finalizing."""
+        return self.study(study_id).current_round
+
+    # --- researcher side -------------------------------------------------------------------
+    def submit_study(self, spec_json: str) -> str:
+        try:
+            spec = StudySpec.from_json(spec_json)
+        except SpecError as e:
+            raise InvalidInput(str(e)) from None
+        if spec.privacy.encryption != "none" and spec.aggregation.server_optimizer != "none":
+            raise InvalidInput("aggregation.server_optimizer: a server optimiser needs the plaintext update; "
+                               "it cannot run with privacy.encryption = ckks-*")
+        if spec.privacy.encryption != "none" and spec.aggregation.rule != "fedavg":
+            raise InvalidInput(f"aggregation.rule: {spec.aggregation.rule!r} is not available under encryption "
+                               "yet; use fedavg or privacy.encryption = 'none'")
+        study_id = f"{spec.name[:40].replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
+        names, arrays = initial_model(spec)
+        sha = self.blobs.put(encode_tensors(names, arrays))
+        with self._lock:
+            self.store.add(
+                StudyRow(id=study_id, name=spec.name, spec_json=spec.to_json(), spec_sha256=spec.sha256(),
+                         state="enrolling", created_at=self.clock(), current_round=0),
+                ModelVersionRow(study_id=study_id, version=0, blob_sha=sha, encoding="tensors", base_version=None),
+            )
+            self._specs[study_id] = spec
+            self.audit("study_received", study=study_id, spec_sha256=spec.sha256(), rounds=spec.training.rounds)
+            log.info("study %s submitted (%d rounds, %s)", study_id, spec.training.rounds, spec.privacy.encryption)
+            self._notify()
+        return study_id
+
+    # --- silo side --------------------------------------------------------------------------
+    def join(self, silo: str, modalities: list[str], wrap_public_key: bytes) -> None:
+        if not silo or len(silo) > 200:
+            raise InvalidInput("silo name must be 1-200 characters")
+        if wrap_public_key and len(wrap_public_key) != 32:
+            raise InvalidInput("wrap_public_key must be a 32-byte X25519 public key")
+        with self._lock:
+            self.store.add(SiloRow(name=silo, modalities_json=json.dumps(sorted(modalities)),
+                                   wrap_public_key=wrap_public_key, last_seen=self.clock()))
+            log.info("silo %s joined (%s)", silo, ", ".join(modalities))
+            self._notify()
+
+    def answer_proposal(self, silo: str, ans: pb.ProposalAnswer) -> None:
+        with self._lock:
+            row = self.study(ans.study_id)
+            if row.state != "enrolling":
+                raise Refused(f"study {ans.study_id} is no longer enrolling (state {row.state})")
+            if ans.accept and ans.spec_sha256 != row.spec_sha256:
+                raise Refused("the approved spec hash does not match the study's spec")
+            self.store.add(EnrollmentRow(study_id=ans.study_id, silo=silo, accepted=ans.accept, reason=ans.reason,
+                                         train_samples=ans.train_samples, test_samples=ans.test_samples))
+            self.audit("study_approved" if ans.accept else "study_rejected", study=ans.study_id, silo=silo, reason=ans.reason)
+            self._tick_locked()
+            self._notify()
+
+    def next_task(self, silo: str, wait_s: float, deferred: frozenset[str] = frozenset()) -> pb.Task:
+        deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
+        with self._lock:
+            silo_row = self.store.get(SiloRow, silo)
+            if silo_row is None:
+                raise Refused(f"silo {silo!r} has not joined; call Join first")
+            silo_row.last_seen = self.clock()
+            self.store.add(silo_row)
+            while True:
+                self._tick_locked()
+                task = self._task_for(silo, deferred)
+                remaining = deadline - time.monotonic()
+                if task is not None or remaining <= 0:
+                    return task or pb.Task(kind=pb.TASK_WAIT)
+                self._changed.wait(timeout=min(remaining, 1.0))
+
+    def _task_for(self, silo: str, deferred: frozenset[str]) -> pb.Task | None:
+        for row in sorted(self.store.all(StudyRow), key=lambda r: r.created_at):
+            if row.state not in ACTIVE_STATES:
+                continue
+            enrollment = self.store.get(EnrollmentRow, row.id, silo)
+            if row.state == "enrolling":
+                if enrollment is None and row.id not in deferred:
+                    return pb.Task(kind=pb.TASK_PROPOSAL, study_id=row.id, spec_json=row.spec_json)
+                continue
+            if enrollment is None or not enrollment.accepted:
+                continue
+            if row.state == "keygen" and row.key_holder == silo and not row.public_context_sha:
+                keys = {s: self.store.get(SiloRow, s).wrap_public_key for s in self.accepted_silos(row.id)}
+                return pb.Task(kind=pb.TASK_KEYGEN, study_id=row.id, participant_keys=keys, spec_json=row.spec_json)
+            rnd = self.store.get(RoundRow, row.id, row.current_round)
+            if rnd is None or rnd.state != "open" or silo not in json.loads(rnd.participants_json):
+                continue
+            if row.state == "running" and not self._answered(row.id, rnd.number, silo):
+                return pb.Task(kind=pb.TASK_TRAIN, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
+                               spec_json=row.spec_json, model_version=rnd.number - 1, round_seed=rnd.seed,
+                               max_update_bytes=self._closer.max_update_bytes(row.id, self.spec(row.id)))
+            if row.state == "finalizing":
+                final_version = rnd.number - 1
+                publish = (self.spec(row.id).privacy.encryption != "none" and not row.final_model_sha
+                           and silo == row.key_holder)
+                if publish or self.store.get(MetricsRow, row.id, final_version, silo) is None:
+                    return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
+                                   spec_json=row.spec_json, model_version=final_version, publish_model=publish)
+        return None
+
+    def _answered(self, study_id: str, round_: int, silo: str) -> bool:
+        return (self.store.get(UpdateRow, study_id, round_, silo) is not None
+                or self.store.get(SkipRow, study_id, round_, silo) is not None)
+
+    # --- state transitions -------------------------------------------------------------------
+    def tick(self) -> None:
+        with self._lock:
+            self._tick_locked()
+            self._notify()
+
+    def _tick_locked(self) -> None:
+        for row in self.store.all(StudyRow):
+            if row.state == "enrolling":
+                self._maybe_start(row)
+            elif row.state in ("running", "finalizing"):
+                self._maybe_close_round(row)
+
+    def _maybe_start(self, row: StudyRow) -> None:
+        spec = self.spec(row.id)
+        accepted = self.accepted_silos(row.id)
+        answered = {e.silo for e in self.store.all(EnrollmentRow, study_id=row.id)}
+        recent = {s.name for s in self.store.all(SiloRow) if self.clock() - s.last_seen < 30}
+        t = spec.training
+        enough = len(accepted) >= t.min_silos
+        ready = (t.expected_silos is not None and len(accepted) >= t.expected_silos) or (
+            enough and (recent <= answered or self.clock() - row.created_at >= t.enrollment_timeout_s))
+        if not ready:
+            return
+        if spec.privacy.encryption != "none":
+            row.state, row.key_holder = "keygen", accepted[0]
+            self.store.add(row)
+            log.info("study %s: %d silos enrolled; %s generates the CKKS keys", row.id, len(accepted), accepted[0])
+        else:
+            self._open_round(row, 1, accepted)
+
+    def key_bundle_received(self, study_id: str) -> None:
+        """Called once the key holder's public context and wrapped keys are stored."""
+        row = self.study(study_id)
+        self._open_round(row, 1, self.accepted_silos(study_id))
+
+    def _open_round(self, row: StudyRow, number: int, participants: list[str], *, finalizing: bool | None = None,
+                    outcome: dict[str, Any] | None = None) -> None:
+        """Open round `number`; the finalizing round evaluates version number - 1 and releases it."""
+        spec = self.spec(row.id)
+        finalizing = number > spec.training.rounds if finalizing is None else finalizing
+        row.state = "finalizing" if finalizing else "running"
+        row.current_round = number
+        rnd = RoundRow(study_id=row.id, number=number, state="open", nonce=secrets.token_hex(16),
+                       seed=secrets.randbits(31), participants_json=json.dumps(participants),
+                       opened_at=self.clock(), deadline=self.clock() + spec.training.round_timeout_s,
+                       outcome_json=dumps(outcome or {}))
+        self.store.add(row, rnd)
+        log.info("study %s: %s %d with %s", row.id, "finalizing version" if finalizing else "round",
+                 number - 1 if finalizing else number, participants)
+
+    def _maybe_close_round(self, row: StudyRow) -> None:
+        rnd = self.store.get(RoundRow, row.id, row.current_round)
+        if rnd is None or rnd.state != "open":
+            return
+        spec = self.spec(row.id)
+        participants = json.loads(rnd.participants_json)
+        timed_out = self.clock() >= rnd.deadline
+        if row.state == "finalizing":
+            reported = [s for s in participants if self.store.get(MetricsRow, row.id, rnd.number - 1, s)]
+            needs_model = spec.privacy.encryption != "none" and not row.final_model_sha
+            if (len(reported) == len(participants) or (timed_out and reported)) and not needs_model:
+                rnd.state, rnd.closed_at = "closed", self.clock()
+                row.state = "done"
+                self.store.add(rnd, row)
+                self.audit("model_released", study=row.id, version=rnd.number - 1,
+                           model_sha256=row.final_model_sha or self._closer.version_sha(row.id, rnd.number - 1))
+                log.info("study %s: done", row.id)
+            elif timed_out:
+                self._fail(row, "finalization timed out without a published final model")
+            return
+        updates = self.store.all(UpdateRow, study_id=row.id, round=rnd.number)
+        all_answered = all(self._answered(row.id, rnd.number, s) for s in participants)
+        if not (all_answered or timed_out):
+            return
+        if len(updates) < spec.training.min_silos:
+            retries = json.loads(rnd.outcome_json or "{}").get("retries", 0)
+            reason = f"round {rnd.number}: {len(updates)} updates, quorum is {spec.training.min_silos}"
+            participants_now = self.accepted_silos(row.id)
+            if all_answered or retries >= MAX_ROUND_RETRIES:
+                # Quorum lost for good: the last aggregated version becomes the final one.
+                log.warning("study %s: %s; finishing the study early", row.id, reason)
+                self._open_round(row, rnd.number, participants_now, finalizing=True, outcome={"early_stop": reason})
+            else:
+                # The same round again, with a fresh nonce: updates for the failed attempt are refused.
+                log.warning("study %s: %s at the deadline; reopening the round", row.id, reason)
+                with self.store.session.begin() as s:
+                    for u in updates:
+                        s.delete(s.get(UpdateRow, (u.study_id, u.round, u.silo)))
+                self._open_round(row, rnd.number, participants_now, outcome={"retries": retries + 1, "last_failure": reason})
+            return
+        outcome = self._closer.close(row, rnd, spec, updates)
+        rnd.state, rnd.closed_at = "closed", self.clock()
+        rnd.outcome_json = dumps(outcome)
+        self.store.add(rnd)
+        self._open_round(row, rnd.number + 1, self.accepted_silos(row.id))
+
+    def _fail(self, row: StudyRow, reason: str) -> None:
+        row.state, row.error = "failed", reason
+        self.store.add(row)
+        log.error("study %s failed: %s", row.id, reason)
+
+    # --- round inputs ---------------------------------------------------------------------
+    def check_round(self, study_id: str, silo: str, round_: int, nonce: str) -> tuple[StudyRow, RoundRow]:
+        row = self.study(study_id)
+        rnd = self.store.get(RoundRow, study_id, row.current_round)
+        if rnd is None or rnd.state != "open" or rnd.number != round_:
+            raise Refused(f"round {round_} of study {study_id} is not open (current round {row.current_round})")
+        if nonce != rnd.nonce:
+            raise Refused(f"round nonce does not match round {round_}: a replayed or late message")
+        if silo not in json.loads(rnd.participants_json):
+            raise Refused(f"silo {silo!r} is not a participant of round {round_}")
+        return row, rnd
+
+    def accept_update(self, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+        with self._lock:
+            row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
+            if row.state != "running":
+                raise Refused(f"study {row.id} is {row.state}; no updates are taken now")
+            existing = self.store.get(UpdateRow, row.id, rnd.number, silo)
+            if existing is not None:
+                if existing.blob_sha == header.sha256:  # a retried upload: idempotent
+                    return pb.PushReply(accepted=True, sha256=existing.blob_sha, size=existing.size, reason="duplicate")
+                raise Refused(f"silo {silo} already sent a different update for round {rnd.number}")
+            spec = self.spec(row.id)
+            if not (0 < header.weight <= 1e9):
+                raise InvalidInput(f"update weight {header.weight} is not in (0, 1e9]")
+            self._closer.validate_update(row, spec, header, data)
+            sha = self.blobs.put(data, header.sha256)
+            self.store.add(UpdateRow(study_id=row.id, round=rnd.number, silo=silo, blob_sha=sha, size=len(data),
+                                     weight=header.weight, encoding=header.encoding,
+                                     metadata_json=header.metadata_json or "{}", received_at=self.clock()))
+            self.audit("message_received", study=row.id, silo=silo, kind="update", round=rnd.number,
+                       size=len(data), sha256=sha)
+            self._tick_locked()
+            self._notify()
+            return pb.PushReply(accepted=True, sha256=sha, size=len(data))
+
+    def accept_key_bundle(self, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+        with self._lock:
+            row = self.study(header.ref.study_id)
+            if row.state != "keygen" or row.key_holder != silo:
+                raise Refused(f"silo {silo} is not expected to send keys for study {row.id} (state {row.state})")
+            public_sha, wrapped = self._closer.store_key_bundle(row, data, self.accepted_silos(row.id))
+            row.public_context_sha = public_sha
+            for name, sha in wrapped.items():
+                enrollment = self.store.get(EnrollmentRow, row.id, name)
+                enrollment.wrapped_key_sha = sha
+                self.store.add(enrollment)
+            self.store.add(row)
+            self.audit("message_received", study=row.id, silo=silo, kind="key_bundle", round=0, size=len(data),
+                       sha256=header.sha256)
+            self.key_bundle_received(row.id)
+            self._notify()
+            return pb.PushReply(accepted=True, sha256=header.sha256, size=len(data))
+
+    def accept_final_model(self, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+        with self._lock:
+            row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
+            if row.state != "finalizing" or row.final_model_sha:
+                raise Refused(f"study {row.id} does not expect a final model now")
+            try:
+                decode_tensors(data, expected=self._closer.layout(row.id, self.spec(row.id)))
+            except TensorFormatError as e:
+                raise InvalidInput(f"final model: {e}") from None
+            row.final_model_sha = self.blobs.put(data, header.sha256)
+            self.store.add(row)
+            self.audit("message_received", study=row.id, silo=silo, kind="final_model", round=rnd.number,
+                       size=len(data), sha256=row.final_model_sha)
+            self._tick_locked()
+            self._notify()
+            return pb.PushReply(accepted=True, sha256=row.final_model_sha, size=len(data))
+
+    def report_metrics(self, silo: str, rep: pb.MetricsReport) -> None:
+        with self._lock:
+            row, rnd = self.check_round(rep.study_id, silo, rep.round, rep.nonce)
+            if rep.skipped:
+                if row.state != "running":
+                    raise Refused("a round can only be skipped while the study is running")
+                self.store.add(SkipRow(study_id=row.id, round=rnd.number, silo=silo, reason=rep.skip_reason[:2000]))
+                self.audit("round_skipped", study=row.id, silo=silo, round=rnd.number, reason=rep.skip_reason[:500])
+            else:
+                if rep.model_version != rnd.number - 1:
+                    raise Refused(f"metrics for model version {rep.model_version}; round {rnd.number} evaluates {rnd.number - 1}")
+                clean = {k: float(v) for k, v in rep.metrics.items() if len(k) <= 64}
+                if any(v != v or v in (float("inf"), float("-inf")) for v in clean.values()):
+                    raise InvalidInput("metrics contain NaN or Inf")
+                self.store.add(MetricsRow(study_id=row.id, model_version=rep.model_version, silo=silo,
+                                          metrics_json=dumps(clean), samples=int(rep.samples), model_sha=rep.model_sha256))
+            self._tick_locked()
+            self._notify()
+
+    def blob_for(self, silo: str, ref: pb.BlobRef) -> tuple[pb.BlobHeader, bytes]:
+        """What a silo may fetch: model versions, the public context, its own wrapped key, the final model."""
+        with self._lock:
+            row = self.study(ref.study_id)
+            enrollment = self.store.get(EnrollmentRow, row.id, silo)
+            is_participant = enrollment is not None and enrollment.accepted
+            if ref.kind == pb.BLOB_MODEL:
+                if not is_participant:
+                    raise Refused(f"silo {silo} is not a participant of study {row.id}")
+                version = self.store.get(ModelVersionRow, row.id, ref.version)
+                if version is None:
+                    raise NotFound(f"study {row.id} has no model version {ref.version}")
+                meta = self._closer.version_metadata(row.id, version)
+                header = pb.BlobHeader(ref=ref, sha256=version.blob_sha, encoding=version.encoding, metadata_json=meta)
+                return header, self.blobs.get(version.blob_sha)
+            if ref.kind == pb.BLOB_PUBLIC_CONTEXT and row.public_context_sha and is_participant:
+                return pb.BlobHeader(ref=ref, sha256=row.public_context_sha), self.blobs.get(row.public_context_sha)
+            if ref.kind == pb.BLOB_WRAPPED_KEY and is_participant and enrollment.wrapped_key_sha:
+                if ref.silo and ref.silo != silo:
+                    raise Refused(f"silo {silo} may only fetch its own wrapped key")
+                return pb.BlobHeader(ref=ref, sha256=enrollment.wrapped_key_sha), self.blobs.get(enrollment.wrapped_key_sha)
+            raise NotFound(f"no blob of kind {pb.BlobKind.Name(ref.kind)} for silo {silo} in study {row.id}")
+
+    def final_model(self, study_id: str) -> tuple[str, bytes]:
+        row = self.study(study_id)
+        if row.state != "done":
+            raise Refused(f"study {study_id} is {row.state}; the final model is released when it is done")
+        sha = row.final_model_sha or self._closer.version_sha(row.id, row.current_round - 1)
+        return sha, self.blobs.get(sha)

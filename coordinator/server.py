@@ -1,0 +1,101 @@
+"""Start the coordinator: `fedcare coordinator serve`.
+
+One process: a gRPC server (threads), the Federation state machine over its SQLite (or
+PostgreSQL) store, a blob folder, an audit log, and a ticker that enforces deadlines.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pydantic import BaseModel, ConfigDict, Field
+
+from compliance.audit import AuditLog
+from compliance.keys import load_or_create_signing_key
+from coordinator.auth import Authenticator
+from coordinator.blobs import BlobStore
+from coordinator.federation import Federation
+from coordinator.service import FederationService, add_to_server
+from coordinator.store import Store, open_engine
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class CoordinatorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state_dir: Path
+    listen: str = "127.0.0.1:50051"
+    database: str | None = None  # SQLAlchemy URL; default: SQLite in state_dir
+    insecure: bool = False
+    ca_cert: Path | None = None
+    server_cert: Path | None = None
+    server_key: Path | None = None
+    crl: Path | None = None
+    workers: int = Field(default=32, ge=4)
+
+
+class Coordinator:
+    """The running coordinator: owns the server, the state and the ticker thread."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.audit_log = AuditLog.open(state / "audit.sqlite", node="coordinator", role="coordinator",
+                                       signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
+        self.store = Store(open_engine(config.database or state / "coordinator.sqlite"))
+        self.federation = Federation(self.store, BlobStore(state / "blobs"), audit=self.audit)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
+        add_to_server(self.server, FederationService(self.federation, Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl), audit=self.audit))
+        self._bind()
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(target=self._tick_forever, name="coordinator-ticker", daemon=True)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        self.audit_log.append(event, **fields)
+
+    def _bind(self) -> None:
+        c = self.config
+        if c.insecure:
+            log.warning("INSECURE MODE: no TLS, silo identities are taken at their word. Local demos only.")
+            self.port = self.server.add_insecure_port(c.listen)
+        else:
+            from coordinator.tls import server_credentials
+
+            self.port = self.server.add_secure_port(c.listen, server_credentials(c))
+        if self.port == 0:
+            raise OSError(f"could not listen on {c.listen}")
+
+    def start(self) -> "Coordinator":
+        self.server.start()
+        self._ticker.start()
+        log.info("coordinator listening on port %d (state in %s)", self.port, self.config.state_dir)
+        return self
+
+    def _tick_forever(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.federation.tick()
+            except Exception:  # noqa: BLE001 - a bad tick must not stop deadlines for good
+                log.exception("deadline check failed")
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()

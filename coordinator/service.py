@@ -1,0 +1,168 @@
+"""The gRPC face of the Federation: identity, byte accounting, errors to status codes.
+
+Every message is untrusted: the service checks who is calling (the TLS certificate in
+secure mode), counts the bytes that cross the wire per study, round and silo, and turns the
+coordinator's errors into gRPC status codes with the message intact. An unexpected error
+is logged and answered INTERNAL; it never takes the server down.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.api.chunks import BlobError, chunk_blob, receive_blob
+from coordinator.auth import Authenticator
+from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
+from coordinator.federation import Federation
+from coordinator.summary import build_summary
+
+log = logging.getLogger(__name__)
+
+_STATUS = {
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    Refused: grpc.StatusCode.FAILED_PRECONDITION,
+    InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+}
+MAX_CONTROL_BLOB = 64 << 20  # key bundles and final models are bounded separately from updates
+
+
+def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(self: "FederationService", request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except CoordinatorError as e:
+            code = next((c for t, c in _STATUS.items() if isinstance(e, t)), grpc.StatusCode.INVALID_ARGUMENT)
+            if isinstance(e, PermissionDenied):
+                self.audit("auth_failure", method=method.__name__, peer=context.peer(), reason=str(e)[:300])
+            context.abort(code, str(e))
+        except BlobError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blob stream: {e}")
+        except Exception:  # noqa: BLE001 - the server must survive any single bad call
+            log.exception("internal error in %s", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the coordinator log")
+
+    return wrapper
+
+
+class FederationService(pb_grpc.FederationServicer):
+    def __init__(self, federation: Federation, auth: Authenticator, *, audit: Callable[..., None]) -> None:
+        self.fed = federation
+        self.auth = auth
+        self.audit = audit
+
+    def _count(self, study_id: str, silo: str, *, up: int = 0, down: int = 0) -> None:
+        if study_id:
+            try:
+                round_ = self.fed.current_round_of(study_id)
+            except NotFound:
+                return
+            self.fed.store.add_traffic(study_id, round_, silo, up=up, down=down)
+
+    # --- silo side ---------------------------------------------------------------------------
+    @_rpc
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        silo = self.auth.silo(context, request.silo)
+        self.fed.join(silo, list(request.modalities), request.wrap_public_key)
+        return pb.JoinReply(coordinator="fedcare")
+
+    @_rpc
+    def PullTask(self, request: pb.PullTaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        silo = self.auth.silo(context, request.silo)
+        task = self.fed.next_task(silo, request.wait_s, frozenset(request.deferred_studies[:1000]))
+        self._count(task.study_id, silo, up=request.ByteSize(), down=task.ByteSize())
+        return task
+
+    @_rpc
+    def AnswerProposal(self, request: pb.ProposalAnswer, context: grpc.ServicerContext) -> pb.Ack:
+        silo = self.auth.silo(context, request.silo)
+        self.fed.answer_proposal(silo, request)
+        self._count(request.study_id, silo, up=request.ByteSize())
+        return pb.Ack(ok=True)
+
+    @_rpc
+    def FetchBlob(self, request: pb.BlobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
+        if request.kind == pb.BLOB_FINAL_MODEL:  # the researcher (or auditor) downloads the released model
+            self.auth.require(context, "researcher", "auditor")
+            sha, data = self.fed.final_model(request.study_id)
+            return chunk_blob(pb.BlobHeader(ref=request, sha256=sha, encoding="tensors"), data)
+        silo = self.auth.silo(context, request.silo)
+        header, data = self.fed.blob_for(silo, request)
+        chunks = list(chunk_blob(header, data))
+        self._count(request.study_id, silo, up=request.ByteSize(), down=sum(c.ByteSize() for c in chunks))
+        return iter(chunks)
+
+    @_rpc
+    def PushBlob(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
+        received = 0
+
+        def counted() -> Iterator[pb.Chunk]:
+            nonlocal received
+            for chunk in request_iterator:
+                received += chunk.ByteSize()
+                yield chunk
+
+        it = counted()
+        first = next(it, None)
+        if first is None or first.WhichOneof("body") != "header":
+            raise InvalidInput("a blob stream must start with a header chunk")
+        ref = first.header.ref
+        silo = self.auth.silo(context, ref.silo)
+        limits = {pb.BLOB_UPDATE: None, pb.BLOB_KEY_BUNDLE: MAX_CONTROL_BLOB, pb.BLOB_FINAL_MODEL: None}
+        if ref.kind not in limits:
+            raise InvalidInput(f"silos may not push blobs of kind {pb.BlobKind.Name(ref.kind)}")
+        spec = self.fed.spec(ref.study_id)
+        limit = limits[ref.kind] or self.fed._closer.max_update_bytes(ref.study_id, spec)
+        header, data = receive_blob(_prepend(first, it), max_bytes=limit)
+        try:
+            if ref.kind == pb.BLOB_UPDATE:
+                reply = self.fed.accept_update(silo, header, data)
+            elif ref.kind == pb.BLOB_KEY_BUNDLE:
+                reply = self.fed.accept_key_bundle(silo, header, data)
+            else:
+                reply = self.fed.accept_final_model(silo, header, data)
+        finally:
+            self._count(ref.study_id, silo, up=received)
+        return reply
+
+    @_rpc
+    def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
+        silo = self.auth.silo(context, request.silo)
+        self.fed.report_metrics(silo, request)
+        self._count(request.study_id, silo, up=request.ByteSize())
+        return pb.Ack(ok=True)
+
+    # --- researcher side ---------------------------------------------------------------------
+    @_rpc
+    def SubmitStudy(self, request: pb.SubmitStudyRequest, context: grpc.ServicerContext) -> pb.SubmitStudyReply:
+        self.auth.require(context, "researcher")
+        if len(request.spec_json) > 1 << 20:
+            raise InvalidInput("study spec larger than 1 MiB")
+        return pb.SubmitStudyReply(study_id=self.fed.submit_study(request.spec_json))
+
+    @_rpc
+    def GetStudyStatus(self, request: pb.StudyRef, context: grpc.ServicerContext) -> pb.StudyStatus:
+        self.auth.require(context, "researcher", "auditor")
+        row = self.fed.study(request.study_id)
+        spec = self.fed.spec(row.id)
+        return pb.StudyStatus(
+            study_id=row.id, name=row.name, state=row.state, current_round=min(row.current_round, spec.training.rounds),
+            rounds=spec.training.rounds, silos=self.fed.accepted_silos(row.id),
+            summary_json=build_summary(self.fed, row.id), error=row.error or "")
+
+
+def _prepend(first: pb.Chunk, rest: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:
+    yield first
+    yield from rest
+
+
+def add_to_server(server: grpc.Server, service: FederationService) -> None:
+    pb_grpc.add_FederationServicer_to_server(service, server)

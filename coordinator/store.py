@@ -1,0 +1,188 @@
+"""The coordinator's durable state: studies, silos, rounds, updates, model versions, metrics.
+
+SQLAlchemy models over SQLite (WAL) by default; the same models work on PostgreSQL. Large
+objects (models, updates, key material) live in the content-addressed BlobStore; rows hold
+their SHA-256. Everything the coordinator needs to resume after a restart is here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "studies"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    spec_json: Mapped[str] = mapped_column(Text)
+    spec_sha256: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(20))  # enrolling, keygen, running, finalizing, done, failed
+    created_at: Mapped[float] = mapped_column(Float)
+    current_round: Mapped[int] = mapped_column(Integer, default=0)
+    key_holder: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    public_context_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    final_model_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    server_state_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # server optimiser
+
+
+class SiloRow(Base):
+    __tablename__ = "silos"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    modalities_json: Mapped[str] = mapped_column(Text, default="[]")
+    wrap_public_key: Mapped[bytes] = mapped_column(default=b"")
+    last_seen: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class EnrollmentRow(Base):
+    __tablename__ = "enrollments"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    silo: Mapped[str] = mapped_column(String(200), primary_key=True)
+    accepted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    train_samples: Mapped[int] = mapped_column(Integer, default=0)
+    test_samples: Mapped[int] = mapped_column(Integer, default=0)
+    wrapped_key_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class RoundRow(Base):
+    __tablename__ = "rounds"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(20))  # open, closed
+    nonce: Mapped[str] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(Integer)
+    participants_json: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[float] = mapped_column(Float)
+    deadline: Mapped[float] = mapped_column(Float)
+    closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    outcome_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # accepted / refused silos
+
+
+class UpdateRow(Base):
+    __tablename__ = "updates"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(200), primary_key=True)
+    blob_sha: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    weight: Mapped[float] = mapped_column(Float)
+    encoding: Mapped[str] = mapped_column(String(40))
+    metadata_json: Mapped[str] = mapped_column(Text, default="{}")
+    received_at: Mapped[float] = mapped_column(Float)
+
+
+class SkipRow(Base):
+    __tablename__ = "skips"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(200), primary_key=True)
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    blob_sha: Mapped[str] = mapped_column(String(64))
+    encoding: Mapped[str] = mapped_column(String(40))  # "tensors" (plaintext) or "ckks-*" (encrypted delta)
+    base_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class MetricsRow(Base):
+    __tablename__ = "metrics"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(200), primary_key=True)
+    metrics_json: Mapped[str] = mapped_column(Text)
+    samples: Mapped[int] = mapped_column(Integer)
+    model_sha: Mapped[str] = mapped_column(String(64), default="")
+
+
+class TrafficRow(Base):
+    __tablename__ = "traffic"
+    study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    round: Mapped[int] = mapped_column(Integer, primary_key=True)
+    silo: Mapped[str] = mapped_column(String(200), primary_key=True)
+    bytes_up: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_down: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def open_engine(url_or_path: str | Path) -> Engine:
+    """`sqlite:///...`, `postgresql://...`, or a plain path to a SQLite file."""
+    url = str(url_or_path)
+    if "://" not in url:
+        Path(url).parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{url}"
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+class Store:
+    """Thin helpers over a session factory; the Federation holds the one lock that orders writes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.session: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
+
+    def add(self, *rows: Base) -> None:
+        with self.session.begin() as s:
+            for row in rows:
+                s.merge(row)
+
+    def get(self, cls: type[Any], *key: Any) -> Any:
+        with self.session() as s:
+            return s.get(cls, key if len(key) > 1 else key[0])
+
+    def all(self, cls: type[Any], **where: Any) -> list[Any]:
+        with self.session() as s:
+            stmt = select(cls).filter_by(**where)
+            return list(s.scalars(stmt))
+
+    def add_traffic(self, study_id: str, round_: int, silo: str, *, up: int = 0, down: int = 0) -> None:
+        with self.session.begin() as s:
+            row = s.get(TrafficRow, (study_id, round_, silo))
+            if row is None:
+                row = TrafficRow(study_id=study_id, round=round_, silo=silo, bytes_up=0, bytes_down=0)
+                s.add(row)
+            row.bytes_up += up
+            row.bytes_down += down
+
+
+def now() -> float:
+    return time.time()
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,77 @@
+"""A study's results as the researcher sees them: the `summary.json` contract of design.md.
+
+Round 0 is the initial model; round r (1..R) holds the metrics of the model after round r's
+aggregation (as evaluated by the silos on their held-out splits, sample-weighted), the
+bytes that crossed the wire during round r, and each silo's ε after round r.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from coordinator.store import MetricsRow, RoundRow, SkipRow, TrafficRow, UpdateRow
+
+if TYPE_CHECKING:
+    from coordinator.federation import Federation
+
+
+def _weighted_metrics(rows: list[MetricsRow]) -> dict[str, float] | None:
+    if not rows:
+        return None
+    total = sum(max(r.samples, 1) for r in rows)
+    keys = set.intersection(*(set(json.loads(r.metrics_json)) for r in rows))
+    return {k: sum(json.loads(r.metrics_json)[k] * max(r.samples, 1) for r in rows) / total for k in sorted(keys)}
+
+
+def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
+    row = fed.study(study_id)
+    spec = fed.spec(study_id)
+    silos = fed.accepted_silos(study_id)
+    traffic = fed.store.all(TrafficRow, study_id=study_id)
+    last_version = row.current_round - 1 if row.state in ("finalizing", "done") else row.current_round - 1
+    rounds = []
+    for r in range(0, max(last_version, 0) + 1):
+        metrics_rows = [m for m in fed.store.all(MetricsRow, study_id=study_id, model_version=r)]
+        round_traffic = [t for t in traffic if t.round == r]
+        updates = {u.silo: json.loads(u.metadata_json) for u in fed.store.all(UpdateRow, study_id=study_id, round=r)}
+        rnd = fed.store.get(RoundRow, study_id, r)
+        entry: dict[str, Any] = {
+            "round": r,
+            "metrics": _weighted_metrics(metrics_rows),
+            "metrics_per_silo": {m.silo: json.loads(m.metrics_json) for m in metrics_rows},
+            "bytes_up": {s: sum(t.bytes_up for t in round_traffic if t.silo == s) for s in silos},
+            "bytes_down": {s: sum(t.bytes_down for t in round_traffic if t.silo == s) for s in silos},
+            "epsilon": {s: (updates.get(s, {}).get("privacy") or {}).get("epsilon") for s in silos},
+            "privacy": {s: updates[s].get("privacy") for s in silos if s in updates},
+            "skipped": {k.silo: k.reason for k in fed.store.all(SkipRow, study_id=study_id, round=r)},
+        }
+        if rnd is not None and rnd.outcome_json:
+            outcome = json.loads(rnd.outcome_json)
+            entry["aggregation"] = {k: outcome[k] for k in ("accepted", "refused") if k in outcome}
+        rounds.append(entry)
+    final_metrics = rounds[-1]["metrics"] if rounds and row.state == "done" else None
+    after_final = [t for t in traffic if t.round > last_version]
+    return {
+        "study": study_id,
+        "name": spec.name,
+        "state": row.state,
+        "silos": silos,
+        "privacy": {"dp": spec.privacy.dp, "delta": spec.privacy.delta, "accountant": spec.privacy.accountant,
+                    "encryption": spec.privacy.encryption},
+        "aggregation": spec.aggregation.rule,
+        "rounds": rounds,
+        "final": {
+            "auroc": (final_metrics or {}).get("auroc"),
+            "accuracy": (final_metrics or {}).get("accuracy"),
+            "loss": (final_metrics or {}).get("loss"),
+            "model_sha256": row.final_model_sha or (fed._closer.version_sha(study_id, last_version) if last_version >= 0 else None),
+            "bytes_up": {s: sum(t.bytes_up for t in after_final if t.silo == s) for s in silos},
+            "bytes_down": {s: sum(t.bytes_down for t in after_final if t.silo == s) for s in silos},
+        },
+        "error": row.error,
+    }
+
+
+def build_summary(fed: "Federation", study_id: str) -> str:
+    return json.dumps(summary_dict(fed, study_id), sort_keys=True)

@@ -1,0 +1,3 @@
+from fedcare.cli import main
+
+main()

@@ -1,0 +1,289 @@
+"""The `fedcare` command: wiring only; every command calls into the rooms that do the work.
+
+Errors a user can cause (a bad config or spec, an unreachable coordinator, a refused
+request) end in one clear line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="fedcare: federated learning for hospitals.")
+coordinator_app = typer.Typer(no_args_is_help=True, help="Run the central coordinator.")
+silo_app = typer.Typer(no_args_is_help=True, help="Run and manage a hospital silo node.")
+study_app = typer.Typer(no_args_is_help=True, help="Submit and follow studies (researchers).")
+audit_app = typer.Typer(no_args_is_help=True, help="Verify audit logs and write compliance reports.")
+app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(silo_app, name="silo")
+app.add_typer(study_app, name="study")
+app.add_typer(audit_app, name="audit")
+pki_app = typer.Typer(no_args_is_help=True, help="Issue the study CA and certificates (mutual TLS).")
+app.add_typer(pki_app, name="pki")
+
+console = Console(stderr=True)
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+# --- demo ---------------------------------------------------------------------------------------
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option(min=1, help="federated rounds")] = 5,
+    silos: Annotated[int, typer.Option(min=2, max=20, help="number of hospitals")] = 3,
+    out: Annotated[Path, typer.Option(help="results folder (replaced)")] = Path("fedcare-demo"),
+    seed: Annotated[int, typer.Option(help="seed of the synthetic hospitals and the model")] = 0,
+    patients: Annotated[int, typer.Option(min=40, help="patients per hospital")] = 300,
+    dp: Annotated[bool, typer.Option("--dp/--no-dp", help="DP-SGD at every silo")] = True,
+    encryption: Annotated[str, typer.Option(help="none | ckks-exact | ckks-packed")] = "ckks-exact",
+    rule: Annotated[str, typer.Option(help="aggregation rule (fedavg, median, trimmed_mean, krum, ...)")] = "fedavg",
+    epsilon: Annotated[float, typer.Option(help="target ε per silo for the whole study")] = 8.0,
+    verbose: bool = False,
+) -> None:
+    """Run a whole federation on this machine: coordinator + one process per hospital over gRPC."""
+    from fedcare.demo import Demo, DemoOptions
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    if encryption not in ("none", "ckks-exact", "ckks-packed"):
+        raise UserError(f"--encryption must be none, ckks-exact or ckks-packed, not {encryption!r}")
+    summary = Demo(DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
+                               encryption=encryption, rule=rule, epsilon=epsilon), console).run()
+    table = Table(title=f"study {summary['study']}")
+    for col in ("round", "AUROC", "accuracy", "bytes up (all silos)", "max ε"):
+        table.add_column(col, justify="right")
+    for r in summary["rounds"]:
+        m = r.get("metrics") or {}
+        eps = [e for e in r["epsilon"].values() if e is not None]
+        table.add_row(str(r["round"]), f"{m.get('auroc', float('nan')):.3f}", f"{m.get('accuracy', float('nan')):.3f}",
+                      f"{sum(r['bytes_up'].values()):,}", f"{max(eps):.2f}" if eps else "-")
+    Console().print(table)
+    Console().print(f"results in [bold]{out}[/]: summary.json, final_model.pt, audit/")
+
+
+# --- coordinator ------------------------------------------------------------------------------------
+@coordinator_app.command("serve")
+def coordinator_serve(
+    state_dir: Annotated[Path, typer.Option(help="where studies, models and the audit log are kept")],
+    listen: Annotated[str, typer.Option(help="host:port")] = "0.0.0.0:50051",
+    database: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL (default: SQLite in state dir)")] = None,
+    insecure: Annotated[bool, typer.Option(help="plain-text gRPC without identities: local demos only")] = False,
+    ca_cert: Annotated[Optional[Path], typer.Option()] = None,
+    cert: Annotated[Optional[Path], typer.Option()] = None,
+    key: Annotated[Optional[Path], typer.Option()] = None,
+    crl: Annotated[Optional[Path], typer.Option(help="certificate revocation list (PEM)")] = None,
+    verbose: bool = False,
+) -> None:
+    """Serve the federation's gRPC API until interrupted."""
+    from coordinator.server import Coordinator, CoordinatorConfig
+
+    _logging(verbose)
+    if not insecure and not (ca_cert and cert and key):
+        raise UserError("give --ca-cert, --cert and --key (see `fedcare pki`), or --insecure for a local demo")
+    config = CoordinatorConfig(state_dir=state_dir, listen=listen, database=database, insecure=insecure,
+                               ca_cert=ca_cert, server_cert=cert, server_key=key, crl=crl)
+    coordinator = Coordinator(config).start()
+    try:
+        coordinator.wait()
+    except KeyboardInterrupt:
+        coordinator.stop()
+
+
+# --- silo -------------------------------------------------------------------------------------------
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the node's node.toml")]
+
+
+def _node_config(path: Path):  # noqa: ANN202 - silo_node.config.NodeConfig
+    from silo_node.config import NodeConfig
+
+    return NodeConfig.load(path)
+
+
+@silo_app.command("run")
+def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typer.Option(min=1)] = None,
+             verbose: bool = False) -> None:
+    """Dial out to the coordinator and take part in approved studies."""
+    import torch
+
+    from silo_node.client import CoordinatorClient, open_channel
+    from silo_node.node import SiloNode
+
+    _logging(verbose)
+    torch.set_num_threads(1)  # several silos may share one machine in demos; hospitals can raise it
+    cfg = _node_config(config)
+    credentials = None
+    if not cfg.insecure:
+        from silo_node.tls import channel_credentials
+
+        credentials = channel_credentials(cfg.tls)
+    client = CoordinatorClient(open_channel(cfg.coordinator, credentials=credentials), silo=cfg.name,
+                               max_retries=cfg.max_retries)
+    SiloNode(cfg, client).run(exit_after_studies=exit_after_studies)
+
+
+@silo_app.command("studies")
+def silo_studies(config: ConfigOpt) -> None:
+    """List the studies proposed to this node, what each would do, and the decisions taken."""
+    from silo_node.approval import ApprovalBook
+
+    cfg = _node_config(config)
+    proposals = ApprovalBook(cfg.state_dir).proposals()
+    if not proposals:
+        Console().print("no studies proposed to this node yet")
+    for p in proposals:
+        d = p["decision"]
+        state = "PENDING" if d is None else ("APPROVED" if d["approved"] else "REJECTED") + f" by {d['by']}"
+        Console().print(f"[bold]{p['study_id']}[/]  {state}")
+        Console().print_json(json.dumps(p["summary"]))
+
+
+def _decide(config: Path, study: str, approved: bool, reason: str) -> None:
+    from silo_node.approval import ApprovalBook
+
+    cfg = _node_config(config)
+    try:
+        d = ApprovalBook(cfg.state_dir).decide(study, approved=approved, reason=reason)
+    except KeyError as e:
+        raise UserError(str(e).strip("'\"")) from None
+    Console().print(f"study {study} {'approved' if approved else 'rejected'} by {d.by} (spec {d.spec_sha256[:12]}…); "
+                    "the running node sends the decision at its next poll")
+
+
+@silo_app.command("approve")
+def silo_approve(study: str, config: ConfigOpt, reason: str = "approved by hospital IT") -> None:
+    """Approve a proposed study (binds to its spec hash and the model code version)."""
+    _decide(config, study, True, reason)
+
+
+@silo_app.command("reject")
+def silo_reject(study: str, config: ConfigOpt, reason: str = "rejected by hospital IT") -> None:
+    """Reject a proposed study."""
+    _decide(config, study, False, reason)
+
+
+# --- researcher --------------------------------------------------------------------------------------
+CoordOpt = Annotated[str, typer.Option("--coordinator", help="host:port of the coordinator")]
+
+
+def _researcher(coordinator: str):  # noqa: ANN202 - fedcare.researcher.ResearcherClient
+    import grpc
+
+    from fedcare.researcher import ResearcherClient
+
+    return ResearcherClient(grpc.insecure_channel(coordinator), target=coordinator)
+
+
+@study_app.command("submit")
+def study_submit(spec: Path, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+    """Validate a study spec (TOML) and submit it; prints the study id."""
+    from coordinator.api.study import StudySpec
+
+    study_id = _researcher(coordinator).submit(StudySpec.from_toml(spec))
+    print(study_id)
+
+
+@study_app.command("status")
+def study_status(study_id: str, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+    """State, round and latest metrics of a study."""
+    st, summary = _researcher(coordinator).status(study_id)
+    Console().print(f"[bold]{st.study_id}[/] ({st.name}): {st.state}, round {st.current_round}/{st.rounds}, "
+                    f"silos: {', '.join(st.silos) or '-'}")
+    for r in summary.get("rounds", []):
+        m = r.get("metrics") or {}
+        if m:
+            Console().print(f"  round {r['round']}: AUROC {m.get('auroc', 0):.3f} accuracy {m.get('accuracy', 0):.3f}")
+    if st.error:
+        Console().print(f"  error: {st.error}")
+
+
+@study_app.command("results")
+def study_results(study_id: str, out: Annotated[Path, typer.Option()], coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+    """Download summary.json and the final model of a finished study."""
+    paths = _researcher(coordinator).results(study_id, out)
+    Console().print(f"wrote {paths['summary']} and {paths['model']}")
+
+
+# --- pki ----------------------------------------------------------------------------------------------
+PkiDir = Annotated[Path, typer.Option("--dir", help="folder of the study CA")]
+
+
+@pki_app.command("init")
+def pki_init(dir: PkiDir = Path("pki")) -> None:
+    """Create the study CA (ca.pem, ca.key, an empty crl.pem)."""
+    from fedcare.pki import init_ca
+
+    Console().print(f"study CA written to {init_ca(dir)}")
+
+
+@pki_app.command("issue")
+def pki_issue(
+    dir: PkiDir = Path("pki"),
+    silo: Annotated[Optional[str], typer.Option(help="issue a silo certificate")] = None,
+    researcher: Annotated[Optional[str], typer.Option(help="issue a researcher certificate")] = None,
+    auditor: Annotated[Optional[str], typer.Option(help="issue an auditor certificate")] = None,
+    coordinator: Annotated[Optional[str], typer.Option(help="issue the coordinator's server certificate")] = None,
+    host: Annotated[list[str], typer.Option(help="coordinator host names / IPs")] = ["localhost", "127.0.0.1"],
+) -> None:
+    """Issue a certificate for one holder; its role is bound into the certificate."""
+    from fedcare.pki import issue
+
+    chosen = [(r, n) for r, n in (("silo", silo), ("researcher", researcher), ("auditor", auditor),
+                                  ("coordinator", coordinator)) if n]
+    if len(chosen) != 1:
+        raise UserError("name exactly one of --silo, --researcher, --auditor, --coordinator")
+    role, name = chosen[0]
+    cert, key = issue(dir, name=name, role=role, hosts=tuple(host))
+    Console().print(f"{role} {name}: certificate {cert}, key {key}")
+
+
+@pki_app.command("revoke")
+def pki_revoke(cert: Path, dir: PkiDir = Path("pki")) -> None:
+    """Revoke a certificate: its serial joins the CA's CRL, which the coordinator honours."""
+    from fedcare.pki import revoke
+
+    Console().print(f"revoked; CRL updated at {revoke(dir, cert)}")
+
+
+# --- entry point ---------------------------------------------------------------------------------------
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from coordinator.api.study import SpecError
+    from fedcare.pki import PKIError
+    from fedcare.researcher import ResearcherError
+    from silo_node.client import SiloError
+
+    return (UserError, SpecError, ResearcherError, SiloError, PKIError, FileNotFoundError)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - known user errors become one line; the rest re-raise
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, _user_errors()):
+            console.print(f"[red]error:[/] {e}", highlight=False)
+            sys.exit(2)
+        raise

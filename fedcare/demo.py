@@ -1,0 +1,204 @@
+"""`fedcare demo`: a whole federation on one machine, with no set-up.
+
+Generates synthetic hospitals in real formats, starts the coordinator and one process per
+silo talking gRPC over loopback, submits a study (DP + CKKS by default), follows it with a
+progress bar, and writes the results folder: summary.json, the final model, the audit logs
+and the compliance report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import tomli_w
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from coordinator.api.study import AggregationSpec, PrivacySpec, StudySpec, TrainingSpec
+from fedcare.researcher import ResearcherClient, ResearcherError
+from pipelines.synthetic import generate_federation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoOptions:
+    out: Path
+    rounds: int = 5
+    silos: int = 3
+    seed: int = 0
+    patients: int = 300
+    dp: bool = True
+    encryption: str = "ckks-exact"
+    rule: str = "fedavg"
+    epsilon: float = 8.0
+    local_epochs: int = 2
+    timeout_s: float = 1800.0
+
+
+def copy_sqlite(src: Path, dst: Path) -> None:
+    """A consistent copy of a live SQLite database (WAL included), via SQLite's backup API."""
+    with sqlite3.connect(src) as source, sqlite3.connect(dst) as target:
+        source.backup(target)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def demo_spec(opts: DemoOptions) -> StudySpec:
+    return StudySpec(
+        name="demo-heart-failure",
+        description="Synthetic multimodal heart-failure prediction across hospitals (fedcare demo).",
+        training=TrainingSpec(rounds=opts.rounds, local_epochs=opts.local_epochs, batch_size=32, learning_rate=0.1,
+                              min_silos=max(1, opts.silos - 1), expected_silos=opts.silos, seed=opts.seed,
+                              round_timeout_s=300.0),
+        privacy=PrivacySpec(dp=opts.dp, target_epsilon=opts.epsilon if opts.dp else None, delta=1e-5,
+                            max_grad_norm=1.0, encryption=opts.encryption),  # type: ignore[arg-type]
+        aggregation=AggregationSpec(rule=opts.rule),  # type: ignore[arg-type]
+    )
+
+
+def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    log_file = open(log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+    return subprocess.Popen([sys.executable, "-m", "fedcare", *args], stdout=log_file, stderr=subprocess.STDOUT, env=env)
+
+
+def write_node_config(path: Path, *, name: str, coordinator: str, data: Any, dataset: str, **overrides: Any) -> None:
+    """A demo node.toml; `overrides` replace top-level keys or update the tables (privacy, approval, ...)."""
+    config = {
+        "name": name,
+        "coordinator": coordinator,
+        "state_dir": "state",
+        "insecure": True,
+        "poll_wait_s": 10.0,
+        "data": {"dataset": dataset, "fhir": [str(data.fhir_dir)], "dicom": [str(data.dicom_dir)],
+                 "wearables": [str(data.wearables_dir)]},
+        "privacy": {"epsilon_cap": 20.0, "delta": 1e-5},
+        "approval": {"mode": "auto", "allowed_modalities": ["ehr", "image", "signal"], "max_epsilon": 10.0,
+                     "require_dp": False},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(config))
+
+
+class Demo:
+    def __init__(self, opts: DemoOptions, console: Console | None = None) -> None:
+        self.opts = opts
+        self.console = console or Console(stderr=True)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def run(self) -> dict[str, Any]:
+        o = self.opts
+        out = o.out.resolve()
+        if out.exists():
+            shutil.rmtree(out)
+        (out / "logs").mkdir(parents=True)
+        self.console.print(f"[bold]fedcare demo[/]: {o.silos} hospitals, {o.rounds} rounds, "
+                           f"DP {'on' if o.dp else 'off'}, encryption {o.encryption}, rule {o.rule}")
+        with self.console.status("generating synthetic hospitals (FHIR, DICOM, wearable CSV)…"):
+            hospitals = generate_federation(out / "data", n_hospitals=o.silos, patients_per_hospital=o.patients, seed=o.seed)
+        target = f"127.0.0.1:{free_port()}"
+        try:
+            self.procs["coordinator"] = _spawn(["coordinator", "serve", "--state-dir", str(out / "coordinator"),
+                                                "--listen", target, "--insecure"], out / "logs" / "coordinator.log")
+            channel = grpc.insecure_channel(target)
+            self._wait_ready(channel, target)
+            for h in hospitals:
+                cfg = out / "silos" / h.name / "node.toml"
+                write_node_config(cfg, name=h.name, coordinator=target, data=h, dataset=f"{h.name}-ehr")
+                self.procs[h.name] = _spawn(["silo", "run", "--config", str(cfg), "--exit-after-studies", "1"],
+                                            out / "logs" / f"{h.name}.log")
+            client = ResearcherClient(channel, target=target)
+            spec = demo_spec(o)
+            (out / "study.toml").write_text(tomli_w.dumps(spec.model_dump(mode="json", exclude_none=True)))
+            study_id = client.submit(spec)
+            self._follow(client, study_id)
+            client.results(study_id, out)
+            self._collect_logs(out, [h.name for h in hospitals])
+        finally:
+            self._stop_all()
+        return json.loads((out / "summary.json").read_text())
+
+    def _wait_ready(self, channel: grpc.Channel, target: str) -> None:
+        try:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        except grpc.FutureTimeoutError:
+            raise ResearcherError(f"the demo coordinator did not start on {target}; see logs/coordinator.log") from None
+
+    def _check_alive(self) -> None:
+        for name, p in self.procs.items():
+            code = p.poll()
+            if code not in (None, 0):
+                raise ResearcherError(f"{name} exited with status {code}; see logs/{name}.log in the results folder")
+
+    def _follow(self, client: ResearcherClient, study_id: str) -> None:
+        deadline = time.monotonic() + self.opts.timeout_s
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
+                   TextColumn("{task.fields[metric]}"), TimeElapsedColumn()]
+        with Progress(*columns, console=self.console) as progress:
+            bar = progress.add_task(f"study {study_id}", total=self.opts.rounds, metric="")
+            while True:
+                st, summary = client.status(study_id)
+                done_rounds = [r for r in summary.get("rounds", []) if r.get("metrics") and r["round"] > 0]
+                metric = ""
+                if summary.get("rounds") and summary["rounds"][-1].get("metrics"):
+                    m = summary["rounds"][-1]["metrics"]
+                    metric = f"AUROC {m.get('auroc', float('nan')):.3f}  acc {m.get('accuracy', float('nan')):.3f}"
+                progress.update(bar, completed=len(done_rounds), metric=metric, description=f"study {st.state}")
+                if st.state == "done":
+                    return
+                if st.state == "failed":
+                    raise ResearcherError(f"study {study_id} failed: {st.error}")
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise ResearcherError(f"study {study_id} did not finish within {self.opts.timeout_s:.0f} s")
+                time.sleep(1.0)
+
+    def _collect_logs(self, out: Path, silos: list[str]) -> None:
+        audit = out / "audit"
+        audit.mkdir(exist_ok=True)
+        copy_sqlite(out / "coordinator" / "audit.sqlite", audit / "coordinator.audit.sqlite")
+        for s in silos:
+            state = out / "silos" / s / "state"
+            # Wait for the silo to exit so its log is complete and checkpointed.
+            p = self.procs.get(s)
+            if p is not None:
+                try:
+                    p.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+            if (state / "audit.sqlite").exists():
+                copy_sqlite(state / "audit.sqlite", audit / f"{s}.audit.sqlite")
+            if (state / "privacy-ledger.sqlite").exists():
+                copy_sqlite(state / "privacy-ledger.sqlite", audit / f"{s}.privacy-ledger.sqlite")
+
+    def _stop_all(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()

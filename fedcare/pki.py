@@ -1,0 +1,115 @@
+"""`fedcare pki`: a study CA and the certificates of the coordinator, silos, researchers, auditors.
+
+Each certificate names its holder in the subject CN and its role in the OU; the
+coordinator binds every call to both. Revocation: `fedcare pki revoke` adds the serial to
+a CRL signed by the CA, which the coordinator reads (and re-reads when it changes).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+ROLES = ("coordinator", "silo", "researcher", "auditor")
+VALID_DAYS = 365
+
+
+class PKIError(Exception):
+    pass
+
+
+def _write_private(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    os.chmod(path, 0o600)
+
+
+def _load_ca(pki_dir: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = pki_dir / "ca.pem", pki_dir / "ca.key"
+    if not cert_path.exists() or not key_path.exists():
+        raise PKIError(f"no study CA in {pki_dir}: run `fedcare pki init --dir {pki_dir}` first")
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"{key_path} is not an EC private key")
+    return x509.load_pem_x509_certificate(cert_path.read_bytes()), key
+
+
+def init_ca(pki_dir: Path, *, name: str = "fedcare study CA") -> Path:
+    pki_dir.mkdir(parents=True, exist_ok=True)
+    if (pki_dir / "ca.pem").exists():
+        raise PKIError(f"{pki_dir / 'ca.pem'} exists; refusing to replace a CA that certificates depend on")
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=VALID_DAYS * 5))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    _write_private(pki_dir / "ca.key", key)
+    (pki_dir / "ca.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_crl(pki_dir, revoked=[])
+    return pki_dir / "ca.pem"
+
+
+def issue(pki_dir: Path, *, name: str, role: str, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
+    """Issue a certificate + key for `name` in `role`; the coordinator's also names its hosts."""
+    if role not in ROLES:
+        raise PKIError(f"role must be one of {ROLES}, not {role!r}")
+    if not name or "/" in name or name.startswith("."):
+        raise PKIError(f"invalid name {name!r}")
+    ca_cert, ca_key = _load_ca(pki_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)])
+    now = dt.datetime.now(dt.timezone.utc)
+    sans: list[x509.GeneralName] = [x509.DNSName(name)]
+    if role == "coordinator":
+        for h in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+            except ValueError:
+                sans.append(x509.DNSName(h))
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "coordinator" else ExtendedKeyUsageOID.CLIENT_AUTH
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    out = pki_dir / role
+    out.mkdir(exist_ok=True)
+    _write_private(out / f"{name}.key", key)
+    (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return out / f"{name}.pem", out / f"{name}.key"
+
+
+def write_crl(pki_dir: Path, *, revoked: list[int]) -> Path:
+    ca_cert, ca_key = _load_ca(pki_dir)
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
+               .next_update(now + dt.timedelta(days=30)))
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    crl = builder.sign(ca_key, hashes.SHA256())
+    (pki_dir / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    return pki_dir / "crl.pem"
+
+
+def revoke(pki_dir: Path, cert_path: Path) -> Path:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    crl_path = pki_dir / "crl.pem"
+    revoked = [r.serial_number for r in x509.load_pem_x509_crl(crl_path.read_bytes())] if crl_path.exists() else []
+    return write_crl(pki_dir, revoked=sorted(set(revoked) | {cert.serial_number}))

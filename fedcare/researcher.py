@@ -1,0 +1,58 @@
+"""The researcher's client: submit a study, follow it, download its results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import torch
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.api.chunks import receive_blob
+from coordinator.api.study import StudySpec
+from coordinator.api.tensors import decode_tensors
+
+
+class ResearcherError(Exception):
+    pass
+
+
+class ResearcherClient:
+    def __init__(self, channel: grpc.Channel, *, target: str) -> None:
+        self.stub = pb_grpc.FederationStub(channel)
+        self.target = target
+
+    def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        try:
+            return fn(*args, **kw)
+        except grpc.RpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ResearcherError(f"coordinator at {self.target} is unreachable ({e.code().name}); "
+                                      "is it running, and is the address right?") from None
+            raise ResearcherError(f"coordinator refused ({e.code().name}): {e.details()}") from None
+
+    def submit(self, spec: StudySpec) -> str:
+        return self._call(self.stub.SubmitStudy, pb.SubmitStudyRequest(spec_json=spec.to_json()), timeout=60).study_id
+
+    def status(self, study_id: str) -> tuple[pb.StudyStatus, dict[str, Any]]:
+        st = self._call(self.stub.GetStudyStatus, pb.StudyRef(study_id=study_id), timeout=30)
+        return st, json.loads(st.summary_json or "{}")
+
+    def results(self, study_id: str, out: Path) -> dict[str, Path]:
+        """Write summary.json and the final model (final_model.pt: a state dict of the shared layers)."""
+        st, summary = self.status(study_id)
+        if st.state != "done":
+            raise ResearcherError(f"study {study_id} is {st.state}; results are available once it is done")
+        out.mkdir(parents=True, exist_ok=True)
+        chunks = self._call(lambda: list(self.stub.FetchBlob(pb.BlobRef(study_id=study_id, kind=pb.BLOB_FINAL_MODEL),
+                                                             timeout=600)))
+        header, data = receive_blob(chunks, max_bytes=16 << 30)
+        names, arrays = decode_tensors(data)
+        torch.save({n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays)}, out / "final_model.pt")
+        (out / "final_model.sha256").write_text(header.sha256 + "\n")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        return {"summary": out / "summary.json", "model": out / "final_model.pt"}

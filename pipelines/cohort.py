@@ -1,0 +1,68 @@
+"""What pipelines need to know about a study's cohort, stated structurally.
+
+`pipelines` may not import `coordinator.api`, so the cohort section of a study spec
+(`coordinator.api.study.CohortSpec` and its `FeatureSpec`s) is accepted as any object with
+these attributes (PEP 544 protocols). The properties are read-only so that frozen pydantic
+models satisfy them.
+
+Cohort design: a landmark (index) date splits each patient's history. EHR features are
+aggregated over `window_days` up to and including the index date; images and wearable
+recordings are the latest ones taken on or before it; the label is the onset of
+`label_code` within `label_window_days` after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date
+from typing import Protocol, runtime_checkable
+
+#: Default landmark date; the synthetic federation is written around it.
+INDEX_DATE = date(2024, 1, 1)
+
+#: Features of this system are read from the Patient resource, not from Observations.
+DEMOGRAPHIC_SYSTEM = "fedcare"
+
+MODALITIES: tuple[str, str, str] = ("ehr", "image", "signal")
+
+
+@runtime_checkable
+class FeatureLike(Protocol):
+    """One EHR feature (`coordinator.api.study.FeatureSpec`)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def system(self) -> str: ...
+    @property
+    def code(self) -> str: ...
+    @property
+    def unit(self) -> str | None: ...
+    @property
+    def aggregate(self) -> str: ...  # "last" | "mean" | "min" | "max" | "count"
+    @property
+    def window_days(self) -> int: ...
+
+
+@runtime_checkable
+class CohortLike(Protocol):
+    """The cohort section of a study (`coordinator.api.study.CohortSpec`)."""
+
+    @property
+    def label_system(self) -> str: ...
+    @property
+    def label_code(self) -> str: ...
+    @property
+    def label_window_days(self) -> int: ...
+    @property
+    def min_age(self) -> int: ...
+    @property
+    def features(self) -> Sequence[FeatureLike]: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def signal_channels(self) -> Sequence[str]: ...
+    @property
+    def signal_rate_hz(self) -> float: ...
+    @property
+    def signal_length(self) -> int: ...

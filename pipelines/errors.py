@@ -1,0 +1,57 @@
+"""The one exception hierarchy of `pipelines`.
+
+Messages follow pydicom's style: what was found, what was expected, what to do, and they
+name the file, record or field. Each error carries a short `reason` code; ingestion turns
+input errors into quarantine entries counted by that code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PipelineError(Exception):
+    """Base class of every error raised by `pipelines`."""
+
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None, source: str | Path | None = None) -> None:
+        self.reason = reason or type(self).reason
+        self.source = str(source) if source is not None else None
+        super().__init__(f"{self.source}: {message}" if self.source else message)
+
+
+class ConfigurationError(PipelineError):
+    """Arguments that cannot work (a too-short pseudonym key, an impossible cohort)."""
+
+    reason = "configuration"
+
+
+class InputError(PipelineError):
+    """One input file or record that cannot be used; it is quarantined, the run goes on."""
+
+    reason = "invalid_input"
+
+
+class FhirError(InputError):
+    reason = "invalid_fhir"
+
+
+class DicomError(InputError):
+    reason = "invalid_dicom"
+
+
+class SignalError(InputError):
+    reason = "invalid_signal"
+
+
+class UnitError(InputError):
+    """A quantity whose unit cannot be converted to the unit the cohort asks for."""
+
+    reason = "unknown_unit"
+
+
+class DatasetError(PipelineError):
+    """Tensors that do not form a valid `MultimodalDataset` (shape, dtype, NaN/Inf)."""
+
+    reason = "invalid_dataset"

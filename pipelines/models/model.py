@@ -1,0 +1,164 @@
+"""The multimodal model: encoders -> probabilistic embeddings -> fusion -> task head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .encoders import EHREncoder, ImageEncoder, SignalEncoder
+from .errors import ModelConfigError, ModelInputError
+from .fusion import MODALITIES, ConcatFusion, MixtureOfExpertsFusion, drop_modalities
+
+
+@dataclass(frozen=True)
+class MultimodalOutput:
+    """What `MultimodalModel.forward` returns; rows of absent modalities are to be ignored."""
+
+    logits: Tensor  # [B] task logits
+    mu: Tensor  # [B, 3, D] embedding means, modalities in MODALITIES order
+    logvar: Tensor  # [B, 3, D] embedding log-variances
+    gate: Tensor  # [B, 3] fusion weights, exactly 0 for absent (and dropped-out) modalities
+    # [B, 3] 1.0 where the modality was given AND the model encodes it (before modality dropout);
+    # lets the loss ignore a modality the data has but the study does not use. None: use the mask.
+    present: Tensor | None = None
+
+
+class MultimodalModel(nn.Module):
+    """One encoder per study modality, a fusion and a task head named `head`.
+
+    Modalities outside `modalities` have no encoder; their rows in `mu`/`logvar` are zero and
+    they count as absent whatever the mask says. The inputs of absent modalities are replaced
+    by zeros before encoding, so they cannot change the output or any gradient.
+    `personal_layers` holds the parameter-name prefixes a silo keeps local (set by the silo from
+    the study spec); the weight helpers take the prefixes explicitly.
+    """
+
+    def __init__(
+        self,
+        *,
+        modalities: Sequence[str],
+        ehr_features: int,
+        image_size: int,
+        signal_channels: int,
+        signal_length: int,
+        embed_dim: int,
+        ehr_hidden: int,
+        image_channels: Sequence[int],
+        signal_hidden: int,
+        fusion: Literal["moe", "concat"],
+        modality_dropout: float,
+    ) -> None:
+        super().__init__()
+        # canonical order, so parameter order (and thus the update layout) ignores spec order
+        self.modalities = tuple(m for m in MODALITIES if m in modalities)
+        self.ehr_features, self.image_size = ehr_features, image_size
+        self.signal_channels, self.signal_length = signal_channels, signal_length
+        self.embed_dim = embed_dim
+        self.modality_dropout = modality_dropout
+        self.personal_layers: tuple[str, ...] = ()
+        builders = {
+            "ehr": lambda: EHREncoder(ehr_features, ehr_hidden, embed_dim),
+            "image": lambda: ImageEncoder(tuple(image_channels), embed_dim),
+            "signal": lambda: SignalEncoder(signal_channels, signal_hidden, embed_dim),
+        }
+        self.encoders = nn.ModuleDict({m: builders[m]() for m in self.modalities})
+        hidden = max(2 * embed_dim, 16)
+        fusion_cls = MixtureOfExpertsFusion if fusion == "moe" else ConcatFusion
+        self.fusion = fusion_cls(self.modalities, embed_dim, hidden)
+        self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.register_buffer("enabled", torch.tensor([m in self.modalities for m in MODALITIES]), persistent=False)
+
+    def _check(self, ehr: Tensor, image: Tensor, signal: Tensor, mask: Tensor) -> None:
+        batch = mask.shape[0] if mask.dim() == 2 else -1
+        expected = {
+            "ehr": (ehr, (batch, 2 * self.ehr_features)),
+            "image": (image, (batch, 1, self.image_size, self.image_size)),
+            "signal": (signal, (batch, self.signal_channels, self.signal_length)),
+        }
+        if tuple(mask.shape) != (batch, len(MODALITIES)):
+            raise ModelInputError(f"mask must have shape [B, 3] (ehr, image, signal), got {list(mask.shape)}")
+        for name, (tensor, shape) in expected.items():
+            if name in self.modalities and tuple(tensor.shape) != shape:
+                raise ModelInputError(
+                    f"{name} input must have shape {list(shape)} for this model (from the study's cohort "
+                    f"section), got {list(tensor.shape)}; check cohort.image_size/signal_length/features"
+                )
+            if tensor.shape[:1] != mask.shape[:1]:
+                raise ModelInputError(f"{name} batch size {tensor.shape[0]} differs from mask batch size {batch}")
+
+    def forward(self, ehr: Tensor, image: Tensor, signal: Tensor, mask: Tensor) -> MultimodalOutput:
+        self._check(ehr, image, signal, mask)
+        present = (mask > 0.5) & self.enabled
+        batch, dim = mask.shape[0], self.embed_dim
+        inputs = {"ehr": ehr, "image": image, "signal": signal}
+        mus, logvars = [], []
+        for i, name in enumerate(MODALITIES):
+            if name not in self.encoders:
+                zeros = mask.new_zeros(batch, dim)
+                mus.append(zeros)
+                logvars.append(zeros)
+                continue
+            x = inputs[name]
+            keep = present[:, i].view(-1, *([1] * (x.dim() - 1)))
+            x = torch.where(keep, x, 0.0)
+            if not bool(torch.isfinite(x).all()):
+                raise ModelInputError(f"{name} input of a present modality contains NaN or Inf")
+            mu, logvar = self.encoders[name](x)
+            mus.append(mu)
+            logvars.append(logvar)
+        mu, logvar = torch.stack(mus, dim=1), torch.stack(logvars, dim=1)
+        encoded = present.to(mu.dtype)
+        if self.training:
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterisation trick
+            present = drop_modalities(present, self.modality_dropout)
+        else:
+            z = mu
+        fused, gate = self.fusion(z, logvar, present)
+        return MultimodalOutput(self.head(fused).squeeze(-1), mu, logvar, gate, encoded)
+
+
+def build_model(
+    *,
+    modalities: Sequence[str],
+    ehr_features: int,
+    image_size: int,
+    signal_channels: int,
+    signal_length: int,
+    embed_dim: int = 16,
+    ehr_hidden: int = 64,
+    image_channels: Sequence[int] = (8, 16),
+    signal_hidden: int = 32,
+    fusion: Literal["moe", "concat"] = "moe",
+    modality_dropout: float = 0.15,
+) -> MultimodalModel:
+    """Build the study model; the arguments are exactly `StudySpec.model_arguments()`."""
+    modalities = tuple(modalities)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if not modalities or unknown or len(set(modalities)) != len(modalities):
+        raise ModelConfigError(
+            f"modalities must be a non-empty subset of {list(MODALITIES)} without repeats, got {list(modalities)}"
+        )
+    positive = {
+        "ehr_features": ehr_features, "image_size": image_size, "signal_channels": signal_channels,
+        "signal_length": signal_length, "embed_dim": embed_dim, "ehr_hidden": ehr_hidden,
+        "signal_hidden": signal_hidden,
+    }
+    for name, value in positive.items():
+        if not isinstance(value, int) or value < 1:
+            raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
+    image_channels = tuple(image_channels)
+    if not image_channels or any(not isinstance(c, int) or c < 1 for c in image_channels):
+        raise ModelConfigError(f"image_channels must be a non-empty list of positive integers, got {list(image_channels)}")
+    if fusion not in ("moe", "concat"):
+        raise ModelConfigError(f"fusion must be 'moe' or 'concat', got {fusion!r}")
+    if not 0.0 <= modality_dropout < 1.0:
+        raise ModelConfigError(f"modality_dropout must be in [0, 1), got {modality_dropout!r}")
+    return MultimodalModel(
+        modalities=modalities, ehr_features=ehr_features, image_size=image_size,
+        signal_channels=signal_channels, signal_length=signal_length, embed_dim=embed_dim,
+        ehr_hidden=ehr_hidden, image_channels=image_channels, signal_hidden=signal_hidden,
+        fusion=fusion, modality_dropout=modality_dropout,
+    )

@@ -1,0 +1,116 @@
+"""Wearable ingestion: CSV recordings -> fixed-length, normalised multichannel windows.
+
+A recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one column per channel.
+The window is the last `signal_length / signal_rate_hz` seconds recorded on or before the
+index date, resampled onto a regular grid. Gaps are handled explicitly: samples are linearly
+interpolated across gaps up to `MAX_GAP_S`; grid points inside longer gaps (or outside the
+recording) are set to the channel's reference level, i.e. 0 after normalisation; a window
+with less than `MIN_COVERAGE` real coverage is refused. Channels are normalised with fixed
+physiological references (so resting heart rate stays comparable across patients and
+sites); a channel without a reference is z-scored within its window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import SignalError
+
+log = logging.getLogger(__name__)
+
+#: channel -> (reference level, scale): heart rate in /min, acceleration in g.
+SIGNAL_REFERENCE: dict[str, tuple[float, float]] = {
+    "heart_rate": (75.0, 15.0), "acc_x": (0.0, 0.5), "acc_y": (0.0, 0.5), "acc_z": (1.0, 0.5), "spo2": (97.0, 3.0),
+}
+MAX_GAP_S = 5.0
+MIN_COVERAGE = 0.5
+
+
+@dataclass(frozen=True)
+class Recording:
+    patient_id: str  # the MRN, from the file name
+    seconds: np.ndarray  # float64 [n], POSIX seconds, sorted, unique
+    values: np.ndarray  # float64 [C, n], NaN where a value is missing
+    source: str
+
+
+@dataclass(frozen=True)
+class Window:
+    values: np.ndarray  # float32 [C, L]
+    coverage: float  # share of grid points backed by real samples
+    end: float  # POSIX seconds of the last sample
+    source: str
+
+
+def read_recording(path: Path, channels: Sequence[str]) -> Recording:
+    """Read `<MRN>.csv`; raise `SignalError` naming the file and what is missing."""
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
+        raise SignalError(f"cannot be read as CSV ({type(e).__name__}: {e}); expected a header row "
+                          f"'timestamp,{','.join(channels)}' and one row per sample", reason="bad_csv", source=path) from None
+    missing = [c for c in ("timestamp", *channels) if c not in df.columns]
+    if missing:
+        raise SignalError(f"has columns {list(df.columns)} but lacks {missing}; expected 'timestamp' and the study's "
+                          "signal channels. Export the recording with all channels", reason="missing_column", source=path)
+    ts = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="ISO8601")
+    ok = ts.notna().to_numpy()
+    if not ok.any():
+        raise SignalError("has no parseable ISO 8601 timestamp; expected e.g. 2023-12-01T08:00:00Z",
+                          reason="bad_timestamp", source=path)
+    if not ok.all():
+        log.warning("%s: %d rows without a parseable timestamp are treated as gaps", path, int((~ok).sum()))
+    seconds = (ts[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+    values = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)[ok] for c in channels])
+    values[~np.isfinite(values)] = np.nan
+    order = np.argsort(seconds, kind="stable")
+    seconds, values = seconds[order], values[:, order]
+    keep = np.concatenate([[True], np.diff(seconds) > 0])  # duplicate timestamps: first one wins
+    return Recording(path.stem, seconds[keep], values[:, keep], str(path))
+
+
+def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: int, index_date: date) -> Window | None:
+    """The normalised window ending at the last sample on or before `index_date`; None if none is."""
+    cutoff = datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
+    before = rec.seconds < cutoff
+    if not before.any():
+        return None
+    t, v = rec.seconds[before], rec.values[:, before]
+    end = float(t[-1])
+    grid = end - np.arange(length - 1, -1, -1) / rate_hz
+    out = np.zeros((len(channels), length), dtype=np.float64)
+    covered = 0.0
+    for c, name in enumerate(channels):
+        finite = np.isfinite(v[c])
+        tv, xv = t[finite], v[c][finite]
+        if tv.size == 0:
+            continue
+        i = np.clip(np.searchsorted(tv, grid), 1, max(tv.size - 1, 1))
+        left, right = tv[i - 1], tv[np.minimum(i, tv.size - 1)]
+        near = np.minimum(np.abs(grid - left), np.abs(grid - right)) <= 0.5 / rate_hz
+        ok = near | ((grid >= tv[0]) & (grid <= tv[-1]) & (right - left <= MAX_GAP_S))
+        x = np.interp(grid, tv, xv)
+        level, scale = SIGNAL_REFERENCE.get(name, (float(x[ok].mean()) if ok.any() else 0.0,
+                                                   float(x[ok].std()) or 1.0 if ok.any() else 1.0))
+        out[c] = np.where(ok, (x - level) / scale, 0.0)
+        covered += ok.mean()
+    coverage = covered / len(channels)
+    if coverage < MIN_COVERAGE:
+        raise SignalError(f"covers {coverage:.0%} of the {length / rate_hz:.0f} s window before the index date; "
+                          f"expected at least {MIN_COVERAGE:.0%}. Longer recordings are needed",
+                          reason="too_short", source=rec.source)
+    return Window(out.astype(np.float32), float(coverage), end, rec.source)
+
+
+def wearable_files(paths: Sequence[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out.extend(sorted(p.rglob("*.csv")) if p.is_dir() else [p])
+    return out

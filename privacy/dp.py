@@ -1,0 +1,159 @@
+"""DP-SGD for a silo's local training, and the accounting of its privacy budget.
+
+Wraps Opacus' `PrivacyEngine` (Abadi et al. 2016, "Deep Learning with Differential
+Privacy"; Poisson-subsampled Gaussian mechanism) so that the silo's training loop stays its
+own, and composes a dataset's whole history (all rounds of all studies) with Opacus' RDP
+accountant (Mironov 2017; Balle et al. 2020 conversion) or PRV accountant (Gopi et al.
+2021) so a silo can report ε after a round and refuse a round that would exceed its cap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import PRVAccountant, RDPAccountant
+from opacus.accountants.accountant import IAccountant
+from opacus.accountants.utils import get_noise_multiplier
+
+from privacy.errors import DPError
+
+log = logging.getLogger(__name__)
+
+Accountant = Literal["rdp", "prv"]
+_ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
+
+
+@dataclass(frozen=True)
+class PrivateTraining:
+    """What `make_private` hands back: always these four fields, whatever the options."""
+
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    data_loader: torch.utils.data.DataLoader
+    engine: PrivacyEngine
+
+
+@dataclass(frozen=True)
+class DPStep:
+    """`steps` DP-SGD steps with one noise multiplier σ and sampling rate q."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.noise_multiplier) and self.noise_multiplier > 0):
+            raise DPError(f"noise_multiplier must be a finite number > 0, got {self.noise_multiplier!r}")
+        if not (0 < self.sample_rate <= 1):
+            raise DPError(f"sample_rate must be in (0, 1], got {self.sample_rate!r}")
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            raise DPError(f"steps must be an integer >= 0, got {self.steps!r}")
+
+
+def _check_accountant(accountant: str) -> type[IAccountant]:
+    try:
+        return _ACCOUNTANTS[accountant]
+    except KeyError:
+        raise DPError(f"accountant must be one of {sorted(_ACCOUNTANTS)}, got {accountant!r}") from None
+
+
+def _check_delta(delta: float) -> None:
+    if not (0 < delta < 1):
+        raise DPError(f"delta must be in (0, 1), got {delta!r}")
+
+
+def make_private(
+    *,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data_loader: torch.utils.data.DataLoader,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    accountant: Accountant = "rdp",
+) -> PrivateTraining:
+    """Wrap a model, optimizer and loader for DP-SGD with Poisson sampling (Opacus)."""
+    _check_accountant(accountant)
+    if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
+        raise DPError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
+    if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
+        raise DPError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
+    engine = PrivacyEngine(accountant=accountant)
+    module, optimizer, data_loader = engine.make_private(
+        module=module,
+        optimizer=optimizer,
+        data_loader=data_loader,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm,
+        poisson_sampling=True,
+    )
+    return PrivateTraining(module=module, optimizer=optimizer, data_loader=data_loader, engine=engine)
+
+
+def noise_for_target(
+    *, target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: Accountant = "rdp"
+) -> float:
+    """The smallest noise multiplier σ whose `steps` steps at rate q spend ≤ target ε."""
+    _check_accountant(accountant)
+    _check_delta(delta)
+    if not (target_epsilon > 0):
+        raise DPError(f"target_epsilon must be > 0, got {target_epsilon!r}")
+    DPStep(1.0, sample_rate, steps)  # validates sample_rate and steps
+    if steps == 0:
+        raise DPError("steps must be >= 1 to derive a noise multiplier")
+    try:
+        return float(
+            get_noise_multiplier(
+                target_epsilon=target_epsilon,
+                target_delta=delta,
+                sample_rate=sample_rate,
+                steps=steps,
+                accountant=accountant,
+            )
+        )
+    except ValueError as e:
+        raise DPError(
+            f"no noise multiplier reaches ε={target_epsilon} at δ={delta} with q={sample_rate}, "
+            f"{steps} steps: {e}; raise target_epsilon or lower steps/sample_rate"
+        ) from None
+
+
+def epsilon_spent(history: Sequence[DPStep], *, delta: float, accountant: Accountant = "rdp") -> float:
+    """ε (at δ) of the composition of every step in `history` (rounds, studies, in any order)."""
+    cls = _check_accountant(accountant)
+    _check_delta(delta)
+    entries = [(h.noise_multiplier, h.sample_rate, h.steps) for h in history if h.steps > 0]
+    if not entries:
+        return 0.0
+    acc = cls()
+    acc.history = entries  # Opacus' accountants compose their `history` of (σ, q, steps)
+    eps = float(acc.get_epsilon(delta=delta))
+    if not math.isfinite(eps):
+        raise DPError(f"accountant {accountant!r} returned a non-finite ε ({eps}) for {len(entries)} entries")
+    return eps
+
+
+def would_exceed(
+    history: Sequence[DPStep],
+    prospective: DPStep,
+    *,
+    cap_epsilon: float,
+    delta: float,
+    accountant: Accountant = "rdp",
+) -> tuple[bool, float]:
+    """Whether running `prospective` after `history` would spend more than `cap_epsilon`.
+
+    Returns (exceeds, ε after the prospective steps); a silo calls this BEFORE a round and
+    refuses the round when `exceeds` is true.
+    """
+    if not (cap_epsilon > 0):
+        raise DPError(f"cap_epsilon must be > 0, got {cap_epsilon!r}")
+    eps = epsilon_spent([*history, prospective], delta=delta, accountant=accountant)
+    exceeds = eps > cap_epsilon
+    if exceeds:
+        log.info("prospective %s would spend ε=%.4g > cap %.4g (δ=%g, %s)", prospective, eps, cap_epsilon, delta, accountant)
+    return exceeds, eps

@@ -1,0 +1,123 @@
+"""The silo's connection to the coordinator: dial out, retry with backoff, stream blobs.
+
+Only transient failures (coordinator unreachable, restarting, deadline) are retried; a
+refusal (wrong round, invalid update, permission) is raised at once as a CoordinatorRefusal
+with the coordinator's message, because retrying it cannot succeed.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.api.chunks import chunk_blob, receive_blob
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_send_message_length", 8 << 20),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class SiloError(Exception):
+    """Base of the silo node's errors."""
+
+
+class CoordinatorUnreachable(SiloError):
+    pass
+
+
+class CoordinatorRefusal(SiloError):
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"coordinator refused ({code.name}): {message}")
+        self.code = code
+
+
+def open_channel(target: str, *, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
+    if credentials is None:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
+class CoordinatorClient:
+    def __init__(self, channel: grpc.Channel, *, silo: str, max_retries: int = 8, base_delay_s: float = 0.5) -> None:
+        self.stub = pb_grpc.FederationStub(channel)
+        self.channel = channel
+        self.silo = silo
+        self.max_retries = max_retries
+        self.base_delay_s = base_delay_s
+        self.bytes_up = 0
+        self.bytes_down = 0
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(self.max_retries + 1):
+            try:
+                return fn()
+            except grpc.RpcError as e:
+                code = e.code()
+                if code not in TRANSIENT:
+                    raise CoordinatorRefusal(code, e.details() or "") from None
+                if attempt == self.max_retries:
+                    raise CoordinatorUnreachable(f"{what}: coordinator unreachable after {attempt + 1} tries "
+                                                 f"({code.name}: {e.details()})") from None
+                delay = min(30.0, self.base_delay_s * 2**attempt) * (0.5 + random.random())
+                log.warning("%s failed (%s); retrying in %.1f s", what, code.name, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # --- calls --------------------------------------------------------------------------------
+    def join(self, modalities: list[str], wrap_public_key: bytes) -> None:
+        req = pb.JoinRequest(silo=self.silo, modalities=modalities, wrap_public_key=wrap_public_key, software_version="0.1.0")
+        self._call("join", lambda: self.stub.Join(req, timeout=30))
+
+    def pull_task(self, wait_s: float, deferred: list[str] | None = None) -> pb.Task:
+        req = pb.PullTaskRequest(silo=self.silo, wait_s=wait_s, deferred_studies=deferred or [])
+        task = self._call("pull task", lambda: self.stub.PullTask(req, timeout=wait_s + 30))
+        self.bytes_up += req.ByteSize()
+        self.bytes_down += task.ByteSize()
+        return task
+
+    def answer(self, answer: pb.ProposalAnswer) -> None:
+        answer.silo = self.silo
+        self._call("answer proposal", lambda: self.stub.AnswerProposal(answer, timeout=30))
+
+    def fetch(self, study_id: str, kind: int, *, version: int = 0, max_bytes: int = 8 << 30) -> tuple[pb.BlobHeader, bytes]:
+        ref = pb.BlobRef(study_id=study_id, kind=kind, version=version, silo=self.silo)
+
+        def go() -> tuple[pb.BlobHeader, bytes]:
+            chunks = list(self.stub.FetchBlob(ref, timeout=600))
+            self.bytes_down += sum(c.ByteSize() for c in chunks)
+            return receive_blob(chunks, max_bytes=max_bytes)
+
+        return self._call(f"fetch {pb.BlobKind.Name(kind)}", go)
+
+    def push(self, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+        header.ref.silo = self.silo
+
+        def go() -> pb.PushReply:
+            chunks = list(chunk_blob(header, data))
+            reply = self.stub.PushBlob(iter(chunks), timeout=600)
+            self.bytes_up += sum(c.ByteSize() for c in chunks)
+            return reply
+
+        reply = self._call(f"push {pb.BlobKind.Name(header.ref.kind)}", go)
+        if not reply.accepted:
+            raise CoordinatorRefusal(grpc.StatusCode.FAILED_PRECONDITION, reply.reason)
+        return reply
+
+    def report(self, report: pb.MetricsReport) -> None:
+        report.silo = self.silo
+        self._call("report metrics", lambda: self.stub.ReportMetrics(report, timeout=30))

@@ -1,0 +1,114 @@
+"""The node config hospital IT writes: `node.toml`, validated before anything runs.
+
+    name = "st-mary"
+    coordinator = "coordinator.example.org:50051"
+    state_dir = "/var/lib/fedcare"
+
+    [data]
+    dataset = "st-mary-2026"           # the privacy budget is kept per dataset
+    fhir = ["/data/fhir"]
+    dicom = ["/data/dicom"]
+    wearables = ["/data/wearables"]
+
+    [privacy]
+    epsilon_cap = 10.0                  # across all studies on this dataset
+    delta = 1e-5
+
+    [approval]
+    mode = "manual"                     # or "auto" with the limits below
+    allowed_modalities = ["ehr", "image", "signal"]
+    max_epsilon = 8.0
+
+    [tls]                               # omit only with insecure = true (local demos)
+    ca_cert = "ca.pem"
+    cert = "st-mary.pem"
+    key = "st-mary.key"
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from coordinator.api.study import SpecError, validate_toml_file
+
+Modality = Literal["ehr", "image", "signal"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    dataset: str = Field(min_length=1)
+    fhir: list[Path] = []
+    dicom: list[Path] = []
+    dicomweb: list[str] = []
+    wearables: list[Path] = []
+
+    @model_validator(mode="after")
+    def _some_data(self) -> "DataConfig":
+        if not (self.fhir or self.dicom or self.dicomweb or self.wearables):
+            raise ValueError("name at least one data source (fhir, dicom, dicomweb or wearables)")
+        return self
+
+
+class BudgetConfig(_Strict):
+    epsilon_cap: float = Field(default=10.0, gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+
+
+class ApprovalConfig(_Strict):
+    mode: Literal["manual", "auto"] = "manual"
+    allowed_modalities: list[Modality] = ["ehr", "image", "signal"]
+    max_epsilon: float | None = Field(default=None, gt=0)
+    require_dp: bool = True
+    require_encryption: bool = False
+    max_rounds: int | None = Field(default=None, ge=1)
+
+
+class TLSConfig(_Strict):
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+class NodeConfig(_Strict):
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    coordinator: str = Field(min_length=3)
+    state_dir: Path
+    insecure: bool = False
+    data: DataConfig
+    privacy: BudgetConfig = BudgetConfig()
+    approval: ApprovalConfig = ApprovalConfig()
+    tls: TLSConfig | None = None
+    poll_wait_s: float = Field(default=20.0, gt=0, le=60)
+    max_retries: int = Field(default=8, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    @model_validator(mode="after")
+    def _tls_or_insecure(self) -> "NodeConfig":
+        if not self.insecure and self.tls is None:
+            raise ValueError("set [tls] ca_cert/cert/key, or insecure = true for a local demo")
+        return self
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NodeConfig":
+        config: NodeConfig = validate_toml_file(cls, path, what="node config")
+        base = Path(path).resolve().parent
+        return config.resolved(base)
+
+    def resolved(self, base: Path) -> "NodeConfig":
+        """Relative paths in the file are relative to the file, not to the working directory."""
+
+        def r(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p)
+
+        data = self.data.model_copy(update={k: [r(p) for p in getattr(self.data, k)] for k in ("fhir", "dicom", "wearables")})
+        tls = None if self.tls is None else TLSConfig(ca_cert=r(self.tls.ca_cert), cert=r(self.tls.cert), key=r(self.tls.key))
+        return self.model_copy(update={"state_dir": r(self.state_dir), "data": data, "tls": tls})
+
+
+__all__ = ["NodeConfig", "SpecError"]

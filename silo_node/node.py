@@ -1,0 +1,311 @@
+"""The silo node: dial out, take tasks, keep every record inside the hospital.
+
+`SiloNode.run()` joins the coordinator and long-polls for tasks. A proposal is approved
+(by policy or by a person) before any data is read; training tasks check the privacy
+budget before touching data; everything that leaves is written to the node's audit log
+first (kind, size, SHA-256, round, ε). Raw records never leave this process: only model
+deltas (optionally DP-noised and CKKS-encrypted), metrics and privacy accounting do.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from compliance.audit import AuditLog
+from compliance.keys import load_or_create_signing_key
+from compliance.ledger import PrivacyLedger
+from coordinator.api import federation_pb2 as pb
+from coordinator.api.chunks import sha256_hex
+from coordinator.api.study import SpecError, StudySpec
+from coordinator.api.tensors import encode_tensors
+from pipelines.dataset import split_train_test
+from pipelines.ingest import ingest_silo
+from privacy.dp import DPStep, epsilon_spent, noise_for_target, would_exceed
+from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
+from silo_node.approval import ApprovalBook, policy_decision
+from silo_node.client import CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
+from silo_node.config import NodeConfig
+from silo_node.trainer import LocalTrainer, pick_device
+from silo_node.update import encode_update, resolve_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StudyState:
+    spec: StudySpec
+    trainer: LocalTrainer
+    noise_multiplier: float | None
+    versions: dict[int, tuple[list[str], list[np.ndarray]]]
+    secret_context: bytes | None = None
+
+
+class SiloNode:
+    def __init__(self, config: NodeConfig, client: CoordinatorClient) -> None:
+        self.config = config
+        self.client = client
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.audit = AuditLog.open(state / "audit.sqlite", node=config.name,
+                                   signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
+        self.ledger = PrivacyLedger(state / "privacy-ledger.sqlite")
+        self.approvals = ApprovalBook(state)
+        self.wrap_keys = _load_or_create_wrap_keys(state / "wrap-key.bin")
+        self.studies: dict[str, StudyState] = {}
+        self.finished: set[str] = set()
+        self.device = pick_device(config.device)
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self, *, exit_after_studies: int | None = None) -> None:
+        self.client.join(sorted(self._modalities()), self.wrap_keys.public_bytes())
+        self.audit.append("node_configured", silo=self.config.name, dataset=self.config.data.dataset,
+                          epsilon_cap=self.config.privacy.epsilon_cap, approval=self.config.approval.mode)
+        log.info("silo %s joined the coordinator at %s", self.config.name, self.config.coordinator)
+        while exit_after_studies is None or len(self.finished) < exit_after_studies:
+            self._answer_decided_proposals()
+            task = self.client.pull_task(self.config.poll_wait_s, deferred=self._deferred())
+            try:
+                self.handle(task)
+            except CoordinatorRefusal as e:
+                # e.g. the round closed while we trained: the next pull brings the current task.
+                log.warning("task %s of study %s refused: %s", pb.TaskKind.Name(task.kind), task.study_id, e)
+
+    def handle(self, task: pb.Task) -> None:
+        handlers = {pb.TASK_PROPOSAL: self.on_proposal, pb.TASK_KEYGEN: self.on_keygen,
+                    pb.TASK_TRAIN: self.on_train, pb.TASK_FINALIZE: self.on_finalize}
+        if task.kind not in handlers:
+            return
+        try:
+            handlers[task.kind](task)
+        except (CoordinatorRefusal, CoordinatorUnreachable):
+            raise
+        except Exception as e:  # noqa: BLE001 - one failed task must not take the node down
+            log.exception("task %s of study %s failed", pb.TaskKind.Name(task.kind), task.study_id)
+            if task.kind == pb.TASK_TRAIN:  # tell the coordinator, so the round need not wait for its deadline
+                reason = f"silo error: {type(e).__name__}: {e}"[:500]
+                self.audit.append("round_skipped", study=task.study_id, round=task.round, reason=reason)
+                self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                                    model_version=task.model_version, skipped=True, skip_reason=reason))
+
+    def _modalities(self) -> set[str]:
+        d = self.config.data
+        return {m for m, present in (("ehr", d.fhir), ("image", d.dicom or d.dicomweb), ("signal", d.wearables)) if present}
+
+    def _deferred(self) -> list[str]:
+        return [p["study_id"] for p in self.approvals.proposals() if p["decision"] is None]
+
+    # --- proposals ---------------------------------------------------------------------------------
+    def on_proposal(self, task: pb.Task) -> None:
+        try:
+            spec = StudySpec.from_json(task.spec_json)
+        except SpecError as e:
+            self.client.answer(pb.ProposalAnswer(study_id=task.study_id, accept=False, reason=str(e)[:500]))
+            return
+        self.audit.append("study_received", study=task.study_id, spec_sha256=spec.sha256())
+        self.approvals.record_proposal(task.study_id, spec)
+        decision = self.approvals.valid_decision(task.study_id, spec)
+        if decision is None and self.config.approval.mode == "auto":
+            ok, reason = policy_decision(spec, self.config.approval, self.config.privacy)
+            decision = self.approvals.decide(task.study_id, approved=ok, reason=reason, by="auto-approval policy")
+        if decision is None:
+            log.info("study %s awaits a decision: fedcare silo approve|reject %s", task.study_id, task.study_id)
+            return
+        self._answer(task.study_id, spec, decision.approved, decision.reason, decision.by)
+
+    def _answer_decided_proposals(self) -> None:
+        for p in self.approvals.proposals():
+            sid = p["study_id"]
+            if p["decision"] is not None and not p["answered"]:
+                spec = self.approvals.spec_of(sid)
+                if self.approvals.valid_decision(sid, spec) is not None:
+                    self._answer(sid, spec, p["decision"]["approved"], p["decision"]["reason"], p["decision"]["by"])
+
+    def _answer(self, study_id: str, spec: StudySpec, approved: bool, reason: str, by: str) -> None:
+        self.audit.append("study_approved" if approved else "study_rejected", study=study_id, by=by, reason=reason,
+                          spec_sha256=spec.sha256())
+        answer = pb.ProposalAnswer(study_id=study_id, accept=approved, reason=reason, spec_sha256=spec.sha256())
+        if approved:
+            try:
+                state = self._prepare(study_id, spec)
+            except Exception as e:  # noqa: BLE001 - a study we cannot prepare is declined, with the reason
+                log.exception("cannot prepare study %s", study_id)
+                answer.accept, answer.reason = False, f"silo could not prepare its data: {e}"[:500]
+            else:
+                self.studies[study_id] = state
+                answer.train_samples, answer.test_samples = state.trainer.n_train, len(state.trainer.test_set)
+        self.client.answer(answer)
+        self.approvals.mark_answered(study_id)
+
+    def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
+        d = self.config.data
+        result = ingest_silo(fhir=d.fhir, dicom=d.dicom, wearables=d.wearables, cohort=spec.cohort,
+                             pseudonym_key=self._pseudonym_key())
+        report = result.report.model_dump(mode="json")
+        self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
+        train, test = split_train_test(result.dataset, test_fraction=spec.cohort.test_fraction, seed=spec.training.seed)
+        trainer = LocalTrainer(spec, train, test, device=self.device)
+        noise = spec.privacy.noise_multiplier
+        if spec.privacy.dp and noise is None:
+            noise = noise_for_target(target_epsilon=spec.privacy.target_epsilon, delta=spec.privacy.delta,
+                                     sample_rate=trainer.sample_rate(),
+                                     steps=trainer.steps_per_round() * spec.training.rounds, accountant=spec.privacy.accountant)
+        log.info("study %s: %d train / %d test samples, noise multiplier %s", study_id, len(train), len(test), noise)
+        return StudyState(spec=spec, trainer=trainer, noise_multiplier=noise, versions={})
+
+    def _pseudonym_key(self) -> bytes:
+        path = Path(self.config.state_dir) / "pseudonym.key"
+        if not path.exists():
+            import secrets
+
+            path.write_bytes(secrets.token_bytes(32))
+            path.chmod(0o600)
+        return path.read_bytes()
+
+    # --- keys ----------------------------------------------------------------------------------------
+    def on_keygen(self, task: pb.Task) -> None:
+        state = self._state(task)
+        keys = StudyKeys.generate(state.spec.privacy.encryption.removeprefix("ckks-"))
+        secret = keys.secret_context()
+        context = task.study_id.encode()
+        wrapped = {silo: base64.b64encode(wrap_secret(secret, pub, context=context)).decode()
+                   for silo, pub in task.participant_keys.items()}
+        bundle = json.dumps({"public_context": base64.b64encode(keys.public_context()).decode(), "wrapped": wrapped}).encode()
+        header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_KEY_BUNDLE))
+        self._send(header, bundle, kind="key_bundle", study=task.study_id, round_=0)
+        state.secret_context = secret
+        log.info("study %s: generated the CKKS keys and wrapped them for %d silos", task.study_id, len(wrapped))
+
+    def _secret_context(self, study_id: str) -> bytes:
+        state = self.studies[study_id]
+        if state.secret_context is None:
+            _, blob = self.client.fetch(study_id, pb.BLOB_WRAPPED_KEY)
+            state.secret_context = unwrap_secret(blob, self.wrap_keys, context=study_id.encode())
+        return state.secret_context
+
+    # --- rounds ------------------------------------------------------------------------------------
+    def _model(self, study_id: str, version: int) -> tuple[list[str], list[np.ndarray]]:
+        state = self.studies[study_id]
+        if version not in state.versions:
+            header, data = self.client.fetch(study_id, pb.BLOB_MODEL, version=version)
+            encrypted = header.encoding != "tensors"
+            base = self._model(study_id, version - 1) if encrypted else None
+            secret = self._secret_context(study_id) if encrypted else None
+            state.versions[version] = resolve_version(data, header.encoding, header.metadata_json, base=base,
+                                                      secret_context=secret)
+            state.versions = {v: w for v, w in state.versions.items() if v >= version - 1}
+            self.audit.append("model_received", study=study_id, version=version, sha256=header.sha256, size=len(data))
+        return state.versions[version]
+
+    def _state(self, task: pb.Task) -> StudyState:
+        """The study's state; after a restart, rebuilt from the approval on disk (data re-ingested)."""
+        if task.study_id not in self.studies:
+            spec = StudySpec.from_json(task.spec_json)
+            decision = self.approvals.valid_decision(task.study_id, spec)
+            if decision is None or not decision.approved:
+                raise PermissionError(f"study {task.study_id} has no valid approval at this node")
+            log.info("resuming study %s after a restart", task.study_id)
+            self.studies[task.study_id] = self._prepare(task.study_id, spec)
+        return self.studies[task.study_id]
+
+    def on_train(self, task: pb.Task) -> None:
+        state = self._state(task)
+        spec = state.spec
+        names, weights = self._model(task.study_id, task.model_version)
+        metrics = state.trainer.evaluate(weights)
+        self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                            model_version=task.model_version, metrics=metrics,
+                                            samples=len(state.trainer.test_set), model_sha256=_weights_sha(names, weights)))
+        history = self._dp_history()
+        if spec.privacy.dp:
+            prospective = DPStep(noise_multiplier=state.noise_multiplier, sample_rate=state.trainer.sample_rate(),
+                                 steps=state.trainer.steps_per_round())
+            exceed, eps_after = would_exceed(history, prospective, cap_epsilon=self.config.privacy.epsilon_cap,
+                                             delta=spec.privacy.delta, accountant=spec.privacy.accountant)
+            if exceed:
+                reason = (f"privacy budget: this round would bring ε on dataset {self.config.data.dataset} to "
+                          f"{eps_after:.3f}, above the node's cap {self.config.privacy.epsilon_cap}")
+                self.audit.append("budget_refused", study=task.study_id, round=task.round, epsilon_after=eps_after,
+                                  cap=self.config.privacy.epsilon_cap)
+                self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                                    model_version=task.model_version, skipped=True, skip_reason=reason))
+                log.warning("round %d skipped: %s", task.round, reason)
+                return
+        self.audit.append("round_joined", study=task.study_id, round=task.round)
+        result = state.trainer.train_round(weights, noise_multiplier=state.noise_multiplier, round_seed=task.round_seed)
+        privacy: dict[str, Any] = {"enabled": False}
+        if result.dp_step is not None:
+            eps = epsilon_spent([*history, result.dp_step], delta=spec.privacy.delta, accountant=spec.privacy.accountant)
+            self.ledger.record(silo=self.config.name, dataset=self.config.data.dataset, study=task.study_id, round=task.round,
+                               epsilon=eps, delta=spec.privacy.delta, noise_multiplier=result.dp_step.noise_multiplier,
+                               sample_rate=result.dp_step.sample_rate, steps=result.dp_step.steps,
+                               accountant=spec.privacy.accountant)
+            privacy = {"enabled": True, "epsilon": eps, "delta": spec.privacy.delta,
+                       "noise_multiplier": result.dp_step.noise_multiplier, "sample_rate": result.dp_step.sample_rate,
+                       "steps": result.dp_step.steps, "accountant": spec.privacy.accountant}
+        secret = self._secret_context(task.study_id) if spec.privacy.encryption != "none" else None
+        encoded = encode_update(spec, names, result.delta, secret_context=secret)
+        header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
+                               nonce=task.nonce, weight=result.weight, encoding=encoded.encoding,
+                               metadata_json=json.dumps({"privacy": privacy, "train_loss": result.train_loss}))
+        self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
+                   epsilon=privacy.get("epsilon"))
+
+    def on_finalize(self, task: pb.Task) -> None:
+        state = self._state(task)
+        names, weights = self._model(task.study_id, task.model_version)
+        if task.publish_model:
+            header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_FINAL_MODEL), round=task.round,
+                                   nonce=task.nonce, encoding="tensors")
+            self._send(header, encode_tensors(names, weights), kind="final_model", study=task.study_id, round_=task.round)
+        metrics = state.trainer.evaluate(weights)
+        self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                            model_version=task.model_version, metrics=metrics,
+                                            samples=len(state.trainer.test_set), model_sha256=_weights_sha(names, weights)))
+        self.finished.add(task.study_id)
+        log.info("study %s finished at this silo: AUROC %.3f", task.study_id, metrics.get("auroc", float("nan")))
+
+    def _dp_history(self) -> list[DPStep]:
+        return [DPStep(noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate, steps=r.steps)
+                for r in self.ledger.history(self.config.data.dataset)]
+
+    def _send(self, header: pb.BlobHeader, data: bytes, *, kind: str, study: str, round_: int, epsilon: float | None = None) -> None:
+        """Audit first, then send: the log never misses a message that left."""
+        header.sha256 = sha256_hex(data)
+        self.audit.append("message_sent", study=study, kind=kind, round=round_, size=len(data), sha256=header.sha256,
+                          epsilon=epsilon)
+        self.client.push(header, data)
+
+
+def _load_or_create_wrap_keys(path: Path) -> SiloKeyPair:
+    """The node's X25519 key pair that study secrets are wrapped for; private, kept across restarts."""
+    if path.exists():
+        return SiloKeyPair.from_private_bytes(path.read_bytes())
+    keys = SiloKeyPair.generate()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(keys.private_bytes())
+    tmp.chmod(0o600)
+    tmp.replace(path)
+    return keys
+
+
+def _weights_sha(names: list[str], weights: list[np.ndarray]) -> str:
+    return sha256_hex(encode_tensors(names, weights))
+
+
+def _counts_only(report: dict[str, Any]) -> dict[str, Any]:
+    """The ingestion report without file paths (they may name patients)."""
+    def strip(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if k not in ("files", "paths", "items", "records")}
+        if isinstance(x, list):
+            return len(x)
+        return x
+
+    return strip(report)

@@ -1,0 +1,78 @@
+"""The wire contract: stubs reproducible, tensor lists and chunked blobs checked as untrusted input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.api import codegen
+from coordinator.api import federation_pb2 as pb
+from coordinator.api.chunks import BlobError, chunk_blob, receive_blob
+from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
+
+
+def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
+    for fresh in codegen.generate(tmp_path):
+        committed = codegen.API_DIR / fresh.name
+        assert fresh.read_text() == committed.read_text(), f"{fresh.name} is stale: run python -m coordinator.api.codegen"
+
+
+def test_tensors_round_trip_without_copy() -> None:
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1.5], dtype=np.float32)]
+    data = encode_tensors(["a", "b"], arrays)
+    names, out = decode_tensors(data, expected=[TensorSpec("a", (2, 3)), TensorSpec("b", (1,))])
+    assert names == ["a", "b"]
+    for x, y in zip(arrays, out):
+        np.testing.assert_array_equal(x, y)
+    assert not out[0].flags.writeable  # a view into the received bytes
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: b"XXXX" + d[4:], "prefix"),
+        (lambda d: d[:-3], "truncated"),
+        (lambda d: d + b"\0", "unexpected bytes"),
+        (lambda d: d[:4] + (10**9).to_bytes(4, "little") + d[8:], "header length"),
+    ],
+)
+def test_malformed_tensor_lists_are_refused(mutate, message) -> None:
+    data = encode_tensors(["w"], [np.ones(4, dtype=np.float32)])
+    with pytest.raises(TensorFormatError, match=message):
+        decode_tensors(mutate(data))
+
+
+def test_nan_and_layout_mismatch_are_refused() -> None:
+    with pytest.raises(TensorFormatError, match="NaN"):
+        decode_tensors(encode_tensors(["w"], [np.array([np.nan], dtype=np.float32)]))
+    data = encode_tensors(["w"], [np.ones(4, dtype=np.float32)])
+    with pytest.raises(TensorFormatError, match="expected"):
+        decode_tensors(data, expected=[TensorSpec("w", (5,))])
+
+
+def _blob(size: int) -> tuple[pb.BlobHeader, bytes]:
+    return pb.BlobHeader(ref=pb.BlobRef(study_id="s", kind=pb.BLOB_UPDATE)), np.random.default_rng(0).bytes(size)
+
+
+def test_chunked_blob_round_trip_above_grpc_message_limit() -> None:
+    header, data = _blob(9 << 20)
+    chunks = list(chunk_blob(header, data))
+    assert all(c.ByteSize() < 4 << 20 for c in chunks)
+    got_header, got = receive_blob(chunks, max_bytes=10 << 20)
+    assert got == data and got_header.size == len(data)
+
+
+def test_chunked_blob_violations_are_refused() -> None:
+    header, data = _blob(3000)
+    chunks = list(chunk_blob(header, data, chunk_bytes=1000))
+    with pytest.raises(BlobError, match="truncated"):
+        receive_blob(chunks[:-1], max_bytes=10_000)
+    with pytest.raises(BlobError, match="exceeds the limit"):
+        receive_blob(chunks, max_bytes=100)
+    with pytest.raises(BlobError, match="longer than"):
+        receive_blob(chunks + [pb.Chunk(data=b"x")], max_bytes=10_000)
+    tampered = chunks[:1] + [pb.Chunk(data=b"y" * 1000)] + chunks[2:]
+    with pytest.raises(BlobError, match="SHA-256"):
+        receive_blob(tampered, max_bytes=10_000)
+    with pytest.raises(BlobError, match="header"):
+        receive_blob(chunks[1:], max_bytes=10_000)
