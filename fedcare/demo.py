@@ -44,7 +44,7 @@ class DemoOptions:
     encryption: str = "ckks-exact"
     rule: str = "fedavg"
     epsilon: float = 8.0
-    local_epochs: int = 2
+    local_epochs: int = 3
     timeout_s: float = 1800.0
 
 
@@ -64,7 +64,7 @@ def demo_spec(opts: DemoOptions) -> StudySpec:
     return StudySpec(
         name="demo-heart-failure",
         description="Synthetic multimodal heart-failure prediction across hospitals (fedcare demo).",
-        training=TrainingSpec(rounds=opts.rounds, local_epochs=opts.local_epochs, batch_size=32, learning_rate=0.1,
+        training=TrainingSpec(rounds=opts.rounds, local_epochs=opts.local_epochs, batch_size=32, learning_rate=0.05,
                               min_silos=max(1, opts.silos - 1), expected_silos=opts.silos, seed=opts.seed,
                               round_timeout_s=300.0),
         privacy=PrivacySpec(dp=opts.dp, target_epsilon=opts.epsilon if opts.dp else None, delta=1e-5,

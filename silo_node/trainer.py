@@ -74,8 +74,10 @@ class LocalTrainer:
         set_shared_weights(self.model, self.personal, global_weights)
         torch.manual_seed(round_seed)
         model = copy.deepcopy(self.model).train()
-        opt_cls = torch.optim.Adam if t.optimizer == "adam" else torch.optim.SGD
-        optimizer = opt_cls(model.parameters(), lr=t.learning_rate)
+        if t.optimizer == "adam":
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=t.learning_rate, momentum=t.momentum)
         loader = DataLoader(self.train_set, batch_size=t.batch_size, shuffle=True)
         dp_step = None
         trained = model

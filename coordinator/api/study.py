@@ -98,6 +98,7 @@ class TrainingSpec(_Strict):
     batch_size: int = Field(default=32, ge=1)
     learning_rate: float = Field(default=0.05, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(default=0.9, ge=0, lt=1)  # SGD momentum; post-processing under DP
     fedprox_mu: float = Field(default=0.0, ge=0)
     min_silos: int = Field(default=2, ge=1)  # quorum: a round closes only with this many updates
     expected_silos: int | None = Field(default=None, ge=1)  # start as soon as this many enrolled
