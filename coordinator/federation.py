@@ -9,6 +9,7 @@ restarted coordinator resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 ACTIVE_STATES = ("enrolling", "keygen", "running", "finalizing")
 MAX_ROUND_RETRIES = 3
 AuditFn = Callable[..., None]
+
+
+def kind_name(kind: int) -> str:
+    return pb.BlobKind.Name(kind) if kind in pb.BlobKind.values() else f"unknown kind ({kind})"
 
 
 def _no_audit(event: str, **fields: Any) -> None:
@@ -224,17 +229,23 @@ class Federation:
         self._open_round(row, 1, self.accepted_silos(study_id))
 
     def _open_round(self, row: StudyRow, number: int, participants: list[str], *, finalizing: bool | None = None,
-                    outcome: dict[str, Any] | None = None) -> None:
+                    outcome: dict[str, Any] | None = None, closing: RoundRow | None = None) -> None:
         """Open round `number`; the finalizing round evaluates version number - 1 and releases it."""
         spec = self.spec(row.id)
         finalizing = number > spec.training.rounds if finalizing is None else finalizing
         row.state = "finalizing" if finalizing else "running"
         row.current_round = number
+        # The round seed (shuffling, DP noise, random-k coordinates at the silos) follows from the
+        # study seed, so a study is reproducible; the nonce is random, so a replay is refused.
+        attempt = (outcome or {}).get("retries", 0)
+        seed_src = f"{spec.training.seed}:{number}:{attempt}".encode()
         rnd = RoundRow(study_id=row.id, number=number, state="open", nonce=secrets.token_hex(16),
-                       seed=secrets.randbits(31), participants_json=json.dumps(participants),
+                       seed=int.from_bytes(hashlib.sha256(seed_src).digest()[:4], "big") >> 1, participants_json=json.dumps(participants),
                        opened_at=self.clock(), deadline=self.clock() + spec.training.round_timeout_s,
                        outcome_json=dumps(outcome or {}))
-        self.store.add(row, rnd)
+        # Closing the last round and opening this one is one transaction: a crash between them
+        # would otherwise leave the study with no open round.
+        self.store.add(row, *([closing] if closing is not None else []), rnd)
         log.info("study %s: %s %d with %s", row.id, "finalizing version" if finalizing else "round",
                  number - 1 if finalizing else number, participants)
 
@@ -281,8 +292,7 @@ class Federation:
         outcome = self._closer.close(row, rnd, spec, updates)
         rnd.state, rnd.closed_at = "closed", self.clock()
         rnd.outcome_json = dumps(outcome)
-        self.store.add(rnd)
-        self._open_round(row, rnd.number + 1, self.accepted_silos(row.id))
+        self._open_round(row, rnd.number + 1, self.accepted_silos(row.id), closing=rnd)
 
     def _fail(self, row: StudyRow, reason: str) -> None:
         row.state, row.error = "failed", reason
@@ -400,7 +410,7 @@ class Federation:
                 if ref.silo and ref.silo != silo:
                     raise Refused(f"silo {silo} may only fetch its own wrapped key")
                 return pb.BlobHeader(ref=ref, sha256=enrollment.wrapped_key_sha), self.blobs.get(enrollment.wrapped_key_sha)
-            raise NotFound(f"no blob of kind {pb.BlobKind.Name(ref.kind)} for silo {silo} in study {row.id}")
+            raise NotFound(f"no blob of kind {kind_name(ref.kind)} for silo {silo} in study {row.id}")
 
     def final_model(self, study_id: str) -> tuple[str, bytes]:
         row = self.study(study_id)

@@ -20,7 +20,7 @@ from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import BlobError, chunk_blob, receive_blob
 from coordinator.auth import Authenticator
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
-from coordinator.federation import Federation
+from coordinator.federation import Federation, kind_name
 from coordinator.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class FederationService(pb_grpc.FederationServicer):
         silo = self.auth.silo(context, ref.silo)
         limits = {pb.BLOB_UPDATE: None, pb.BLOB_KEY_BUNDLE: MAX_CONTROL_BLOB, pb.BLOB_FINAL_MODEL: None}
         if ref.kind not in limits:
-            raise InvalidInput(f"silos may not push blobs of kind {pb.BlobKind.Name(ref.kind)}")
+            raise InvalidInput(f"silos may not push blobs of kind {kind_name(ref.kind)}")
         spec = self.fed.spec(ref.study_id)
         limit = limits[ref.kind] or self.fed._closer.max_update_bytes(ref.study_id, spec)
         header, data = receive_blob(_prepend(first, it), max_bytes=limit)

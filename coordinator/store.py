@@ -3,6 +3,11 @@
 SQLAlchemy models over SQLite (WAL) by default; the same models work on PostgreSQL. Large
 objects (models, updates, key material) live in the content-addressed BlobStore; rows hold
 their SHA-256. Everything the coordinator needs to resume after a restart is here.
+
+The schema is owned by Alembic (`coordinator/migrations/`): `open_engine` upgrades a
+database to the newest revision, so a change to these models needs a new revision there
+(`python -m coordinator.migrations revision -m "..." --autogenerate`); the store tests fail
+while models and migrations disagree.
 """
 
 from __future__ import annotations
@@ -13,17 +18,22 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Float,
     Integer,
+    LargeBinary,
     String,
     Text,
     create_engine,
     event,
+    inspect,
     select,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from coordinator.errors import InvalidInput
 
 
 class Base(DeclarativeBase):
@@ -50,7 +60,7 @@ class SiloRow(Base):
     __tablename__ = "silos"
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     modalities_json: Mapped[str] = mapped_column(Text, default="[]")
-    wrap_public_key: Mapped[bytes] = mapped_column(default=b"")
+    wrap_public_key: Mapped[bytes] = mapped_column(LargeBinary, default=b"")
     last_seen: Mapped[float] = mapped_column(Float, default=0.0)
 
 
@@ -60,8 +70,8 @@ class EnrollmentRow(Base):
     silo: Mapped[str] = mapped_column(String(200), primary_key=True)
     accepted: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str] = mapped_column(Text, default="")
-    train_samples: Mapped[int] = mapped_column(Integer, default=0)
-    test_samples: Mapped[int] = mapped_column(Integer, default=0)
+    train_samples: Mapped[int] = mapped_column(BigInteger, default=0)
+    test_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     wrapped_key_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
@@ -71,7 +81,7 @@ class RoundRow(Base):
     number: Mapped[int] = mapped_column(Integer, primary_key=True)
     state: Mapped[str] = mapped_column(String(20))  # open, closed
     nonce: Mapped[str] = mapped_column(String(64))
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[int] = mapped_column(BigInteger)
     participants_json: Mapped[str] = mapped_column(Text)
     opened_at: Mapped[float] = mapped_column(Float)
     deadline: Mapped[float] = mapped_column(Float)
@@ -85,7 +95,7 @@ class UpdateRow(Base):
     round: Mapped[int] = mapped_column(Integer, primary_key=True)
     silo: Mapped[str] = mapped_column(String(200), primary_key=True)
     blob_sha: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
     weight: Mapped[float] = mapped_column(Float)
     encoding: Mapped[str] = mapped_column(String(40))
     metadata_json: Mapped[str] = mapped_column(Text, default="{}")
@@ -115,7 +125,7 @@ class MetricsRow(Base):
     model_version: Mapped[int] = mapped_column(Integer, primary_key=True)
     silo: Mapped[str] = mapped_column(String(200), primary_key=True)
     metrics_json: Mapped[str] = mapped_column(Text)
-    samples: Mapped[int] = mapped_column(Integer)
+    samples: Mapped[int] = mapped_column(BigInteger)
     model_sha: Mapped[str] = mapped_column(String(64), default="")
 
 
@@ -124,8 +134,8 @@ class TrafficRow(Base):
     study_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     round: Mapped[int] = mapped_column(Integer, primary_key=True)
     silo: Mapped[str] = mapped_column(String(200), primary_key=True)
-    bytes_up: Mapped[int] = mapped_column(Integer, default=0)
-    bytes_down: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_up: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -137,16 +147,57 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 
 def open_engine(url_or_path: str | Path) -> Engine:
-    """`sqlite:///...`, `postgresql://...`, or a plain path to a SQLite file."""
+    """`sqlite:///...`, `postgresql://...`, or a plain path to a SQLite file; upgraded to the newest schema."""
     url = str(url_or_path)
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{url}"
-    engine = create_engine(url, future=True)
+    engine = create_engine(url, future=True, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    Base.metadata.create_all(engine)
+    upgrade(engine)
     return engine
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the database to `revision` with Alembic.
+
+    A database written before migrations existed (by `create_all`: every table, no
+    `alembic_version`) is stamped as the first revision, then upgraded like any other.
+    """
+    from coordinator.migrations import FIRST_REVISION, alembic_config  # first: it quiets alembic's import logging
+    from alembic import command
+
+    with engine.begin() as conn:
+        tables = set(inspect(conn).get_table_names())
+        config = alembic_config(conn)
+        if "alembic_version" not in tables and set(Base.metadata.tables) <= tables:
+            command.stamp(config, FIRST_REVISION)
+        command.upgrade(config, revision)
+
+
+def check_row(row: Base) -> None:
+    """Refuse text the two backends would treat differently, before it reaches either.
+
+    PostgreSQL refuses NUL characters and strings longer than a VARCHAR's length, where
+    SQLite stores both; checking here makes an untrusted value a clear InvalidInput on
+    both instead of a driver error (INTERNAL) on one and silent acceptance on the other.
+    """
+    for column in row.__table__.columns:
+        value = getattr(row, column.key, None)
+        if not isinstance(value, str):
+            continue
+        where = f"{row.__tablename__}.{column.key}"
+        if "\x00" in value:
+            raise InvalidInput(f"{where}: text may not contain NUL characters")
+        limit = getattr(column.type, "length", None)
+        if limit is not None and len(value) > limit:
+            raise InvalidInput(f"{where}: {len(value)} characters where at most {limit} fit")
+
+
+def _storable_key(*values: Any) -> bool:
+    """False for a key no row can have (NUL, which PostgreSQL cannot even compare)."""
+    return not any(isinstance(v, str) and "\x00" in v for v in values)
 
 
 class Store:
@@ -157,15 +208,21 @@ class Store:
         self.session: sessionmaker[Session] = sessionmaker(engine, expire_on_commit=False)
 
     def add(self, *rows: Base) -> None:
+        for row in rows:
+            check_row(row)
         with self.session.begin() as s:
             for row in rows:
                 s.merge(row)
 
     def get(self, cls: type[Any], *key: Any) -> Any:
+        if not _storable_key(*key):
+            return None
         with self.session() as s:
             return s.get(cls, key if len(key) > 1 else key[0])
 
     def all(self, cls: type[Any], **where: Any) -> list[Any]:
+        if not _storable_key(*where.values()):
+            return []
         with self.session() as s:
             stmt = select(cls).filter_by(**where)
             return list(s.scalars(stmt))
@@ -175,6 +232,7 @@ class Store:
             row = s.get(TrafficRow, (study_id, round_, silo))
             if row is None:
                 row = TrafficRow(study_id=study_id, round=round_, silo=silo, bytes_up=0, bytes_down=0)
+                check_row(row)
                 s.add(row)
             row.bytes_up += up
             row.bytes_down += down

@@ -38,7 +38,8 @@ class UserError(Exception):
 
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)  # Opacus configures logging at import; ours must win
 
 
 # --- demo ---------------------------------------------------------------------------------------

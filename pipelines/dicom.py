@@ -1,15 +1,20 @@
-"""DICOM ingestion: Part-10 files -> one normalised slice per patient.
+"""One DICOM instance: its de-identified header, and its pixels as modality values.
 
-Files are recognised by content, not by name (PS3.10: preamble + 'DICM'). Stored values
-become modality values with RescaleSlope/Intercept (PS3.3 C.11.1.1.2), then MONAI transforms
-resize to the cohort's image size and z-score the intensities per image, which removes
-scanner gain/offset differences between hospitals.
+Instances are recognised by content, not by name (PS3.10: preamble + 'DICM'), and may come
+from a file or a PACS (`DicomInput.read` returns the Part-10 bytes either way). Pixels are
+decoded by pydicom's pixel handlers, so every transfer syntax with an installed plugin works
+(native, deflate, RLE, JPEG baseline/extended/lossless and JPEG 2000 through pylibjpeg).
+Stored values become modality values with the Modality LUT (RescaleSlope/Intercept, PS3.3
+C.11.1), then the VOI LUT or window (C.11.2) when the file has one; colour images are
+reduced to luminance (ITU-R BT.601). MONAI transforms then restore square pixels from
+PixelSpacing, pad to a square field of view, resize to the cohort's size and z-score.
 """
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -17,74 +22,175 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from monai.transforms import Compose, NormalizeIntensity, Resize
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_rescale
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from .deid import Deidentifier
 from .errors import DicomError
 
 log = logging.getLogger(__name__)
+_ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
 
 
 @dataclass(frozen=True)
-class DicomSlice:
-    patient_id: str  # the MRN
-    study_date: date | None
-    pixels: np.ndarray  # float32 [H, W] modality values (e.g. HU)
-    source: str
+class DicomInput:
+    source: str  # a path or a WADO-RS URL, used in messages only
+    read: Callable[[], bytes]
 
 
-def read_slice(path: Path) -> DicomSlice:
-    """Read one DICOM file; raise `DicomError` saying what is wrong with it."""
+@dataclass(frozen=True)
+class DicomHeader:
+    """What grouping and selection need, after de-identification (safe to cache)."""
+
+    pseudonym: str
+    study_uid: str  # remapped
+    series_uid: str  # remapped
+    day: int | None  # study date minus the index date, in days (relative: no calendar date kept)
+    position: float | None  # along the slice normal (ImagePositionPatient . normal), mm
+    instance: int
+    frames: int
+    spacing: tuple[float, float]  # row, column spacing in mm
+
+
+def file_inputs(paths: Sequence[Path]) -> Iterator[DicomInput]:
+    """Every regular file under the given paths, in any nesting; DICOM is recognised by content."""
+    for p in map(Path, paths):
+        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+        for f in files:
+            yield DicomInput(str(f), f.read_bytes)
+
+
+def _parse(data: bytes, source: str) -> Dataset:
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         raise DicomError("is missing the DICOM File Meta Information header or the 'DICM' prefix; expected a "
-                         "DICOM Part-10 file. Remove non-DICOM files from the image folder", reason="not_dicom", source=path) from None
+                         "DICOM Part-10 file. Remove non-DICOM files from the image folder", reason="not_dicom",
+                         source=source) from None
     except Exception as e:  # pydicom raises many types for damaged files; the file is quarantined, not lost
         raise DicomError(f"cannot be parsed ({type(e).__name__}: {e}); the file is probably truncated or damaged. "
-                         "Re-export it from the PACS", reason="truncated", source=path) from None
-    patient_id = str(ds.get("PatientID", "") or "").strip()
-    if not patient_id:
-        raise DicomError("has no PatientID (0010,0020); expected the patient's MRN to link the image",
-                         reason="no_patient_id", source=path)
+                         "Re-export it from the PACS", reason="truncated", source=source) from None
+
+
+def _day(ds: Dataset, index_date: date, source: str) -> int | None:
+    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        raw = str(ds.get(keyword, "") or "")
+        if raw:
+            try:
+                return (datetime.strptime(raw[:8], "%Y%m%d").date() - index_date).days
+            except ValueError:
+                log.warning("%s: %s %r is not YYYYMMDD; trying the next date", source, keyword, raw)
+    return None
+
+
+def _position(ds: Dataset) -> float | None:
+    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if not ipp or not iop or len(ipp) != 3 or len(iop) != 6:
+        return None
+    normal = np.cross(np.array(iop[:3], float), np.array(iop[3:], float))
+    return float(np.dot(normal, np.array(ipp, float)))
+
+
+def _spacing(ds: Dataset) -> tuple[float, float]:
+    sp = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    try:
+        row, col = float(sp[0]), float(sp[1])
+        if row > 0 and col > 0:
+            return row, col
+    except (TypeError, ValueError, IndexError):
+        pass
+    return 1.0, 1.0
+
+
+def _check_pixel_data(ds: Dataset, source: str) -> None:
     if "PixelData" not in ds:
-        raise DicomError("has no Pixel Data (7FE0,0010); expected an image. Structured reports and presentation "
-                         "states are not used", reason="no_pixel_data", source=path)
+        raise DicomError("has no Pixel Data (7FE0,0010); expected an image. Structured reports, plans and "
+                         "presentation states are not used", reason="no_pixel_data", source=source)
+    length = len(ds.PixelData or b"")
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        if length < _ENCAPSULATED_MIN:
+            raise DicomError("has empty encapsulated Pixel Data; the file is truncated. Re-export it from the PACS",
+                             reason="truncated", source=source)
+        return
+    try:
+        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
+                    * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated) + 7) // 8
+    except (AttributeError, TypeError, ValueError) as e:
+        raise DicomError(f"lacks an Image Pixel attribute ({e}); expected Rows, Columns and BitsAllocated",
+                         reason="bad_pixel_module", source=source) from None
+    if length < expected:
+        raise DicomError(f"has {length} bytes of Pixel Data but its Image Pixel module needs {expected}; the file "
+                         "is truncated. Re-export it from the PACS", reason="truncated", source=source)
+
+
+def read_header(data: bytes, source: str, deid: Deidentifier, index_date: date) -> DicomHeader:
+    """Parse one instance and de-identify its header; raise `DicomError` saying what is wrong."""
+    ds = _parse(data, source)
+    mrn = str(ds.get("PatientID", "") or "").strip()
+    if not mrn:
+        raise DicomError("has no PatientID (0010,0020); expected the patient's MRN to link the image",
+                         reason="no_patient_id", source=source)
+    _check_pixel_data(ds, source)
+    if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
+        raise DicomError("has BurnedInAnnotation (0028,0301) = YES: its pixels may show the patient's name or ID, "
+                         "which the Basic Profile cannot remove. Export a version without annotations",
+                         reason="burned_in_annotation", source=source)
+    day, position, spacing = _day(ds, index_date, source), _position(ds), _spacing(ds)
+    deid.dicom(ds, mrn)
+    return DicomHeader(pseudonym=str(ds.PatientID), study_uid=str(ds.get("StudyInstanceUID", "") or ""),
+                       series_uid=str(ds.get("SeriesInstanceUID", "") or ""), day=day, position=position,
+                       instance=int(ds.get("InstanceNumber", 0) or 0), frames=int(ds.get("NumberOfFrames", 1) or 1),
+                       spacing=spacing)
+
+
+def read_frame(data: bytes, source: str) -> np.ndarray:
+    """The middle frame of an instance as float32 [H, W] modality (VOI-windowed) values."""
+    ds = _parse(data, source)
     try:
         arr = ds.pixel_array
     except Exception as e:  # a decoder or length error: the pixel data cannot be trusted
-        raise DicomError(f"has Pixel Data that cannot be decoded ({type(e).__name__}: {e}); the file is probably "
-                         "truncated. Re-export it from the PACS", reason="truncated", source=path) from None
-    if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
-        arr = arr[arr.shape[0] // 2]  # a multi-frame image: its middle frame
-    if arr.ndim != 2:
-        raise DicomError(f"has pixel data of shape {arr.shape}; expected one greyscale 2D slice", reason="not_2d", source=path)
-    pixels = np.asarray(apply_rescale(arr, ds), dtype=np.float32)
+        ts = ds.file_meta.get("TransferSyntaxUID")
+        raise DicomError(f"has Pixel Data in {ts.name if ts else 'an unknown transfer syntax'} that cannot be decoded "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); the file is damaged or needs a decoder "
+                         "plugin. Re-export it uncompressed from the PACS", reason="undecodable", source=source) from None
+    colour = int(ds.get("SamplesPerPixel", 1)) > 1
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[arr.shape[0] // 2]
+    if colour:
+        if arr.ndim != 3:
+            raise DicomError(f"has colour pixel data of shape {arr.shape}; expected [rows, columns, 3]",
+                             reason="bad_shape", source=source)
+        pixels = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    else:
+        if arr.ndim != 2:
+            raise DicomError(f"has pixel data of shape {arr.shape}; expected a 2D frame", reason="bad_shape", source=source)
+        pixels = apply_modality_lut(arr, ds)
+        if "WindowCenter" in ds or "VOILUTSequence" in ds:
+            pixels = apply_voi_lut(pixels, ds, index=0, prefer_lut=True)
+    pixels = np.asarray(pixels, dtype=np.float32)
     if not np.isfinite(pixels).all():
-        raise DicomError("has non-finite pixel values after rescale; check RescaleSlope/Intercept", reason="non_finite", source=path)
-    study = None
-    raw = str(ds.get("StudyDate", "") or "")
-    if raw:
-        try:
-            study = datetime.strptime(raw[:8], "%Y%m%d").date()
-        except ValueError:
-            log.warning("%s: StudyDate %r is not YYYYMMDD; treating the study date as unknown", path, raw)
-    return DicomSlice(patient_id, study, pixels, str(path))
+        raise DicomError("has non-finite pixel values after the Modality LUT; check RescaleSlope/Intercept",
+                         reason="non_finite", source=source)
+    return pixels
 
 
 def image_transform(image_size: int) -> Compose:
-    """[1, H, W] modality values -> [1, S, S] float32, zero mean and unit variance."""
+    """[1, H, W] square-pixel values -> [1, S, S] float32, zero mean and unit variance."""
     return Compose([Resize(spatial_size=(image_size, image_size), mode="area"), NormalizeIntensity()])
 
 
-def normalise_slice(pixels: np.ndarray, transform: Compose) -> np.ndarray:
-    out = np.asarray(transform(pixels[None].astype(np.float32)), dtype=np.float32)
+def normalise_slice(pixels: np.ndarray, image_size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+    """Square pixels (PixelSpacing), square field of view (padded with the minimum), resize, z-score."""
+    img = pixels[None].astype(np.float32)
+    row, col = spacing
+    if abs(row - col) > 1e-3 * max(row, col):
+        h, w = img.shape[1:]
+        s = min(row, col)
+        img = np.asarray(Resize(spatial_size=(max(1, round(h * row / s)), max(1, round(w * col / s))), mode="area")(img))
+    h, w = img.shape[1:]
+    side = max(h, w)
+    img = np.pad(img, ((0, 0), ((side - h) // 2, side - h - (side - h) // 2), ((side - w) // 2, side - w - (side - w) // 2)),
+                 constant_values=float(img.min()))
+    out = np.asarray(image_transform(image_size)(img), dtype=np.float32)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)  # a constant image has no variance
-
-
-def dicom_files(paths: Sequence[Path]) -> list[Path]:
-    """Every regular file under the given paths; DICOM is recognised by content, not by name."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        out.extend(sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p])
-    return out

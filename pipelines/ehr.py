@@ -1,6 +1,7 @@
 """EHR features and the label, computed per patient from coded FHIR facts and the cohort.
 
-Features are aggregated over `(index - window_days, index]`, converted to the feature's
+Dates arrive as days relative to the index date (`pipelines.fhir`). Features are aggregated
+over days `(-window_days, 0]`, converted to the feature's
 UCUM unit (`pipelines.units`); demographics (`system = "fedcare"`) come from the Patient.
 The label is 1 when the label condition starts within `(index, index + label_window_days]`;
 a patient whose label condition started on or before the index date is a prevalent case and
@@ -10,8 +11,6 @@ is excluded from the cohort (counted in the report), as incident-outcome studies
 from __future__ import annotations
 
 import math
-from datetime import date, timedelta
-
 import numpy as np
 
 from .cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
@@ -33,33 +32,27 @@ def check_features(features: tuple[FeatureLike, ...]) -> None:
             raise ConfigurationError(f"feature {f.name!r} has aggregate {f.aggregate!r}; expected one of {AGGREGATES}")
 
 
-def age_at(birth: date | None, index: date) -> float:
-    return float("nan") if birth is None else (index - birth).days / 365.25
-
-
-def _demographic(p: FhirPatient, code: str, index: date) -> float:
+def _demographic(p: FhirPatient, code: str) -> float:
     if code == "age":
-        return age_at(p.birth_date, index)
+        return float("nan") if p.age is None else p.age
     if p.gender not in ("female", "male"):
         return float("nan")
     return float(p.gender == code.removeprefix("sex-"))
 
 
-def ehr_values(p: FhirPatient, features: tuple[FeatureLike, ...], index: date, quarantine: Quarantine,
-               refused: set[str]) -> np.ndarray:
+def ehr_values(p: FhirPatient, features: tuple[FeatureLike, ...], quarantine: Quarantine, refused: set[str]) -> np.ndarray:
     """Raw feature values in cohort units, NaN where missing. `refused` collects quarantined sources."""
     out = np.full(len(features), np.nan, dtype=np.float64)
     for j, f in enumerate(features):
         if f.system == DEMOGRAPHIC_SYSTEM:
-            out[j] = _demographic(p, f.code, index)
+            out[j] = _demographic(p, f.code)
             continue
-        start = index - timedelta(days=f.window_days)
-        hits: list[tuple[date, float]] = []
+        hits: list[tuple[int, float]] = []
         for m in p.measurements:
-            if (f.system, f.code) not in m.codes or not (start < m.when <= index) or m.source in refused:
+            if (f.system, f.code) not in m.codes or not (-f.window_days < m.day <= 0) or m.source in refused:
                 continue
             try:
-                hits.append((m.when, convert(m.value, m.unit, f.unit, code=f.code, source=m.source)))
+                hits.append((m.day, convert(m.value, m.unit, f.unit, code=f.code, source=m.source)))
             except UnitError as e:
                 refused.add(m.source)
                 quarantine.add("ehr", e)
@@ -71,13 +64,13 @@ def ehr_values(p: FhirPatient, features: tuple[FeatureLike, ...], index: date, q
     return out
 
 
-def label_of(p: FhirPatient, cohort: CohortLike, index: date) -> int | None:
-    """1/0, or None for a prevalent case (label condition on or before the index date)."""
+def label_of(p: FhirPatient, cohort: CohortLike) -> int | None:
+    """1/0, or None for a prevalent case (label condition on or before the index date, day <= 0)."""
     key = (cohort.label_system, cohort.label_code)
-    onsets = [d.onset for d in p.diagnoses if key in d.codes]
-    if any(o <= index for o in onsets):
+    onsets = [d.day for d in p.diagnoses if key in d.codes]
+    if any(o <= 0 for o in onsets):
         return None
-    return int(any(o <= index + timedelta(days=cohort.label_window_days) for o in onsets))
+    return int(any(o <= cohort.label_window_days for o in onsets))
 
 
 def has_observed_ehr(values: np.ndarray, features: tuple[FeatureLike, ...]) -> bool:

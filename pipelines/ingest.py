@@ -1,36 +1,40 @@
-"""One silo's ingestion: FHIR + DICOM + wearable files -> `MultimodalDataset` + `IngestReport`.
+"""One silo's ingestion: FHIR + DICOM (files, DICOMweb) + wearables -> `MultimodalDataset` + `IngestReport`.
 
-Steps: read each modality (refused inputs go to the quarantine with a reason naming the
-file), join per patient by MRN, apply the cohort (age, prevalent label), build the tensors,
-then replace the MRN by a keyed pseudonym, HMAC-SHA256(pseudonym_key, MRN) (RFC 2104), so
-that the same patient gets the same pseudonym in every run and modality at this silo while
-nobody without the key can link it back. No name, MRN, address or file path is kept in the
-dataset or the report; quarantine entries (which name local files) stay at the silo.
+Steps: read each modality, de-identifying as it is read (`pipelines.deid`: the MRN becomes
+the keyed pseudonym HMAC-SHA256(key, MRN), identical across modalities and runs; dates become
+days relative to the index date); refused inputs go to the quarantine with a reason naming
+the file; join per pseudonym; apply the cohort (age, prevalent label); build the tensors.
+Each input's de-identified result is cached by content and cohort (`pipelines.cache`) when
+`cache_dir` is given, so a re-run parses only new or changed inputs. No name, MRN, address or
+file path is kept in the dataset or the report; quarantine entries (which name local files)
+stay at the silo.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from .cache import IngestCache, cohort_hash
 from .cohort import INDEX_DATE, MODALITIES, CohortLike
 from .dataset import MultimodalDataset, normalise_ehr
-from .dicom import DicomSlice, dicom_files, image_transform, read_slice, normalise_slice
-from .ehr import age_at, check_features, ehr_values, has_observed_ehr, label_of
-from .errors import ConfigurationError, DicomError, InputError, SignalError
+from .deid import Deidentifier
+from .dicom import DicomInput, file_inputs
+from .ehr import check_features, ehr_values, has_observed_ehr, label_of
+from .errors import ConfigurationError, InputError
 from .fhir import read_fhir
+from .images import read_images
 from .quarantine import Quarantine
-from .wearables import Window, read_recording, wearable_files, window
+from .signals import read_signals
 
 log = logging.getLogger(__name__)
 MIN_KEY_BYTES = 16
@@ -43,6 +47,9 @@ class ModalityReport(BaseModel):
     samples: int = 0  # samples of the dataset with this modality present
     quarantined: dict[str, int] = Field(default_factory=dict)  # by reason
     unused: dict[str, int] = Field(default_factory=dict)  # valid but not used, by reason
+    parsed: int = 0  # inputs parsed in this run
+    cached: int = 0  # inputs taken from the silo's cache (not parsed again)
+    series: int = 0  # DICOM series (image only)
 
 
 class IngestReport(BaseModel):
@@ -67,108 +74,76 @@ class IngestResult:
 
 
 def pseudonym(mrn: str, key: bytes) -> str:
-    return hmac.new(key, mrn.encode("utf-8"), hashlib.sha256).hexdigest()
+    return Deidentifier(key).pseudonym(mrn)
 
 
-def _read_images(paths: Sequence[Path], index_date: date, q: Quarantine, rep: ModalityReport) -> dict[str, DicomSlice]:
-    chosen: dict[str, DicomSlice] = {}
-    unused: Counter = Counter()
-    for path in dicom_files(paths):
-        rep.inputs_read += 1
-        try:
-            s = read_slice(path)
-        except DicomError as e:
-            q.add("image", e)
-            continue
-        rep.records += 1
-        if s.study_date is not None and s.study_date > index_date:
-            unused["after_index_date"] += 1
-            continue
-        old = chosen.get(s.patient_id)
-        if old is not None:
-            unused["superseded"] += 1
-            if (old.study_date or date.min) >= (s.study_date or date.min):
-                continue
-        chosen[s.patient_id] = s
-    rep.unused = dict(unused)
-    return chosen
-
-
-def _read_signals(paths: Sequence[Path], cohort: CohortLike, index_date: date, q: Quarantine,
-                  rep: ModalityReport) -> dict[str, Window]:
-    chosen: dict[str, Window] = {}
-    unused: Counter = Counter()
-    channels = tuple(cohort.signal_channels)
-    for path in wearable_files(paths):
-        rep.inputs_read += 1
-        try:
-            rec = read_recording(path, channels)
-            w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
-        except SignalError as e:
-            q.add("signal", e)
-            continue
-        rep.records += 1
-        if w is None:
-            unused["after_index_date"] += 1
-            continue
-        old = chosen.get(rec.patient_id)
-        if old is not None:
-            unused["superseded"] += 1
-            if old.end >= w.end:
-                continue
-        chosen[rec.patient_id] = w
-    rep.unused = dict(unused)
-    return chosen
+def _fill(rep: ModalityReport, stats: Counter) -> None:
+    for name in ("inputs_read", "records", "parsed", "cached", "series"):
+        setattr(rep, name, int(stats.get(name, 0)))
+    rep.unused = {k.removeprefix("unused_"): v for k, v in sorted(stats.items()) if k.startswith("unused_")}
 
 
 def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path], cohort: CohortLike,
-                pseudonym_key: bytes, index_date: date = INDEX_DATE) -> IngestResult:
-    """Turn one silo's files into training samples; see the module docstring for the steps."""
+                pseudonym_key: bytes, index_date: date = INDEX_DATE, dicomweb: Sequence[str] = (),
+                dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None) -> IngestResult:
+    """Turn one silo's inputs into training samples; see the module docstring for the steps.
+
+    `dicomweb`: base URLs of DICOMweb services (QIDO-RS/WADO-RS) to read every study from;
+    `dicom_inputs`: further DICOM instances from elsewhere; `cache_dir`: the silo's cache.
+    """
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
         raise ConfigurationError(f"pseudonym_key has {len(pseudonym_key) if isinstance(pseudonym_key, bytes) else 'no'} "
                                  f"bytes; expected at least {MIN_KEY_BYTES} random bytes kept secret at the silo")
     features = tuple(cohort.features)
     check_features(features)
+    deid = Deidentifier(pseudonym_key)
+    cache = IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint))
     q = Quarantine()
     reps = {m: ModalityReport() for m in MODALITIES}
 
-    read = read_fhir(fhir, q)
+    read = read_fhir(fhir, q, deid=deid, index_date=index_date, cache=cache)
     reps["ehr"].inputs_read, reps["ehr"].records = read.files, read.records
-    images = _read_images(dicom, index_date, q, reps["image"])
-    signals = _read_signals(wearables, cohort, index_date, q, reps["signal"])
+    reps["ehr"].parsed, reps["ehr"].cached = read.parsed, read.cached
+    remote: Iterable[DicomInput] = ()
+    if dicomweb:
+        from .dicomweb import dicomweb_inputs  # dicomweb-client is only needed when a PACS is named
+
+        remote = chain.from_iterable(dicomweb_inputs(url) for url in dicomweb)
+    images, image_stats = read_images(chain(file_inputs(dicom), dicom_inputs, remote), deid=deid, index_date=index_date,
+                                      image_size=cohort.image_size, cache=cache, quarantine=q)
+    signals, signal_stats = read_signals(wearables, cohort=cohort, deid=deid, index_date=index_date, cache=cache, quarantine=q)
+    _fill(reps["image"], image_stats)
+    _fill(reps["signal"], signal_stats)
     for modality, found in (("image", images), ("signal", signals)):
-        for mrn in sorted(set(found) - set(read.patients)):
+        for pid in sorted(set(found) - set(read.patients)):
             q.add(modality, InputError("belongs to a patient with no FHIR Patient record (matched by MRN); expected one "
                                        "to read the label. Include the patient's FHIR export", reason="no_fhir_patient",
-                                       source=found[mrn].source))
+                                       source=found[pid].source))
 
     excluded: Counter = Counter()
     refused: set[str] = set()
     rows = []
-    for mrn in sorted(read.patients):
-        p = read.patients[mrn]
-        if not age_at(p.birth_date, index_date) >= cohort.min_age:  # also refuses an unknown age
+    for pid in sorted(read.patients):  # sorted by pseudonym: no trace of MRN order
+        p = read.patients[pid]
+        if p.age is None or not p.age >= cohort.min_age:
             excluded["below_min_age_or_unknown_age"] += 1
             continue
-        label = label_of(p, cohort, index_date)
+        label = label_of(p, cohort)
         if label is None:
             excluded["prevalent_label_condition"] += 1
             continue
-        values = ehr_values(p, features, index_date, q, refused)
-        rows.append((pseudonym(mrn, pseudonym_key), values, has_observed_ehr(values, features),
-                     images.get(mrn), signals.get(mrn), label))
-    rows.sort(key=lambda r: r[0])  # order by pseudonym: no trace of MRN order
+        values = ehr_values(p, features, q, refused)
+        rows.append((pid, values, has_observed_ehr(values, features), images.get(pid), signals.get(pid), label))
 
     n, s, channels = len(rows), cohort.image_size, tuple(cohort.signal_channels)
     ehr = normalise_ehr(np.array([r[1] for r in rows]).reshape(n, len(features)), features)
     image = np.zeros((n, 1, s, s), np.float32)
     signal = np.zeros((n, len(channels), cohort.signal_length), np.float32)
     mask = np.zeros((n, 3), np.float32)
-    transform = image_transform(s)
     for i, (_, _, has_ehr, img, win, _) in enumerate(rows):
         mask[i] = (has_ehr, img is not None, win is not None)
         if img is not None:
-            image[i] = normalise_slice(img.pixels, transform)
+            image[i] = img.image
         if win is not None:
             signal[i] = win.values
     labels = np.array([r[5] for r in rows], np.float32)

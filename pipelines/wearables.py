@@ -1,6 +1,9 @@
-"""Wearable ingestion: CSV recordings -> fixed-length, normalised multichannel windows.
+"""Wearable ingestion: CSV and WFDB recordings -> fixed-length, normalised multichannel windows.
 
-A recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one column per channel.
+A recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one column per channel,
+or a WFDB record (`.hea` + signal files, PhysioNet format, read with the wfdb package) whose
+header has a base date/time and whose comments may name the patient (`MRN: X`; the record
+name otherwise); WFDB signal names are matched to channels case-insensitively.
 The window is the last `signal_length / signal_rate_hz` seconds recorded on or before the
 index date, resampled onto a regular grid. Gaps are handled explicitly: samples are linearly
 interpolated across gaps up to `MAX_GAP_S`; grid points inside longer gaps (or outside the
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import wfdb
 
 from .errors import SignalError
 
@@ -109,8 +113,46 @@ def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: i
     return Window(out.astype(np.float32), float(coverage), end, rec.source)
 
 
+def read_wfdb(header: Path, channels: Sequence[str]) -> Recording:
+    """Read a WFDB record given its `.hea`; raise `SignalError` naming the file and what is missing."""
+    try:
+        rec = wfdb.rdrecord(str(header.with_suffix("")))
+    except Exception as e:  # wfdb raises many types for damaged records; the record is quarantined
+        raise SignalError(f"cannot be read as a WFDB record ({type(e).__name__}: {e}); expected a .hea header and "
+                          "its signal files side by side", reason="bad_wfdb", source=header) from None
+    names = {str(n).strip().lower().replace(" ", "_"): i for i, n in enumerate(rec.sig_name or [])}
+    missing = [c for c in channels if c.lower() not in names]
+    if missing:
+        raise SignalError(f"has signals {rec.sig_name} but lacks {missing}; expected the study's signal channels",
+                          reason="missing_column", source=header)
+    start = rec.base_datetime if rec.base_date is not None else None
+    if start is None:
+        raise SignalError("has no base date and time in its header; expected one to place the recording before the "
+                          "index date", reason="bad_timestamp", source=header)
+    start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start
+    n = rec.p_signal.shape[0]
+    seconds = start.timestamp() + np.arange(n) / float(rec.fs)
+    values = np.stack([rec.p_signal[:, names[c.lower()]] for c in channels]).astype(np.float64)
+    values[~np.isfinite(values)] = np.nan
+    mrn = next((c.split(":", 1)[1].strip() for c in rec.comments or [] if c.lower().replace(" ", "").startswith(("mrn:", "patient_id:"))),
+               rec.record_name)
+    return Recording(mrn, seconds, values, str(header))
+
+
 def wearable_files(paths: Sequence[Path]) -> list[Path]:
+    """CSV files and WFDB headers (`.hea`) given directly or under folders, in any nesting."""
     out: list[Path] = []
     for p in map(Path, paths):
-        out.extend(sorted(p.rglob("*.csv")) if p.is_dir() else [p])
+        out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in (".csv", ".hea")) if p.is_dir() else [p])
     return out
+
+
+def record_bytes(path: Path) -> bytes:
+    """What the cache hashes: the file, or a WFDB header and every signal file it names."""
+    data = path.read_bytes()
+    if path.suffix.lower() == ".hea":
+        for name in sorted({ln.split()[0] for ln in data.decode("latin-1").splitlines()[1:]
+                            if ln.strip() and not ln.startswith("#")}):
+            sibling = path.parent / name
+            data += sibling.read_bytes() if sibling.is_file() else b""
+    return data

@@ -1,0 +1,94 @@
+"""Crashes with real processes: a silo and the coordinator killed with SIGKILL mid-round."""
+
+from __future__ import annotations
+
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(round_timeout_s: float) -> StudySpec:
+    return StudySpec(
+        name="reliability",
+        training=TrainingSpec(rounds=3, local_epochs=1, learning_rate=0.1, min_silos=2, expected_silos=3,
+                              round_timeout_s=round_timeout_s),
+        privacy=PrivacySpec(dp=False, encryption="none"),
+    )
+
+
+def _rows(db: Path, sql: str) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
+    try:
+        return sorted(conn.execute(sql).fetchall())
+    finally:
+        conn.close()
+
+
+def _wait(predicate, *, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_a_silo_killed_mid_round_is_dropped_then_rejoins(cluster) -> None:
+    client = cluster.start_coordinator()
+    for h in cluster.hospitals:
+        cluster.start_silo(h)
+    victim = cluster.hospitals[-1].name
+    study = client.submit(_spec(round_timeout_s=20))
+    cluster.wait_for(client, study, lambda st, s: st.state == "running" and st.current_round == 1, timeout=240)
+    cluster.kill(victim, signal.SIGKILL)  # mid round 1: the silo is training or about to
+    # Round 1 closes at its deadline with the quorum of the two survivors...
+    cluster.wait_for(client, study, lambda st, s: st.current_round >= 2, timeout=120)
+    _, summary = client.status(study)
+    accepted_1 = summary["rounds"][1]["aggregation"]["accepted"]
+    assert len(accepted_1) >= 2, summary["rounds"][1]  # (the victim's update may have left before the kill)
+    # ... and the restarted silo takes part again (resuming the study from its approval on disk).
+    cluster.start_silo(cluster.hospitals[-1])
+    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=300)
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert any(victim in r["aggregation"]["accepted"] for r in rounds[2:]), [r["aggregation"] for r in rounds[1:]]
+    assert summary["final"]["auroc"] is not None
+
+
+def test_a_coordinator_killed_mid_round_resumes_without_losing_work(cluster) -> None:
+    client = cluster.start_coordinator()
+    for h in cluster.hospitals:
+        cluster.start_silo(h)
+    db = cluster.root / "coordinator" / "coordinator.sqlite"
+    study = client.submit(_spec(round_timeout_s=60))
+    # Kill as soon as round 2 has an accepted update but is still open.
+    cluster.wait_for(client, study, lambda st, s: st.current_round >= 2, timeout=300)
+    _wait(lambda: _rows(db, f"SELECT silo FROM updates WHERE study_id='{study}' AND round=2"),
+          timeout=120, what="a round-2 update", poll=0.05)
+    cluster.kill("coordinator", signal.SIGKILL)
+    closed = _rows(db, f"SELECT number, nonce, outcome_json FROM rounds WHERE study_id='{study}' AND state='closed'")
+    updates = _rows(db, f"SELECT round, silo, blob_sha, size FROM updates WHERE study_id='{study}'")
+    versions = _rows(db, f"SELECT version, blob_sha FROM model_versions WHERE study_id='{study}'")
+    assert [r[0] for r in closed][:1] == [1] and any(u[0] == 2 for u in updates)
+
+    client = cluster.start_coordinator()
+    # Nothing finished or accepted before the crash is lost or changed.
+    assert set(closed) <= set(_rows(db, f"SELECT number, nonce, outcome_json FROM rounds "
+                                        f"WHERE study_id='{study}' AND state='closed'"))
+    assert set(updates) <= set(_rows(db, f"SELECT round, silo, blob_sha, size FROM updates WHERE study_id='{study}'"))
+    assert set(versions) <= set(_rows(db, f"SELECT version, blob_sha FROM model_versions WHERE study_id='{study}'"))
+    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=300)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
+    # The updates taken before the crash are the ones round 2 aggregated (silos that retried were idempotent).
+    accepted_2 = set(summary["rounds"][2]["aggregation"]["accepted"])
+    assert {u[1] for u in updates if u[0] == 2} <= accepted_2
+    after = _rows(db, f"SELECT round, silo, blob_sha, size FROM updates WHERE study_id='{study}'")
+    assert set(updates) <= set(after)
