@@ -63,7 +63,7 @@ def build_federation(root: Path, *, silos: int, patients: int, seed: int, missin
     """
     cache = root / "silos.pt"
     if cache.exists():
-        return torch.load(cache, weights_only=False)
+        return [Silo(*fields) for fields in torch.load(cache, weights_only=False)]
     hospitals = generate_federation(root, n_hospitals=silos, patients_per_hospital=patients, seed=seed,
                                     missing_fraction=missing_fraction, image_size=spec.cohort.image_size,
                                     signal_length=spec.cohort.signal_length)
@@ -74,7 +74,7 @@ def build_federation(root: Path, *, silos: int, patients: int, seed: int, missin
                              cohort=spec.cohort, pseudonym_key=key)
         train, test = split_train_test(result.dataset, test_fraction=spec.cohort.test_fraction, seed=spec.training.seed)
         out.append(Silo(h.name, train, test))
-    torch.save(out, cache)
+    torch.save([(s.name, s.train, s.test) for s in out], cache)
     return out
 
 

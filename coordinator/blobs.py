@@ -1,42 +1,120 @@
 """Content-addressed storage for models, updates and key material on the coordinator's disk.
 
-A blob is written to a temporary file, fsynced, then renamed to its SHA-256, so a crash
-never leaves a half-written blob under a valid name and nothing stored is overwritten.
+A blob is streamed into a temporary file, fsynced, then renamed to its SHA-256, so a crash
+never leaves a half-written blob under a valid name, nothing stored is overwritten, and a
+large upload is never held in memory whole. The latest model versions are also kept in a
+small in-memory cache, because every silo fetches the same one each round.
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
+import tempfile
+from collections import OrderedDict
 from pathlib import Path
+from types import TracebackType
+
+
+class Incoming:
+    """A blob being received: write pieces, then `view` it and `commit` it under its hash (or drop it)."""
+
+    def __init__(self, store: "BlobStore") -> None:
+        self.store = store
+        fd, name = tempfile.mkstemp(dir=store.root, prefix=".incoming-")
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self._map: mmap.mmap | None = None
+        self.committed: str | None = None
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def view(self) -> memoryview:
+        """The received bytes, memory-mapped (no copy)."""
+        if self._map is None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            size = self._file.tell()
+            if size == 0:
+                return memoryview(b"")
+            with open(self.path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(self._map)
+
+    def commit(self, sha: str) -> str:
+        self.view()
+        target = self.store.path(sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, target)
+        self.committed = sha
+        return sha
+
+    def close(self) -> None:
+        self._file.close()
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view is still alive somewhere; the GC unmaps it later
+                pass
+        if self.committed is None:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Incoming":
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, cache_entries: int = 2) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._cache_entries = cache_entries
 
     def path(self, sha: str) -> Path:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"not a SHA-256 hex digest: {sha!r}")
         return self.root / sha[:2] / sha
 
-    def put(self, data: bytes | memoryview, sha: str | None = None) -> str:
+    def incoming(self) -> Incoming:
+        return Incoming(self)
+
+    def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, cache: bool = False) -> str:
         sha = sha or hashlib.sha256(data).hexdigest()
         target = self.path(sha)
-        if target.exists():
-            return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{sha}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        if cache:
+            self._remember(sha, bytes(data) if not isinstance(data, bytes) else data)
         return sha
 
     def get(self, sha: str) -> bytes:
+        if sha in self._cache:
+            self._cache.move_to_end(sha)
+            return self._cache[sha]
         return self.path(sha).read_bytes()
+
+    def get_cached(self, sha: str) -> bytes:
+        """Like get, and keep it in the cache (model versions that every silo fetches)."""
+        data = self.get(sha)
+        self._remember(sha, data)
+        return data
+
+    def _remember(self, sha: str, data: bytes) -> None:
+        self._cache[sha] = data
+        self._cache.move_to_end(sha)
+        while len(self._cache) > self._cache_entries:
+            self._cache.popitem(last=False)
 
     def exists(self, sha: str) -> bool:
         return self.path(sha).exists()

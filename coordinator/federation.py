@@ -21,11 +21,12 @@ from typing import Any
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.study import SpecError, StudySpec
-from coordinator.api.tensors import TensorFormatError, decode_tensors, encode_tensors
-from coordinator.blobs import BlobStore
+from coordinator.api.tensors import TensorFormatError, decode_tensors
+from coordinator.blobs import BlobStore, Incoming
 from coordinator.errors import InvalidInput, NotFound, Refused
-from coordinator.model_layout import initial_model
+from coordinator.model_layout import build_initial_model
 from coordinator.rounds import RoundCloser
+from coordinator.selection import choose_participants
 from coordinator.store import (
     EnrollmentRow,
     MetricsRow,
@@ -103,8 +104,7 @@ class Federation:
             raise InvalidInput(f"aggregation.rule: {spec.aggregation.rule!r} is not available under encryption "
                                "yet; use fedavg or privacy.encryption = 'none'")
         study_id = f"{spec.name[:40].replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
-        names, arrays = initial_model(spec)
-        sha = self.blobs.put(encode_tensors(names, arrays))
+        sha = self.blobs.put(build_initial_model(spec))
         with self._lock:
             self.store.add(
                 StudyRow(id=study_id, name=spec.name, spec_json=spec.to_json(), spec_sha256=spec.sha256(),
@@ -233,6 +233,10 @@ class Federation:
         """Open round `number`; the finalizing round evaluates version number - 1 and releases it."""
         spec = self.spec(row.id)
         finalizing = number > spec.training.rounds if finalizing is None else finalizing
+        if not finalizing:  # partial participation: the selector's pick (all silos unless silos_per_round)
+            t = spec.training
+            participants = choose_participants(self.store, row.id, number, participants, silos_per_round=t.silos_per_round,
+                                               min_silos=t.min_silos, max_rounds_unselected=t.max_rounds_unselected)
         row.state = "finalizing" if finalizing else "running"
         row.current_round = number
         # The round seed (shuffling, DP noise, random-k coordinates at the silos) follows from the
@@ -287,6 +291,7 @@ class Federation:
                 with self.store.session.begin() as s:
                     for u in updates:
                         s.delete(s.get(UpdateRow, (u.study_id, u.round, u.silo)))
+                self._closer.forget(row.id, rnd.number)
                 self._open_round(row, rnd.number, participants_now, outcome={"retries": retries + 1, "last_failure": reason})
             return
         outcome = self._closer.close(row, rnd, spec, updates)
@@ -311,7 +316,10 @@ class Federation:
             raise Refused(f"silo {silo!r} is not a participant of round {round_}")
         return row, rnd
 
-    def accept_update(self, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+    def max_update_bytes(self, study_id: str) -> int:
+        return self._closer.max_update_bytes(study_id, self.spec(study_id))
+
+    def accept_update(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         with self._lock:
             row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
             if row.state != "running":
@@ -321,54 +329,55 @@ class Federation:
                 if existing.blob_sha == header.sha256:  # a retried upload: idempotent
                     return pb.PushReply(accepted=True, sha256=existing.blob_sha, size=existing.size, reason="duplicate")
                 raise Refused(f"silo {silo} already sent a different update for round {rnd.number}")
-            spec = self.spec(row.id)
             if not (0 < header.weight <= 1e9):
                 raise InvalidInput(f"update weight {header.weight} is not in (0, 1e9]")
-            self._closer.validate_update(row, spec, header, data)
-            sha = self.blobs.put(data, header.sha256)
-            self.store.add(UpdateRow(study_id=row.id, round=rnd.number, silo=silo, blob_sha=sha, size=len(data),
+            spec = self.spec(row.id)
+            # Checked and added to the round's running aggregate as it arrives (O(model) memory).
+            self._closer.add_update(row, rnd, spec, silo, header, blob.view())
+            sha = blob.commit(header.sha256)
+            self.store.add(UpdateRow(study_id=row.id, round=rnd.number, silo=silo, blob_sha=sha, size=header.size,
                                      weight=header.weight, encoding=header.encoding,
                                      metadata_json=header.metadata_json or "{}", received_at=self.clock()))
             self.audit("message_received", study=row.id, silo=silo, kind="update", round=rnd.number,
-                       size=len(data), sha256=sha)
+                       size=header.size, sha256=sha)
             self._tick_locked()
             self._notify()
-            return pb.PushReply(accepted=True, sha256=sha, size=len(data))
+            return pb.PushReply(accepted=True, sha256=sha, size=header.size)
 
-    def accept_key_bundle(self, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+    def accept_key_bundle(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         with self._lock:
             row = self.study(header.ref.study_id)
             if row.state != "keygen" or row.key_holder != silo:
                 raise Refused(f"silo {silo} is not expected to send keys for study {row.id} (state {row.state})")
-            public_sha, wrapped = self._closer.store_key_bundle(row, data, self.accepted_silos(row.id))
+            public_sha, wrapped = self._closer.store_key_bundle(row, bytes(blob.view()), self.accepted_silos(row.id))
             row.public_context_sha = public_sha
             for name, sha in wrapped.items():
                 enrollment = self.store.get(EnrollmentRow, row.id, name)
                 enrollment.wrapped_key_sha = sha
                 self.store.add(enrollment)
             self.store.add(row)
-            self.audit("message_received", study=row.id, silo=silo, kind="key_bundle", round=0, size=len(data),
+            self.audit("message_received", study=row.id, silo=silo, kind="key_bundle", round=0, size=header.size,
                        sha256=header.sha256)
             self.key_bundle_received(row.id)
             self._notify()
-            return pb.PushReply(accepted=True, sha256=header.sha256, size=len(data))
+            return pb.PushReply(accepted=True, sha256=header.sha256, size=header.size)
 
-    def accept_final_model(self, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+    def accept_final_model(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         with self._lock:
             row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
             if row.state != "finalizing" or row.final_model_sha:
                 raise Refused(f"study {row.id} does not expect a final model now")
             try:
-                decode_tensors(data, expected=self._closer.layout(row.id, self.spec(row.id)))
+                decode_tensors(blob.view(), expected=self._closer.layout(row.id, self.spec(row.id)))
             except TensorFormatError as e:
                 raise InvalidInput(f"final model: {e}") from None
-            row.final_model_sha = self.blobs.put(data, header.sha256)
+            row.final_model_sha = blob.commit(header.sha256)
             self.store.add(row)
             self.audit("message_received", study=row.id, silo=silo, kind="final_model", round=rnd.number,
-                       size=len(data), sha256=row.final_model_sha)
+                       size=header.size, sha256=row.final_model_sha)
             self._tick_locked()
             self._notify()
-            return pb.PushReply(accepted=True, sha256=row.final_model_sha, size=len(data))
+            return pb.PushReply(accepted=True, sha256=row.final_model_sha, size=header.size)
 
     def report_metrics(self, silo: str, rep: pb.MetricsReport) -> None:
         with self._lock:
@@ -401,9 +410,9 @@ class Federation:
                 version = self.store.get(ModelVersionRow, row.id, ref.version)
                 if version is None:
                     raise NotFound(f"study {row.id} has no model version {ref.version}")
-                meta = self._closer.version_metadata(row.id, version)
-                header = pb.BlobHeader(ref=ref, sha256=version.blob_sha, encoding=version.encoding, metadata_json=meta)
-                return header, self.blobs.get(version.blob_sha)
+                header, data = self._closer.model_blob(row.id, version)  # full, or a compressed delta
+                header.ref.CopyFrom(ref)
+                return header, data
             if ref.kind == pb.BLOB_PUBLIC_CONTEXT and row.public_context_sha and is_participant:
                 return pb.BlobHeader(ref=ref, sha256=row.public_context_sha), self.blobs.get(row.public_context_sha)
             if ref.kind == pb.BLOB_WRAPPED_KEY and is_participant and enrollment.wrapped_key_sha:

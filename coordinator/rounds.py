@@ -1,23 +1,31 @@
 """Closing a round: check updates as they arrive, aggregate them, store the next model version.
 
-In the clear an update is the silo's model delta (float32 arrays in the shared layout) and
-the study's robust rule aggregates the deltas. Under CKKS the coordinator holds only the
-public context: it checks each ciphertext blob's framing and sums them, weighted, into an
-encrypted average delta that only the silos can decrypt.
+In the clear an update is the silo's model delta (float32 arrays in the shared layout,
+possibly compressed by the study's codec: decoded here, checked against the layout) and the
+study's robust rule aggregates the deltas. Under CKKS the coordinator holds only the public
+context: it checks each ciphertext blob's framing and sums them, weighted, into an encrypted
+average delta that only the silos can decrypt (under random-k: of the round's kept coordinates).
+
+Downlink compression (`compression.downlink`, in the clear): version r is defined as version
+r-1 plus the decoded compressed delta, so the silos, which receive only that delta, hold the
+coordinator's weights bit for bit. The full version is still stored (restarts, final model).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from coordinator.aggregation import build_rule
+from coordinator.aggregation import AggregationError, StreamingFedAvg, build_rule
 from coordinator.api import federation_pb2 as pb
+from coordinator.api.codecs import CodecError, build_codec, keep_count
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 from coordinator.blobs import BlobStore
@@ -36,12 +44,33 @@ def he_mode(spec: StudySpec) -> str:
     return spec.privacy.encryption.removeprefix("ckks-")
 
 
+DOWNLINK_PREFIX = "delta+"  # silo_node.update reads versions with this encoding
+SEEDED_INIT = "seeded-init"  # version 0 rebuilt at the silo from the spec; only its SHA-256 travels
+
+
+def downlink_encoding(spec: StudySpec) -> str | None:
+    """How versions >= 1 travel to the silos: None = full tensors (or CKKS delta), else "delta+<codec>"."""
+    c = spec.compression
+    if spec.privacy.encryption != "none" or c.downlink == "none":
+        return None
+    return DOWNLINK_PREFIX + c.downlink + ("+zstd" if c.zstd else "")
+
+
+@dataclass
+class _Running:
+    """The open round's running aggregate (None for rules that need all updates at once)."""
+
+    sum: StreamingFedAvg | EncryptedSum | None
+    count: int = 0
+
+
 class RoundCloser:
     def __init__(self, store: Store, blobs: BlobStore, *, audit: Callable[..., None]) -> None:
         self.store = store
         self.blobs = blobs
         self.audit = audit
         self._layouts: dict[str, list[TensorSpec]] = {}
+        self._running: dict[tuple[str, int], _Running] = {}
 
     # --- the expected shape of things -------------------------------------------------------
     def layout(self, study_id: str, spec: StudySpec) -> list[TensorSpec]:
@@ -53,6 +82,11 @@ class RoundCloser:
 
     def n_values(self, study_id: str, spec: StudySpec) -> int:
         return sum(int(np.prod(t.shape, dtype=np.int64)) for t in self.layout(study_id, spec))
+
+    def he_values(self, study_id: str, spec: StudySpec) -> int:
+        """Values per encrypted update: the model, or the round's random-k coordinates."""
+        n = self.n_values(study_id, spec)
+        return keep_count(n, spec.compression.fraction) if spec.compression.codec == "randk" else n
 
     def max_update_bytes(self, study_id: str, spec: StudySpec) -> int:
         n = self.n_values(study_id, spec)
@@ -68,29 +102,98 @@ class RoundCloser:
             meta["base_version"] = version.base_version
             rnd = self.store.get(RoundRow, study_id, version.version)
             meta["total_weight"] = json.loads(rnd.outcome_json or "{}").get("total_weight")
+            spec = StudySpec.from_json(self.store.get(StudyRow, study_id).spec_json)
+            if spec.compression.codec == "randk":
+                meta["randk"] = {"seed": rnd.seed, "fraction": spec.compression.fraction,
+                                 "kept": self.he_values(study_id, spec)}
         return dumps(meta)
 
+    def model_blob(self, study_id: str, version: ModelVersionRow) -> tuple[pb.BlobHeader, bytes]:
+        """What a silo receives for a model version: the stored blob, or, when the study compresses
+        its downlink, the compressed delta over the previous version (version 0: only its hash, the
+        silo rebuilds it from the spec's seed and checks the hash)."""
+        if version.version == 0 and version.encoding == PLAIN_ENCODING:
+            spec = StudySpec.from_json(self.store.get(StudyRow, study_id).spec_json)
+            if downlink_encoding(spec) is not None:
+                meta = dumps({"version": 0, "encoding": SEEDED_INIT, "seed": spec.training.seed,
+                              "model_sha256": version.blob_sha})
+                return pb.BlobHeader(sha256=hashlib.sha256(b"").hexdigest(), encoding=SEEDED_INIT, metadata_json=meta), b""
+        if version.version > 0 and version.encoding == PLAIN_ENCODING:
+            rnd = self.store.get(RoundRow, study_id, version.version)
+            down = json.loads(rnd.outcome_json or "{}").get("downlink") if rnd is not None else None
+            if down:
+                meta = dumps({"version": version.version, "encoding": down["encoding"], "base_version": version.version - 1})
+                header = pb.BlobHeader(sha256=down["sha256"], encoding=down["encoding"], metadata_json=meta)
+                return header, self.blobs.get_cached(down["sha256"])
+        meta = self.version_metadata(study_id, version)
+        header = pb.BlobHeader(sha256=version.blob_sha, encoding=version.encoding, metadata_json=meta)
+        return header, self.blobs.get_cached(version.blob_sha)
+
     # --- checks as an update arrives -----------------------------------------------------------
-    def validate_update(self, row: StudyRow, spec: StudySpec, header: pb.BlobHeader, data: bytes) -> None:
+    def add_update(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, silo: str, header: pb.BlobHeader,
+                   data: bytes | memoryview) -> None:
+        """Check an update and, for sum-based rules, add it to the round's running aggregate."""
         limit = self.max_update_bytes(row.id, spec)
         if len(data) > limit:
             raise InvalidInput(f"update of {len(data)} bytes exceeds the study's limit of {limit} bytes")
-        if spec.privacy.encryption == "none":
-            if header.encoding != PLAIN_ENCODING:
-                raise InvalidInput(f"update encoding {header.encoding!r}; this study expects {PLAIN_ENCODING!r}")
-            self.decode_plain(row.id, spec, data)
-        elif header.encoding != spec.privacy.encryption:
-            raise InvalidInput(f"update encoding {header.encoding!r}; this study expects {spec.privacy.encryption!r}")
         try:
             json.loads(header.metadata_json or "{}")
         except ValueError:
             raise InvalidInput("update metadata is not valid JSON") from None
+        expected = spec.update_encoding()
+        if header.encoding != expected:
+            raise InvalidInput(f"update encoding {header.encoding!r}; this study expects {expected!r}")
+        running = self._accumulator(row, rnd, spec)
+        try:
+            if isinstance(running.sum, EncryptedSum):
+                running.sum.add(data, header.weight)
+            else:
+                arrays = self.decode_plain(row.id, spec, data)
+                if running.sum is not None:
+                    running.sum.add(arrays, header.weight)
+        except (HEError, AggregationError) as e:
+            raise InvalidInput(f"update refused: {e}") from None
+        running.count += 1
+
+    def _accumulator(self, row: StudyRow, rnd: RoundRow, spec: StudySpec) -> "_Running":
+        """The running aggregate of this round: encrypted sum under CKKS, streaming FedAvg in the clear.
+
+        Other rules need every update at once and read them from disk when the round closes.
+        """
+        key = (row.id, rnd.number)
+        if key not in self._running:
+            self._running.clear()  # one open round at a time is aggregated in memory
+            if spec.privacy.encryption != "none":
+                self._running[key] = _Running(EncryptedSum(self.blobs.get(row.public_context_sha),
+                                                           self.he_values(row.id, spec), he_mode(spec)))
+            else:
+                self._running[key] = _Running(StreamingFedAvg() if spec.aggregation.rule == "fedavg" else None)
+        return self._running[key]
+
+    def forget(self, study_id: str, round_: int) -> None:
+        self._running.pop((study_id, round_), None)
 
     def decode_plain(self, study_id: str, spec: StudySpec, data: bytes) -> list[np.ndarray]:
+        """A plaintext update as float32 arrays in the study's layout (decoded if compressed)."""
+        layout = self.layout(study_id, spec)
+        c = spec.compression
+        if c.codec == "none":
+            try:
+                return decode_tensors(data, expected=layout)[1]
+            except TensorFormatError as e:
+                raise InvalidInput(f"update: {e}") from None
         try:
-            return decode_tensors(data, expected=self.layout(study_id, spec))[1]
-        except TensorFormatError as e:
-            raise InvalidInput(f"update: {e}") from None
+            codec = build_codec(c.codec, c.fraction, c.zstd)  # also refuses another codec or fraction
+            arrays = codec.decode(bytes(data), max_values=self.n_values(study_id, spec), max_arrays=len(layout))
+        except CodecError as e:
+            raise InvalidInput(f"update ({c.codec}): {e}") from None
+        got = [(a.shape, a.dtype) for a in arrays]
+        want = [(tuple(t.shape), np.dtype(np.float32)) for t in layout]
+        if got != want:
+            bad = next((i for i, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
+            raise InvalidInput(f"update ({c.codec}): {len(got)} arrays, the model has {len(want)}; first mismatch at "
+                               f"array {bad} ({layout[bad].name if bad < len(layout) else '-'})")
+        return arrays
 
     # --- CKKS key material ------------------------------------------------------------------------
     def store_key_bundle(self, row: StudyRow, data: bytes, participants: list[str]) -> tuple[str, dict[str, str]]:
@@ -113,14 +216,16 @@ class RoundCloser:
     # --- aggregation ------------------------------------------------------------------------------
     def close(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow]) -> dict[str, Any]:
         updates = sorted(updates, key=lambda u: u.silo)
-        weights = [u.weight for u in updates]
+        kept = self._running.pop((row.id, rnd.number), None)
+        # After a restart the running sum is gone (or partial): rebuild it from the stored updates.
+        running = kept.sum if kept is not None and kept.count == len(updates) else None
         if spec.privacy.encryption == "none":
-            outcome, data, encoding = self._close_plain(row, rnd, spec, updates, weights)
+            outcome, data, encoding = self._close_plain(row, rnd, spec, updates, running)
             base = None
         else:
-            outcome, data, encoding = self._close_encrypted(row, spec, updates, weights)
+            outcome, data, encoding = self._close_encrypted(row, spec, updates, running)
             base = rnd.number - 1
-        sha = self.blobs.put(data)
+        sha = self.blobs.put(data, cache=True)
         self.store.add(ModelVersionRow(study_id=row.id, version=rnd.number, blob_sha=sha, encoding=encoding, base_version=base))
         outcome["model_sha256"] = sha
         self.audit("aggregation", study=row.id, round=rnd.number, rule=spec.aggregation.rule,
@@ -128,31 +233,45 @@ class RoundCloser:
         return outcome
 
     def _close_plain(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow],
-                     weights: list[float]) -> tuple[dict[str, Any], bytes, str]:
-        deltas = [self.decode_plain(row.id, spec, self.blobs.get(u.blob_sha)) for u in updates]
-        rule = build_rule(spec.aggregation.rule, dict(spec.aggregation.params))
-        result = rule.aggregate(deltas, weights)
-        base_names, base = decode_tensors(self.blobs.get(self.version_sha(row.id, rnd.number - 1)))
-        new = [(b + d).astype(np.float32) for b, d in zip(base, result.update)]
+                     running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes, str]:
+        weights = [u.weight for u in updates]
+        if isinstance(running, StreamingFedAvg):
+            result = running.result()
+        else:
+            deltas = [self.decode_plain(row.id, spec, self.blobs.get(u.blob_sha)) for u in updates]
+            result = build_rule(spec.aggregation.rule, dict(spec.aggregation.params)).aggregate(deltas, weights)
+        base_names, base = decode_tensors(self.blobs.get_cached(self.version_sha(row.id, rnd.number - 1)))
         outcome = {
             "accepted": [updates[i].silo for i in result.accepted],
             "refused": {updates[i].silo: why for i, why in result.refused.items()},
             "total_weight": float(sum(weights[i] for i in result.accepted)),
         }
+        delta = [np.asarray(d, dtype=np.float32) for d in result.update]
+        down = downlink_encoding(spec)
+        if down is not None:
+            # Version r := version r-1 + decode(encode(delta)): exactly what the silos reconstruct.
+            c = spec.compression
+            codec = build_codec(c.downlink, zstd=c.zstd)
+            data = codec.encode(delta)
+            delta = codec.decode(data, max_values=self.n_values(row.id, spec), max_arrays=len(delta))
+            outcome["downlink"] = {"encoding": down, "sha256": self.blobs.put(data, cache=True), "size": len(data)}
+        new = [np.add(b, d, dtype=np.float32) for b, d in zip(base, delta)]
         return outcome, encode_tensors(base_names, new), PLAIN_ENCODING
 
     def _close_encrypted(self, row: StudyRow, spec: StudySpec, updates: list[UpdateRow],
-                         weights: list[float]) -> tuple[dict[str, Any], bytes, str]:
-        acc = EncryptedSum(self.blobs.get(row.public_context_sha), self.n_values(row.id, spec), he_mode(spec))
-        accepted, refused = [], {}
-        for u, w in zip(updates, weights):
-            try:
-                acc.add(self.blobs.get(u.blob_sha), w)
-                accepted.append(u.silo)
-            except HEError as e:
-                refused[u.silo] = f"ciphertext refused: {e}"
+                         running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes, str]:
+        acc = running
+        refused: dict[str, str] = {}
+        if not isinstance(acc, EncryptedSum):
+            acc = EncryptedSum(self.blobs.get(row.public_context_sha), self.he_values(row.id, spec), he_mode(spec))
+            for u in updates:
+                try:
+                    acc.add(self.blobs.get(u.blob_sha), u.weight)
+                except HEError as e:
+                    refused[u.silo] = f"ciphertext refused: {e}"
+        accepted = [u.silo for u in updates if u.silo not in refused]
         if not accepted:
             raise InvalidInput("no update of the round could be summed")
         outcome = {"accepted": accepted, "refused": refused,
-                   "total_weight": float(sum(w for u, w in zip(updates, weights) if u.silo in accepted))}
+                   "total_weight": float(sum(u.weight for u in updates if u.silo in accepted))}
         return outcome, acc.result(), spec.privacy.encryption

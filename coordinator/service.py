@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import BlobError, chunk_blob, receive_blob
+from coordinator.api.chunks import BlobError, chunk_blob, receive_blob_to
 from coordinator.auth import Authenticator
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
 from coordinator.federation import Federation, kind_name
@@ -96,9 +96,17 @@ class FederationService(pb_grpc.FederationServicer):
             return chunk_blob(pb.BlobHeader(ref=request, sha256=sha, encoding="tensors"), data)
         silo = self.auth.silo(context, request.silo)
         header, data = self.fed.blob_for(silo, request)
-        chunks = list(chunk_blob(header, data))
-        self._count(request.study_id, silo, up=request.ByteSize(), down=sum(c.ByteSize() for c in chunks))
-        return iter(chunks)
+        return self._counted(chunk_blob(header, data), request, silo)
+
+    def _counted(self, chunks: Iterator[pb.Chunk], request: pb.BlobRef, silo: str) -> Iterator[pb.Chunk]:
+        """Stream lazily (one chunk in memory at a time) and count what was actually sent."""
+        sent = 0
+        try:
+            for chunk in chunks:
+                sent += chunk.ByteSize()
+                yield chunk
+        finally:
+            self._count(request.study_id, silo, up=request.ByteSize(), down=sent)
 
     @_rpc
     def PushBlob(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
@@ -116,22 +124,18 @@ class FederationService(pb_grpc.FederationServicer):
             raise InvalidInput("a blob stream must start with a header chunk")
         ref = first.header.ref
         silo = self.auth.silo(context, ref.silo)
-        limits = {pb.BLOB_UPDATE: None, pb.BLOB_KEY_BUNDLE: MAX_CONTROL_BLOB, pb.BLOB_FINAL_MODEL: None}
-        if ref.kind not in limits:
+        accept = {pb.BLOB_UPDATE: self.fed.accept_update, pb.BLOB_KEY_BUNDLE: self.fed.accept_key_bundle,
+                  pb.BLOB_FINAL_MODEL: self.fed.accept_final_model}.get(ref.kind)
+        if accept is None:
             raise InvalidInput(f"silos may not push blobs of kind {kind_name(ref.kind)}")
-        spec = self.fed.spec(ref.study_id)
-        limit = limits[ref.kind] or self.fed._closer.max_update_bytes(ref.study_id, spec)
-        header, data = receive_blob(_prepend(first, it), max_bytes=limit)
+        limit = MAX_CONTROL_BLOB if ref.kind == pb.BLOB_KEY_BUNDLE else self.fed.max_update_bytes(ref.study_id)
         try:
-            if ref.kind == pb.BLOB_UPDATE:
-                reply = self.fed.accept_update(silo, header, data)
-            elif ref.kind == pb.BLOB_KEY_BUNDLE:
-                reply = self.fed.accept_key_bundle(silo, header, data)
-            else:
-                reply = self.fed.accept_final_model(silo, header, data)
+            # Straight to disk while hashing: an upload is never held in memory whole.
+            with self.fed.blobs.incoming() as incoming:
+                header = receive_blob_to(_prepend(first, it), max_bytes=limit, write=incoming.write)
+                return accept(silo, header, incoming)
         finally:
             self._count(ref.study_id, silo, up=received)
-        return reply
 
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:

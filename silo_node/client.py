@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import grpc
@@ -78,6 +78,14 @@ class CoordinatorClient:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def _counting(self, chunks: Iterator[pb.Chunk], *, up: bool = False) -> Iterator[pb.Chunk]:
+        for chunk in chunks:
+            if up:
+                self.bytes_up += chunk.ByteSize()
+            else:
+                self.bytes_down += chunk.ByteSize()
+            yield chunk
+
     # --- calls --------------------------------------------------------------------------------
     def join(self, modalities: list[str], wrap_public_key: bytes) -> None:
         req = pb.JoinRequest(silo=self.silo, modalities=modalities, wrap_public_key=wrap_public_key, software_version="0.1.0")
@@ -94,13 +102,11 @@ class CoordinatorClient:
         answer.silo = self.silo
         self._call("answer proposal", lambda: self.stub.AnswerProposal(answer, timeout=30))
 
-    def fetch(self, study_id: str, kind: int, *, version: int = 0, max_bytes: int = 8 << 30) -> tuple[pb.BlobHeader, bytes]:
+    def fetch(self, study_id: str, kind: int, *, version: int = 0, max_bytes: int = 8 << 30) -> tuple[pb.BlobHeader, bytearray]:
         ref = pb.BlobRef(study_id=study_id, kind=kind, version=version, silo=self.silo)
 
-        def go() -> tuple[pb.BlobHeader, bytes]:
-            chunks = list(self.stub.FetchBlob(ref, timeout=600))
-            self.bytes_down += sum(c.ByteSize() for c in chunks)
-            return receive_blob(chunks, max_bytes=max_bytes)
+        def go() -> tuple[pb.BlobHeader, bytearray]:
+            return receive_blob(self._counting(self.stub.FetchBlob(ref, timeout=600)), max_bytes=max_bytes)
 
         return self._call(f"fetch {pb.BlobKind.Name(kind)}", go)
 
@@ -108,10 +114,8 @@ class CoordinatorClient:
         header.ref.silo = self.silo
 
         def go() -> pb.PushReply:
-            chunks = list(chunk_blob(header, data))
-            reply = self.stub.PushBlob(iter(chunks), timeout=600)
-            self.bytes_up += sum(c.ByteSize() for c in chunks)
-            return reply
+            # A fresh lazy stream per attempt: one chunk in memory at a time.
+            return self.stub.PushBlob(self._counting(chunk_blob(header, data), up=True), timeout=600)
 
         reply = self._call(f"push {pb.BlobKind.Name(header.ref.kind)}", go)
         if not reply.accepted:

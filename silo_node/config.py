@@ -23,6 +23,11 @@
     ca_cert = "ca.pem"
     cert = "st-mary.pem"
     key = "st-mary.key"
+
+    [attack]                            # TESTING/BENCHMARKING ONLY: makes this node malicious
+    kind = "sign_flip"                  # see silo_node.attacks.ATTACKS
+    params = { scale = 4.0 }
+    benign_runs = 1                     # ALIE/IPM: honest local runs to estimate the benign spread
 """
 
 from __future__ import annotations
@@ -75,6 +80,29 @@ class TLSConfig(_Strict):
     key: Path
 
 
+class AttackConfig(_Strict):
+    """A malicious behaviour for robustness tests and benchmarks; never set it on a real node."""
+
+    kind: str
+    params: dict[str, float | int | None] = {}
+    benign_runs: int = Field(default=1, ge=1, le=20)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "AttackConfig":
+        from silo_node.attacks import AttackError, build_attack
+
+        try:
+            build_attack(self.kind, **self.params)
+        except AttackError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    def build(self):
+        from silo_node.attacks import build_attack
+
+        return build_attack(self.kind, **self.params)
+
+
 class NodeConfig(_Strict):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     coordinator: str = Field(min_length=3)
@@ -87,6 +115,7 @@ class NodeConfig(_Strict):
     poll_wait_s: float = Field(default=20.0, gt=0, le=60)
     max_retries: int = Field(default=8, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    attack: AttackConfig | None = None  # testing/benchmarking only, logged loudly when set
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> "NodeConfig":

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,8 @@ from silo_node.approval import ApprovalBook, policy_decision
 from silo_node.client import CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
 from silo_node.trainer import LocalTrainer, pick_device
-from silo_node.update import encode_update, resolve_version
+from coordinator.api.codecs import ErrorFeedback
+from silo_node.update import build_feedback, encode_update, resolve_version
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class StudyState:
     noise_multiplier: float | None
     versions: dict[int, tuple[list[str], list[np.ndarray]]]
     secret_context: bytes | None = None
+    feedback: ErrorFeedback | None = None  # residual of a sparse codec, kept across rounds and restarts
+    link_bytes_per_s: float | None = None  # measured on the last update upload
 
 
 class SiloNode:
@@ -157,7 +161,26 @@ class SiloNode:
                                      sample_rate=trainer.sample_rate(),
                                      steps=trainer.steps_per_round() * spec.training.rounds, accountant=spec.privacy.accountant)
         log.info("study %s: %d train / %d test samples, noise multiplier %s", study_id, len(train), len(test), noise)
-        return StudyState(spec=spec, trainer=trainer, noise_multiplier=noise, versions={})
+        feedback = build_feedback(spec)
+        if feedback is not None:
+            path = self._feedback_path(study_id)
+            if path.exists():
+                n = sum(p.numel() for p in trainer.model.parameters())
+                feedback.restore(path.read_bytes(), max_values=n)
+                log.info("study %s: restored the error-feedback residual from %s", study_id, path)
+        return StudyState(spec=spec, trainer=trainer, noise_multiplier=noise, versions={}, feedback=feedback)
+
+    def _feedback_path(self, study_id: str) -> Path:
+        return Path(self.config.state_dir) / "feedback" / f"{study_id}.fcup"
+
+    def _save_feedback(self, study_id: str, feedback: ErrorFeedback) -> None:
+        """Atomically persist the residual: a restarted node carries on with it (nothing lost)."""
+        path = self._feedback_path(study_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(feedback.state_bytes())
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
     def _pseudonym_key(self) -> bytes:
         path = Path(self.config.state_dir) / "pseudonym.key"
@@ -186,7 +209,7 @@ class SiloNode:
         state = self.studies[study_id]
         if state.secret_context is None:
             _, blob = self.client.fetch(study_id, pb.BLOB_WRAPPED_KEY)
-            state.secret_context = unwrap_secret(blob, self.wrap_keys, context=study_id.encode())
+            state.secret_context = unwrap_secret(bytes(blob), self.wrap_keys, context=study_id.encode())
         return state.secret_context
 
     # --- rounds ------------------------------------------------------------------------------------
@@ -194,9 +217,19 @@ class SiloNode:
         state = self.studies[study_id]
         if version not in state.versions:
             header, data = self.client.fetch(study_id, pb.BLOB_MODEL, version=version)
-            encrypted = header.encoding != "tensors"
-            base = self._model(study_id, version - 1) if encrypted else None
-            secret = self._secret_context(study_id) if encrypted else None
+            if header.encoding == "seeded-init":  # only the hash travelled: rebuild version 0 here
+                names, weights = state.trainer.initial_weights()
+                if _weights_sha(names, weights) == json.loads(header.metadata_json or "{}").get("model_sha256"):
+                    state.versions[version] = (names, weights)
+                    self.audit.append("model_received", study=study_id, version=version, size=0,
+                                      sha256=_weights_sha(names, weights), rebuilt_from_seed=True)
+                    return state.versions[version]
+                raise ValueError(f"study {study_id}: version 0 rebuilt from the spec's seed at this silo differs from "
+                                 "the coordinator's (a different torch build?); the study needs compression.downlink "
+                                 "= 'none', which sends version 0 in full")
+            delta = header.encoding != "tensors"  # a delta over the previous version (compressed or CKKS)
+            base = self._model(study_id, version - 1) if delta else None
+            secret = self._secret_context(study_id) if header.encoding.startswith("ckks") else None
             state.versions[version] = resolve_version(data, header.encoding, header.metadata_json, base=base,
                                                       secret_context=secret)
             state.versions = {v: w for v, w in state.versions.items() if v >= version - 1}
@@ -250,12 +283,21 @@ class SiloNode:
                        "noise_multiplier": result.dp_step.noise_multiplier, "sample_rate": result.dp_step.sample_rate,
                        "steps": result.dp_step.steps, "accountant": spec.privacy.accountant}
         secret = self._secret_context(task.study_id) if spec.privacy.encryption != "none" else None
-        encoded = encode_update(spec, names, result.delta, secret_context=secret)
+        encoded = encode_update(spec, names, result.delta, secret_context=secret, round_seed=task.round_seed,
+                                feedback=state.feedback)
+        if state.feedback is not None:
+            self._save_feedback(task.study_id, state.feedback)
+        # Scalars for the coordinator's silo selection (coordinator/selection.py).
+        norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in result.delta)))
+        meta = {"privacy": privacy, "train_loss": result.train_loss, "update_norm": norm,
+                "link_bytes_per_s": state.link_bytes_per_s}
         header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
                                nonce=task.nonce, weight=result.weight, encoding=encoded.encoding,
-                               metadata_json=json.dumps({"privacy": privacy, "train_loss": result.train_loss}))
+                               metadata_json=json.dumps(meta))
+        started = time.monotonic()
         self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
                    epsilon=privacy.get("epsilon"))
+        state.link_bytes_per_s = len(encoded.data) / max(time.monotonic() - started, 1e-6)
 
     def on_finalize(self, task: pb.Task) -> None:
         state = self._state(task)

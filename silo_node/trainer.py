@@ -21,7 +21,14 @@ from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
 from coordinator.api.study import StudySpec
-from pipelines.models import build_model, get_shared_weights, mean_gate_weights, multimodal_loss, set_shared_weights
+from pipelines.models import (
+    build_model,
+    get_shared_weights,
+    mean_gate_weights,
+    multimodal_loss,
+    set_shared_weights,
+    shared_parameter_names,
+)
 from privacy.dp import DPStep, make_private
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,13 @@ class LocalTrainer:
         torch.manual_seed(spec.training.seed)
         self.model = build_model(**spec.model_arguments()).to(self.device)
         self.personal = tuple(spec.model.personal_layers)
+
+    def initial_weights(self) -> tuple[list[str], list[np.ndarray]]:
+        """Version 0 of the study's model as the coordinator builds it (coordinator/model_layout.py):
+        the architecture initialised from the study seed."""
+        torch.manual_seed(self.spec.training.seed)
+        model = build_model(**self.spec.model_arguments())
+        return shared_parameter_names(model, self.personal), get_shared_weights(model, self.personal)
 
     @property
     def n_train(self) -> int:

@@ -1,9 +1,15 @@
 """Turn a round's model delta into what goes on the wire, and a model version back into weights.
 
-delta -> (clip) -> encode: plaintext tensors, or CKKS ciphertexts that only the silos can
-open. The inverse: a model version is either plaintext weights or, under CKKS, the
-encrypted weighted-average delta over the previous version, which the silo decrypts with
-the study's secret key and applies to the version it already holds.
+delta -> (error feedback + codec) -> encode: plaintext tensors, a compressed update (the
+study's `compression.codec`, encoding header = codec name, "+zstd"), or CKKS ciphertexts that
+only the silos can open. Under CKKS + random-k every silo keeps the same coordinates (chosen
+by the round seed) and encrypts only those values, so the coordinator's encrypted sum runs
+over the shorter vectors and still adds up coordinate by coordinate.
+
+The inverse: a model version is plaintext weights, a compressed delta over the previous
+version ("delta+q8" ...; version r IS version r-1 + the decoded delta, so every silo holds
+the coordinator's weights bit for bit), or, under CKKS, the encrypted weighted-average delta
+(of the kept coordinates, under random-k) that the silo decrypts and scatters back.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coordinator.api.codecs import CodecError, ErrorFeedback, build_codec, decode, randk_indices
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from privacy.he import decrypt_average, encrypt_update
+
+DOWNLINK_PREFIX = "delta+"
 
 
 @dataclass
@@ -38,27 +47,85 @@ def unflatten(flat: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def encode_update(spec: StudySpec, names: list[str], delta: list[np.ndarray], *, secret_context: bytes | None) -> EncodedUpdate:
+def build_feedback(spec: StudySpec) -> ErrorFeedback | None:
+    """The silo's error-feedback state for a sparsifying codec (top-k, random-k); None otherwise.
+
+    Stochastic quantisers (q8/q4) are unbiased and fp16 loses ~1e-3 relative, so they go
+    without; top-k / random-k drop most of the update and need the residual carried over.
+    """
+    c = spec.compression
+    return ErrorFeedback(build_codec(c.codec, c.fraction, c.zstd)) if c.codec in ("topk", "randk") else None
+
+
+def encode_update(spec: StudySpec, names: list[str], delta: list[np.ndarray], *, secret_context: bytes | None,
+                  round_seed: int | None = None, feedback: ErrorFeedback | None = None) -> EncodedUpdate:
+    """The update as sent. `round_seed` (the task's) picks random-k coordinates; `feedback` carries
+    what a sparse codec did not send into the next round (it is updated in place)."""
+    c = spec.compression
+    encoding = spec.update_encoding()
     if spec.privacy.encryption == "none":
-        return EncodedUpdate(encode_tensors(names, delta), "tensors")
+        if c.codec == "none":
+            return EncodedUpdate(encode_tensors(names, delta), encoding)
+        coder = feedback if feedback is not None else build_codec(c.codec, c.fraction, c.zstd)
+        return EncodedUpdate(coder.encode(delta, seed=round_seed), encoding)
     if secret_context is None:
         raise ValueError("this study encrypts updates but the silo has no key yet")
     mode = spec.privacy.encryption.removeprefix("ckks-")
-    data = encrypt_update(secret_context, flatten(delta), mode=mode, clip=spec.privacy.update_clip)
-    return EncodedUpdate(data, spec.privacy.encryption)
+    clip = spec.privacy.update_clip
+    values = flatten(delta)
+    if c.codec == "randk":
+        values = _randk_values(spec, delta, round_seed, feedback)
+    data = encrypt_update(secret_context, values, mode=mode, clip=clip)
+    return EncodedUpdate(data, encoding)
 
 
-def resolve_version(data: bytes, encoding: str, metadata_json: str, *, base: tuple[list[str], list[np.ndarray]] | None,
+def _randk_values(spec: StudySpec, delta: list[np.ndarray], seed: int | None, feedback: ErrorFeedback | None) -> np.ndarray:
+    """The values at the round's random-k coordinates (after error feedback), ready to encrypt."""
+    if seed is None:
+        raise CodecError("random-k under CKKS needs the round seed")
+    n = sum(a.size for a in delta)
+    idx = randk_indices(n, spec.compression.fraction, seed)
+    if feedback is None:
+        return flatten(delta)[idx]
+    data = feedback.encode(delta, seed=seed)
+    kept = flatten(feedback.codec.decode(data, max_values=n))[idx].astype(np.float64)
+    # Encryption clips to update_clip: what the clip removes stays in the residual, not lost.
+    clip = spec.privacy.update_clip
+    clipped = np.clip(kept, -clip, clip)
+    feedback.residual[idx] += kept - clipped
+    return clipped.astype(np.float32)
+
+
+
+
+def resolve_version(data: bytes | bytearray, encoding: str, metadata_json: str, *, base: tuple[list[str], list[np.ndarray]] | None,
                     secret_context: bytes | None) -> tuple[list[str], list[np.ndarray]]:
     """Weights of a model version from its blob (and, for an encrypted delta, the base version)."""
     if encoding == "tensors":
         names, arrays = decode_tensors(data)
         return names, [np.array(a) for a in arrays]
-    if base is None or secret_context is None:
-        raise ValueError(f"model version encoded {encoding!r} needs the base version and the study key")
-    meta = json.loads(metadata_json or "{}")
+    if base is None:
+        raise ValueError(f"model version encoded {encoding!r} needs the base version")
     names, base_arrays = base
     n_values = sum(a.size for a in base_arrays)
-    avg = decrypt_average(secret_context, data, n_values=n_values, total_weight=float(meta["total_weight"]))
-    delta = unflatten(np.asarray(avg, dtype=np.float32), base_arrays)
+    if encoding.startswith(DOWNLINK_PREFIX):
+        delta = decode(data, max_values=n_values, max_arrays=len(base_arrays))
+        if [d.shape for d in delta] != [b.shape for b in base_arrays]:
+            raise ValueError("compressed model delta does not match the model's layout")
+        return names, [np.add(b, d, dtype=np.float32) for b, d in zip(base_arrays, delta)]
+    if secret_context is None:
+        raise ValueError(f"model version encoded {encoding!r} needs the study key")
+    meta = json.loads(metadata_json or "{}")
+    randk = meta.get("randk")
+    kept = n_values if randk is None else int(randk["kept"])
+    avg = np.asarray(decrypt_average(secret_context, data, n_values=kept, total_weight=float(meta["total_weight"])),
+                     dtype=np.float32)
+    if randk is not None:  # scatter the kept coordinates back; the others did not move this round
+        idx = randk_indices(n_values, float(randk["fraction"]), int(randk["seed"]))
+        if idx.size != kept:
+            raise ValueError(f"random-k: {kept} decrypted values for {idx.size} coordinates")
+        full = np.zeros(n_values, dtype=np.float32)
+        full[idx] = avg
+        avg = full
+    delta = unflatten(avg, base_arrays)
     return names, [(b + d).astype(np.float32) for b, d in zip(base_arrays, delta)]

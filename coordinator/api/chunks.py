@@ -9,7 +9,7 @@ not hash to the declared SHA-256.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.api import federation_pb2 as pb
 
@@ -35,8 +35,12 @@ def chunk_blob(header: pb.BlobHeader, data: bytes | memoryview, *, chunk_bytes: 
         yield pb.Chunk(data=bytes(view[start : start + chunk_bytes]))
 
 
-def receive_blob(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.BlobHeader, bytes]:
-    """Read one blob from a chunk stream; verify its declared size and hash."""
+def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callable[[bytes], object]) -> pb.BlobHeader:
+    """Read one blob from a chunk stream into `write`; verify its declared size and hash.
+
+    The caller's sink decides where the bytes go (memory, a file), so a large blob is never
+    held twice. On any violation BlobError is raised and the caller discards what it wrote.
+    """
     it = iter(chunks)
     first = next(it, None)
     if first is None or first.WhichOneof("body") != "header":
@@ -44,17 +48,25 @@ def receive_blob(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.Blob
     header = first.header
     if header.size > max_bytes:
         raise BlobError(f"declared size {header.size} bytes exceeds the limit of {max_bytes} bytes")
-    buf = bytearray()
+    received = 0
     digest = hashlib.sha256()
     for chunk in it:
         if chunk.WhichOneof("body") != "data":
             raise BlobError("a second header arrived inside a blob stream")
-        if len(buf) + len(chunk.data) > header.size:
+        received += len(chunk.data)
+        if received > header.size:
             raise BlobError(f"stream is longer than its declared {header.size} bytes")
-        buf += chunk.data
         digest.update(chunk.data)
-    if len(buf) != header.size:
-        raise BlobError(f"stream ended after {len(buf)} of {header.size} declared bytes (truncated)")
+        write(chunk.data)
+    if received != header.size:
+        raise BlobError(f"stream ended after {received} of {header.size} declared bytes (truncated)")
     if digest.hexdigest() != header.sha256:
         raise BlobError(f"SHA-256 mismatch: declared {header.sha256[:16]}…, received {digest.hexdigest()[:16]}…")
-    return header, bytes(buf)
+    return header
+
+
+def receive_blob(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.BlobHeader, bytearray]:
+    """Read one blob into memory (see receive_blob_to)."""
+    buf = bytearray()
+    header = receive_blob_to(chunks, max_bytes=max_bytes, write=buf.extend)
+    return header, buf

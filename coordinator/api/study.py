@@ -105,6 +105,9 @@ class TrainingSpec(_Strict):
     enrollment_timeout_s: float = Field(default=60.0, gt=0)
     round_timeout_s: float = Field(default=600.0, gt=0)
     seed: int = 0
+    # Partial participation (coordinator/selection.py): silos asked per round; None = every silo.
+    silos_per_round: int | None = Field(default=None, ge=1)
+    max_rounds_unselected: int = Field(default=3, ge=1)  # fairness: a silo left out this long is forced in
 
 
 class PrivacySpec(_Strict):
@@ -114,7 +117,9 @@ class PrivacySpec(_Strict):
     delta: float = Field(default=1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(default=1.0, gt=0)
     accountant: Literal["rdp", "prv"] = "rdp"
-    encryption: Literal["none", "ckks-exact", "ckks-packed"] = "ckks-exact"
+    # ckks-screen: exact plus one multiplicative level, so the coordinator can screen encrypted
+    # updates by norm / pairwise distance (norm_bounding, krum); see privacy.he.screening
+    encryption: Literal["none", "ckks-exact", "ckks-packed", "ckks-screen"] = "ckks-exact"
     update_clip: float = Field(default=10.0, gt=0)  # L-inf bound on update values (packed mode)
 
     @model_validator(mode="after")
@@ -132,9 +137,18 @@ class AggregationSpec(_Strict):
 
 
 class CompressionSpec(_Strict):
+    """Uplink codec of silo updates (coordinator/api/codecs) and downlink codec of the global model.
+
+    top-k / random-k run with error feedback at the silo. Under CKKS only `randk` (coordinates
+    shared by all silos of a round, so ciphertexts still add up) and `none` are allowed.
+    `downlink` encodes version r as a delta over version r-1; version r is then defined as
+    version r-1 + the decoded delta, so silos and coordinator hold bit-identical weights.
+    """
+
     codec: Literal["none", "fp16", "q8", "q4", "topk", "randk"] = "none"
     fraction: float = Field(default=0.1, gt=0, le=1)  # kept share for top-k / random-k
     zstd: bool = False
+    downlink: Literal["none", "fp16", "q8", "q4"] = "none"
 
 
 class StudySpec(_Strict):
@@ -155,7 +169,21 @@ class StudySpec(_Strict):
         t = self.training
         if t.expected_silos is not None and t.expected_silos < t.min_silos:
             raise ValueError("training.expected_silos must be >= training.min_silos")
+        if t.silos_per_round is not None and t.silos_per_round < t.min_silos:
+            raise ValueError("training.silos_per_round must be >= training.min_silos (the round quorum)")
+        if self.privacy.encryption != "none" and self.compression.codec not in ("none", "randk"):
+            raise ValueError(f"compression.codec {self.compression.codec!r} cannot run under encryption: ciphertexts "
+                             "only add up when every silo sends the same coordinates; use 'randk' or 'none'")
         return self
+
+    def update_encoding(self) -> str:
+        """The `encoding` header of a silo update in this study."""
+        c = self.compression
+        if self.privacy.encryption != "none":
+            return self.privacy.encryption + ("+randk" if c.codec == "randk" else "")
+        if c.codec == "none":
+            return "tensors"
+        return c.codec + ("+zstd" if c.zstd else "")
 
     # -- serialisation -------------------------------------------------------------------
     def to_json(self) -> str:

@@ -20,7 +20,7 @@ import tenseal.sealapi as seal
 from privacy.errors import InvalidUpdateError, MissingSecretKeyError
 from privacy.he import codec, seal_io
 from privacy.he.keys import context_mode_check, load_context
-from privacy.he.params import PACKED_SCALE, VALUES_PER_SLOT, Mode, exact_scale, mode_params
+from privacy.he.params import PACKED_SCALE, SCREEN_SCALE, VALUES_PER_SLOT, Mode, exact_scale, mode_params
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def encrypt_update(ctx: bytes | ts.Context, values: np.ndarray, *, mode: Mode, c
     else:
         sc = ctx.seal_context().data
         enc, cod = seal.Encryptor(sc, sk), seal.CKKSEncoder(sc)
-        if mode == "exact":
-            scale = exact_scale(clip)
+        if mode in ("exact", "screen"):
+            scale = exact_scale(clip) if mode == "exact" else SCREEN_SCALE
             plain = [c.tolist() for c in chunks]
         else:
             scale = PACKED_SCALE
@@ -148,6 +148,47 @@ class EncryptedSum:
             self._units += units
         self._n_added += 1
 
+    def add_sum(self, sum_bytes: bytes) -> None:
+        """Add a partial encrypted sum (a regional aggregator's `result()`) with all its weights.
+
+        Σ over regions of (Σ over a region's silos) is the flat sum, ciphertext by ciphertext,
+        as long as every sum uses the same weight unit (pass `weight_unit` to each). Exact and
+        packed modes only. A refused partial sum leaves this sum unchanged.
+        """
+        what = f"partial sum {self._n_added + 1}"
+        if self.mode == "baseline":
+            raise InvalidUpdateError("partial sums are not supported in baseline mode; use exact or packed")
+        head, blobs = codec.unpack_blob(sum_bytes, is_sum=True, what=what)
+        if head.mode != self.mode or head.n_values != self.n_values or head.n_cts != self.n_cts:
+            raise InvalidUpdateError(f"{what}: mode {head.mode!r} with {head.n_values} values, this sum expects "
+                                     f"mode {self.mode!r} with {self.n_values}")
+        if self._head is not None and (head.clip, head.scale) != (self._head.clip, self._head.scale):
+            raise InvalidUpdateError(f"{what}: clip/scale differ from the first update's")
+        if self._unit is not None and head.weight_unit != self._unit:
+            raise InvalidUpdateError(f"{what}: weight unit {head.weight_unit:g} differs from this sum's {self._unit:g}; "
+                                     "give every aggregator the same weight_unit")
+        if head.weight_units < 1 or self._units + head.weight_units >= self.params.max_weight_units:
+            raise InvalidUpdateError(f"{what}: {head.weight_units} weight units do not fit this sum's headroom")
+        cts = []
+        for i, b in enumerate(blobs):
+            ct = seal_io.load_ciphertext(self._sc, bytes(b), what=f"{what}, ciphertext {i}")
+            if ct.size() != 2 or ct.parms_id() != self._sc.first_parms_id() or ct.scale != head.scale:
+                raise InvalidUpdateError(f"{what}: ciphertext {i} is not at the first level and the header's scale")
+            cts.append(ct)
+        if self._acc is None:
+            self._acc, self._head = cts, codec.Header(head.mode, head.n_values, head.n_cts, head.scale, head.clip)
+        else:
+            for a, c in zip(self._acc, cts):
+                self._ev.add_inplace(a, c)
+        self._unit = head.weight_unit
+        self._units += head.weight_units
+        self._n_added += head.n_added
+
+    @property
+    def total_weight(self) -> float:
+        """Σ of the (quantised) weights added so far."""
+        return self._total if self.mode == "baseline" else self._units * float(self._unit or 0.0)
+
     def _expected_len(self, i: int) -> int:
         per = _values_per_ct(self.mode)
         return min(per, self.n_values - i * per)
@@ -215,7 +256,7 @@ def decrypt_average(secret_ctx: bytes | ts.Context, sum_bytes: bytes, *, n_value
         pt = seal.Plaintext()
         dec.decrypt(ct, pt)
         decoded.append(np.asarray(cod.decode_complex(pt) if head.mode == "packed" else cod.decode_double(pt)))
-    if head.mode == "exact":
+    if head.mode in ("exact", "screen"):
         return (np.concatenate(decoded)[:n_values] / head.weight_units).astype(np.float32)
     digit_sums = codec.unpack(decoded, n_values).astype(np.float64)
     step = 2 * head.clip / codec.QMAX

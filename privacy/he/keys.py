@@ -2,8 +2,11 @@
 
 The secret context goes only to silos (wrapped, see `wrap.py`); the coordinator gets the
 public context, which holds the encryption parameters and nothing else: no secret key and,
-because aggregation needs no key switching, no relinearisation or Galois keys. Encryption is
-symmetric (silos share the secret key), so there is no public key either.
+because aggregation needs no key switching, no relinearisation or Galois keys. The one
+exception is `screen` mode, whose public context also carries the relinearisation and Galois
+(rotation) keys the coordinator needs to compute encrypted squared norms and distances; these
+are evaluation keys, they do not decrypt. Encryption is symmetric (silos share the secret
+key), so there is no public key either.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from dataclasses import dataclass
 import tenseal as ts
 
 from privacy.errors import HEError
-from privacy.he.params import BASELINE_SCALE, MODES, Mode, mode_params
+from privacy.he.params import BASELINE_SCALE, MODES, SCREEN_SCALE, Mode, mode_params
 
 _N_THREADS = 2
-_GLOBAL_SCALE = {"baseline": BASELINE_SCALE, "exact": 2.0**30, "packed": 2.0**24}
+_GLOBAL_SCALE = {"baseline": BASELINE_SCALE, "exact": 2.0**30, "packed": 2.0**24, "screen": SCREEN_SCALE}
 
 
 def _new_context(mode: str) -> ts.Context:
@@ -31,6 +34,10 @@ def _new_context(mode: str) -> ts.Context:
     # the global scale is unused by exact/packed (they set their own) and, being serialised
     # with the context, tells the two apart since they share parameters
     ctx.global_scale = _GLOBAL_SCALE[mode]
+    if mode == "screen":  # evaluation keys for the coordinator's square + slot-sum rotations
+        if not ctx.has_relin_keys():
+            ctx.generate_relin_keys()
+        ctx.generate_galois_keys()
     return ctx
 
 
@@ -89,7 +96,8 @@ class StudyKeys:
         raise HEError("secret context matches no encryption mode's parameters")
 
     def public_context(self) -> bytes:
-        return self.context.serialize(save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+        evaluation = self.mode == "screen"
+        return self.context.serialize(save_secret_key=False, save_galois_keys=evaluation, save_relin_keys=evaluation)
 
     def secret_context(self) -> bytes:
         return self.context.serialize(save_secret_key=True, save_galois_keys=False, save_relin_keys=False)

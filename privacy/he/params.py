@@ -24,6 +24,14 @@ modulus. Fresh-encryption noise in a slot part is ≤ ~2^9.1 (measured max 525 a
 Packed error: quantisation ≤ clip/(2^12-1) per value, plus weight rounding ≤ Σ 0.5·unit·|xᵢ-x̄|/W
 (weights are integers of `weight_unit`; the sum holds < 2^12 units). Measured with 1M values
 uniform in [-1, 1], 8 silos, unit = total/2^11: max abs error 1.0e-3 (exact: 3.0e-8).
+
+- `screen`: exact mode plus ONE multiplicative level, for encrypted norm/distance screening
+  (`privacy.he.screening`). N=8192, chain [60, 60 | 60] (180 bits, within the 218 that
+  HE-standard 128-bit security allows at N=8192); fresh ciphertexts at scale Δ = 2^40 on the
+  120-bit data level. A square is never rescaled: it lives at scale Δ² = 2^80 on the same
+  120 bits, which leaves 2^38 for the squared norm or distance (checked per call:
+  4·n·clip² < 2^SCREEN_SQUARE_BITS). The public context carries relinearisation keys and the
+  Galois keys for the slot-sum rotations. Sums work as in `exact` (integer weights, no level).
 """
 
 from __future__ import annotations
@@ -32,8 +40,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Mode = Literal["exact", "packed", "baseline"]
-MODE_CODES: dict[str, int] = {"baseline": 1, "exact": 2, "packed": 3}
+Mode = Literal["exact", "packed", "baseline", "screen"]
+MODE_CODES: dict[str, int] = {"baseline": 1, "exact": 2, "packed": 3, "screen": 4}
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,7 @@ MODES: dict[str, ModeParams] = {
     "baseline": ModeParams(8192, (60, 40, 40), weight_bits=0, headroom_bits=0),
     "exact": ModeParams(4096, (40, 35, 34), weight_bits=24, headroom_bits=8),
     "packed": ModeParams(4096, (40, 35, 34), weight_bits=6, headroom_bits=6),
+    "screen": ModeParams(8192, (60, 60, 60), weight_bits=24, headroom_bits=8),
 }
 BASELINE_SCALE = 2.0**40
 
@@ -75,6 +84,13 @@ PACKED_SCALE = 2.0**24  # noise ≤ Σ w_int·2^9.1 < 2^21.1, i.e. < 1/8 of one 
 assert DIGITS_PER_PART * DIGIT_BITS <= USABLE_INTEGER_BITS
 assert QUANT_BITS + MODES["packed"].weight_bits + MODES["packed"].headroom_bits <= DIGIT_BITS
 assert USABLE_INTEGER_BITS + math.log2(PACKED_SCALE) < MODES["packed"].data_bits - 1
+
+
+SCREEN_SCALE = 2.0**40
+# bits left for a squared norm / distance at scale SCREEN_SCALE² below half the data modulus
+SCREEN_SQUARE_BITS = MODES["screen"].data_bits - 2 - 2 * int(math.log2(SCREEN_SCALE))
+assert SCREEN_SQUARE_BITS >= 30
+assert math.log2(SCREEN_SCALE) + MODES["screen"].weight_bits + MODES["screen"].headroom_bits + 24 < MODES["screen"].data_bits
 
 
 def mode_params(mode: str) -> ModeParams:

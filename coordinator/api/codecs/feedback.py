@@ -30,7 +30,7 @@ class ErrorFeedback:
 
     def encode(self, arrays: Sequence[np.ndarray], *, seed: int | None = None) -> bytes:
         layout, flat = flatten(arrays)
-        if self.residual is not None and layout != self._layout:
+        if self.residual is not None and (layout.shapes != self._layout.shapes or self.residual.size != layout.total):
             raise CodecError("the update's arrays differ from the previous round's; call reset() for a new model")
         corrected = flat if self.residual is None else flat + self.residual
         data = self.codec.encode_flat(corrected, layout, seed=seed)
@@ -45,6 +45,22 @@ class ErrorFeedback:
             return []
         shapes = self._layout.shapes
         return unflatten(self.residual, Layout(tuple(np.dtype("<f8") for _ in shapes), shapes))
+
+    def state_bytes(self) -> bytes:
+        """The residual as a lossless float64 update (codec 'none'), for the silo to keep on disk."""
+        from coordinator.api.codecs import build_codec
+
+        return build_codec("none").encode(self.residual_arrays()) if self.residual is not None else b""
+
+    def restore(self, data: bytes, *, max_values: int) -> None:
+        """Load a residual written by `state_bytes` (e.g. after a silo restart); b"" means none."""
+        from coordinator.api.codecs import build_codec
+
+        if not data:
+            self.reset()
+            return
+        arrays = build_codec("none").decode(data, max_values=max_values)
+        self._layout, self.residual = flatten(arrays)
 
     def reset(self) -> None:
         self.residual, self._layout = None, None
