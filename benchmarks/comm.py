@@ -54,13 +54,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (encryption, CompressionSpe
     "q4": ("none", {"codec": "q4"}),
     "topk": ("none", {"codec": "topk", "fraction": 0.1}),
     "randk": ("none", {"codec": "randk", "fraction": 0.1}),
-    "best": ("none", {"codec": "topk", "fraction": 0.05, "zstd": True, "downlink": "q4"}),
+    "best": ("none", {"codec": "q4", "zstd": True, "downlink": "q4"}),
+    "topk05-q4down": ("none", {"codec": "topk", "fraction": 0.05, "zstd": True, "downlink": "q4"}),
     "topk02-q8down": ("none", {"codec": "topk", "fraction": 0.02, "zstd": True, "downlink": "q8"}),
     "topk10-q4down": ("none", {"codec": "topk", "fraction": 0.1, "zstd": True, "downlink": "q4"}),
-    "q4-q4down": ("none", {"codec": "q4", "zstd": True, "downlink": "q4"}),
     "ckks-none": ("ckks-exact", {}),
     "ckks-randk": ("ckks-exact", {"codec": "randk", "fraction": 0.25}),
     "ckks-randk10": ("ckks-exact", {"codec": "randk", "fraction": 0.1}),
+    "ckks-packed": ("ckks-packed", {}),  # 12-bit fixed point, 4 values per slot (privacy/he/params.py)
+    "ckks-best": ("ckks-packed", {"codec": "randk", "fraction": 0.5}),
 }
 
 

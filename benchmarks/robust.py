@@ -198,7 +198,7 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     t_start = time.perf_counter()
     patients = args.patients or (120 if args.quick else 300)
-    rounds = args.rounds or (5 if args.quick else 10)
+    rounds = args.rounds or (6 if args.quick else 10)
     fractions = [float(x) for x in (args.fractions or ("0.3" if args.quick else "0.1,0.2,0.3")).split(",")]
     attacks = [a for a in args.attacks.split(",") if a]
     base = StudySpec(name="robust-benchmark")

@@ -31,11 +31,11 @@ _PANGO_HINT = ("WeasyPrint needs Pango to write PDF reports; on Debian/Ubuntu ru
 
 def build_report(*, logs: Sequence[Path], out: Path, fmt: Literal["html", "pdf"],
                  study: str | None = None, silo: str | None = None,
-                 ledger: Path | None = None) -> Path:
+                 ledger: Path | Sequence[Path] | None = None) -> Path:
     """Write the report for ``logs`` (silo and coordinator audit logs) to ``out``; return its path.
 
     ``out`` may be a file or an existing directory (then ``audit-report.<fmt>`` inside it).
-    ``study`` and ``silo`` narrow the report; ``ledger`` adds the privacy budget sections.
+    ``study`` and ``silo`` narrow the report; ``ledger`` (one or more privacy ledgers, e.g. one per silo) adds the privacy budget sections.
     """
     if fmt not in ("html", "pdf"):
         raise ReportError(f"report format {fmt!r} is not supported; use 'html' or 'pdf'")

@@ -70,7 +70,7 @@ class ReportData:
     generated_at: str
     study: str | None
     silo: str | None
-    ledger: Path | None
+    ledger: list[Path]
     logs: list[LogSummary]
     silos: list[SiloSection]
     coordinator: str | None
@@ -91,13 +91,14 @@ class ReportData:
 
 
 def collect(*, logs: Sequence[Path], study: str | None = None, silo: str | None = None,
-            ledger: Path | None = None) -> ReportData:
+            ledger: Path | Sequence[Path] | None = None) -> ReportData:
     contents = [read_log(Path(p)) for p in logs]
     summaries = [LogSummary(c.path, c.node, c.role, c.public_key, verify_contents(c)) for c in contents]
     verified = {id(c): s.verification for c, s in zip(contents, summaries)}
     coordinator = _find_coordinator(contents)
     silo_logs = {c.node: c for c in contents if c is not coordinator}
-    rows = _ledger_rows(ledger, study)
+    ledgers = [] if ledger is None else [Path(ledger)] if isinstance(ledger, (str, Path)) else [Path(p) for p in ledger]
+    rows = [row for path in ledgers for row in _ledger_rows(path, study)]
 
     names = set(silo_logs) | {r.silo for r in rows}
     if coordinator is not None:
@@ -128,7 +129,7 @@ def collect(*, logs: Sequence[Path], study: str | None = None, silo: str | None 
         and (silo is None or e.fields.get("silo") in (None, silo))]
     return ReportData(
         generated_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), study=study, silo=silo,
-        ledger=ledger, logs=summaries, silos=sections,
+        ledger=ledgers, logs=summaries, silos=sections,
         coordinator=coordinator.node if coordinator else None, coordinator_events=coord_events,
         rounds=rounds,
     )
@@ -170,9 +171,7 @@ def _from_coordinator(section: SiloSection, coordinator: LogContents, silo_log: 
         section.anomalies += [rec.describe(e) for e in rec.only_at_silo + rec.only_at_coordinator]
 
 
-def _ledger_rows(ledger: Path | None, study: str | None) -> list[LedgerRow]:
-    if ledger is None:
-        return []
+def _ledger_rows(ledger: Path, study: str | None) -> list[LedgerRow]:
     with PrivacyLedger(ledger) as book:
         return book.rows(study)
 

@@ -59,12 +59,16 @@ class FederationService(pb_grpc.FederationServicer):
         self.auth = auth
         self.audit = audit
 
-    def _count(self, study_id: str, silo: str, *, up: int = 0, down: int = 0) -> None:
-        if study_id:
-            try:
-                round_ = self.fed.current_round_of(study_id)
-            except NotFound:
-                return
+    def _round_now(self, study_id: str) -> int | None:
+        try:
+            return self.fed.current_round_of(study_id) if study_id else None
+        except NotFound:
+            return None
+
+    def _count(self, study_id: str, silo: str, *, up: int = 0, down: int = 0, round_: int | None = None) -> None:
+        """Attribute bytes to the round that was current when the call began (it may close the round)."""
+        round_ = self._round_now(study_id) if round_ is None else round_
+        if round_ is not None:
             self.fed.store.add_traffic(study_id, round_, silo, up=up, down=down)
 
     # --- silo side ---------------------------------------------------------------------------
@@ -78,7 +82,8 @@ class FederationService(pb_grpc.FederationServicer):
     def PullTask(self, request: pb.PullTaskRequest, context: grpc.ServicerContext) -> pb.Task:
         silo = self.auth.silo(context, request.silo)
         task = self.fed.next_task(silo, request.wait_s, frozenset(request.deferred_studies[:1000]))
-        self._count(task.study_id, silo, up=request.ByteSize(), down=task.ByteSize())
+        self._count(task.study_id, silo, up=request.ByteSize(), down=task.ByteSize(),
+                    round_=task.round if task.kind == pb.TASK_TRAIN else None)
         return task
 
     @_rpc
@@ -100,13 +105,13 @@ class FederationService(pb_grpc.FederationServicer):
 
     def _counted(self, chunks: Iterator[pb.Chunk], request: pb.BlobRef, silo: str) -> Iterator[pb.Chunk]:
         """Stream lazily (one chunk in memory at a time) and count what was actually sent."""
-        sent = 0
+        sent, round_ = 0, self._round_now(request.study_id)
         try:
             for chunk in chunks:
                 sent += chunk.ByteSize()
                 yield chunk
         finally:
-            self._count(request.study_id, silo, up=request.ByteSize(), down=sent)
+            self._count(request.study_id, silo, up=request.ByteSize(), down=sent, round_=round_)
 
     @_rpc
     def PushBlob(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
@@ -128,6 +133,7 @@ class FederationService(pb_grpc.FederationServicer):
                   pb.BLOB_FINAL_MODEL: self.fed.accept_final_model}.get(ref.kind)
         if accept is None:
             raise InvalidInput(f"silos may not push blobs of kind {kind_name(ref.kind)}")
+        round_ = self._round_now(ref.study_id)
         limit = MAX_CONTROL_BLOB if ref.kind == pb.BLOB_KEY_BUNDLE else self.fed.max_update_bytes(ref.study_id)
         try:
             # Straight to disk while hashing: an upload is never held in memory whole.
@@ -135,13 +141,14 @@ class FederationService(pb_grpc.FederationServicer):
                 header = receive_blob_to(_prepend(first, it), max_bytes=limit, write=incoming.write)
                 return accept(silo, header, incoming)
         finally:
-            self._count(ref.study_id, silo, up=received)
+            self._count(ref.study_id, silo, up=received, round_=round_)
 
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
+        round_ = self._round_now(request.study_id)
         self.fed.report_metrics(silo, request)
-        self._count(request.study_id, silo, up=request.ByteSize())
+        self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
         return pb.Ack(ok=True)
 
     # --- researcher side ---------------------------------------------------------------------

@@ -32,6 +32,12 @@ console = Console(stderr=True)
 DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 class UserError(Exception):
     """Something the user can fix; printed as one line."""
 
@@ -218,6 +224,44 @@ def study_results(study_id: str, out: Annotated[Path, typer.Option()], coordinat
     Console().print(f"wrote {paths['summary']} and {paths['model']}")
 
 
+# --- audit --------------------------------------------------------------------------------------------
+@audit_app.command("verify")
+def audit_verify(log: Path, public_key: Annotated[Optional[str], typer.Option(
+        help="the node's Ed25519 public key (hex), obtained out of band; default: the key stored in the log")] = None) -> None:
+    """Check a log's hash chain and signatures; exit 1 and name the first bad entry if it was altered."""
+    from compliance import verify_log
+
+    if not log.exists():
+        raise UserError(f"audit log {log}: file not found")
+    result = verify_log(log, public_key=public_key)
+    if result.ok:
+        Console().print(f"[green]OK[/] {log}: {result.entries} entries, chain and signatures intact")
+        return
+    console.print("[red]TAMPERED[/] " + _escape(f"{log}: {result.reason}"), highlight=False)
+    raise typer.Exit(1)
+
+
+@audit_app.command("report")
+def audit_report(
+    log: Annotated[list[Path], typer.Option("--log", help="an audit log (repeat for the silos and the coordinator)")],
+    out: Annotated[Path, typer.Option(help="report file (or folder)")],
+    format: Annotated[str, typer.Option("--format", help="html or pdf")] = "html",
+    study: Annotated[Optional[str], typer.Option(help="only this study")] = None,
+    silo: Annotated[Optional[str], typer.Option(help="only this silo")] = None,
+    ledger: Annotated[list[Path], typer.Option("--ledger", help="a silo's privacy ledger (repeatable)")] = [],
+) -> None:
+    """Write a compliance report: what left each hospital, ε over rounds, approvals, reconciliation."""
+    from compliance import build_report
+
+    missing = [str(p) for p in log if not p.exists()]
+    if missing:
+        raise UserError(f"audit log not found: {', '.join(missing)}")
+    if format not in ("html", "pdf"):
+        raise UserError(f"--format must be html or pdf, not {format!r}")
+    path = build_report(logs=log, out=out, fmt=format, study=study, silo=silo, ledger=ledger)  # type: ignore[arg-type]
+    Console().print(f"report written to {path}")
+
+
 # --- pki ----------------------------------------------------------------------------------------------
 PkiDir = Annotated[Path, typer.Option("--dir", help="folder of the study CA")]
 
@@ -266,12 +310,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from fedcare.researcher import ResearcherError
     from silo_node.client import SiloError
 
-    return (UserError, SpecError, ResearcherError, SiloError, PKIError, FileNotFoundError)
+    from compliance import ComplianceError
+
+    return (UserError, SpecError, ResearcherError, SiloError, PKIError, ComplianceError, FileNotFoundError)
 
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns a command's exit code instead of exiting.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
@@ -285,6 +333,6 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         if isinstance(e, _user_errors()):
-            console.print(f"[red]error:[/] {e}", highlight=False)
+            console.print("[red]error:[/] " + _escape(str(e)), highlight=False)
             sys.exit(2)
         raise

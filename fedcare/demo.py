@@ -26,6 +26,7 @@ import tomli_w
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from compliance import build_report
 from coordinator.api.study import AggregationSpec, PrivacySpec, StudySpec, TrainingSpec
 from fedcare.researcher import ResearcherClient, ResearcherError
 from pipelines.synthetic import generate_federation
@@ -136,6 +137,11 @@ class Demo:
             self._follow(client, study_id)
             client.results(study_id, out)
             self._collect_logs(out, [h.name for h in hospitals])
+            with self.console.status("writing the compliance report (HTML and PDF)…"):
+                logs = sorted((out / "audit").glob("*.audit.sqlite"))
+                ledgers = sorted((out / "audit").glob("*.privacy-ledger.sqlite"))
+                for fmt in ("html", "pdf"):
+                    build_report(logs=logs, out=out / "audit" / f"report.{fmt}", fmt=fmt, study=study_id, ledger=ledgers)
         finally:
             self._stop_all()
         return json.loads((out / "summary.json").read_text())

@@ -230,7 +230,8 @@ def describe_validation_error(e: ValidationError) -> str:
         loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
         got = err.get("input")
         got_s = "" if isinstance(got, dict) else f" (got {got!r})"
-        parts.append(f"{loc}: {err['msg']}{got_s}")
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}{got_s}")
     return "; ".join(parts)
 
 
