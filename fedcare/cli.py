@@ -142,6 +142,35 @@ def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typ
     SiloNode(cfg, client).run(exit_after_studies=exit_after_studies)
 
 
+@silo_app.command("ingest")
+def silo_ingest(
+    out: Annotated[Path, typer.Option(help="folder for the de-identified cache, quarantine and report")],
+    fhir: Annotated[list[Path], typer.Option("--fhir", help="FHIR bundles / NDJSON (file or folder)")] = [],
+    dicom: Annotated[list[Path], typer.Option("--dicom", help="DICOM files or folders")] = [],
+    dicomweb: Annotated[list[str], typer.Option("--dicomweb", help="DICOMweb base URL of a PACS")] = [],
+    wearables: Annotated[list[Path], typer.Option("--wearables", help="wearable CSV / WFDB (file or folder)")] = [],
+    tabular: Annotated[list[Path], typer.Option("--tabular", help="tabular EHR extracts (not yet supported)")] = [],
+    report: Annotated[Optional[Path], typer.Option(help="JSON report (default OUT/ingest-report.json)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="take the data sources from node.toml")] = None,
+    spec: Annotated[Optional[Path], typer.Option(help="study spec whose cohort/features to apply (default cohort)")] = None,
+) -> None:
+    """Ingest local data (de-identified, quarantined, cached) and report what was found, outside any study."""
+    from coordinator.api.study import CohortSpec, StudySpec
+    from silo_node.ingest_command import render_table, run_ingest
+
+    _logging(False)
+    if config is not None:
+        d = _node_config(config).data
+        fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
+    if not (fhir or dicom or dicomweb or wearables):
+        raise UserError("name at least one input: --fhir, --dicom, --dicomweb, --wearables (or --config node.toml)")
+    cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
+    with console.status("ingesting…"):
+        result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
+                            report=report, cohort=cohort)
+    Console().print(render_table(result))
+
+
 @silo_app.command("studies")
 def silo_studies(config: ConfigOpt) -> None:
     """List the studies proposed to this node, what each would do, and the decisions taken."""
@@ -186,12 +215,36 @@ def silo_reject(study: str, config: ConfigOpt, reason: str = "rejected by hospit
 CoordOpt = Annotated[str, typer.Option("--coordinator", help="host:port of the coordinator")]
 
 
+@study_app.callback()
+def study_connection(
+    ca_cert: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_CA_CERT", help="the study CA (ca.pem)")] = None,
+    cert: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_CERT", help="your researcher certificate")] = None,
+    key: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_KEY", help="your researcher key")] = None,
+    insecure: Annotated[bool, typer.Option(help="plain-text gRPC to a local demo coordinator")] = False,
+) -> None:
+    """Connection options shared by the study commands (mutual TLS unless --insecure)."""
+    _CONNECTION.update(ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
+
+
+_CONNECTION: dict = {}
+
+
 def _researcher(coordinator: str):  # noqa: ANN202 - fedcare.researcher.ResearcherClient
     import grpc
 
     from fedcare.researcher import ResearcherClient
 
-    return ResearcherClient(grpc.insecure_channel(coordinator), target=coordinator)
+    c = _CONNECTION
+    if c.get("insecure"):
+        return ResearcherClient(grpc.insecure_channel(coordinator), target=coordinator)
+    if not (c.get("ca_cert") and c.get("cert") and c.get("key")):
+        raise UserError("give --ca-cert, --cert and --key (or FEDCARE_CA_CERT/CERT/KEY), or --insecure for a local demo")
+    for name in ("ca_cert", "cert", "key"):
+        if not c[name].exists():
+            raise UserError(f"--{name.replace('_', '-')} {c[name]}: file not found")
+    creds = grpc.ssl_channel_credentials(root_certificates=c["ca_cert"].read_bytes(), private_key=c["key"].read_bytes(),
+                                         certificate_chain=c["cert"].read_bytes())
+    return ResearcherClient(grpc.secure_channel(coordinator, creds), target=coordinator)
 
 
 @study_app.command("submit")
@@ -199,7 +252,8 @@ def study_submit(spec: Path, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> Non
     """Validate a study spec (TOML) and submit it; prints the study id."""
     from coordinator.api.study import StudySpec
 
-    study_id = _researcher(coordinator).submit(StudySpec.from_toml(spec))
+    parsed = StudySpec.from_toml(spec)  # refuse an invalid spec before connecting anywhere
+    study_id = _researcher(coordinator).submit(parsed)
     print(study_id)
 
 

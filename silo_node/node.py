@@ -149,8 +149,8 @@ class SiloNode:
 
     def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
         d = self.config.data
-        result = ingest_silo(fhir=d.fhir, dicom=d.dicom, wearables=d.wearables, cohort=spec.cohort,
-                             pseudonym_key=self._pseudonym_key())
+        result = ingest_silo(fhir=d.fhir, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb, cohort=spec.cohort,
+                             pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
         train, test = split_train_test(result.dataset, test_fraction=spec.cohort.test_fraction, seed=spec.training.seed)

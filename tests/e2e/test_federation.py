@@ -6,7 +6,7 @@ import signal
 import pytest
 import torch
 
-from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 
 pytestmark = pytest.mark.slow
 
@@ -63,3 +63,21 @@ def test_ckks_aggregate_equals_the_plaintext_weighted_average(cluster, tmp_path)
     assert models["ckks-exact"].keys() == models["none"].keys()
     worst = max(float((models["ckks-exact"][k] - models["none"][k]).abs().max()) for k in models["none"])
     assert 0 < worst <= 1e-6, f"encrypted and plaintext aggregates differ by {worst}"
+
+
+def test_a_model_far_above_grpcs_message_limit_travels_in_chunks(cluster, tmp_path) -> None:
+    """A 55 MB model (gRPC's default message limit is 4 MB) goes down to and back from every silo."""
+    client = cluster.start_coordinator()
+    for h in cluster.hospitals:
+        cluster.start_silo(h)
+    spec = StudySpec(name="big", modalities=("ehr",), model=ModelSpec(ehr_hidden=3700),
+                     training=TrainingSpec(rounds=1, local_epochs=1, learning_rate=0.01, min_silos=3, expected_silos=3),
+                     privacy=PrivacySpec(dp=False, encryption="none"))
+    study_id = client.submit(spec)
+    summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=600)
+    model = torch.load(client.results(study_id, tmp_path / "big")["model"])
+    model_bytes = sum(t.numel() * 4 for t in model.values())
+    assert model_bytes > 50_000_000
+    round1 = summary["rounds"][1]
+    assert all(v > model_bytes for v in round1["bytes_up"].values())
+    assert all(v > model_bytes for v in round1["bytes_down"].values())

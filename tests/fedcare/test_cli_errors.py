@@ -60,7 +60,8 @@ def test_bad_study_spec(tmp_path: Path) -> None:
 
 
 def test_unreachable_coordinator_for_a_researcher(tmp_path: Path) -> None:
-    proc = _fedcare("study", "status", "some-study", "--coordinator", f"127.0.0.1:{free_port()}", cwd=tmp_path)
+    proc = _fedcare("study", "--insecure", "status", "some-study", "--coordinator", f"127.0.0.1:{free_port()}",
+                    cwd=tmp_path)
     _one_clear_line(proc, "unreachable")
 
 
@@ -73,3 +74,7 @@ def test_unreachable_coordinator_for_a_silo(tmp_path: Path) -> None:
 def test_tampered_log_exits_non_zero_and_names_the_file(tmp_path: Path) -> None:
     proc = _fedcare("audit", "verify", "missing.sqlite", cwd=tmp_path)
     _one_clear_line(proc, "missing.sqlite")
+
+
+def test_researcher_needs_certificates_or_an_explicit_insecure(tmp_path: Path) -> None:
+    _one_clear_line(_fedcare("study", "status", "some-study", cwd=tmp_path), "--ca-cert", "--insecure")
