@@ -1,6 +1,6 @@
 """Multimodal model on non-IID synthetic hospitals: single modalities vs late fusion vs ours.
 
-    python benchmarks/multimodal.py [--quick] [--silos 4] [--patients 400] [--rounds 12] [--dp]
+    python benchmarks/multimodal.py [--quick] [--silos 4] [--patients N] [--rounds N] [--variants ...] [--dp]
 
 Federated training is simulated in one process with the silo's own training code: every silo
 is a `silo_node.trainer.LocalTrainer` on the data `pipelines.ingest.ingest_silo` made from the
