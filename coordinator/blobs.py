@@ -16,6 +16,8 @@ from collections import OrderedDict
 from pathlib import Path
 from types import TracebackType
 
+from coordinator.api.chunks import serialized_data_chunks
+
 
 class Incoming:
     """A blob being received: write pieces, then `view` it and `commit` it under its hash (or drop it)."""
@@ -73,6 +75,7 @@ class BlobStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._chunks: OrderedDict[str, list[bytes]] = OrderedDict()
         self._cache_entries = cache_entries
 
     def path(self, sha: str) -> Path:
@@ -115,6 +118,15 @@ class BlobStore:
         self._cache.move_to_end(sha)
         while len(self._cache) > self._cache_entries:
             self._cache.popitem(last=False)
+
+    def serialized_chunks(self, sha: str, data: bytes) -> list[bytes]:
+        """The blob's data chunks as serialised `Chunk` messages, built once per blob and cached."""
+        if sha not in self._chunks:
+            self._chunks[sha] = serialized_data_chunks(data)
+            while len(self._chunks) > self._cache_entries:
+                self._chunks.popitem(last=False)
+        self._chunks.move_to_end(sha)
+        return self._chunks[sha]
 
     def exists(self, sha: str) -> bool:
         return self.path(sha).exists()

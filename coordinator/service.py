@@ -101,14 +101,17 @@ class FederationService(pb_grpc.FederationServicer):
             return chunk_blob(pb.BlobHeader(ref=request, sha256=sha, encoding="tensors"), data)
         silo = self.auth.silo(context, request.silo)
         header, data = self.fed.blob_for(silo, request)
-        return self._counted(chunk_blob(header, data), request, silo)
+        header.size = len(data)
+        body = self.fed.blobs.serialized_chunks(header.sha256, data) if request.kind == pb.BLOB_MODEL else [
+            c.SerializeToString() for c in list(chunk_blob(header, data))[1:]]
+        return self._counted(_prepend_header(header, body), request, silo)
 
-    def _counted(self, chunks: Iterator[pb.Chunk], request: pb.BlobRef, silo: str) -> Iterator[pb.Chunk]:
-        """Stream lazily (one chunk in memory at a time) and count what was actually sent."""
+    def _counted(self, chunks: Iterator[bytes], request: pb.BlobRef, silo: str) -> Iterator[bytes]:
+        """Stream serialised chunks and count the bytes actually sent."""
         sent, round_ = 0, self._round_now(request.study_id)
         try:
             for chunk in chunks:
-                sent += chunk.ByteSize()
+                sent += len(chunk)
                 yield chunk
         finally:
             self._count(request.study_id, silo, up=request.ByteSize(), down=sent, round_=round_)
@@ -170,10 +173,38 @@ class FederationService(pb_grpc.FederationServicer):
             summary_json=build_summary(self.fed, row.id), error=row.error or "")
 
 
+def _prepend_header(header: pb.BlobHeader, body: list[bytes]) -> Iterator[bytes]:
+    yield pb.Chunk(header=header).SerializeToString()
+    yield from body
+
+
 def _prepend(first: pb.Chunk, rest: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:
     yield first
     yield from rest
 
 
+def _chunk_or_bytes(message: pb.Chunk | bytes) -> bytes:
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def add_to_server(server: grpc.Server, service: FederationService) -> None:
-    pb_grpc.add_FederationServicer_to_server(service, server)
+    """Register every method of federation.proto's service, built from its descriptor.
+
+    FetchBlob's serializer also passes pre-serialised chunks through: every silo fetches the
+    same model version, so its chunks are serialised once and then sent without a copy.
+    """
+    from google.protobuf import symbol_database
+
+    db = symbol_database.Default()
+    service_desc = pb.DESCRIPTOR.services_by_name["Federation"]
+    handlers = {}
+    for method in service_desc.methods:
+        request_cls = db.GetSymbol(method.input_type.full_name)
+        response_cls = db.GetSymbol(method.output_type.full_name)
+        kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+                (True, False): grpc.stream_unary_rpc_method_handler,
+                (True, True): grpc.stream_stream_rpc_method_handler}[(method.client_streaming, method.server_streaming)]
+        serializer = _chunk_or_bytes if method.name == "FetchBlob" else response_cls.SerializeToString
+        handlers[method.name] = kind(getattr(service, method.name), request_deserializer=request_cls.FromString,
+                                     response_serializer=serializer)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_desc.full_name, handlers),))

@@ -30,11 +30,14 @@ class FedAvg(AggregationRule):
         return stream.result()
 
 
+_BLOCK = 1 << 20
+
+
 class StreamingFedAvg:
     """Weighted FedAvg accumulated as updates arrive, so the coordinator never holds a round.
 
-    Memory is one float64 accumulator the size of the model plus one float64 scratch buffer the
-    size of its largest array; `add` allocates nothing per update. An update that fails its
+    Memory is one float64 accumulator the size of the model plus a float64 scratch block of at
+    most 1M values; `add` allocates nothing per update. An update that fails its
     checks raises AggregationError and leaves the running sum untouched.
     """
 
@@ -60,7 +63,7 @@ class StreamingFedAvg:
                 check_array(a, where=f"{where}, array {j}", like=None)
             self._sums = [np.zeros(a.shape, dtype=np.float64) for a in update]
             self._like = [np.empty((0,), dtype=a.dtype) for a in update]
-            self._scratch = np.empty(max((a.size for a in update), default=0), dtype=np.float64)
+            self._scratch = np.empty(min(_BLOCK, max((a.size for a in update), default=0)), dtype=np.float64)
         if len(update) != len(self._sums):
             raise AggregationError(f"{where} has {len(update)} arrays, update 0 has {len(self._sums)}")
         for j, (a, s) in enumerate(zip(update, self._sums)):
@@ -72,7 +75,11 @@ class StreamingFedAvg:
             if not np.isfinite(np.sum(a, dtype=np.float64)):
                 raise AggregationError(f"{where}, array {j} holds NaN or Inf; update refused")
         for a, s in zip(update, self._sums):
-            s += np.multiply(a, weight, out=self._scratch[: a.size].reshape(a.shape), dtype=np.float64)
+            flat_a, flat_s = a.reshape(-1), s.reshape(-1)
+            for start in range(0, a.size, _BLOCK):  # blockwise: the scratch stays small whatever the model
+                stop = min(start + _BLOCK, a.size)
+                part = np.multiply(flat_a[start:stop], weight, out=self._scratch[: stop - start], dtype=np.float64)
+                flat_s[start:stop] += part
         self._total_weight += float(weight)
         self._count += 1
 
