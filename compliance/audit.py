@@ -60,6 +60,8 @@ class Event(StrEnum):
     AUTH_FAILURE = "auth_failure"
     BUDGET_REFUSED = "budget_refused"
     UPDATE_REFUSED = "update_refused"
+    ATTACK_CONFIGURED = "attack_configured"  # a deliberately malicious node (robustness tests only)
+    STUDY_FAILED = "study_failed"
 
 
 _SCHEMA = (

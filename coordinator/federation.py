@@ -22,10 +22,12 @@ from typing import Any
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import TensorFormatError, decode_tensors
+from coordinator.aggregation import AggregationError
 from coordinator.blobs import BlobStore, Incoming
 from coordinator.errors import InvalidInput, NotFound, Refused
+from privacy.errors import HEError
 from coordinator.model_layout import build_initial_model
-from coordinator.rounds import RoundCloser
+from coordinator.rounds import SCREENED_RULES, RoundCloser, needs_screening
 from coordinator.selection import choose_participants
 from coordinator.store import (
     EnrollmentRow,
@@ -100,9 +102,13 @@ class Federation:
         if spec.privacy.encryption != "none" and spec.aggregation.server_optimizer != "none":
             raise InvalidInput("aggregation.server_optimizer: a server optimiser needs the plaintext update; "
                                "it cannot run with privacy.encryption = ckks-*")
-        if spec.privacy.encryption != "none" and spec.aggregation.rule != "fedavg":
-            raise InvalidInput(f"aggregation.rule: {spec.aggregation.rule!r} is not available under encryption "
-                               "yet; use fedavg or privacy.encryption = 'none'")
+        if spec.privacy.encryption != "none" and spec.aggregation.rule != "fedavg" and not needs_screening(spec):
+            raise InvalidInput(f"aggregation.rule: {spec.aggregation.rule!r} cannot run under encryption; use fedavg, "
+                               f"or {' / '.join(SCREENED_RULES)} with privacy.encryption = 'ckks-screen', "
+                               "or privacy.encryption = 'none'")
+        if spec.privacy.encryption == "ckks-screen" and not needs_screening(spec):
+            raise InvalidInput("privacy.encryption: 'ckks-screen' is for the screened rules "
+                               f"({', '.join(SCREENED_RULES)}); use ckks-exact with fedavg")
         study_id = f"{spec.name[:40].replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
         sha = self.blobs.put(build_initial_model(spec))
         with self._lock:
@@ -175,6 +181,11 @@ class Federation:
             rnd = self.store.get(RoundRow, row.id, row.current_round)
             if rnd is None or rnd.state != "open" or silo not in json.loads(rnd.participants_json):
                 continue
+            if row.state == "running" and silo == row.key_holder:
+                outcome = json.loads(rnd.outcome_json or "{}")
+                if "screen_sha" in outcome and "screen_values" not in outcome:
+                    return pb.Task(kind=pb.TASK_SCREEN, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
+                                   spec_json=row.spec_json)
             if row.state == "running" and not self._answered(row.id, rnd.number, silo):
                 return pb.Task(kind=pb.TASK_TRAIN, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
                                spec_json=row.spec_json, model_version=rnd.number - 1, round_seed=rnd.seed,
@@ -294,14 +305,54 @@ class Federation:
                 self._closer.forget(row.id, rnd.number)
                 self._open_round(row, rnd.number, participants_now, outcome={"retries": retries + 1, "last_failure": reason})
             return
-        outcome = self._closer.close(row, rnd, spec, updates)
+        if needs_screening(spec) and not self._screened(row, rnd, spec, updates):
+            return  # waiting for the key holder to decrypt the screening scalars
+        try:
+            outcome = self._closer.close(row, rnd, spec, updates)
+        except (AggregationError, InvalidInput, HEError) as e:
+            # A round that cannot be aggregated (e.g. too few updates for the rule's f) ends the
+            # study with the reason, instead of failing at every deadline check.
+            self._fail(row, f"round {rnd.number} could not be aggregated: {e}")
+            return
         rnd.state, rnd.closed_at = "closed", self.clock()
         rnd.outcome_json = dumps(outcome)
         self._open_round(row, rnd.number + 1, self.accepted_silos(row.id), closing=rnd)
 
+    def _screened(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow]) -> bool:
+        """Under ckks-screen: compute the encrypted scalars once, then wait for their decryption."""
+        outcome = json.loads(rnd.outcome_json or "{}")
+        if "screen_values" in outcome:
+            return True
+        if "screen_sha" not in outcome:
+            outcome["screen_sha"] = self.blobs.put(self._closer.screening_scalars(row, spec, updates))
+            outcome["screen_silos"] = sorted(u.silo for u in updates)
+            rnd.outcome_json = dumps(outcome)
+            self.store.add(rnd)
+            log.info("study %s round %d: screening scalars ready for %s", row.id, rnd.number, row.key_holder)
+        return False
+
+    def report_screen(self, silo: str, rep: pb.ScreenReport) -> None:
+        with self._lock:
+            row, rnd = self.check_round(rep.study_id, silo, rep.round, rep.nonce)
+            outcome = json.loads(rnd.outcome_json or "{}")
+            if silo != row.key_holder or "screen_sha" not in outcome or "screen_values" in outcome:
+                raise Refused(f"silo {silo} is not expected to report screening scalars for round {rnd.number}")
+            expected = len(json.loads(self.blobs.get(outcome["screen_sha"])))
+            values = [float(v) for v in rep.values]
+            if len(values) != expected or not all(v == v and abs(v) != float("inf") for v in values):
+                raise InvalidInput(f"expected {expected} finite screening scalars, got {len(values)}")
+            outcome["screen_values"] = values
+            rnd.outcome_json = dumps(outcome)
+            self.store.add(rnd)
+            self.audit("message_received", study=row.id, silo=silo, kind="screen_scalars", round=rnd.number,
+                       size=rep.ByteSize(), sha256=hashlib.sha256(rep.SerializeToString()).hexdigest())
+            self._tick_locked()
+            self._notify()
+
     def _fail(self, row: StudyRow, reason: str) -> None:
         row.state, row.error = "failed", reason
         self.store.add(row)
+        self.audit("study_failed", study=row.id, reason=reason[:500])
         log.error("study %s failed: %s", row.id, reason)
 
     # --- round inputs ---------------------------------------------------------------------
@@ -413,6 +464,11 @@ class Federation:
                 header, data = self._closer.model_blob(row.id, version)  # full, or a compressed delta
                 header.ref.CopyFrom(ref)
                 return header, data
+            if ref.kind == pb.BLOB_SCREEN_SCALARS and silo == row.key_holder:
+                rnd = self.store.get(RoundRow, row.id, row.current_round)
+                sha = json.loads(rnd.outcome_json or "{}").get("screen_sha") if rnd else None
+                if sha:
+                    return pb.BlobHeader(ref=ref, sha256=sha), self.blobs.get(sha)
             if ref.kind == pb.BLOB_PUBLIC_CONTEXT and row.public_context_sha and is_participant:
                 return pb.BlobHeader(ref=ref, sha256=row.public_context_sha), self.blobs.get(row.public_context_sha)
             if ref.kind == pb.BLOB_WRAPPED_KEY and is_participant and enrollment.wrapped_key_sha:

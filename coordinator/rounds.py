@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.aggregation import AggregationError, StreamingFedAvg, build_rule
+from coordinator.aggregation.screened import decide, encrypted_aggregate, scalars_needed
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.codecs import CodecError, build_codec, keep_count
 from coordinator.api.study import StudySpec
@@ -33,11 +34,20 @@ from coordinator.errors import InvalidInput
 from coordinator.store import ModelVersionRow, RoundRow, Store, StudyRow, UpdateRow, dumps
 from privacy.errors import HEError
 from privacy.he import EncryptedSum, context_has_secret_key
+from privacy.he.screening import Screener
 
 log = logging.getLogger(__name__)
 
 PLAIN_ENCODING = "tensors"
 CKKS_BYTES_PER_VALUE_LIMIT = 80  # generous bound over every CKKS mode's wire size (about 8-60 B/value)
+
+
+SCREENED_RULES = ("norm_bounding", "krum")
+
+
+def needs_screening(spec: StudySpec) -> bool:
+    """A robust rule under encryption: decide on decrypted norms/distances, then sum ciphertexts."""
+    return spec.privacy.encryption == "ckks-screen" and spec.aggregation.rule in SCREENED_RULES
 
 
 def he_mode(spec: StudySpec) -> str:
@@ -101,7 +111,9 @@ class RoundCloser:
         if version.base_version is not None:
             meta["base_version"] = version.base_version
             rnd = self.store.get(RoundRow, study_id, version.version)
-            meta["total_weight"] = json.loads(rnd.outcome_json or "{}").get("total_weight")
+            outcome = json.loads(rnd.outcome_json or "{}")
+            meta["total_weight"] = outcome.get("total_weight")
+            meta["post_scale"] = outcome.get("post_scale", 1.0)
             spec = StudySpec.from_json(self.store.get(StudyRow, study_id).spec_json)
             if spec.compression.codec == "randk":
                 meta["randk"] = {"seed": rnd.seed, "fraction": spec.compression.fraction,
@@ -147,7 +159,7 @@ class RoundCloser:
         try:
             if isinstance(running.sum, EncryptedSum):
                 running.sum.add(data, header.weight)
-            else:
+            elif spec.privacy.encryption == "none":
                 arrays = self.decode_plain(row.id, spec, data)
                 if running.sum is not None:
                     running.sum.add(arrays, header.weight)
@@ -163,7 +175,9 @@ class RoundCloser:
         key = (row.id, rnd.number)
         if key not in self._running:
             self._running.clear()  # one open round at a time is aggregated in memory
-            if spec.privacy.encryption != "none":
+            if needs_screening(spec):
+                self._running[key] = _Running(None)  # decided only once the scalars are decrypted
+            elif spec.privacy.encryption != "none":
                 self._running[key] = _Running(EncryptedSum(self.blobs.get(row.public_context_sha),
                                                            self.he_values(row.id, spec), he_mode(spec)))
             else:
@@ -219,7 +233,11 @@ class RoundCloser:
         kept = self._running.pop((row.id, rnd.number), None)
         # After a restart the running sum is gone (or partial): rebuild it from the stored updates.
         running = kept.sum if kept is not None and kept.count == len(updates) else None
-        if spec.privacy.encryption == "none":
+        if needs_screening(spec):
+            values = json.loads(rnd.outcome_json or "{}")["screen_values"]
+            outcome, data, encoding = self._close_screened(row, spec, updates, values)
+            base = rnd.number - 1
+        elif spec.privacy.encryption == "none":
             outcome, data, encoding = self._close_plain(row, rnd, spec, updates, running)
             base = None
         else:
@@ -231,6 +249,37 @@ class RoundCloser:
         self.audit("aggregation", study=row.id, round=rnd.number, rule=spec.aggregation.rule,
                    accepted=outcome["accepted"], refused=outcome["refused"], encrypted=spec.privacy.encryption != "none")
         return outcome
+
+    # --- robust rules under encryption ------------------------------------------------------------
+    def screening_scalars(self, row: StudyRow, spec: StudySpec, updates: list[UpdateRow]) -> bytes:
+        """The encrypted scalars the rule needs (squared norms or pairwise squared distances), for
+        the key holder to decrypt. Nothing else about the updates is ever decrypted."""
+        updates = sorted(updates, key=lambda u: u.silo)
+        screener = Screener(self.blobs.get(row.public_context_sha))
+        for u in updates:
+            try:
+                screener.add(self.blobs.get(u.blob_sha))
+            except HEError as e:
+                raise InvalidInput(f"update of {u.silo} cannot be screened: {e}") from None
+        need = scalars_needed(build_rule(spec.aggregation.rule, dict(spec.aggregation.params)), len(updates))
+        cts = [screener.sq_norm(i) for i in need["sq_norms"]] + [screener.sq_distance(i, j) for i, j in need["sq_distances"]]
+        return json.dumps([base64.b64encode(c).decode() for c in cts]).encode()
+
+    def _close_screened(self, row: StudyRow, spec: StudySpec, updates: list[UpdateRow],
+                        values: list[float]) -> tuple[dict[str, Any], bytes, str]:
+        rule = build_rule(spec.aggregation.rule, dict(spec.aggregation.params))
+        need = scalars_needed(rule, len(updates))
+        norms = values[: len(need["sq_norms"])] or None
+        distances = dict(zip(need["sq_distances"], values[len(need["sq_norms"]):])) or None
+        decision = decide(rule, [u.weight for u in updates], sq_norms=norms, sq_distances=distances)
+        blobs = [self.blobs.get(u.blob_sha) for u in updates]
+        data, total, post = encrypted_aggregate(self.blobs.get(row.public_context_sha), blobs, decision,
+                                                n_values=self.n_values(row.id, spec), mode=he_mode(spec))
+        outcome = {"accepted": [updates[i].silo for i in decision.accepted],
+                   "refused": {updates[i].silo: why for i, why in decision.refused.items()},
+                   "scaled": {updates[i].silo: f for i, f in decision.factors.items() if f != 1.0},
+                   "total_weight": total, "post_scale": post}
+        return outcome, data, spec.privacy.encryption
 
     def _close_plain(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow],
                      running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes, str]:

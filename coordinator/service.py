@@ -154,6 +154,14 @@ class FederationService(pb_grpc.FederationServicer):
         self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
         return pb.Ack(ok=True)
 
+    @_rpc
+    def ReportScreen(self, request: pb.ScreenReport, context: grpc.ServicerContext) -> pb.Ack:
+        silo = self.auth.silo(context, request.silo)
+        round_ = self._round_now(request.study_id)
+        self.fed.report_screen(silo, request)
+        self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
+        return pb.Ack(ok=True)
+
     # --- researcher side ---------------------------------------------------------------------
     @_rpc
     def SubmitStudy(self, request: pb.SubmitStudyRequest, context: grpc.ServicerContext) -> pb.SubmitStudyReply:

@@ -60,16 +60,26 @@ def demo(
     encryption: Annotated[str, typer.Option(help="none | ckks-exact | ckks-packed")] = "ckks-exact",
     rule: Annotated[str, typer.Option(help="aggregation rule (fedavg, median, trimmed_mean, krum, ...)")] = "fedavg",
     epsilon: Annotated[float, typer.Option(help="target ε per silo for the whole study")] = 8.0,
+    attack: Annotated[Optional[str], typer.Option(help="robustness demo: sign_flip, scaling, gaussian_noise, label_flip, alie, ipm, backdoor")] = None,
+    malicious: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of silos that attack")] = 0.0,
     verbose: bool = False,
 ) -> None:
     """Run a whole federation on this machine: coordinator + one process per hospital over gRPC."""
     from fedcare.demo import Demo, DemoOptions
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    if encryption not in ("none", "ckks-exact", "ckks-packed"):
-        raise UserError(f"--encryption must be none, ckks-exact or ckks-packed, not {encryption!r}")
+    if encryption not in ("none", "ckks-exact", "ckks-packed", "ckks-screen"):
+        raise UserError(f"--encryption must be none, ckks-exact, ckks-packed or ckks-screen, not {encryption!r}")
+    if attack is not None:
+        from silo_node.attacks import ATTACKS
+
+        if attack not in ATTACKS:
+            raise UserError(f"--attack must be one of {', '.join(ATTACKS)}, not {attack!r}")
+        if malicious <= 0:
+            raise UserError("--attack needs --malicious FRACTION > 0")
     summary = Demo(DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
-                               encryption=encryption, rule=rule, epsilon=epsilon), console).run()
+                               encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious),
+                   console).run()
     table = Table(title=f"study {summary['study']}")
     for col in ("round", "AUROC", "accuracy", "bytes up (all silos)", "max ε"):
         table.add_column(col, justify="right")

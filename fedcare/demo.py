@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -46,6 +47,8 @@ class DemoOptions:
     rule: str = "fedavg"
     epsilon: float = 8.0
     local_epochs: int = 3
+    attack: str | None = None  # robustness demos: the first ceil(malicious × silos) silos attack
+    malicious: float = 0.0
     timeout_s: float = 1800.0
 
 
@@ -125,9 +128,11 @@ class Demo:
                                                 "--listen", target, "--insecure"], out / "logs" / "coordinator.log")
             channel = grpc.insecure_channel(target)
             self._wait_ready(channel, target)
-            for h in hospitals:
+            attackers = math.ceil(o.malicious * o.silos) if o.attack else 0
+            for i, h in enumerate(hospitals):
                 cfg = out / "silos" / h.name / "node.toml"
-                write_node_config(cfg, name=h.name, coordinator=target, data=h, dataset=f"{h.name}-ehr")
+                extra = {"attack": {"kind": o.attack}} if i < attackers else {}
+                write_node_config(cfg, name=h.name, coordinator=target, data=h, dataset=f"{h.name}-ehr", **extra)
                 self.procs[h.name] = _spawn(["silo", "run", "--config", str(cfg), "--exit-after-studies", "1"],
                                             out / "logs" / f"{h.name}.log")
             client = ResearcherClient(channel, target=target)

@@ -122,6 +122,10 @@ class CoordinatorClient:
             raise CoordinatorRefusal(grpc.StatusCode.FAILED_PRECONDITION, reply.reason)
         return reply
 
+    def report_screen(self, report: pb.ScreenReport) -> None:
+        report.silo = self.silo
+        self._call("report screening scalars", lambda: self.stub.ReportScreen(report, timeout=30))
+
     def report(self, report: pb.MetricsReport) -> None:
         report.silo = self.silo
         self._call("report metrics", lambda: self.stub.ReportMetrics(report, timeout=30))

@@ -30,7 +30,9 @@ from pipelines.dataset import split_train_test
 from pipelines.ingest import ingest_silo
 from privacy.dp import DPStep, epsilon_spent, noise_for_target, would_exceed
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
+from privacy.he.screening import decrypt_scalar
 from silo_node.approval import ApprovalBook, policy_decision
+from silo_node.attacks import malicious_delta
 from silo_node.client import CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
 from silo_node.trainer import LocalTrainer, pick_device
@@ -65,6 +67,7 @@ class SiloNode:
         self.studies: dict[str, StudyState] = {}
         self.finished: set[str] = set()
         self.device = pick_device(config.device)
+        self.attack = config.attack.build() if config.attack is not None else None
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, *, exit_after_studies: int | None = None) -> None:
@@ -83,7 +86,7 @@ class SiloNode:
 
     def handle(self, task: pb.Task) -> None:
         handlers = {pb.TASK_PROPOSAL: self.on_proposal, pb.TASK_KEYGEN: self.on_keygen,
-                    pb.TASK_TRAIN: self.on_train, pb.TASK_FINALIZE: self.on_finalize}
+                    pb.TASK_TRAIN: self.on_train, pb.TASK_SCREEN: self.on_screen, pb.TASK_FINALIZE: self.on_finalize}
         if task.kind not in handlers:
             return
         try:
@@ -154,6 +157,10 @@ class SiloNode:
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
         train, test = split_train_test(result.dataset, test_fraction=spec.cohort.test_fraction, seed=spec.training.seed)
+        if self.attack is not None:  # a deliberately malicious node, for robustness tests only
+            log.warning("THIS NODE IS CONFIGURED TO ATTACK THE FEDERATION: %r", self.attack)
+            self.audit.append("attack_configured", study=study_id, kind=self.config.attack.kind)
+            train = self.attack.poison(train)
         trainer = LocalTrainer(spec, train, test, device=self.device)
         noise = spec.privacy.noise_multiplier
         if spec.privacy.dp and noise is None:
@@ -272,6 +279,10 @@ class SiloNode:
                 return
         self.audit.append("round_joined", study=task.study_id, round=task.round)
         result = state.trainer.train_round(weights, noise_multiplier=state.noise_multiplier, round_seed=task.round_seed)
+        if self.attack is not None:
+            result.delta = malicious_delta(self.attack, state.trainer, weights, result.delta,
+                                           noise_multiplier=state.noise_multiplier, round_seed=task.round_seed,
+                                           benign_runs=self.config.attack.benign_runs)
         privacy: dict[str, Any] = {"enabled": False}
         if result.dp_step is not None:
             eps = epsilon_spent([*history, result.dp_step], delta=spec.privacy.delta, accountant=spec.privacy.accountant)
@@ -298,6 +309,18 @@ class SiloNode:
         self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
                    epsilon=privacy.get("epsilon"))
         state.link_bytes_per_s = len(encoded.data) / max(time.monotonic() - started, 1e-6)
+
+    def on_screen(self, task: pb.Task) -> None:
+        """Key holder: decrypt the round's screening scalars (squared norms / distances of updates)."""
+        self._state(task)
+        _, blob = self.client.fetch(task.study_id, pb.BLOB_SCREEN_SCALARS)
+        secret = self._secret_context(task.study_id)
+        values = [decrypt_scalar(secret, base64.b64decode(c)) for c in json.loads(bytes(blob))]
+        self.audit.append("message_sent", study=task.study_id, kind="screen_scalars", round=task.round,
+                          size=8 * len(values), sha256=sha256_hex(json.dumps(values).encode()))
+        self.client.report_screen(pb.ScreenReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                                  values=values))
+        log.info("round %d: decrypted %d screening scalars", task.round, len(values))
 
     def on_finalize(self, task: pb.Task) -> None:
         state = self._state(task)

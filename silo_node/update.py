@@ -118,8 +118,10 @@ def resolve_version(data: bytes | bytearray, encoding: str, metadata_json: str, 
     meta = json.loads(metadata_json or "{}")
     randk = meta.get("randk")
     kept = n_values if randk is None else int(randk["kept"])
-    avg = np.asarray(decrypt_average(secret_context, data, n_values=kept, total_weight=float(meta["total_weight"])),
+    avg = np.asarray(decrypt_average(secret_context, bytes(data), n_values=kept, total_weight=float(meta["total_weight"])),
                      dtype=np.float32)
+    # A screened robust rule (norm bounding, multi-Krum) divides by its own denominator.
+    avg *= np.float32(meta.get("post_scale", 1.0))
     if randk is not None:  # scatter the kept coordinates back; the others did not move this round
         idx = randk_indices(n_values, float(randk["fraction"]), int(randk["seed"]))
         if idx.size != kept:

@@ -14,6 +14,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KEYGEN: _ClassVar[TaskKind]
     TASK_TRAIN: _ClassVar[TaskKind]
     TASK_FINALIZE: _ClassVar[TaskKind]
+    TASK_SCREEN: _ClassVar[TaskKind]
 
 class BlobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -24,11 +25,13 @@ class BlobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BLOB_WRAPPED_KEY: _ClassVar[BlobKind]
     BLOB_FINAL_MODEL: _ClassVar[BlobKind]
     BLOB_KEY_BUNDLE: _ClassVar[BlobKind]
+    BLOB_SCREEN_SCALARS: _ClassVar[BlobKind]
 TASK_WAIT: TaskKind
 TASK_PROPOSAL: TaskKind
 TASK_KEYGEN: TaskKind
 TASK_TRAIN: TaskKind
 TASK_FINALIZE: TaskKind
+TASK_SCREEN: TaskKind
 BLOB_UNSPECIFIED: BlobKind
 BLOB_MODEL: BlobKind
 BLOB_UPDATE: BlobKind
@@ -36,6 +39,7 @@ BLOB_PUBLIC_CONTEXT: BlobKind
 BLOB_WRAPPED_KEY: BlobKind
 BLOB_FINAL_MODEL: BlobKind
 BLOB_KEY_BUNDLE: BlobKind
+BLOB_SCREEN_SCALARS: BlobKind
 
 class Ack(_message.Message):
     __slots__ = ("ok", "reason")
@@ -224,6 +228,20 @@ class MetricsReport(_message.Message):
     model_sha256: str
     nonce: str
     def __init__(self, silo: _Optional[str] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., samples: _Optional[int] = ..., skipped: _Optional[bool] = ..., skip_reason: _Optional[str] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ..., model_sha256: _Optional[str] = ..., nonce: _Optional[str] = ...) -> None: ...
+
+class ScreenReport(_message.Message):
+    __slots__ = ("silo", "study_id", "round", "nonce", "values")
+    SILO_FIELD_NUMBER: _ClassVar[int]
+    STUDY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    silo: str
+    study_id: str
+    round: int
+    nonce: str
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, silo: _Optional[str] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[str] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SubmitStudyRequest(_message.Message):
     __slots__ = ("spec_json",)

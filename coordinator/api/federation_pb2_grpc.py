@@ -64,6 +64,11 @@ class FederationStub:
                 request_serializer=coordinator_dot_api_dot_federation__pb2.MetricsReport.SerializeToString,
                 response_deserializer=coordinator_dot_api_dot_federation__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ReportScreen = channel.unary_unary(
+                '/fedcare.v1.Federation/ReportScreen',
+                request_serializer=coordinator_dot_api_dot_federation__pb2.ScreenReport.SerializeToString,
+                response_deserializer=coordinator_dot_api_dot_federation__pb2.Ack.FromString,
+                _registered_method=True)
         self.SubmitStudy = channel.unary_unary(
                 '/fedcare.v1.Federation/SubmitStudy',
                 request_serializer=coordinator_dot_api_dot_federation__pb2.SubmitStudyRequest.SerializeToString,
@@ -116,6 +121,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportScreen(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitStudy(self, request, context):
         """--- researcher / auditor side ---------------------------------------------------------
         """
@@ -160,6 +171,11 @@ def add_FederationServicer_to_server(servicer, server):
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportMetrics,
                     request_deserializer=coordinator_dot_api_dot_federation__pb2.MetricsReport.FromString,
+                    response_serializer=coordinator_dot_api_dot_federation__pb2.Ack.SerializeToString,
+            ),
+            'ReportScreen': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportScreen,
+                    request_deserializer=coordinator_dot_api_dot_federation__pb2.ScreenReport.FromString,
                     response_serializer=coordinator_dot_api_dot_federation__pb2.Ack.SerializeToString,
             ),
             'SubmitStudy': grpc.unary_unary_rpc_method_handler(
@@ -334,6 +350,33 @@ class Federation:
             target,
             '/fedcare.v1.Federation/ReportMetrics',
             coordinator_dot_api_dot_federation__pb2.MetricsReport.SerializeToString,
+            coordinator_dot_api_dot_federation__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportScreen(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcare.v1.Federation/ReportScreen',
+            coordinator_dot_api_dot_federation__pb2.ScreenReport.SerializeToString,
             coordinator_dot_api_dot_federation__pb2.Ack.FromString,
             options,
             channel_credentials,

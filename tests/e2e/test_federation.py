@@ -26,11 +26,13 @@ def test_study_learns_and_survives_a_coordinator_restart(cluster) -> None:
         cluster.start_silo(h)
     study_id = client.submit(_spec(3, dp=False, encryption="none"))
     # Let round 1 finish, then restart the coordinator between rounds.
-    cluster.wait_for(client, study_id, lambda st, s: st.current_round >= 2, timeout=300)
+    cluster.wait_for(client, study_id, lambda st, s: len(s["rounds"]) > 1 and s["rounds"][1]["metrics"], timeout=300)
+    before = client.status(study_id)[1]["rounds"][1]
     cluster.kill("coordinator", signal.SIGTERM)
     client = cluster.start_coordinator()
     _, summary = client.status(study_id)
-    assert summary["rounds"][1]["metrics"] is not None, "round 1 was lost across the restart"
+    assert summary["rounds"][1]["metrics"] is not None, "round 1's evaluation was lost across the restart"
+    assert summary["rounds"][1]["aggregation"] == before["aggregation"], "round 1's aggregate was lost"
     summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
