@@ -138,6 +138,7 @@ class Federation:
     def answer_proposal(self, silo: str, ans: pb.ProposalAnswer) -> None:
         with self._lock:
             row = self.study(ans.study_id)
+            self._audit_received("proposal_answer", silo, row.id, 0, ans)
             if row.state != "enrolling":
                 raise Refused(f"study {ans.study_id} is no longer enrolling (state {row.state})")
             if ans.accept and ans.spec_sha256 != row.spec_sha256:
@@ -344,8 +345,7 @@ class Federation:
             outcome["screen_values"] = values
             rnd.outcome_json = dumps(outcome)
             self.store.add(rnd)
-            self.audit("message_received", study=row.id, silo=silo, kind="screen_scalars", round=rnd.number,
-                       size=rep.ByteSize(), sha256=hashlib.sha256(rep.SerializeToString()).hexdigest())
+            self._audit_received("screen_scalars", silo, row.id, rnd.number, rep)
             self._tick_locked()
             self._notify()
 
@@ -430,9 +430,16 @@ class Federation:
             self._notify()
             return pb.PushReply(accepted=True, sha256=row.final_model_sha, size=header.size)
 
+    def _audit_received(self, kind: str, silo: str, study: str, round_: int, message: Any) -> None:
+        """The counterpart of the silo's message_sent entry, for reconciliation."""
+        wire = message.SerializeToString(deterministic=True)
+        self.audit("message_received", study=study, silo=silo, kind=kind, round=round_, size=len(wire),
+                   sha256=hashlib.sha256(wire).hexdigest())
+
     def report_metrics(self, silo: str, rep: pb.MetricsReport) -> None:
         with self._lock:
             row, rnd = self.check_round(rep.study_id, silo, rep.round, rep.nonce)
+            self._audit_received("metrics", silo, row.id, rep.round, rep)
             if rep.skipped:
                 if row.state != "running":
                     raise Refused("a round can only be skipped while the study is running")
@@ -441,6 +448,7 @@ class Federation:
             else:
                 if rep.model_version != rnd.number - 1:
                     raise Refused(f"metrics for model version {rep.model_version}; round {rnd.number} evaluates {rnd.number - 1}")
+                self._check_same_aggregate(row, silo, rep)
                 clean = {k: float(v) for k, v in rep.metrics.items() if len(k) <= 64}
                 if any(v != v or v in (float("inf"), float("-inf")) for v in clean.values()):
                     raise InvalidInput("metrics contain NaN or Inf")
@@ -448,6 +456,19 @@ class Federation:
                                           metrics_json=dumps(clean), samples=int(rep.samples), model_sha=rep.model_sha256))
             self._tick_locked()
             self._notify()
+
+    def _check_same_aggregate(self, row: StudyRow, silo: str, rep: pb.MetricsReport) -> None:
+        """Every silo must have obtained the same model for a version (under CKKS each decrypts it itself)."""
+        if not rep.model_sha256:
+            return
+        others = {m.silo: m.model_sha for m in self.store.all(MetricsRow, study_id=row.id, model_version=rep.model_version)
+                  if m.silo != silo and m.model_sha}
+        differing = sorted(s for s, sha in others.items() if sha != rep.model_sha256)
+        if differing:
+            self.audit("update_refused", study=row.id, silo=silo, round=rep.round,
+                       reason=f"model version {rep.model_version} differs from {differing}")
+            raise Refused(f"silo {silo} obtained a different model for version {rep.model_version} than "
+                          f"{', '.join(differing)}: the aggregate was not the same for every silo")
 
     def blob_for(self, silo: str, ref: pb.BlobRef) -> tuple[pb.BlobHeader, bytes]:
         """What a silo may fetch: model versions, the public context, its own wrapped key, the final model."""

@@ -98,7 +98,7 @@ class SiloNode:
             if task.kind == pb.TASK_TRAIN:  # tell the coordinator, so the round need not wait for its deadline
                 reason = f"silo error: {type(e).__name__}: {e}"[:500]
                 self.audit.append("round_skipped", study=task.study_id, round=task.round, reason=reason)
-                self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
                                                     model_version=task.model_version, skipped=True, skip_reason=reason))
 
     def _modalities(self) -> set[str]:
@@ -113,7 +113,7 @@ class SiloNode:
         try:
             spec = StudySpec.from_json(task.spec_json)
         except SpecError as e:
-            self.client.answer(pb.ProposalAnswer(study_id=task.study_id, accept=False, reason=str(e)[:500]))
+            self._answer_msg(pb.ProposalAnswer(study_id=task.study_id, accept=False, reason=str(e)[:500]))
             return
         self.audit.append("study_received", study=task.study_id, spec_sha256=spec.sha256())
         self.approvals.record_proposal(task.study_id, spec)
@@ -147,7 +147,7 @@ class SiloNode:
             else:
                 self.studies[study_id] = state
                 answer.train_samples, answer.test_samples = state.trainer.n_train, len(state.trainer.test_set)
-        self.client.answer(answer)
+        self._answer_msg(answer)
         self.approvals.mark_answered(study_id)
 
     def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
@@ -259,7 +259,7 @@ class SiloNode:
         spec = state.spec
         names, weights = self._model(task.study_id, task.model_version)
         metrics = state.trainer.evaluate(weights)
-        self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+        self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
                                             model_version=task.model_version, metrics=metrics,
                                             samples=len(state.trainer.test_set), model_sha256=_weights_sha(names, weights)))
         history = self._dp_history()
@@ -273,7 +273,7 @@ class SiloNode:
                           f"{eps_after:.3f}, above the node's cap {self.config.privacy.epsilon_cap}")
                 self.audit.append("budget_refused", study=task.study_id, round=task.round, epsilon_after=eps_after,
                                   cap=self.config.privacy.epsilon_cap)
-                self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
                                                     model_version=task.model_version, skipped=True, skip_reason=reason))
                 log.warning("round %d skipped: %s", task.round, reason)
                 return
@@ -316,10 +316,10 @@ class SiloNode:
         _, blob = self.client.fetch(task.study_id, pb.BLOB_SCREEN_SCALARS)
         secret = self._secret_context(task.study_id)
         values = [decrypt_scalar(secret, base64.b64decode(c)) for c in json.loads(bytes(blob))]
-        self.audit.append("message_sent", study=task.study_id, kind="screen_scalars", round=task.round,
-                          size=8 * len(values), sha256=sha256_hex(json.dumps(values).encode()))
-        self.client.report_screen(pb.ScreenReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
-                                                  values=values))
+        report = pb.ScreenReport(silo=self.config.name, study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                 values=values)
+        self._audit_message("screen_scalars", task.study_id, task.round, report.SerializeToString(deterministic=True))
+        self.client.report_screen(report)
         log.info("round %d: decrypted %d screening scalars", task.round, len(values))
 
     def on_finalize(self, task: pb.Task) -> None:
@@ -330,7 +330,7 @@ class SiloNode:
                                    nonce=task.nonce, encoding="tensors")
             self._send(header, encode_tensors(names, weights), kind="final_model", study=task.study_id, round_=task.round)
         metrics = state.trainer.evaluate(weights)
-        self.client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+        self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
                                             model_version=task.model_version, metrics=metrics,
                                             samples=len(state.trainer.test_set), model_sha256=_weights_sha(names, weights)))
         self.finished.add(task.study_id)
@@ -339,6 +339,20 @@ class SiloNode:
     def _dp_history(self) -> list[DPStep]:
         return [DPStep(noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate, steps=r.steps)
                 for r in self.ledger.history(self.config.data.dataset)]
+
+    def _report(self, report: pb.MetricsReport) -> None:
+        """Metrics (and skips) leave the silo too: audited like every outgoing message."""
+        report.silo = self.config.name
+        self._audit_message("metrics", report.study_id, report.round, report.SerializeToString(deterministic=True))
+        self.client.report(report)
+
+    def _answer_msg(self, answer: pb.ProposalAnswer) -> None:
+        answer.silo = self.config.name
+        self._audit_message("proposal_answer", answer.study_id, 0, answer.SerializeToString(deterministic=True))
+        self.client.answer(answer)
+
+    def _audit_message(self, kind: str, study: str, round_: int, wire: bytes) -> None:
+        self.audit.append("message_sent", study=study, kind=kind, round=round_, size=len(wire), sha256=sha256_hex(wire))
 
     def _send(self, header: pb.BlobHeader, data: bytes, *, kind: str, study: str, round_: int, epsilon: float | None = None) -> None:
         """Audit first, then send: the log never misses a message that left."""
