@@ -391,9 +391,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - known user errors become one line; the rest re-raise
-        import click
-
-        if isinstance(e, click.ClickException):
+        if hasattr(e, "show") and hasattr(e, "exit_code"):  # a usage error from typer's (vendored) click
             e.show()
             sys.exit(e.exit_code)
         if isinstance(e, _user_errors()):
