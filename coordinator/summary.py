@@ -29,7 +29,7 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
     spec = fed.spec(study_id)
     silos = fed.accepted_silos(study_id)
     traffic = fed.store.all(TrafficRow, study_id=study_id)
-    last_version = row.current_round - 1 if row.state in ("finalizing", "done") else row.current_round - 1
+    last_version = row.current_round - 1  # the newest aggregated version (round r evaluates version r - 1)
     rounds = []
     for r in range(0, max(last_version, 0) + 1):
         metrics_rows = [m for m in fed.store.all(MetricsRow, study_id=study_id, model_version=r)]

@@ -30,10 +30,6 @@ class TensorSpec:
     dtype: str = "float32"
 
 
-def layout_of(names: Sequence[str], arrays: Sequence[np.ndarray]) -> list[TensorSpec]:
-    return [TensorSpec(n, tuple(a.shape), str(a.dtype)) for n, a in zip(names, arrays, strict=True)]
-
-
 def encode_tensors(names: Sequence[str], arrays: Sequence[np.ndarray]) -> bytes:
     if len(names) != len(arrays):
         raise TensorFormatError(f"{len(names)} names for {len(arrays)} arrays")
