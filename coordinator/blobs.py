@@ -53,6 +53,13 @@ class Incoming:
         self.committed = sha
         return sha
 
+    def keep_as(self, path: Path) -> None:
+        """Keep what arrived of an interrupted upload under `path`, so the sender can resume."""
+        self._file.flush()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.path, path)
+        self.committed = "partial"
+
     def close(self) -> None:
         self._file.close()
         if self._map is not None:
@@ -82,6 +89,11 @@ class BlobStore:
         if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ValueError(f"not a SHA-256 hex digest: {sha!r}")
         return self.root / sha[:2] / sha
+
+    def partial_path(self, silo: str, sha: str) -> Path:
+        """Where an interrupted upload of `sha` by `silo` waits to be resumed."""
+        self.path(sha)  # validates the digest
+        return self.root / ".partial" / f"{hashlib.sha256(silo.encode()).hexdigest()[:16]}-{sha}"
 
     def incoming(self) -> Incoming:
         return Incoming(self)

@@ -139,12 +139,36 @@ class FederationService(pb_grpc.FederationServicer):
         round_ = self._round_now(ref.study_id)
         limit = MAX_CONTROL_BLOB if ref.kind == pb.BLOB_KEY_BUNDLE else self.fed.max_update_bytes(ref.study_id)
         try:
+            partial = self.fed.blobs.partial_path(silo, first.header.sha256)
+        except ValueError:
+            raise InvalidInput(f"blob header: sha256 {first.header.sha256[:80]!r} is not a SHA-256 hex digest") from None
+        resumed = partial.read_bytes() if first.header.offset and partial.exists() else b""
+        try:
             # Straight to disk while hashing: an upload is never held in memory whole.
             with self.fed.blobs.incoming() as incoming:
-                header = receive_blob_to(_prepend(first, it), max_bytes=limit, write=incoming.write)
+                incoming.write(resumed)
+                try:
+                    header = receive_blob_to(_prepend(first, it), max_bytes=limit, write=incoming.write, resumed=resumed)
+                except BlobError:
+                    partial.unlink(missing_ok=True)
+                    raise
+                except Exception:  # noqa: BLE001 - the connection broke: keep what arrived for a resume
+                    incoming.keep_as(partial)
+                    context.abort(grpc.StatusCode.CANCELLED, "upload interrupted; QueryUpload tells where to resume")
+                partial.unlink(missing_ok=True)
                 return accept(silo, header, incoming)
         finally:
             self._count(ref.study_id, silo, up=received, round_=round_)
+
+    @_rpc
+    def QueryUpload(self, request: pb.BlobHeader, context: grpc.ServicerContext) -> pb.PushReply:
+        silo = self.auth.silo(context, request.ref.silo)
+        try:
+            partial = self.fed.blobs.partial_path(silo, request.sha256)
+        except ValueError:
+            raise InvalidInput("QueryUpload needs the blob's SHA-256") from None
+        held = partial.stat().st_size if partial.exists() else 0
+        return pb.PushReply(accepted=False, sha256=request.sha256, size=held)
 
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:

@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import chunk_blob, receive_blob
+from coordinator.api.chunks import chunk_blob, receive_blob, sha256_hex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,12 +110,21 @@ class CoordinatorClient:
 
         return self._call(f"fetch {pb.BlobKind.Name(kind)}", go)
 
-    def push(self, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+    def push(self, header: pb.BlobHeader, data: bytes | bytearray) -> pb.PushReply:
+        """Upload a blob; after a broken connection, resume where the coordinator's copy stopped."""
         header.ref.silo = self.silo
+        header.size = len(data)
+        if not header.sha256:
+            header.sha256 = sha256_hex(data)
+        view = memoryview(data)
 
         def go() -> pb.PushReply:
-            # A fresh lazy stream per attempt: one chunk in memory at a time.
-            return self.stub.PushBlob(self._counting(chunk_blob(header, data), up=True), timeout=600)
+            held = self.stub.QueryUpload(header, timeout=30).size
+            header.offset = held if 0 < held < len(view) else 0
+            if header.offset:
+                log.info("resuming the upload of %s at byte %d of %d", header.sha256[:12], header.offset, len(view))
+            chunks = chunk_blob(header, view[header.offset:], total=len(view))
+            return self.stub.PushBlob(self._counting(chunks, up=True), timeout=600)
 
         reply = self._call(f"push {pb.BlobKind.Name(header.ref.kind)}", go)
         if not reply.accepted:

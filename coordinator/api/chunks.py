@@ -24,10 +24,15 @@ def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def chunk_blob(header: pb.BlobHeader, data: bytes | memoryview, *, chunk_bytes: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
-    """Yield the header (with size and sha256 filled in) followed by the data pieces."""
+def chunk_blob(header: pb.BlobHeader, data: bytes | memoryview, *, chunk_bytes: int = CHUNK_BYTES,
+               total: int | None = None) -> Iterator[pb.Chunk]:
+    """Yield the header (with size and sha256 filled in) followed by the data pieces.
+
+    To resume an upload, `data` is the rest from `header.offset` and `total` the whole size
+    (the header's sha256 must then already be set).
+    """
     view = memoryview(data)
-    header.size = len(view)
+    header.size = len(view) if total is None else total
     if not header.sha256:
         header.sha256 = sha256_hex(view)
     yield pb.Chunk(header=header)
@@ -41,11 +46,14 @@ def serialized_data_chunks(data: bytes | memoryview, *, chunk_bytes: int = CHUNK
     return [pb.Chunk(data=bytes(view[i : i + chunk_bytes])).SerializeToString() for i in range(0, len(view), chunk_bytes)]
 
 
-def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callable[[bytes], object]) -> pb.BlobHeader:
+def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callable[[bytes], object],
+                    resumed: bytes | memoryview = b"") -> pb.BlobHeader:
     """Read one blob from a chunk stream into `write`; verify its declared size and hash.
 
     The caller's sink decides where the bytes go (memory, a file), so a large blob is never
     held twice. On any violation BlobError is raised and the caller discards what it wrote.
+    `resumed` is what an interrupted upload already delivered; the stream must continue it
+    (header.offset == len(resumed)) and the hash covers both.
     """
     it = iter(chunks)
     first = next(it, None)
@@ -54,8 +62,10 @@ def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callab
     header = first.header
     if header.size > max_bytes:
         raise BlobError(f"declared size {header.size} bytes exceeds the limit of {max_bytes} bytes")
-    received = 0
-    digest = hashlib.sha256()
+    if header.offset != len(resumed):
+        raise BlobError(f"stream resumes at offset {header.offset}, but {len(resumed)} bytes are held")
+    received = len(resumed)
+    digest = hashlib.sha256(resumed)
     for chunk in it:
         if chunk.WhichOneof("body") != "data":
             raise BlobError("a second header arrived inside a blob stream")

@@ -139,7 +139,7 @@ class BlobRef(_message.Message):
     def __init__(self, study_id: _Optional[str] = ..., kind: _Optional[_Union[BlobKind, str]] = ..., version: _Optional[int] = ..., silo: _Optional[str] = ...) -> None: ...
 
 class BlobHeader(_message.Message):
-    __slots__ = ("ref", "size", "sha256", "round", "nonce", "weight", "encoding", "metadata_json")
+    __slots__ = ("ref", "size", "sha256", "round", "nonce", "weight", "encoding", "metadata_json", "offset")
     REF_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +148,7 @@ class BlobHeader(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     ref: BlobRef
     size: int
     sha256: str
@@ -156,7 +157,8 @@ class BlobHeader(_message.Message):
     weight: float
     encoding: str
     metadata_json: str
-    def __init__(self, ref: _Optional[_Union[BlobRef, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[str] = ..., weight: _Optional[float] = ..., encoding: _Optional[str] = ..., metadata_json: _Optional[str] = ...) -> None: ...
+    offset: int
+    def __init__(self, ref: _Optional[_Union[BlobRef, _Mapping]] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[str] = ..., weight: _Optional[float] = ..., encoding: _Optional[str] = ..., metadata_json: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")

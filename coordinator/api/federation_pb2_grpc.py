@@ -59,6 +59,11 @@ class FederationStub:
                 request_serializer=coordinator_dot_api_dot_federation__pb2.Chunk.SerializeToString,
                 response_deserializer=coordinator_dot_api_dot_federation__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.QueryUpload = channel.unary_unary(
+                '/fedcare.v1.Federation/QueryUpload',
+                request_serializer=coordinator_dot_api_dot_federation__pb2.BlobHeader.SerializeToString,
+                response_deserializer=coordinator_dot_api_dot_federation__pb2.PushReply.FromString,
+                _registered_method=True)
         self.ReportMetrics = channel.unary_unary(
                 '/fedcare.v1.Federation/ReportMetrics',
                 request_serializer=coordinator_dot_api_dot_federation__pb2.MetricsReport.SerializeToString,
@@ -115,6 +120,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def QueryUpload(self, request, context):
+        """How much of an interrupted upload (this silo, this SHA-256) the coordinator holds, so the
+        next PushBlob resumes there (BlobHeader.offset) instead of sending the blob again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportMetrics(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -166,6 +179,11 @@ def add_FederationServicer_to_server(servicer, server):
             'PushBlob': grpc.stream_unary_rpc_method_handler(
                     servicer.PushBlob,
                     request_deserializer=coordinator_dot_api_dot_federation__pb2.Chunk.FromString,
+                    response_serializer=coordinator_dot_api_dot_federation__pb2.PushReply.SerializeToString,
+            ),
+            'QueryUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.QueryUpload,
+                    request_deserializer=coordinator_dot_api_dot_federation__pb2.BlobHeader.FromString,
                     response_serializer=coordinator_dot_api_dot_federation__pb2.PushReply.SerializeToString,
             ),
             'ReportMetrics': grpc.unary_unary_rpc_method_handler(
@@ -323,6 +341,33 @@ class Federation:
             target,
             '/fedcare.v1.Federation/PushBlob',
             coordinator_dot_api_dot_federation__pb2.Chunk.SerializeToString,
+            coordinator_dot_api_dot_federation__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def QueryUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcare.v1.Federation/QueryUpload',
+            coordinator_dot_api_dot_federation__pb2.BlobHeader.SerializeToString,
             coordinator_dot_api_dot_federation__pb2.PushReply.FromString,
             options,
             channel_credentials,

@@ -315,3 +315,32 @@ def test_an_unknown_blob_kind_is_invalid_argument(live: Live) -> None:
     assert _code_of(_push(live, chunks)) == grpc.StatusCode.INVALID_ARGUMENT
     fetch = pb.BlobRef(study_id=live.study, kind=42, silo="h1")
     assert _code_of(lambda: list(live.stub.FetchBlob(fetch, timeout=10))) == grpc.StatusCode.NOT_FOUND
+
+
+# --- a broken connection ----------------------------------------------------------------------------
+def test_an_interrupted_upload_resumes_where_it_stopped(server) -> None:
+    from silo_node.client import CoordinatorClient
+
+    live = _enrol(*server, ("r1", "r2"))
+    header = _update_header(live)
+    data = live.update
+    pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+
+    def dropped_half_way():
+        yield pb.Chunk(header=header)
+        for piece in pieces[: len(pieces) // 2]:
+            yield pb.Chunk(data=piece)
+        raise ConnectionError("the hospital's link dropped")
+
+    with pytest.raises(grpc.RpcError):
+        live.stub.PushBlob(dropped_half_way(), timeout=20)
+    held = live.stub.QueryUpload(header, timeout=10).size
+    assert 0 < held <= 1000 * (len(pieces) // 2)
+    client = CoordinatorClient(live.channel, silo="r1", max_retries=0)
+    again = pb.BlobHeader()
+    again.CopyFrom(header)
+    reply = client.push(again, data)
+    assert reply.accepted and reply.sha256 == header.sha256
+    assert client.bytes_up < len(data) - held + 1000  # only the rest crossed the wire again
+    assert live.stub.QueryUpload(header, timeout=10).size == 0  # nothing partial is left behind
+    live.assert_alive()
