@@ -9,6 +9,7 @@ when a call was accepted.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import receive_blob
+from coordinator.api.chunks import chunk_blob, receive_blob
 from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from coordinator.server import Coordinator, CoordinatorConfig
@@ -334,7 +335,12 @@ def test_an_interrupted_upload_resumes_where_it_stopped(server) -> None:
 
     with pytest.raises(grpc.RpcError):
         live.stub.PushBlob(dropped_half_way(), timeout=20)
-    held = live.stub.QueryUpload(header, timeout=10).size
+    held = 0
+    for _ in range(100):  # the server keeps the partial once its handler sees the broken stream
+        held = live.stub.QueryUpload(header, timeout=10).size
+        if held:
+            break
+        time.sleep(0.05)
     assert 0 < held <= 1000 * (len(pieces) // 2)
     client = CoordinatorClient(live.channel, silo="r1", max_retries=0)
     again = pb.BlobHeader()
@@ -344,3 +350,31 @@ def test_an_interrupted_upload_resumes_where_it_stopped(server) -> None:
     assert client.bytes_up < len(data) - held + 1000  # only the rest crossed the wire again
     assert live.stub.QueryUpload(header, timeout=10).size == 0  # nothing partial is left behind
     live.assert_alive()
+
+
+# --- the streamed aggregation path ---------------------------------------------------------------
+def test_streamed_aggregate_equals_the_plain_weighted_average(server) -> None:
+    """Updates are summed as they arrive (never held together); the result must be the weighted mean."""
+    live = _enrol(*server, ("w1", "w2"))
+    names, base = decode_tensors(receive_blob(list(live.stub.FetchBlob(
+        pb.BlobRef(study_id=live.study, kind=pb.BLOB_MODEL, version=0, silo="w1"), timeout=30)), max_bytes=1 << 30)[1])
+    rng = np.random.default_rng(7)
+    deltas = {s: [rng.normal(0, 0.1, a.shape).astype(np.float32) for a in base] for s in live.silos}
+    weights = {"w1": 30.0, "w2": 90.0}
+    for silo in live.silos:
+        data = encode_tensors(names, deltas[silo])
+        rnd, nonce = live.round_and_nonce(silo)
+        header = pb.BlobHeader(ref=pb.BlobRef(study_id=live.study, kind=pb.BLOB_UPDATE, silo=silo), round=rnd,
+                               nonce=nonce, weight=weights[silo], encoding="tensors")
+        assert live.stub.PushBlob(chunk_blob(header, data), timeout=30).accepted
+    ref = pb.BlobRef(study_id=live.study, kind=pb.BLOB_MODEL, version=1, silo="w1")
+    for _ in range(50):  # the round closes on the coordinator's next tick
+        try:
+            _, new = decode_tensors(receive_blob(list(live.stub.FetchBlob(ref, timeout=30)), max_bytes=1 << 30)[1])
+            break
+        except grpc.RpcError:
+            time.sleep(0.1)
+    total = sum(weights.values())
+    for b, n, d1, d2 in zip(base, new, deltas["w1"], deltas["w2"]):
+        expected = b + (weights["w1"] * d1.astype(np.float64) + weights["w2"] * d2) / total
+        np.testing.assert_allclose(n, expected, rtol=0, atol=1e-6)
