@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import BlobError, chunk_blob, receive_blob_to
+from coordinator.api.chunks import BlobError, chunk_blob, receive_blob_to, serialized_data_chunks
 from coordinator.auth import Authenticator
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
 from coordinator.federation import Federation, kind_name
@@ -102,8 +102,8 @@ class FederationService(pb_grpc.FederationServicer):
         silo = self.auth.silo(context, request.silo)
         header, data = self.fed.blob_for(silo, request)
         header.size = len(data)
-        body = self.fed.blobs.serialized_chunks(header.sha256, data) if request.kind == pb.BLOB_MODEL else [
-            c.SerializeToString() for c in list(chunk_blob(header, data))[1:]]
+        body = (self.fed.blobs.serialized_chunks(header.sha256, data) if request.kind == pb.BLOB_MODEL
+                else serialized_data_chunks(data))
         return self._counted(_prepend_header(header, body), request, silo)
 
     def _counted(self, chunks: Iterator[bytes], request: pb.BlobRef, silo: str) -> Iterator[bytes]:

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 KEY_FILE = "pseudonym.key"
 
 
-def _key(path: Path) -> bytes:
+def load_or_create_key(path: Path) -> bytes:
+    """The silo-local pseudonym secret (32 random bytes, mode 0600), created on first use."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(secrets.token_bytes(32))
@@ -40,7 +41,7 @@ def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequenc
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ingest_silo(fhir=list(fhir), dicom=list(dicom), wearables=list(wearables), dicomweb=list(dicomweb),
-                         cohort=cohort, pseudonym_key=_key(Path(key_file) if key_file else out / KEY_FILE),
+                         cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")
     result.quarantine.write_jsonl(out / "quarantine.jsonl")
     target = Path(report) if report is not None else out / "ingest-report.json"

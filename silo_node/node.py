@@ -35,6 +35,7 @@ from silo_node.approval import ApprovalBook, policy_decision
 from silo_node.attacks import malicious_delta
 from silo_node.client import CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
+from silo_node.ingest_command import KEY_FILE, load_or_create_key
 from silo_node.trainer import LocalTrainer, pick_device
 from coordinator.api.codecs import ErrorFeedback
 from silo_node.update import build_feedback, encode_update, resolve_version
@@ -190,13 +191,7 @@ class SiloNode:
         tmp.replace(path)
 
     def _pseudonym_key(self) -> bytes:
-        path = Path(self.config.state_dir) / "pseudonym.key"
-        if not path.exists():
-            import secrets
-
-            path.write_bytes(secrets.token_bytes(32))
-            path.chmod(0o600)
-        return path.read_bytes()
+        return load_or_create_key(Path(self.config.state_dir) / KEY_FILE)
 
     # --- keys ----------------------------------------------------------------------------------------
     def on_keygen(self, task: pb.Task) -> None:

@@ -29,6 +29,7 @@ from pipelines.models import (
     set_shared_weights,
     shared_parameter_names,
 )
+from pipelines.models.weights import shared_parameters
 from privacy.dp import DPStep, make_private
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,8 @@ class LocalTrainer:
 
     def _proximal_step(self, model: torch.nn.Module, anchors: dict[str, torch.Tensor], strength: float) -> None:
         with torch.no_grad():
-            for name, w in model.named_parameters():
-                if not any(name.startswith(pfx) for pfx in self.personal):
-                    w.sub_(strength * (w - anchors[name]))
+            for name, w in shared_parameters(model, self.personal):
+                w.sub_(strength * (w - anchors[name]))
 
     # --- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()

@@ -331,6 +331,7 @@ def test_an_interrupted_upload_resumes_where_it_stopped(server) -> None:
         yield pb.Chunk(header=header)
         for piece in pieces[: len(pieces) // 2]:
             yield pb.Chunk(data=piece)
+        time.sleep(0.5)  # let what was sent reach the server before the link drops
         raise ConnectionError("the hospital's link dropped")
 
     with pytest.raises(grpc.RpcError):
