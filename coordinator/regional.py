@@ -16,8 +16,12 @@ Krum, ...) run inside each region and the upstream combines the regions' results
 a two-level rule, robust within regions, NOT equal to the flat robust rule; its breakdown
 point is the rule's within each region (a region's forwarded update is trusted upstream).
 
-Not done yet: the regional network process (`fedcare coordinator regional --upstream ...`)
-that speaks the silo protocol upstream and the coordinator protocol downstream.
+Upstream, a partial sum travels as an ordinary update whose weight is the total it holds:
+`EncryptedSum.add` recognises it and adds it as it is (weight units that differ by a power of
+two are reconciled there), so the central coordinator needs no regional code path.
+
+The network process around these classes (`fedcare coordinator regional --upstream ...`) is
+coordinator/regional_node/.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class RegionalAggregate:
 class EncryptedRegionalAggregate:
     """CKKS regional aggregation: sums its silos' ciphertexts with the public context only."""
 
-    def __init__(self, public_ctx: bytes, n_values: int, mode: str, *, weight_unit: float) -> None:
+    def __init__(self, public_ctx: bytes, n_values: int, mode: str, *, weight_unit: float | None = None) -> None:
         self._sum = EncryptedSum(public_ctx, n_values, mode, weight_unit=weight_unit)  # type: ignore[arg-type]
 
     def add(self, update_bytes: bytes, weight: float) -> None:

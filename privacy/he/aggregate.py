@@ -112,10 +112,17 @@ class EncryptedSum:
         return units
 
     def add(self, update_bytes: bytes, weight: float) -> None:
-        """Add `weight` × the encrypted update. A refused update leaves the sum unchanged."""
+        """Add `weight` × the encrypted update. A refused update leaves the sum unchanged.
+
+        A regional aggregator's partial sum (an encrypted sum, see `add_sum`) is accepted too:
+        its weights are already applied, so `weight` must be the total weight it holds.
+        """
         what = f"update {self._n_added + 1}"
         if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight > 0):
             raise InvalidUpdateError(f"{what}: weight must be a finite number > 0, got {weight!r}")
+        if codec.is_sum_blob(update_bytes):
+            self._add_partial_with_weight(update_bytes, weight)
+            return
         head, blobs = codec.unpack_blob(update_bytes, is_sum=False, what=what)
         if head.mode != self.mode or head.n_values != self.n_values or head.n_cts != self.n_cts:
             raise InvalidUpdateError(
@@ -148,12 +155,22 @@ class EncryptedSum:
             self._units += units
         self._n_added += 1
 
+    def _add_partial_with_weight(self, sum_bytes: bytes, weight: float) -> None:
+        head, _ = codec.unpack_blob(sum_bytes, is_sum=True, what=f"partial sum {self._n_added + 1}")
+        held = head.weight_units * head.weight_unit
+        if abs(weight - held) > 0.5 * max(head.weight_unit, 0.0) + 1e-9 * held:
+            raise InvalidUpdateError(f"partial sum {self._n_added + 1}: declared weight {weight:g} but it holds "
+                                     f"{held:g} ({head.weight_units} units of {head.weight_unit:g})")
+        self.add_sum(sum_bytes)
+
     def add_sum(self, sum_bytes: bytes) -> None:
         """Add a partial encrypted sum (a regional aggregator's `result()`) with all its weights.
 
-        Σ over regions of (Σ over a region's silos) is the flat sum, ciphertext by ciphertext,
-        as long as every sum uses the same weight unit (pass `weight_unit` to each). Exact and
-        packed modes only. A refused partial sum leaves this sum unchanged.
+        Σ over regions of (Σ over a region's silos) is the flat sum, ciphertext by ciphertext.
+        Weight units that differ by a power of two are brought to the finer one by multiplying
+        the coarser side by an integer plaintext (no level used), so each aggregator may pick
+        its own unit from its first weight. Exact and packed modes only. A refused partial sum
+        leaves this sum unchanged.
         """
         what = f"partial sum {self._n_added + 1}"
         if self.mode == "baseline":
@@ -164,25 +181,37 @@ class EncryptedSum:
                                      f"mode {self.mode!r} with {self.n_values}")
         if self._head is not None and (head.clip, head.scale) != (self._head.clip, self._head.scale):
             raise InvalidUpdateError(f"{what}: clip/scale differ from the first update's")
-        if self._unit is not None and head.weight_unit != self._unit:
-            raise InvalidUpdateError(f"{what}: weight unit {head.weight_unit:g} differs from this sum's {self._unit:g}; "
-                                     "give every aggregator the same weight_unit")
-        if head.weight_units < 1 or self._units + head.weight_units >= self.params.max_weight_units:
-            raise InvalidUpdateError(f"{what}: {head.weight_units} weight units do not fit this sum's headroom")
+        unit = head.weight_unit if self._unit is None else min(self._unit, head.weight_unit)
+        incoming_factor = _unit_ratio(head.weight_unit, unit, what)
+        own_factor = _unit_ratio(self._unit, unit, what) if self._unit is not None else 1
+        units_after = self._units * own_factor + head.weight_units * incoming_factor
+        if head.weight_units < 1 or units_after >= self.params.max_weight_units:
+            raise InvalidUpdateError(f"{what}: {head.weight_units} weight units of {head.weight_unit:g} do not fit "
+                                     "this sum's headroom")
         cts = []
         for i, b in enumerate(blobs):
             ct = seal_io.load_ciphertext(self._sc, bytes(b), what=f"{what}, ciphertext {i}")
             if ct.size() != 2 or ct.parms_id() != self._sc.first_parms_id() or ct.scale != head.scale:
                 raise InvalidUpdateError(f"{what}: ciphertext {i} is not at the first level and the header's scale")
-            cts.append(ct)
+            cts.append(self._times_integer(ct, incoming_factor))
         if self._acc is None:
             self._acc, self._head = cts, codec.Header(head.mode, head.n_values, head.n_cts, head.scale, head.clip)
         else:
+            self._acc = [self._times_integer(a, own_factor) for a in self._acc]
             for a, c in zip(self._acc, cts):
                 self._ev.add_inplace(a, c)
-        self._unit = head.weight_unit
-        self._units += head.weight_units
+        self._unit = unit
+        self._units = units_after
         self._n_added += head.n_added
+
+    def _times_integer(self, ct, factor: int):
+        """ct × a positive integer, as an integer plaintext at scale 1 (no level used)."""
+        if factor == 1:
+            return ct
+        pt = seal.Plaintext()
+        self._cod.encode(float(factor), ct.parms_id(), 1.0, pt)
+        self._ev.multiply_plain_inplace(ct, pt)
+        return ct
 
     @property
     def total_weight(self) -> float:
@@ -223,6 +252,15 @@ class EncryptedSum:
         h = self._head
         head = codec.Header(self.mode, self.n_values, len(cts), h.scale, h.clip, units, unit, self._n_added)
         return codec.pack_blob(head, cts, is_sum=True)
+
+
+def _unit_ratio(coarse: float, fine: float, what: str) -> int:
+    """coarse / fine as an exact integer (weight units are powers of two); refuse anything else."""
+    ratio = coarse / fine
+    if not (math.isfinite(ratio) and ratio >= 1 and ratio == round(ratio) and ratio < 2**40):
+        raise InvalidUpdateError(f"{what}: weight unit {coarse:g} is not an integer multiple of {fine:g}; "
+                                 "give every aggregator the same weight_unit (or powers of two)")
+    return int(round(ratio))
 
 
 def decrypt_average(secret_ctx: bytes | ts.Context, sum_bytes: bytes, *, n_values: int, total_weight: float) -> np.ndarray:

@@ -48,6 +48,11 @@ def pack_blob(h: Header, cts: list[bytes], *, is_sum: bool) -> bytes:
     return b"".join(parts)
 
 
+def is_sum_blob(data: bytes | bytearray | memoryview) -> bool:
+    """Whether a blob is an encrypted sum (a regional aggregator's partial sum), not a fresh update."""
+    return bytes(memoryview(data)[:4]) == b"FCHS"
+
+
 def unpack_blob(data: bytes, *, is_sum: bool, what: str) -> tuple[Header, list[memoryview]]:
     """Parse and bounds-check a blob; ciphertexts are returned as views, not copies."""
     magic = b"FCHS" if is_sum else b"FCHU"

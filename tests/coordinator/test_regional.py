@@ -7,6 +7,7 @@ import pytest
 
 from coordinator.aggregation import FedAvg
 from coordinator.regional import EncryptedRegionalAggregate, RegionalAggregate
+from privacy.errors import InvalidUpdateError
 from privacy.he import EncryptedSum, StudyKeys, decrypt_average, encrypt_update
 
 WEIGHTS = [120.0, 75.0, 300.0, 31.0, 64.0]
@@ -67,3 +68,40 @@ def test_regional_ciphertext_sums_upstream_equal_flat_encrypted_sum(updates, mod
     plain = sum(w * u.astype(np.float64) for w, u in zip(WEIGHTS, updates)) / total
     np.testing.assert_allclose(got, want, atol=1e-6)
     np.testing.assert_allclose(got, plain, atol=1e-6 if mode == "exact" else 1e-3)
+
+
+@pytest.mark.parametrize("region_first", [True, False])
+def test_central_sum_takes_a_partial_sum_as_an_update_of_its_total_weight(updates, region_first) -> None:
+    """What the central coordinator does with a region's forwarded update: `EncryptedSum.add(partial,
+    W)` next to direct silos' fresh updates, each sum choosing its own weight unit, equals the flat sum."""
+    keys = StudyKeys.generate("exact")
+    secret, public = keys.secret_context(), keys.public_context()
+    cts = [encrypt_update(secret, u, mode="exact", clip=1.0) for u in updates]
+    region = EncryptedRegionalAggregate(public, N, "exact")  # unit from its first weight (300 -> 2^-16)
+    for i in REGIONS[1]:
+        region.add(cts[i], WEIGHTS[i])
+    partial, weight = region.forward()
+    central = EncryptedSum(public, N, "exact")  # unit from ITS first weight: 120 -> 2^-18, or the region's
+    direct = [(cts[i], WEIGHTS[i]) for i in REGIONS[0]]
+    items = [(partial, weight), *direct] if region_first else [*direct, (partial, weight)]
+    for blob, w in items:
+        central.add(blob, w)
+    total = sum(WEIGHTS)
+    assert central.total_weight == total
+    got = decrypt_average(secret, central.result(), n_values=N, total_weight=total)
+    plain = sum(w * u.astype(np.float64) for w, u in zip(WEIGHTS, updates)) / total
+    np.testing.assert_allclose(got, plain, atol=1e-6)
+
+
+def test_a_partial_sum_declared_with_the_wrong_weight_is_refused(updates) -> None:
+    keys = StudyKeys.generate("exact")
+    secret, public = keys.secret_context(), keys.public_context()
+    region = EncryptedRegionalAggregate(public, N, "exact")
+    for i in REGIONS[0]:
+        region.add(encrypt_update(secret, updates[i], mode="exact", clip=1.0), WEIGHTS[i])
+    partial, weight = region.forward()
+    central = EncryptedSum(public, N, "exact")
+    with pytest.raises(InvalidUpdateError, match="declared weight"):
+        central.add(partial, weight * 2)
+    central.add(partial, weight)  # the refused one left the sum unchanged
+    assert central.total_weight == weight
