@@ -65,6 +65,8 @@ class CohortSpec(_Strict):
     min_age: int = Field(default=18, ge=0)
     features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
     image_size: int = Field(default=32, ge=8, le=512)
+    image_dims: Literal[2, 3] = 2  # 2: one slice [1, S, S]; 3: a volume [1, D, S, S] from the series
+    image_depth: int = Field(default=16, ge=4, le=512)  # D, slices per volume after resampling (3D only)
     signal_channels: tuple[str, ...] = ("heart_rate", "acc_x", "acc_y", "acc_z")
     signal_rate_hz: float = Field(default=1.0, gt=0)
     signal_length: int = Field(default=128, ge=8)  # samples per window after resampling
@@ -85,6 +87,7 @@ class ModelSpec(_Strict):
     ehr_hidden: int = Field(default=64, ge=4)
     image_channels: tuple[int, ...] = (8, 16)
     signal_hidden: int = Field(default=32, ge=4)
+    signal_encoder: Literal["cnn", "gru"] = "cnn"  # gru: Opacus DPGRU after a strided Conv1d
     fusion: Literal["moe", "concat"] = "moe"
     kl_weight: float = Field(default=1e-3, ge=0)
     consistency_weight: float = Field(default=0.1, ge=0)
@@ -212,12 +215,15 @@ class StudySpec(_Strict):
             "modalities": tuple(self.modalities),
             "ehr_features": len(c.features),
             "image_size": c.image_size,
+            "image_dims": c.image_dims,
+            "image_depth": c.image_depth,
             "signal_channels": len(c.signal_channels),
             "signal_length": c.signal_length,
             "embed_dim": m.embed_dim,
             "ehr_hidden": m.ehr_hidden,
             "image_channels": tuple(m.image_channels),
             "signal_hidden": m.signal_hidden,
+            "signal_encoder": m.signal_encoder,
             "fusion": m.fusion,
             "modality_dropout": m.modality_dropout,
         }

@@ -1,6 +1,6 @@
 """Multimodal model for fedcare studies.
 
-Encoders per modality (EHR MLP, MONAI 2D CNN, wearable 1D CNN) produce probabilistic
+Encoders per modality (EHR MLP, MONAI 2D or 3D CNN, wearable 1D CNN or GRU) produce probabilistic
 embeddings; a gated mixture-of-experts fuses them, tolerating missing modalities; a task head
 named `head` predicts the study label. Imports nothing from fedcare's other rooms.
 """

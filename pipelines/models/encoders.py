@@ -1,7 +1,7 @@
 """Modality encoders, each mapping one modality to a probabilistic embedding N(mu, diag(exp(logvar))).
 
 Every encoder is built from layers Opacus computes per-sample gradients for (Linear, Conv,
-GroupNorm); there is no BatchNorm anywhere, because batch statistics mix patients and break
+GroupNorm, Opacus' DPGRU); there is no BatchNorm anywhere, because batch statistics mix patients and break
 record-level DP-SGD. The convolutional stacks are MONAI `Convolution` blocks with GroupNorm.
 """
 
@@ -12,6 +12,7 @@ from typing import Sequence
 
 import torch
 from monai.networks.blocks import Convolution
+from opacus.layers import DPGRU
 from torch import Tensor, nn
 
 # Log-variances are squashed into (-LOGVAR_BOUND, LOGVAR_BOUND) with a tanh, a soft clamp that
@@ -82,23 +83,29 @@ def _conv_stack(spatial_dims: int, in_channels: int, channels: Sequence[int], ke
 
 
 class ImageEncoder(nn.Module):
-    """2D CNN over one-channel images `[B, 1, S, S]`.
+    """MONAI CNN over one-channel slices `[B, 1, S, S]` (spatial_dims=2) or volumes `[B, 1, D, S, S]` (3).
 
-    Adaptive pooling to a fixed 2x2 grid makes the parameter count independent of S (a
-    flatten-then-linear head, as in MONAI's `Regressor`, grows with S² and would dominate the
-    size of every federated update at S = 512) while keeping coarse spatial layout.
+    Adaptive pooling to a fixed grid (2 per axis) makes the parameter count independent of the
+    input size (a flatten-then-linear head, as in MONAI's `Regressor`, grows with S² or D·S² and
+    would dominate the size of every federated update at S = 512) while keeping coarse spatial
+    layout. GroupNorm, not InstanceNorm or BatchNorm: it normalises each sample on its own and
+    Opacus computes its per-sample gradients.
     """
 
     POOLED = 2
 
-    def __init__(self, channels: Sequence[int], embed_dim: int) -> None:
+    def __init__(self, channels: Sequence[int], embed_dim: int, *, spatial_dims: int = 2) -> None:
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        pool = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
+        self.spatial_dims = spatial_dims
         self.body = nn.Sequential(
-            _conv_stack(2, 1, channels, kernel_size=3),
-            nn.AdaptiveAvgPool2d(self.POOLED),
+            _conv_stack(spatial_dims, 1, channels, kernel_size=3),
+            pool(self.POOLED),
             nn.Flatten(),
         )
-        self.embedding = GaussianHead(channels[-1] * self.POOLED**2, embed_dim)
+        self.embedding = GaussianHead(channels[-1] * self.POOLED**spatial_dims, embed_dim)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.embedding(self.body(image))
@@ -120,3 +127,25 @@ class SignalEncoder(nn.Module):
 
     def forward(self, signal: Tensor) -> tuple[Tensor, Tensor]:
         return self.embedding(self.body(signal))
+
+
+class GRUSignalEncoder(nn.Module):
+    """Strided Conv1d front end, then a GRU over the shortened window `[B, C, L]`.
+
+    The GRU is Opacus' `DPGRU` (same maths as `nn.GRU`, built from linear layers), because
+    Opacus cannot compute per-sample gradients of cuDNN's fused `nn.GRU`. The front end halves
+    L so the recurrent loop is half as long. Features: last hidden state and the mean over time.
+    """
+
+    def __init__(self, channels: int, hidden: int, embed_dim: int) -> None:
+        super().__init__()
+        self.front = _conv_stack(1, channels, (hidden,), kernel_size=5)
+        self.gru = DPGRU(hidden, hidden, num_layers=1, batch_first=True)
+        self.embedding = GaussianHead(2 * hidden, embed_dim)
+
+    def forward(self, signal: Tensor) -> tuple[Tensor, Tensor]:
+        steps = self.front(signal).transpose(1, 2)  # [B, L/2, hidden]
+        if steps.shape[0] == 0:  # Poisson sampling can draw an empty batch; DPGRU cannot run on one
+            return self.embedding(steps.new_zeros(0, self.embedding.linear.in_features))
+        out, last = self.gru(steps)
+        return self.embedding(torch.cat([last[-1], out.mean(dim=1)], dim=-1))

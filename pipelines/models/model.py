@@ -8,7 +8,7 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from .encoders import EHREncoder, ImageEncoder, SignalEncoder
+from .encoders import EHREncoder, GRUSignalEncoder, ImageEncoder, SignalEncoder
 from .errors import ModelConfigError, ModelInputError
 from .fusion import MODALITIES, ConcatFusion, MixtureOfExpertsFusion, drop_modalities
 
@@ -42,12 +42,15 @@ class MultimodalModel(nn.Module):
         modalities: Sequence[str],
         ehr_features: int,
         image_size: int,
+        image_dims: Literal[2, 3],
+        image_depth: int,
         signal_channels: int,
         signal_length: int,
         embed_dim: int,
         ehr_hidden: int,
         image_channels: Sequence[int],
         signal_hidden: int,
+        signal_encoder: Literal["cnn", "gru"],
         fusion: Literal["moe", "concat"],
         modality_dropout: float,
     ) -> None:
@@ -55,14 +58,16 @@ class MultimodalModel(nn.Module):
         # canonical order, so parameter order (and thus the update layout) ignores spec order
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.ehr_features, self.image_size = ehr_features, image_size
+        self.image_dims, self.image_depth = image_dims, image_depth
         self.signal_channels, self.signal_length = signal_channels, signal_length
         self.embed_dim = embed_dim
         self.modality_dropout = modality_dropout
         self.personal_layers: tuple[str, ...] = ()
         builders = {
             "ehr": lambda: EHREncoder(ehr_features, ehr_hidden, embed_dim),
-            "image": lambda: ImageEncoder(tuple(image_channels), embed_dim),
-            "signal": lambda: SignalEncoder(signal_channels, signal_hidden, embed_dim),
+            "image": lambda: ImageEncoder(tuple(image_channels), embed_dim, spatial_dims=image_dims),
+            "signal": lambda: (GRUSignalEncoder if signal_encoder == "gru" else SignalEncoder)(
+                signal_channels, signal_hidden, embed_dim),
         }
         self.encoders = nn.ModuleDict({m: builders[m]() for m in self.modalities})
         hidden = max(2 * embed_dim, 16)
@@ -71,11 +76,16 @@ class MultimodalModel(nn.Module):
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("enabled", torch.tensor([m in self.modalities for m in MODALITIES]), persistent=False)
 
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one image input: `[1, S, S]` (2D slice) or `[1, D, S, S]` (3D volume)."""
+        s = self.image_size
+        return (1, s, s) if self.image_dims == 2 else (1, self.image_depth, s, s)
+
     def _check(self, ehr: Tensor, image: Tensor, signal: Tensor, mask: Tensor) -> None:
         batch = mask.shape[0] if mask.dim() == 2 else -1
         expected = {
             "ehr": (ehr, (batch, 2 * self.ehr_features)),
-            "image": (image, (batch, 1, self.image_size, self.image_size)),
+            "image": (image, (batch, *self.image_shape())),
             "signal": (signal, (batch, self.signal_channels, self.signal_length)),
         }
         if tuple(mask.shape) != (batch, len(MODALITIES)):
@@ -84,7 +94,7 @@ class MultimodalModel(nn.Module):
             if name in self.modalities and tuple(tensor.shape) != shape:
                 raise ModelInputError(
                     f"{name} input must have shape {list(shape)} for this model (from the study's cohort "
-                    f"section), got {list(tensor.shape)}; check cohort.image_size/signal_length/features"
+                    f"section), got {list(tensor.shape)}; check cohort.image_size/image_dims/image_depth/signal_length/features"
                 )
             if tensor.shape[:1] != mask.shape[:1]:
                 raise ModelInputError(f"{name} batch size {tensor.shape[0]} differs from mask batch size {batch}")
@@ -127,10 +137,13 @@ def build_model(
     image_size: int,
     signal_channels: int,
     signal_length: int,
+    image_dims: Literal[2, 3] = 2,
+    image_depth: int = 16,
     embed_dim: int = 16,
     ehr_hidden: int = 64,
     image_channels: Sequence[int] = (8, 16),
     signal_hidden: int = 32,
+    signal_encoder: Literal["cnn", "gru"] = "cnn",
     fusion: Literal["moe", "concat"] = "moe",
     modality_dropout: float = 0.15,
 ) -> MultimodalModel:
@@ -144,7 +157,7 @@ def build_model(
     positive = {
         "ehr_features": ehr_features, "image_size": image_size, "signal_channels": signal_channels,
         "signal_length": signal_length, "embed_dim": embed_dim, "ehr_hidden": ehr_hidden,
-        "signal_hidden": signal_hidden,
+        "signal_hidden": signal_hidden, "image_depth": image_depth,
     }
     for name, value in positive.items():
         if not isinstance(value, int) or value < 1:
@@ -152,13 +165,17 @@ def build_model(
     image_channels = tuple(image_channels)
     if not image_channels or any(not isinstance(c, int) or c < 1 for c in image_channels):
         raise ModelConfigError(f"image_channels must be a non-empty list of positive integers, got {list(image_channels)}")
+    if image_dims not in (2, 3):
+        raise ModelConfigError(f"image_dims must be 2 (slices) or 3 (volumes), got {image_dims!r}")
+    if signal_encoder not in ("cnn", "gru"):
+        raise ModelConfigError(f"signal_encoder must be 'cnn' or 'gru', got {signal_encoder!r}")
     if fusion not in ("moe", "concat"):
         raise ModelConfigError(f"fusion must be 'moe' or 'concat', got {fusion!r}")
     if not 0.0 <= modality_dropout < 1.0:
         raise ModelConfigError(f"modality_dropout must be in [0, 1), got {modality_dropout!r}")
     return MultimodalModel(
-        modalities=modalities, ehr_features=ehr_features, image_size=image_size,
-        signal_channels=signal_channels, signal_length=signal_length, embed_dim=embed_dim,
-        ehr_hidden=ehr_hidden, image_channels=image_channels, signal_hidden=signal_hidden,
-        fusion=fusion, modality_dropout=modality_dropout,
+        modalities=modalities, ehr_features=ehr_features, image_size=image_size, image_dims=image_dims,
+        image_depth=image_depth, signal_channels=signal_channels, signal_length=signal_length,
+        embed_dim=embed_dim, ehr_hidden=ehr_hidden, image_channels=image_channels, signal_hidden=signal_hidden,
+        signal_encoder=signal_encoder, fusion=fusion, modality_dropout=modality_dropout,
     )
