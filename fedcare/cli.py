@@ -120,6 +120,45 @@ def coordinator_serve(
         coordinator.stop()
 
 
+@coordinator_app.command("regional")
+def coordinator_regional(
+    name: Annotated[str, typer.Option(help="the region's name upstream (its silo identity at the central coordinator)")],
+    upstream: Annotated[str, typer.Option(help="host:port of the central coordinator")],
+    state_dir: Annotated[Path, typer.Option(help="where the region's audit log is kept")],
+    listen: Annotated[str, typer.Option(help="host:port this region's silos dial in to")] = "0.0.0.0:50061",
+    insecure: Annotated[bool, typer.Option(help="plain-text gRPC both ways without identities: local demos only")] = False,
+    ca_cert: Annotated[Optional[Path], typer.Option(help="the study CA (ca.pem)")] = None,
+    cert: Annotated[Optional[Path], typer.Option(help="this region's server certificate (pki issue --coordinator)")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="its key")] = None,
+    upstream_cert: Annotated[Optional[Path], typer.Option(help="this region's silo certificate (pki issue --silo NAME)")] = None,
+    upstream_key: Annotated[Optional[Path], typer.Option(help="its key")] = None,
+    crl: Annotated[Optional[Path], typer.Option(help="certificate revocation list (PEM)")] = None,
+    expected_silos: Annotated[Optional[int], typer.Option(min=1, help="answer a proposal upstream once this many silos answered")] = None,
+    enrollment_timeout: Annotated[float, typer.Option(help="seconds to wait for the region's silos to answer a proposal")] = 60.0,
+    verbose: bool = False,
+) -> None:
+    """Run a regional aggregator: one participant upstream for the silos that dial in to it."""
+    from pydantic import ValidationError
+
+    from coordinator.api.study import describe_validation_error
+    from coordinator.regional_node.config import RegionalConfig
+    from coordinator.regional_node.server import RegionalAggregator
+
+    _logging(verbose)
+    try:
+        config = RegionalConfig(name=name, upstream=upstream, listen=listen, state_dir=state_dir, insecure=insecure,
+                                ca_cert=ca_cert, server_cert=cert, server_key=key, upstream_cert=upstream_cert,
+                                upstream_key=upstream_key, crl=crl, expected_silos=expected_silos,
+                                enrollment_timeout_s=enrollment_timeout)
+    except ValidationError as e:
+        raise UserError(f"regional aggregator: {describe_validation_error(e)}") from None
+    region = RegionalAggregator(config).start()
+    try:
+        region.wait()
+    except KeyboardInterrupt:
+        region.stop()
+
+
 # --- silo -------------------------------------------------------------------------------------------
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the node's node.toml")]
 

@@ -39,11 +39,19 @@ class Cluster:
         grpc.channel_ready_future(channel).result(timeout=60)
         return ResearcherClient(channel, target=self.target)
 
-    def start_silo(self, hospital: HospitalFiles, **overrides) -> Path:
+    def start_regional(self, name: str, *, expected_silos: int) -> str:
+        """A regional aggregator between this cluster's coordinator and the silos started `via` it."""
+        listen = f"127.0.0.1:{free_port()}"
+        self._spawn(name, ["coordinator", "regional", "--name", name, "--upstream", self.target, "--listen", listen,
+                           "--state-dir", str(self.root / name), "--insecure", "--expected-silos", str(expected_silos)])
+        grpc.channel_ready_future(grpc.insecure_channel(listen)).result(timeout=60)
+        return listen
+
+    def start_silo(self, hospital: HospitalFiles, *, via: str | None = None, **overrides) -> Path:
         cfg = self.root / "silos" / hospital.name / "node.toml"
         if not cfg.exists():
-            write_node_config(cfg, name=hospital.name, coordinator=self.target, data=hospital, dataset=f"{hospital.name}-ehr",
-                              **overrides)
+            write_node_config(cfg, name=hospital.name, coordinator=via or self.target, data=hospital,
+                              dataset=f"{hospital.name}-ehr", **overrides)
         self._spawn(hospital.name, ["silo", "run", "--config", str(cfg)])
         return cfg
 
@@ -54,6 +62,13 @@ class Cluster:
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
+
+    def wait_for_log(self, name: str, text: str, *, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log(name):
+            if time.monotonic() > deadline or self.procs[name].poll() is not None:
+                raise AssertionError(f"{name} never logged {text!r}:\n{self.log(name)[-3000:]}")
+            time.sleep(0.5)
 
     def wait_for(self, client: ResearcherClient, study_id: str, predicate, *, timeout: float) -> dict:
         deadline = time.monotonic() + timeout

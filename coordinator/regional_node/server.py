@@ -1,0 +1,97 @@
+"""Start a regional aggregator: `fedcare coordinator regional --upstream HOST:PORT --listen HOST:PORT`.
+
+One process: a gRPC server for the region's silos (threads), the Region state, an audit log,
+and the relay thread that is the region's one connection to the central coordinator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from compliance.audit import AuditLog
+from compliance.keys import load_or_create_signing_key
+from coordinator.api import federation_pb2 as pb
+from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.auth import Authenticator
+from coordinator.regional_node.config import RegionalConfig
+from coordinator.regional_node.region import Region
+from coordinator.regional_node.relay import Relay
+from coordinator.regional_node.service import RegionalService
+from coordinator.regional_node.upstream import UpstreamClient, open_upstream_channel
+from coordinator.server import GRPC_OPTIONS
+
+log = logging.getLogger(__name__)
+
+
+def _upstream_credentials(config: RegionalConfig) -> grpc.ChannelCredentials | None:
+    if config.insecure:
+        return None
+    assert config.ca_cert and config.upstream_cert and config.upstream_key  # checked by RegionalConfig
+    for what, path in (("ca_cert", config.ca_cert), ("upstream_cert", config.upstream_cert),
+                       ("upstream_key", config.upstream_key)):
+        if not path.exists():
+            raise FileNotFoundError(f"{what} {path}: file not found")
+    return grpc.ssl_channel_credentials(root_certificates=config.ca_cert.read_bytes(),
+                                        private_key=config.upstream_key.read_bytes(),
+                                        certificate_chain=config.upstream_cert.read_bytes())
+
+
+class RegionalAggregator:
+    """The running regional aggregator: owns the downstream server and the upstream relay thread."""
+
+    def __init__(self, config: RegionalConfig) -> None:
+        self.config = config
+        state = Path(config.state_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        self.audit_log = AuditLog.open(state / "audit.sqlite", node=config.name, role="coordinator",
+                                       signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
+        channel = open_upstream_channel(config.upstream, credentials=_upstream_credentials(config))
+        self.upstream = UpstreamClient(channel, name=config.name, max_retries=config.max_retries)
+        self.region = Region(config.name, fetch_model=self._fetch_model, audit=self.audit,
+                             expected_silos=config.expected_silos, enrollment_timeout_s=config.enrollment_timeout_s,
+                             keys_dir=state / "keys")
+        self.relay = Relay(self.region, self.upstream, config, audit=self.audit)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
+        auth = Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl)
+        pb_grpc.add_FederationServicer_to_server(RegionalService(self.region, auth, audit=self.audit), self.server)
+        self._bind()
+        self._stop = threading.Event()
+        self._relay_thread = threading.Thread(target=self.relay.run, args=(self._stop,), name="regional-relay", daemon=True)
+
+    def audit(self, event: str, **fields: Any) -> None:
+        self.audit_log.append(event, **fields)
+
+    def _fetch_model(self, study_id: str, version: int) -> tuple[pb.BlobHeader, bytes]:
+        return self.upstream.fetch(study_id, pb.BLOB_MODEL, version=version)
+
+    def _bind(self) -> None:
+        c = self.config
+        if c.insecure:
+            log.warning("INSECURE MODE: no TLS, silo identities are taken at their word. Local demos only.")
+            self.port = self.server.add_insecure_port(c.listen)
+        else:
+            from coordinator.tls import server_credentials
+
+            self.port = self.server.add_secure_port(c.listen, server_credentials(c))
+        if self.port == 0:
+            raise OSError(f"could not listen on {c.listen}")
+
+    def start(self) -> "RegionalAggregator":
+        self.server.start()
+        self._relay_thread.start()
+        log.info("regional aggregator %s listening on port %d, upstream %s", self.config.name, self.port,
+                 self.config.upstream)
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._stop.set()
+        self.server.stop(grace).wait()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()

@@ -1,0 +1,134 @@
+"""Hierarchical aggregation with real processes: central coordinator + a regional aggregator
+(`fedcare coordinator regional`) with silos behind it, against the flat federation of the same
+silos, same spec and seeds. Rounds are seeded from the study seed, so each silo computes the
+same update in both topologies and the released models may differ only by float rounding (in
+the clear) or by the CKKS error of the encrypted sums.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from fedcare.demo import free_port
+from privacy.he import SiloKeyPair, context_has_secret_key, unwrap_secret
+from privacy.errors import HEError
+
+pytestmark = pytest.mark.slow
+
+REGION = "region-east"
+
+
+def _spec(rounds: int, encryption: str) -> StudySpec:
+    # min_silos = 1 and no expected_silos: the same spec starts with 3 silos (flat) or with the
+    # region and one direct silo; the studies are submitted once everyone has joined.
+    return StudySpec(name="regional", modalities=("ehr", "signal"), model=ModelSpec(ehr_hidden=32),
+                     training=TrainingSpec(rounds=rounds, local_epochs=1, learning_rate=0.05, min_silos=1,
+                                           round_timeout_s=300, seed=7),
+                     privacy=PrivacySpec(dp=False, encryption=encryption))  # type: ignore[arg-type]
+
+
+def _new_cluster(like, root: Path):  # noqa: ANN001, ANN202 - conftest's Cluster, a second one beside the fixture's
+    root.mkdir(parents=True)
+    return type(like)(root=root, target=f"127.0.0.1:{free_port()}", hospitals=like.hospitals)
+
+
+def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Path) -> tuple[dict, dict]:
+    """Start the coordinator, the region (if any silo is behind one) and the silos; run one study."""
+    client = cluster.start_coordinator()
+    region = cluster.start_regional(REGION, expected_silos=len(behind_region)) if behind_region else None
+    for h in behind_region:
+        cluster.start_silo(h, via=region)
+    for h in direct:
+        cluster.start_silo(h)
+    for h in behind_region:
+        cluster.wait_for_log(REGION, f"silo {h.name} joined region {REGION}")
+        cluster.wait_for_log(h.name, "joined the coordinator")
+    for h in direct:
+        cluster.wait_for_log(h.name, "joined the coordinator")
+    if region is not None:
+        cluster.wait_for_log(REGION, "joined the central coordinator")
+    study_id = client.submit(spec)
+    summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=900)
+    model = torch.load(client.results(study_id, out)["model"])
+    return summary, model
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_regional_fedavg_equals_the_flat_federation(cluster, tmp_path, hospitals) -> None:
+    spec = _spec(2, "none")
+    flat = _new_cluster(cluster, tmp_path / "flat")
+    try:
+        flat_summary, flat_model = _run(flat, spec, behind_region=[], direct=hospitals, out=tmp_path / "flat-out")
+    finally:
+        flat.stop()
+    tree = _new_cluster(cluster, tmp_path / "tree")
+    try:
+        summary, model = _run(tree, spec, behind_region=hospitals[:2], direct=hospitals[2:], out=tmp_path / "tree-out")
+        region_log = tree.log(REGION)
+    finally:
+        tree.stop()
+
+    # Upstream the region is ONE participant next to the direct silo, in every round.
+    assert summary["silos"] == sorted([REGION, hospitals[2].name])
+    for r in summary["rounds"][1:]:
+        assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, hospitals[2].name])
+    assert "forwarded one update of weight" in region_log
+    # The model learned something, and the two-level FedAvg equals the flat one.
+    assert summary["rounds"][-1]["metrics"]["auroc"] != summary["rounds"][0]["metrics"]["auroc"]
+    worst = _max_difference(model, flat_model)
+    assert worst <= 1e-5, f"regional and flat FedAvg differ by {worst}"
+    # Both evaluated the same models: round metrics agree (the region reports its silos' sample-weighted mean).
+    for ours, theirs in zip(summary["rounds"], flat_summary["rounds"]):
+        assert ours["metrics"]["auroc"] == pytest.approx(theirs["metrics"]["auroc"], abs=1e-4)
+
+
+def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key(cluster, tmp_path, hospitals) -> None:
+    spec = _spec(1, "ckks-exact")
+    members = hospitals[:2]
+    flat = _new_cluster(cluster, tmp_path / "flat")
+    try:
+        _, flat_model = _run(flat, spec, behind_region=[], direct=members, out=tmp_path / "flat-out")
+    finally:
+        flat.stop()
+    tree = _new_cluster(cluster, tmp_path / "tree")
+    try:
+        summary, model = _run(tree, spec, behind_region=members, direct=[], out=tmp_path / "tree-out")
+    finally:
+        tree.stop()
+    assert summary["silos"] == [REGION]
+    worst = _max_difference(model, flat_model)
+    assert 0 < worst <= 1e-5, f"regional and flat CKKS aggregates differ by {worst}"
+
+    # What the region holds of the keys: the bundle its key holder silo sent, kept as received.
+    bundles = list((tmp_path / "tree" / REGION / "keys").glob("*.bundle.json"))
+    assert len(bundles) == 1
+    bundle = json.loads(bundles[0].read_bytes())
+    public = base64.b64decode(bundle["public_context"])
+    assert not context_has_secret_key(public), "the region was given a context with the secret key"
+    assert sorted(bundle["wrapped"]) == sorted(h.name for h in members)
+    for h in members:
+        wrapped = base64.b64decode(bundle["wrapped"][h.name])
+        # Opaque to the region: not a context it could load ...
+        with pytest.raises(HEError):
+            context_has_secret_key(wrapped)
+        # ... but the real secret for the silo holding the matching private key.
+        silo_keys = SiloKeyPair.from_private_bytes((tmp_path / "tree" / "silos" / h.name / "state" / "wrap-key.bin").read_bytes())
+        assert context_has_secret_key(unwrap_secret(wrapped, silo_keys, context=summary["study"].encode()))
+    # The region keeps no key pair of its own on disk, and nothing it stored loads as a secret context.
+    region_files = [p for p in (tmp_path / "tree" / REGION).rglob("*") if p.is_file()]
+    assert not any("wrap-key" in p.name for p in region_files)
+    for p in region_files:
+        try:
+            assert not context_has_secret_key(p.read_bytes()), f"{p} holds a secret CKKS context"
+        except HEError:
+            pass  # not a TenSEAL context at all
