@@ -38,14 +38,22 @@ def _new_cluster(like, root: Path):  # noqa: ANN001, ANN202 - conftest's Cluster
     return type(like)(root=root, target=f"127.0.0.1:{free_port()}", hospitals=like.hospitals)
 
 
-def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Path) -> tuple[dict, dict]:
-    """Start the coordinator, the region (if any silo is behind one) and the silos; run one study."""
+def _state_dir(root: Path, hospital) -> Path:  # noqa: ANN001 - HospitalFiles
+    return root / "silo-state" / hospital.name
+
+
+def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Path, silo_state: Path) -> tuple[dict, dict]:
+    """Start the coordinator, the region (if any silo is behind one) and the silos; run one study.
+
+    Both topologies use the same silo state folders: a silo's pseudonym key (hence its
+    train/test split) lives there, and the ingestion cache makes the second run faster.
+    """
     client = cluster.start_coordinator()
     region = cluster.start_regional(REGION, expected_silos=len(behind_region)) if behind_region else None
     for h in behind_region:
-        cluster.start_silo(h, via=region)
+        cluster.start_silo(h, via=region, state_dir=str(_state_dir(silo_state, h)))
     for h in direct:
-        cluster.start_silo(h)
+        cluster.start_silo(h, state_dir=str(_state_dir(silo_state, h)))
     for h in behind_region:
         cluster.wait_for_log(REGION, f"silo {h.name} joined region {REGION}")
         cluster.wait_for_log(h.name, "joined the coordinator")
@@ -68,12 +76,12 @@ def test_regional_fedavg_equals_the_flat_federation(cluster, tmp_path, hospitals
     spec = _spec(2, "none")
     flat = _new_cluster(cluster, tmp_path / "flat")
     try:
-        flat_summary, flat_model = _run(flat, spec, behind_region=[], direct=hospitals, out=tmp_path / "flat-out")
+        flat_summary, flat_model = _run(flat, spec, behind_region=[], direct=hospitals, out=tmp_path / "flat-out", silo_state=tmp_path)
     finally:
         flat.stop()
     tree = _new_cluster(cluster, tmp_path / "tree")
     try:
-        summary, model = _run(tree, spec, behind_region=hospitals[:2], direct=hospitals[2:], out=tmp_path / "tree-out")
+        summary, model = _run(tree, spec, behind_region=hospitals[:2], direct=hospitals[2:], out=tmp_path / "tree-out", silo_state=tmp_path)
         region_log = tree.log(REGION)
     finally:
         tree.stop()
@@ -97,12 +105,12 @@ def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key
     members = hospitals[:2]
     flat = _new_cluster(cluster, tmp_path / "flat")
     try:
-        _, flat_model = _run(flat, spec, behind_region=[], direct=members, out=tmp_path / "flat-out")
+        _, flat_model = _run(flat, spec, behind_region=[], direct=members, out=tmp_path / "flat-out", silo_state=tmp_path)
     finally:
         flat.stop()
     tree = _new_cluster(cluster, tmp_path / "tree")
     try:
-        summary, model = _run(tree, spec, behind_region=members, direct=[], out=tmp_path / "tree-out")
+        summary, model = _run(tree, spec, behind_region=members, direct=[], out=tmp_path / "tree-out", silo_state=tmp_path)
     finally:
         tree.stop()
     assert summary["silos"] == [REGION]
@@ -122,7 +130,7 @@ def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key
         with pytest.raises(HEError):
             context_has_secret_key(wrapped)
         # ... but the real secret for the silo holding the matching private key.
-        silo_keys = SiloKeyPair.from_private_bytes((tmp_path / "tree" / "silos" / h.name / "state" / "wrap-key.bin").read_bytes())
+        silo_keys = SiloKeyPair.from_private_bytes((_state_dir(tmp_path, h) / "wrap-key.bin").read_bytes())
         assert context_has_secret_key(unwrap_secret(wrapped, silo_keys, context=summary["study"].encode()))
     # The region keeps no key pair of its own on disk, and nothing it stored loads as a secret context.
     region_files = [p for p in (tmp_path / "tree" / REGION).rglob("*") if p.is_file()]
