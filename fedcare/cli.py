@@ -198,7 +198,7 @@ def silo_ingest(
     dicom: Annotated[list[Path], typer.Option("--dicom", help="DICOM files or folders")] = [],
     dicomweb: Annotated[list[str], typer.Option("--dicomweb", help="DICOMweb base URL of a PACS")] = [],
     wearables: Annotated[list[Path], typer.Option("--wearables", help="wearable CSV / WFDB (file or folder)")] = [],
-    tabular: Annotated[list[Path], typer.Option("--tabular", help="tabular EHR extracts (not yet supported)")] = [],
+    tabular: Annotated[list[Path], typer.Option("--tabular", help="EHR extracts: CSV / Parquet, generic or OMOP (file or folder)")] = [],
     report: Annotated[Optional[Path], typer.Option(help="JSON report (default OUT/ingest-report.json)")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="take the data sources from node.toml")] = None,
     spec: Annotated[Optional[Path], typer.Option(help="study spec whose cohort/features to apply (default cohort)")] = None,
@@ -211,8 +211,9 @@ def silo_ingest(
     if config is not None:
         d = _node_config(config).data
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
-    if not (fhir or dicom or dicomweb or wearables):
-        raise UserError("name at least one input: --fhir, --dicom, --dicomweb, --wearables (or --config node.toml)")
+        tabular = [*tabular, *d.tabular]
+    if not (fhir or dicom or dicomweb or wearables or tabular):
+        raise UserError("name at least one input: --fhir, --tabular, --dicom, --dicomweb, --wearables (or --config node.toml)")
     cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,

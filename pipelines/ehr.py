@@ -1,6 +1,6 @@
-"""EHR features and the label, computed per patient from coded FHIR facts and the cohort.
+"""EHR features and the label, computed per patient from coded facts (FHIR, tabular) and the cohort.
 
-Dates arrive as days relative to the index date (`pipelines.fhir`). Features are aggregated
+Dates arrive as days relative to the index date (`pipelines.factstore`). Features are aggregated
 over days `(-window_days, 0]`, converted to the feature's
 UCUM unit (`pipelines.units`); demographics (`system = "fedcare"`) come from the Patient.
 The label is 1 when the label condition starts within `(index, index + label_window_days]`;
@@ -15,7 +15,7 @@ import numpy as np
 
 from .cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
 from .errors import ConfigurationError, UnitError
-from .fhir import FhirPatient
+from .factstore import EhrPatient
 from .quarantine import Quarantine
 from .units import convert
 
@@ -32,7 +32,7 @@ def check_features(features: tuple[FeatureLike, ...]) -> None:
             raise ConfigurationError(f"feature {f.name!r} has aggregate {f.aggregate!r}; expected one of {AGGREGATES}")
 
 
-def _demographic(p: FhirPatient, code: str) -> float:
+def _demographic(p: EhrPatient, code: str) -> float:
     if code == "age":
         return float("nan") if p.age is None else p.age
     if p.gender not in ("female", "male"):
@@ -40,7 +40,7 @@ def _demographic(p: FhirPatient, code: str) -> float:
     return float(p.gender == code.removeprefix("sex-"))
 
 
-def ehr_values(p: FhirPatient, features: tuple[FeatureLike, ...], quarantine: Quarantine, refused: set[str]) -> np.ndarray:
+def ehr_values(p: EhrPatient, features: tuple[FeatureLike, ...], quarantine: Quarantine, refused: set[str]) -> np.ndarray:
     """Raw feature values in cohort units, NaN where missing. `refused` collects quarantined sources."""
     out = np.full(len(features), np.nan, dtype=np.float64)
     for j, f in enumerate(features):
@@ -64,7 +64,7 @@ def ehr_values(p: FhirPatient, features: tuple[FeatureLike, ...], quarantine: Qu
     return out
 
 
-def label_of(p: FhirPatient, cohort: CohortLike) -> int | None:
+def label_of(p: EhrPatient, cohort: CohortLike) -> int | None:
     """1/0, or None for a prevalent case (label condition on or before the index date, day <= 0)."""
     key = (cohort.label_system, cohort.label_code)
     onsets = [d.day for d in p.diagnoses if key in d.codes]

@@ -45,6 +45,12 @@ class SignalError(InputError):
     reason = "invalid_signal"
 
 
+class TabularError(InputError):
+    """A row, column or file of a tabular EHR extract (CSV, Parquet, OMOP table) that cannot be used."""
+
+    reason = "bad_row"
+
+
 class UnitError(InputError):
     """A quantity whose unit cannot be converted to the unit the cohort asks for."""
 

@@ -9,8 +9,11 @@ wire-compatible with R4 for these resources); other types are counted and skippe
 Each file becomes `FileFacts`, already de-identified (`pipelines.deid`): the patient is its
 keyed pseudonym (from the MRN: the identifier typed `MR`, HL7 v2 table 0203), references are
 keyed tokens, dates are days relative to the index date, ages are capped at 90. No name,
-address, telecom or identifier leaves this module. Facts are resolved to patients across
-all files, so references between NDJSON files work. Facts per file are cacheable.
+address, telecom or identifier leaves this module. Each file's facts (cacheable) go straight
+to the silo's on-disk `FactStore`, which resolves references across all files afterwards (so
+references between NDJSON files work) without holding the hospital's history in memory.
+Observations with `valueSampledData` for a study channel become wearable segments
+(`pipelines.sampled`).
 """
 
 from __future__ import annotations
@@ -24,47 +27,24 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
 from .cache import IngestCache, content_hash
 from .deid import Deidentifier, age_years
-from .errors import FhirError
+from .errors import FhirError, InputError, SignalError
+from .factstore import FactStore
 from .observations import _date as as_date
 from .observations import facts_of
 from .quarantine import Quarantine
+from .sampled import segments_of
 
 log = logging.getLogger(__name__)
 
 PARSED_TYPES = ("Patient", "Observation", "Condition", "MedicationRequest", "MedicationStatement", "ImagingStudy")
 MRN_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
-Codes = tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True)
-class Measurement:
-    codes: Codes  # (system, code), aliases already mapped
-    value: float
-    unit: str | None
-    day: int  # days after the index date (negative: before)
-    source: str  # "file#Observation/id"
-
-
-@dataclass(frozen=True)
-class Diagnosis:
-    codes: Codes
-    day: int
-    source: str
-
-
-@dataclass
-class FhirPatient:
-    pseudonym: str
-    age: float | None  # years at the index date, capped at 90
-    gender: str | None
-    measurements: list[Measurement] = field(default_factory=list)
-    diagnoses: list[Diagnosis] = field(default_factory=list)
-    studies: set[str] = field(default_factory=set)  # remapped StudyInstanceUIDs from ImagingStudy
 
 
 @dataclass
@@ -74,15 +54,19 @@ class FileFacts:
     patients: list[tuple[list[str], str, float | None, str | None]] = field(default_factory=list)  # refs, pid, age, gender
     events: list[tuple[str, str, list[list[str]], float, str | None, int, str]] = field(default_factory=list)
     # (kind "m"/"d"/"i", subject ref token, codes, value, unit, day, "Type/id"); for "i" codes = [[uid, ""]]
+    segments: list[tuple[str, str, float, float, list[float], str]] = field(default_factory=list)
+    # valueSampledData: (subject ref token, channel, start s relative to the index cut-off, period s, samples, "Type/id")
     records: int = 0
     unused: Counter = field(default_factory=Counter)
 
     def to_json(self) -> dict[str, Any]:
-        return {"patients": self.patients, "events": self.events, "records": self.records, "unused": dict(self.unused)}
+        return {"patients": self.patients, "events": self.events, "segments": self.segments, "records": self.records,
+                "unused": dict(self.unused)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "FileFacts":
-        return cls([tuple(p) for p in d["patients"]], [tuple(e) for e in d["events"]], d["records"], Counter(d["unused"]))
+        return cls([tuple(p) for p in d["patients"]], [tuple(e) for e in d["events"]],
+                   [tuple(s) for s in d.get("segments", [])], d["records"], Counter(d["unused"]))
 
 
 def ref_key(ref: str) -> str:
@@ -129,8 +113,12 @@ def iter_resources(path: Path) -> Iterator[tuple[str, dict]]:
                         reason="unreadable", source=path) from None
 
 
-def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[FhirError]) -> FileFacts:
-    """De-identified facts of one file; refused records are appended to `errors` (the file may be partly used)."""
+def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[InputError],
+               channels: Sequence[str] = ()) -> FileFacts:
+    """De-identified facts of one file; refused records are appended to `errors` (the file may be partly used).
+
+    `channels`: the study's wearable channels, read from Observations with valueSampledData.
+    """
     out = FileFacts()
     for full_url, raw in iter_resources(path):
         rtype = raw.get("resourceType")
@@ -169,54 +157,50 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[Fh
                                    (when - index_date).days if when else 0, label))
         except FhirError as e:
             errors.append(FhirError(str(e), reason=e.reason, source=f"{path}#{label}"))
+        if rtype == "Observation" and ref:
+            try:
+                for channel, start, period, samples in segments_of(res, channels, index_date):
+                    out.segments.append((ref, channel, start, period, samples.tolist(), label))
+            except SignalError as e:
+                errors.append(SignalError(str(e), reason=e.reason, source=f"{path}#{label}"))
     return out
 
 
 @dataclass
 class FhirRead:
-    patients: dict[str, FhirPatient]  # by pseudonym
+    """Counts of one FHIR read; the facts themselves went to the `FactStore`."""
+
     files: int = 0
     records: int = 0
     parsed: int = 0
     cached: int = 0
+    sampled: int = 0  # Observations with valueSampledData for a study channel
     unused: Counter = field(default_factory=Counter)
-    by_ref: dict[str, FhirPatient] = field(default_factory=dict)
-    pending: list[tuple[str, tuple]] = field(default_factory=list)  # (file path, event)
-
-    def add(self, path: str, facts: FileFacts) -> None:
-        self.records += facts.records
-        self.unused.update(facts.unused)
-        for refs, pid, age, gender in facts.patients:
-            p = self.patients.setdefault(pid, FhirPatient(pid, age, gender))
-            for r in refs:
-                self.by_ref[r] = p
-        self.pending.extend((path, e) for e in facts.events)
-
-    def resolve(self, errors: list[FhirError]) -> None:
-        for path, (kind, ref, codes, value, unit, day, label) in self.pending:
-            p = self.by_ref.get(ref)
-            source = f"{path}#{label}"
-            if p is None:
-                errors.append(FhirError("refers to a subject that is no Patient in the inputs; include the patient's "
-                                        "record", reason="unknown_subject", source=source))
-            elif kind == "m":
-                p.measurements.append(Measurement(tuple(map(tuple, codes)), value, unit, day, source))
-            elif kind == "d":  # a diagnosis is a label candidate and, as presence (1.0), a feature
-                p.diagnoses.append(Diagnosis(tuple(map(tuple, codes)), day, source))
-                p.measurements.append(Measurement(tuple(map(tuple, codes)), 1.0, None, day, source))
-            else:
-                p.studies.add(codes[0][0])
-        self.pending = []
 
 
-def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date,
-              cache: IngestCache | None = None) -> FhirRead:
-    """Read FHIR files and folders (`*.json`, `*.ndjson`); refused inputs and records go to `quarantine`."""
+def _store(store: FactStore, path: str, facts: FileFacts) -> None:
+    for refs, pid, age, gender in facts.patients:
+        store.add_patient(pid, age, gender, refs)
+    store.add_events((None, ref, (kind, tuple(map(tuple, codes)), value, unit, day, f"{path}#{label}"))
+                     for kind, ref, codes, value, unit, day, label in facts.events)
+    for ref, channel, start, period, samples, label in facts.segments:
+        arr = np.asarray(samples, dtype=np.float64)
+        store.add_segment(ref, channel, start, period, arr.tobytes(), arr.size, f"{path}#{label}")
+
+
+def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date, store: FactStore,
+              channels: Sequence[str] = (), cache: IngestCache | None = None) -> FhirRead:
+    """Read FHIR files and folders (`*.json`, `*.ndjson`) into `store`, one file at a time.
+
+    Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
+    References are resolved later, by `FactStore.resolve`, once every EHR input is read.
+    """
     cache = cache or IngestCache(None, "")
-    out = FhirRead(patients={})
+    out = FhirRead()
+    patients = 0
     for path in iter_files(paths, (".json", ".ndjson")):
         out.files += 1
-        errors: list[FhirError] = []
+        errors: list[InputError] = []
         try:
             digest = content_hash(path.read_bytes())
         except OSError as e:
@@ -228,7 +212,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
             facts = FileFacts.from_json(hit[0])
         else:
             try:
-                facts = parse_file(path, deid, index_date, errors)
+                facts = parse_file(path, deid, index_date, errors, channels)
             except FhirError as e:
                 quarantine.add("ehr", e)
                 continue
@@ -236,13 +220,14 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
             if not errors:  # a file with refused records is re-read next time, so its entries are reported again
                 cache.put("fhir", digest, facts.to_json())
         for e in errors:
-            quarantine.add("ehr", e)
-        out.add(str(path), facts)
-    errors = []
-    out.resolve(errors)
-    for e in errors:
-        quarantine.add("ehr", e)
-    log.info("FHIR: %d files (%d from cache), %d records, %d patients", out.files, out.cached, out.records, len(out.patients))
+            quarantine.add("signal" if isinstance(e, SignalError) else "ehr", e)
+        out.records += facts.records
+        out.unused.update(facts.unused)
+        out.sampled += len({label for *_, label in facts.segments})
+        patients += len(facts.patients)
+        _store(store, str(path), facts)
+    log.info("FHIR: %d files (%d from cache), %d records, %d Patient resources", out.files, out.cached, out.records,
+             patients)
     return out
 
 

@@ -6,15 +6,16 @@ series' slices are ordered along the slice normal (ImagePositionPatient, then
 InstanceNumber). Per patient the latest series on or before the index date is chosen and
 only its middle slice (or the middle frame of a multi-frame instance) is decoded, so memory
 does not grow with the size of the series. Headers and images are cached per instance
-content (`pipelines.cache`).
+content (`pipelines.cache`). An instance whose PatientID is unknown to the EHR is linked
+through a FHIR ImagingStudy that names its StudyInstanceUID (both remapped alike).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Container, Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 
 import numpy as np
@@ -34,6 +35,7 @@ class ChosenImage:
     day: int | None  # relative to the index date
     slices: int  # instances (or frames) in the chosen series
     source: str
+    linked_by: str = "patient_id"  # or "imaging_study": PatientID unknown, study named by a FHIR ImagingStudy
 
 
 @dataclass
@@ -66,10 +68,17 @@ def _slice_order(m: _Member) -> tuple[float, int]:
 
 
 def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date: date, image_size: int,
-                cache: IngestCache, quarantine: Quarantine) -> tuple[dict[str, ChosenImage], Counter]:
-    """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*)."""
+                cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
+                study_owners: Mapping[str, str] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
+    """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
+
+    Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
+    among `patients` (the EHR's) but a FHIR ImagingStudy of a known patient names the instance's
+    (remapped) StudyInstanceUID, `study_owners` links it to that patient instead.
+    """
     stats: Counter = Counter()
     series: dict[tuple[str, str], list[_Member]] = defaultdict(list)
+    via_study: set[str] = set()
     for inp in inputs:
         stats["inputs_read"] += 1
         try:
@@ -78,7 +87,12 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
             quarantine.add("image", e)
             continue
         stats["records"] += 1
-        series[(header.pseudonym, header.series_uid)].append(_Member(header, digest, inp))
+        pid = header.pseudonym
+        if patients is not None and pid not in patients and study_owners and header.study_uid in study_owners:
+            pid = study_owners[header.study_uid]
+            header = replace(header, pseudonym=pid)
+            via_study.add(header.series_uid)
+        series[(pid, header.series_uid)].append(_Member(header, digest, inp))
     stats["series"] = len(series)
 
     best: dict[str, list[_Member]] = {}
@@ -114,6 +128,7 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                 continue
             image = normalise_slice(pixels, image_size, mid.header.spacing)
             cache.put("image", mid.digest, {"slices": slices}, {"image": image})
-        chosen[pid] = ChosenImage(image, mid.header.day, slices, mid.input.source)
+        chosen[pid] = ChosenImage(image, mid.header.day, slices, mid.input.source,
+                                  "imaging_study" if mid.header.series_uid in via_study else "patient_id")
     log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], len(series), len(chosen))
     return chosen, stats

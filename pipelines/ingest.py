@@ -1,9 +1,12 @@
-"""One silo's ingestion: FHIR + DICOM (files, DICOMweb) + wearables -> `MultimodalDataset` + `IngestReport`.
+"""One silo's ingestion: FHIR + tabular EHR + DICOM (files, DICOMweb) + wearables -> `MultimodalDataset` + `IngestReport`.
 
 Steps: read each modality, de-identifying as it is read (`pipelines.deid`: the MRN becomes
 the keyed pseudonym HMAC-SHA256(key, MRN), identical across modalities and runs; dates become
 days relative to the index date); refused inputs go to the quarantine with a reason naming
 the file; join per pseudonym; apply the cohort (age, prevalent label); build the tensors.
+EHR facts (FHIR, CSV/Parquet/OMOP extracts) are spilled to an on-disk `FactStore` as they are
+read and reduced to feature values one patient at a time, so memory stays flat as the
+hospital grows; images and wearable windows are kept per patient only in their final size.
 Each input's de-identified result is cached by content and cohort (`pipelines.cache`) when
 `cache_dir` is given, so a re-run parses only new or changed inputs. No name, MRN, address or
 file path is kept in the dataset or the report; quarantine entries (which name local files)
@@ -31,10 +34,12 @@ from .deid import Deidentifier
 from .dicom import DicomInput, file_inputs
 from .ehr import check_features, ehr_values, has_observed_ehr, label_of
 from .errors import ConfigurationError, InputError
+from .factstore import FactStore
 from .fhir import read_fhir
 from .images import read_images
 from .quarantine import Quarantine
-from .signals import read_signals
+from .signals import read_signals, sampled_signals
+from .tabular import read_tabular
 
 log = logging.getLogger(__name__)
 MIN_KEY_BYTES = 16
@@ -50,6 +55,7 @@ class ModalityReport(BaseModel):
     parsed: int = 0  # inputs parsed in this run
     cached: int = 0  # inputs taken from the silo's cache (not parsed again)
     series: int = 0  # DICOM series (image only)
+    sources: dict[str, int] = Field(default_factory=dict)  # inputs by format, e.g. {"fhir": 12, "tabular_measurement": 1}
 
 
 class IngestReport(BaseModel):
@@ -57,11 +63,12 @@ class IngestReport(BaseModel):
 
     index_date: date
     modalities: dict[str, ModalityReport]  # keys: "ehr", "image", "signal"
-    patients: int  # FHIR patients with an MRN
+    patients: int  # EHR patients: FHIR Patients with an MRN, OMOP persons, tabular patient rows (by pseudonym)
     samples: int
     positives: int
     excluded: dict[str, int]  # cohort criteria, by reason
     linked: dict[str, int]  # samples by modalities present, e.g. {"ehr+image+signal": 250}
+    image_linked_by: dict[str, int] = Field(default_factory=dict)  # EHR patients with an image, by "patient_id" / "imaging_study"
     quarantined_total: int
     mean_signal_coverage: float | None = None
 
@@ -85,11 +92,13 @@ def _fill(rep: ModalityReport, stats: Counter) -> None:
 
 def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path], cohort: CohortLike,
                 pseudonym_key: bytes, index_date: date = INDEX_DATE, dicomweb: Sequence[str] = (),
-                dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None) -> IngestResult:
+                dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
+                tabular: Sequence[Path] = ()) -> IngestResult:
     """Turn one silo's inputs into training samples; see the module docstring for the steps.
 
     `dicomweb`: base URLs of DICOMweb services (QIDO-RS/WADO-RS) to read every study from;
-    `dicom_inputs`: further DICOM instances from elsewhere; `cache_dir`: the silo's cache.
+    `dicom_inputs`: further DICOM instances from elsewhere; `cache_dir`: the silo's cache;
+    `tabular`: CSV/Parquet EHR extracts (generic or OMOP CDM), files or folders.
     """
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
         raise ConfigurationError(f"pseudonym_key has {len(pseudonym_key) if isinstance(pseudonym_key, bytes) else 'no'} "
@@ -99,32 +108,68 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     deid = Deidentifier(pseudonym_key)
     cache = IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint))
     q = Quarantine()
-    reps = {m: ModalityReport() for m in MODALITIES}
+    with FactStore() as store:
+        return _ingest(store, fhir=fhir, dicom=dicom, wearables=wearables, cohort=cohort, deid=deid, index_date=index_date,
+                       dicomweb=dicomweb, dicom_inputs=dicom_inputs, cache=cache, tabular=tabular, q=q)
 
-    read = read_fhir(fhir, q, deid=deid, index_date=index_date, cache=cache)
-    reps["ehr"].inputs_read, reps["ehr"].records = read.files, read.records
-    reps["ehr"].parsed, reps["ehr"].cached = read.parsed, read.cached
+
+def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path],
+            cohort: CohortLike, deid: Deidentifier, index_date: date, dicomweb: Sequence[str],
+            dicom_inputs: Iterable[DicomInput], cache: IngestCache, tabular: Sequence[Path], q: Quarantine) -> IngestResult:
+    features = tuple(cohort.features)
+    channels = tuple(cohort.signal_channels)
+    reps = {m: ModalityReport() for m in MODALITIES}
+    read = read_fhir(fhir, q, deid=deid, index_date=index_date, store=store, channels=channels, cache=cache)
+    tab = read_tabular(tabular, q, deid=deid, index_date=index_date, features=features, store=store)
+    store.resolve(q)
+    ehr = reps["ehr"]
+    ehr.inputs_read, ehr.records = read.files + tab.files, read.records + tab.records
+    ehr.parsed, ehr.cached = read.parsed + tab.files, read.cached
+    ehr.sources = {k: v for k, v in (("fhir", read.files), *((f"tabular_{k}", v) for k, v in sorted(tab.layouts.items())))
+                   if v}
+    known = store.pseudonyms()
     remote: Iterable[DicomInput] = ()
     if dicomweb:
         from .dicomweb import dicomweb_inputs  # dicomweb-client is only needed when a PACS is named
 
         remote = chain.from_iterable(dicomweb_inputs(url) for url in dicomweb)
     images, image_stats = read_images(chain(file_inputs(dicom), dicom_inputs, remote), deid=deid, index_date=index_date,
-                                      image_size=cohort.image_size, cache=cache, quarantine=q)
+                                      image_size=cohort.image_size, cache=cache, quarantine=q, patients=known,
+                                      study_owners=store.study_owners())
     signals, signal_stats = read_signals(wearables, cohort=cohort, deid=deid, index_date=index_date, cache=cache, quarantine=q)
+    sampled, sampled_stats = sampled_signals(store, cohort=cohort, index_date=index_date, quarantine=q)
+    for pid, found in sampled.items():  # the latest recording wins, whatever its format
+        old = signals.get(pid)
+        if old is not None:
+            signal_stats["unused_superseded"] += 1
+        if old is None or found.end > old.end:
+            signals[pid] = found
+    signal_stats["records"] += read.sampled
+    signal_stats["unused_after_index_date"] += sampled_stats["unused_after_index_date"]
     _fill(reps["image"], image_stats)
     _fill(reps["signal"], signal_stats)
+    reps["signal"].sources = {k: v for k, v in (("files", signal_stats["inputs_read"]), ("fhir_sampled_data", read.sampled)) if v}
+    reps["image"].patients, reps["signal"].patients = len(images), len(signals)
+    image_links = Counter(img.linked_by for pid, img in images.items() if pid in known)
     for modality, found in (("image", images), ("signal", signals)):
-        for pid in sorted(set(found) - set(read.patients)):
-            q.add(modality, InputError("belongs to a patient with no FHIR Patient record (matched by MRN); expected one "
-                                       "to read the label. Include the patient's FHIR export", reason="no_fhir_patient",
-                                       source=found[pid].source))
+        for pid in sorted(set(found) - known):
+            q.add(modality, InputError("belongs to a patient with no EHR record (no FHIR Patient, OMOP person or tabular "
+                                       "patient row with that MRN, and no ImagingStudy naming the study); expected one to "
+                                       "read the label. Include the patient's EHR export", reason="no_ehr_patient",
+                                       source=found.pop(pid).source))
 
     excluded: Counter = Counter()
     refused: set[str] = set()
-    rows = []
-    for pid in sorted(read.patients):  # sorted by pseudonym: no trace of MRN order
-        p = read.patients[pid]
+    n_max, s, f = len(known), cohort.image_size, len(features)
+    raw = np.full((n_max, f), np.nan)
+    image = np.zeros((n_max, 1, s, s), np.float32)
+    signal = np.zeros((n_max, len(channels), cohort.signal_length), np.float32)
+    mask = np.zeros((n_max, 3), np.float32)
+    labels = np.zeros(n_max, np.float32)
+    pseudonyms: list[str] = []
+    coverage: list[float] = []
+    for p in store.patients():  # one patient's facts in memory at a time, in pseudonym order
+        img, win = images.pop(p.pseudonym, None), signals.pop(p.pseudonym, None)
         if p.age is None or not p.age >= cohort.min_age:
             excluded["below_min_age_or_unknown_age"] += 1
             continue
@@ -132,35 +177,32 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
         if label is None:
             excluded["prevalent_label_condition"] += 1
             continue
-        values = ehr_values(p, features, q, refused)
-        rows.append((pid, values, has_observed_ehr(values, features), images.get(pid), signals.get(pid), label))
-
-    n, s, channels = len(rows), cohort.image_size, tuple(cohort.signal_channels)
-    ehr = normalise_ehr(np.array([r[1] for r in rows]).reshape(n, len(features)), features)
-    image = np.zeros((n, 1, s, s), np.float32)
-    signal = np.zeros((n, len(channels), cohort.signal_length), np.float32)
-    mask = np.zeros((n, 3), np.float32)
-    for i, (_, _, has_ehr, img, win, _) in enumerate(rows):
-        mask[i] = (has_ehr, img is not None, win is not None)
+        i = len(pseudonyms)
+        pseudonyms.append(p.pseudonym)
+        raw[i] = ehr_values(p, features, q, refused)
+        mask[i] = (has_observed_ehr(raw[i], features), img is not None, win is not None)
+        labels[i] = label
         if img is not None:
             image[i] = img.image
         if win is not None:
             signal[i] = win.values
-    labels = np.array([r[5] for r in rows], np.float32)
-    dataset = MultimodalDataset(ehr=torch.from_numpy(ehr), image=torch.from_numpy(image), signal=torch.from_numpy(signal),
-                                mask=torch.from_numpy(mask), label=torch.from_numpy(labels), pseudonyms=[r[0] for r in rows],
+            coverage.append(win.coverage)
+
+    n = len(pseudonyms)
+    mask, labels = mask[:n], labels[:n]
+    dataset = MultimodalDataset(ehr=torch.from_numpy(normalise_ehr(raw[:n], features)), image=torch.from_numpy(image[:n]),
+                                signal=torch.from_numpy(signal[:n]), mask=torch.from_numpy(mask),
+                                label=torch.from_numpy(labels), pseudonyms=pseudonyms,
                                 feature_names=[f.name for f in features], signal_channels=channels)
 
-    reps["ehr"].patients, reps["ehr"].unused = len(read.patients), dict(read.unused)
-    reps["image"].patients, reps["signal"].patients = len(images), len(signals)
+    ehr.patients, ehr.unused = len(known), dict(sorted((read.unused + tab.unused).items()))
     for k, m in enumerate(MODALITIES):
         reps[m].samples = int(mask[:, k].sum())
         reps[m].quarantined = q.counts(m)
     linked = Counter("+".join(m for k, m in enumerate(MODALITIES) if row[k]) or "none" for row in mask)
-    coverage = [r[4].coverage for r in rows if r[4] is not None]
-    report = IngestReport(index_date=index_date, modalities=reps, patients=len(read.patients), samples=n,
+    report = IngestReport(index_date=index_date, modalities=reps, patients=len(known), samples=n,
                           positives=int(labels.sum()), excluded=dict(excluded), linked=dict(sorted(linked.items())),
-                          quarantined_total=len(q), mean_signal_coverage=float(np.mean(coverage)) if coverage else None)
+                          image_linked_by=dict(sorted(image_links.items())), quarantined_total=len(q),
+                          mean_signal_coverage=float(np.mean(coverage)) if coverage else None)
     log.info("ingested %d samples (%d positive), %d quarantined", n, report.positives, len(q))
     return IngestResult(dataset, report, q)
-

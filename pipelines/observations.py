@@ -81,9 +81,8 @@ def _observation(obs: Any, unused: Counter) -> Iterator[Fact]:
     if obs.valueCodeableConcept is not None and codes_of(obs.valueCodeableConcept):
         found += 1
         yield "m", codes_of(obs.valueCodeableConcept), 1.0, None, when
-    if obs.valueSampledData is not None:
-        unused["observation_sampled_data"] += 1  # read by pipelines.wearables, not as an EHR feature
-        found += 1
+    if obs.valueSampledData is not None or any(c.valueSampledData is not None for c in obs.component or []):
+        found += 1  # a wearable stream: read by pipelines.sampled, not as an EHR feature
     if not found and obs.dataAbsentReason is None:
         unused["observation_not_used"] += 1
 

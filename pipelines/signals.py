@@ -1,6 +1,6 @@
 """Wearable recordings -> one normalised window per patient (the latest before the index date).
 
-Each recording (CSV or WFDB, `pipelines.wearables`) is read once, its patient replaced by the
+Each recording (CSV or WFDB, `pipelines.wearables`; FHIR valueSampledData, `pipelines.sampled`) is read once, its patient replaced by the
 keyed pseudonym, windowed and normalised; the cache keeps the window with its end time
 relative to the index date (no calendar time is stored).
 """
@@ -20,7 +20,9 @@ from .cache import IngestCache, content_hash
 from .cohort import CohortLike
 from .deid import Deidentifier
 from .errors import SignalError
+from .factstore import FactStore
 from .quarantine import Quarantine
+from .sampled import cutoff, sampled_window
 from .wearables import read_recording, read_wfdb, record_bytes, wearable_files, window
 
 log = logging.getLogger(__name__)
@@ -77,4 +79,27 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
                 continue
         chosen[pid] = found
     log.info("wearables: %d recordings, %d patients with a window", stats["records"], len(chosen))
+    return chosen, stats
+
+
+def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date,
+                    quarantine: Quarantine) -> tuple[dict[str, ChosenSignal], Counter]:
+    """Per patient, the window cut from its FHIR valueSampledData segments (`pipelines.sampled`)."""
+    channels = tuple(cohort.signal_channels)
+    zero = cutoff(index_date)
+    stats: Counter = Counter()
+    chosen: dict[str, ChosenSignal] = {}
+    for pid, segments in store.segments():
+        stats["patients"] += 1
+        try:
+            w = sampled_window(segments, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length,
+                               index_date=index_date)
+        except SignalError as e:
+            quarantine.add("signal", e)
+            continue
+        if w is None:
+            stats["unused_after_index_date"] += 1
+            continue
+        chosen[pid] = ChosenSignal(w.values, w.coverage, w.end - zero, w.source)
+    log.info("FHIR sampled data: %d patients with segments, %d with a window", stats["patients"], len(chosen))
     return chosen, stats

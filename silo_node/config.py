@@ -7,6 +7,7 @@
     [data]
     dataset = "st-mary-2026"           # the privacy budget is kept per dataset
     fhir = ["/data/fhir"]
+    tabular = ["/data/warehouse"]      # CSV / Parquet extracts, generic or OMOP CDM
     dicom = ["/data/dicom"]
     wearables = ["/data/wearables"]
 
@@ -52,11 +53,12 @@ class DataConfig(_Strict):
     dicom: list[Path] = []
     dicomweb: list[str] = []
     wearables: list[Path] = []
+    tabular: list[Path] = []
 
     @model_validator(mode="after")
     def _some_data(self) -> "DataConfig":
-        if not (self.fhir or self.dicom or self.dicomweb or self.wearables):
-            raise ValueError("name at least one data source (fhir, dicom, dicomweb or wearables)")
+        if not (self.fhir or self.dicom or self.dicomweb or self.wearables or self.tabular):
+            raise ValueError("name at least one data source (fhir, tabular, dicom, dicomweb or wearables)")
         return self
 
 
@@ -135,7 +137,7 @@ class NodeConfig(_Strict):
         def r(p: Path) -> Path:
             return p if p.is_absolute() else (base / p)
 
-        data = self.data.model_copy(update={k: [r(p) for p in getattr(self.data, k)] for k in ("fhir", "dicom", "wearables")})
+        data = self.data.model_copy(update={k: [r(p) for p in getattr(self.data, k)] for k in ("fhir", "dicom", "wearables", "tabular")})
         tls = None if self.tls is None else TLSConfig(ca_cert=r(self.tls.ca_cert), cert=r(self.tls.cert), key=r(self.tls.key))
         return self.model_copy(update={"state_dir": r(self.state_dir), "data": data, "tls": tls})
 

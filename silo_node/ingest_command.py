@@ -36,11 +36,10 @@ def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequenc
                tabular: Sequence[Path], out: Path, report: Path | None, cohort: CohortLike,
                key_file: Path | None = None) -> IngestReport:
     """Ingest, write cache/quarantine/report under `out`, return the report. `key_file` defaults to `out/pseudonym.key`."""
-    if tabular:
-        log.warning("tabular EHR extracts are not ingested yet; %d path(s) ignored", len(tabular))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    result = ingest_silo(fhir=list(fhir), dicom=list(dicom), wearables=list(wearables), dicomweb=list(dicomweb),
+    result = ingest_silo(fhir=list(fhir), tabular=list(tabular), dicom=list(dicom), wearables=list(wearables),
+                         dicomweb=list(dicomweb),
                          cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")
     result.quarantine.write_jsonl(out / "quarantine.jsonl")
@@ -62,6 +61,8 @@ def render_table(report: IngestReport) -> Table:
                       ", ".join(f"{k}: {v}" for k, v in m.unused.items()) or "-")
     table.add_section()
     linked = ", ".join(f"{k}: {v}" for k, v in report.linked.items()) or "-"
+    if report.image_linked_by.get("imaging_study"):
+        linked += f" (images linked by ImagingStudy: {report.image_linked_by['imaging_study']})"
     excluded = ", ".join(f"{k}: {v}" for k, v in report.excluded.items()) or "-"
     table.add_row("linked", linked, "", "", "", str(report.patients), str(report.samples), f"excluded {excluded}", "")
     return table

@@ -104,7 +104,8 @@ class SiloNode:
 
     def _modalities(self) -> set[str]:
         d = self.config.data
-        return {m for m, present in (("ehr", d.fhir), ("image", d.dicom or d.dicomweb), ("signal", d.wearables)) if present}
+        return {m for m, present in (("ehr", d.fhir or d.tabular), ("image", d.dicom or d.dicomweb), ("signal", d.wearables))
+                if present}
 
     def _deferred(self) -> list[str]:
         return [p["study_id"] for p in self.approvals.proposals() if p["decision"] is None]
@@ -153,7 +154,8 @@ class SiloNode:
 
     def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
         d = self.config.data
-        result = ingest_silo(fhir=d.fhir, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb, cohort=spec.cohort,
+        result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
+                             cohort=spec.cohort,
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))

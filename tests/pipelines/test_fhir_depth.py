@@ -87,10 +87,13 @@ def test_bundles_ndjson_and_feature_spec(tmp_path: Path):
     # the raw values behind the normalisation: rebuild them through the public pieces
     from pipelines.deid import Deidentifier
     from pipelines.ehr import ehr_values
+    from pipelines.factstore import FactStore
     from pipelines.fhir import read_fhir
     from pipelines.quarantine import Quarantine
-    read = read_fhir([fhir], Quarantine(), deid=Deidentifier(KEY), index_date=date(2024, 1, 1))
-    raw = ehr_values(read.patients[Deidentifier(KEY).pseudonym("MRN-A")], FEATURES, Quarantine(), set())
+    with FactStore() as store:
+        read_fhir([fhir], Quarantine(), deid=Deidentifier(KEY), index_date=date(2024, 1, 1), store=store)
+        store.resolve(Quarantine())
+        raw = ehr_values(store.patient(Deidentifier(KEY).pseudonym("MRN-A")), FEATURES, Quarantine(), set())
     assert raw[1] == pytest.approx(np.mean([7.0 * 180.156 / 10, 110.0]))  # mmol/L -> mg/dL with glucose's molar mass
     assert raw[2] == 170 and raw[3] == 95 and raw[4] == 1 and raw[5] == 2 and raw[6] == 1
 

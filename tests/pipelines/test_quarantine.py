@@ -49,8 +49,8 @@ def test_broken_files_are_quarantined_and_the_rest_ingested(small_hospital):
     assert ("bad_json", str(bad_json)) in _entries(result, "ehr")
     assert ("unknown_unit", str(bundles[0])) in _entries(result, "ehr")
     assert {("truncated", str(truncated)), ("no_pixel_data", str(no_pixels)), ("not_dicom", str(not_dicom)),
-            ("no_fhir_patient", str(orphan))} <= _entries(result, "image")
-    assert _entries(result, "signal") == {("missing_column", str(no_column)), ("no_fhir_patient", str(orphan_csv))}
+            ("no_ehr_patient", str(orphan))} <= _entries(result, "image")
+    assert _entries(result, "signal") == {("missing_column", str(no_column)), ("no_ehr_patient", str(orphan_csv))}
     for e in result.quarantine.entries:
         assert e.source.split("#")[0] in e.message and e.reason
     unit_entry = next(e for e in result.quarantine.entries if e.reason == "unknown_unit")
@@ -58,8 +58,8 @@ def test_broken_files_are_quarantined_and_the_rest_ingested(small_hospital):
 
     r = result.report
     assert r.quarantined_total == len(result.quarantine.entries) == 8
-    assert r.modalities["image"].quarantined == {"no_fhir_patient": 1, "no_pixel_data": 1, "not_dicom": 1, "truncated": 1}
-    assert r.modalities["signal"].quarantined == {"missing_column": 1, "no_fhir_patient": 1}
+    assert r.modalities["image"].quarantined == {"no_ehr_patient": 1, "no_pixel_data": 1, "not_dicom": 1, "truncated": 1}
+    assert r.modalities["signal"].quarantined == {"missing_column": 1, "no_ehr_patient": 1}
     assert r.modalities["ehr"].quarantined == {"bad_json": 1, "unknown_unit": 1}
     # every patient is still a sample; the two broken images and one CSV are missing from it
     assert len(result.dataset) == h.n_patients

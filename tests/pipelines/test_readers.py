@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.deid import Deidentifier
 from pipelines.errors import SignalError
+from pipelines.factstore import FactStore
 from pipelines.fhir import read_fhir
 from pipelines.quarantine import Quarantine
 from pipelines.wearables import MAX_GAP_S, read_recording, window
@@ -51,6 +52,8 @@ def test_bulk_data_ndjson(tmp_path: Path):
            "valueQuantity": {"value": 99, "unit": "mg/dL", "system": "http://unitsofmeasure.org", "code": "mg/dL"}}
     (tmp_path / "Patient.ndjson").write_text(json.dumps(patient) + "\n")
     (tmp_path / "Observation.ndjson").write_text(json.dumps(obs) + "\n")
-    read = read_fhir([tmp_path], Quarantine(), deid=Deidentifier(KEY), index_date=date(2024, 1, 1))
-    p = read.patients[Deidentifier(KEY).pseudonym("MRN-1")]
+    with FactStore() as store:
+        read = read_fhir([tmp_path], Quarantine(), deid=Deidentifier(KEY), index_date=date(2024, 1, 1), store=store)
+        store.resolve(Quarantine())
+        p = store.patient(Deidentifier(KEY).pseudonym("MRN-1"))
     assert read.files == 2 and p.gender == "female" and p.measurements[0].value == 99 and p.measurements[0].day == -214
