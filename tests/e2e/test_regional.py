@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from compliance import verify_log
+from compliance.audit import read_log
 from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 from fedcare.demo import free_port
 from privacy.he import SiloKeyPair, context_has_secret_key, unwrap_secret
@@ -91,6 +93,14 @@ def test_regional_fedavg_equals_the_flat_federation(cluster, tmp_path, hospitals
     for r in summary["rounds"][1:]:
         assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, hospitals[2].name])
     assert "forwarded one update of weight" in region_log
+    # The region's audit log is intact and records each member's update in and one update out per round.
+    region_audit = tmp_path / "tree" / REGION / "audit.sqlite"
+    assert verify_log(region_audit).ok
+    entries = [e.fields for e in read_log(region_audit).entries]
+    received = [(f["silo"], f["round"]) for f in entries if f.get("kind") == "update" and "silo" in f]
+    sent = [f["round"] for f in entries if f.get("kind") == "update" and "silo" not in f]
+    assert sorted(received) == sorted((h.name, r) for h in hospitals[:2] for r in (1, 2))
+    assert sent == [1, 2]
     # The model learned something, and the two-level FedAvg equals the flat one.
     assert summary["rounds"][-1]["metrics"]["auroc"] != summary["rounds"][0]["metrics"]["auroc"]
     worst = _max_difference(model, flat_model)
