@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,63 @@ def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key
             assert not context_has_secret_key(p.read_bytes()), f"{p} holds a secret CKKS context"
         except HEError:
             pass  # not a TenSEAL context at all
+
+
+def test_regional_over_mutual_tls_both_ways(cluster, tmp_path) -> None:
+    """The region presents a silo certificate upstream and a server certificate to its silos, and
+    refuses callers that are not silos of the study CA (audited in the region's log)."""
+    import grpc
+
+    from coordinator.api import federation_pb2 as pb
+    from coordinator.api import federation_pb2_grpc as pb_grpc
+    from fedcare.researcher import ResearcherClient
+
+    pki = tmp_path / "pki"
+
+    def fedcare(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "fedcare", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+
+    def creds(role: str, name: str) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes(),
+                                            private_key=(pki / role / f"{name}.key").read_bytes(),
+                                            certificate_chain=(pki / role / f"{name}.pem").read_bytes())
+
+    silo = cluster.hospitals[0]
+    fedcare("pki", "init", "--dir", str(pki))
+    fedcare("pki", "issue", "--dir", str(pki), "--coordinator", "central", "--host", "127.0.0.1")
+    fedcare("pki", "issue", "--dir", str(pki), "--coordinator", REGION, "--host", "127.0.0.1")
+    for name in (REGION, silo.name):
+        fedcare("pki", "issue", "--dir", str(pki), "--silo", name)
+    fedcare("pki", "issue", "--dir", str(pki), "--researcher", "alice")
+    cluster._spawn("coordinator", ["coordinator", "serve", "--state-dir", str(tmp_path / "central"), "--listen",
+                                   cluster.target, "--ca-cert", str(pki / "ca.pem"),
+                                   "--cert", str(pki / "coordinator" / "central.pem"),
+                                   "--key", str(pki / "coordinator" / "central.key")])
+    listen = f"127.0.0.1:{free_port()}"
+    cluster._spawn(REGION, ["coordinator", "regional", "--name", REGION, "--upstream", cluster.target, "--listen", listen,
+                            "--state-dir", str(tmp_path / REGION), "--expected-silos", "1", "--ca-cert", str(pki / "ca.pem"),
+                            "--cert", str(pki / "coordinator" / f"{REGION}.pem"),
+                            "--key", str(pki / "coordinator" / f"{REGION}.key"),
+                            "--upstream-cert", str(pki / "silo" / f"{REGION}.pem"),
+                            "--upstream-key", str(pki / "silo" / f"{REGION}.key")])
+    cluster.start_silo(silo, via=listen, insecure=False, tls={
+        "ca_cert": str(pki / "ca.pem"), "cert": str(pki / "silo" / f"{silo.name}.pem"),
+        "key": str(pki / "silo" / f"{silo.name}.key")})
+    researcher_channel = grpc.secure_channel(cluster.target, creds("researcher", "alice"))
+    grpc.channel_ready_future(researcher_channel).result(timeout=60)
+    researcher = ResearcherClient(researcher_channel, target=cluster.target)
+    cluster.wait_for_log(REGION, f"silo {silo.name} joined region {REGION}")
+    cluster.wait_for_log(REGION, "joined the central coordinator")
+
+    study = researcher.submit(_spec(1, "none"))
+    summary = cluster.wait_for(researcher, study, lambda st, s: st.state == "done", timeout=600)
+    assert summary["silos"] == [REGION]
+
+    # A researcher certificate is no silo: the region refuses it and audits the refusal.
+    to_region = pb_grpc.FederationStub(grpc.secure_channel(listen, creds("researcher", "alice")))
+    with pytest.raises(grpc.RpcError) as info:
+        to_region.PullTask(pb.PullTaskRequest(silo="alice", wait_s=0), timeout=10)
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    failures = [e.fields for e in read_log(tmp_path / REGION / "audit.sqlite").entries if e.event == "auth_failure"]
+    assert any("may not act as a silo" in f["reason"] for f in failures)
