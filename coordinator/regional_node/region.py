@@ -23,7 +23,7 @@ from typing import Any
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
 from coordinator.api.codecs import ErrorFeedback, build_codec, keep_count
-from coordinator.api.study import SpecError, StudySpec
+from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
 from coordinator.regional_node.work import FinalizeWork, KeygenWork, KeyMaterial, RoundWork, Work
@@ -367,4 +367,4 @@ class Region:
             return st
 
 
-__all__ = ["Region", "RegionalStudy", "SiloLink", "SpecError", "refusal_reason"]
+__all__ = ["Region", "RegionalStudy", "SiloLink", "refusal_reason"]

@@ -29,7 +29,6 @@ from coordinator.errors import CoordinatorError
 from coordinator.regional_node.config import RegionalConfig
 from coordinator.regional_node.region import Region, refusal_reason
 from coordinator.regional_node.upstream import UpstreamClient, UpstreamError
-from coordinator.regional_node.work import Work
 from privacy.he import SiloKeyPair
 
 log = logging.getLogger(__name__)
@@ -221,4 +220,4 @@ class Relay:
         self.audit("message_sent", study=study, kind=kind, round=round_, size=len(wire), sha256=sha256_hex(wire))
 
 
-__all__ = ["Relay", "Work", "unusable_wrap_key"]
+__all__ = ["Relay", "unusable_wrap_key"]
