@@ -2,8 +2,9 @@
 
 A blob is streamed into a temporary file, fsynced, then renamed to its SHA-256, so a crash
 never leaves a half-written blob under a valid name, nothing stored is overwritten, and a
-large upload is never held in memory whole. The latest model versions are also kept in a
-small in-memory cache, because every silo fetches the same one each round.
+large upload is never held in memory whole. The latest model versions are also kept in
+memory, as the serialised chunks that FetchBlob sends, because every silo fetches the same
+one each round: one copy per version, built once, read from disk when it is not there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import mmap
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from types import TracebackType
@@ -81,8 +83,8 @@ class BlobStore:
     def __init__(self, root: Path, *, cache_entries: int = 2) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._chunks: OrderedDict[str, list[bytes]] = OrderedDict()
+        self._chunks_lock = threading.Lock()
         self._cache_entries = cache_entries
 
     def path(self, sha: str) -> Path:
@@ -98,7 +100,8 @@ class BlobStore:
     def incoming(self) -> Incoming:
         return Incoming(self)
 
-    def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, cache: bool = False) -> str:
+    def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, serve: bool = False) -> str:
+        """Store `data` under its SHA-256; `serve=True` also prepares its chunks for FetchBlob."""
         sha = sha or hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         if not target.exists():
@@ -109,36 +112,28 @@ class BlobStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
-        if cache:
-            self._remember(sha, bytes(data) if not isinstance(data, bytes) else data)
+        if serve:
+            with self._chunks_lock:
+                self._chunks.clear()  # the new version supersedes the ones silos fetched before it
+            self.serialized_chunks(sha, data)
         return sha
 
     def get(self, sha: str) -> bytes:
-        if sha in self._cache:
-            self._cache.move_to_end(sha)
-            return self._cache[sha]
         return self.path(sha).read_bytes()
 
-    def get_cached(self, sha: str) -> bytes:
-        """Like get, and keep it in the cache (model versions that every silo fetches)."""
-        data = self.get(sha)
-        self._remember(sha, data)
-        return data
+    def size(self, sha: str) -> int:
+        return self.path(sha).stat().st_size
 
-    def _remember(self, sha: str, data: bytes) -> None:
-        self._cache[sha] = data
-        self._cache.move_to_end(sha)
-        while len(self._cache) > self._cache_entries:
-            self._cache.popitem(last=False)
-
-    def serialized_chunks(self, sha: str, data: bytes) -> list[bytes]:
-        """The blob's data chunks as serialised `Chunk` messages, built once per blob and cached."""
-        if sha not in self._chunks:
-            self._chunks[sha] = serialized_data_chunks(data)
-            while len(self._chunks) > self._cache_entries:
-                self._chunks.popitem(last=False)
-        self._chunks.move_to_end(sha)
-        return self._chunks[sha]
+    def serialized_chunks(self, sha: str, data: bytes | bytearray | memoryview | None = None) -> list[bytes]:
+        """The blob's data chunks as serialised `Chunk` messages, built once per blob and kept for
+        the latest `cache_entries` blobs (from `data`, or read from disk)."""
+        with self._chunks_lock:  # concurrent fetches of a new version wait for one build
+            if sha not in self._chunks:
+                self._chunks[sha] = serialized_data_chunks(self.get(sha) if data is None else data)
+                while len(self._chunks) > self._cache_entries:
+                    self._chunks.popitem(last=False)
+            self._chunks.move_to_end(sha)
+            return self._chunks[sha]
 
     def exists(self, sha: str) -> bool:
         return self.path(sha).exists()

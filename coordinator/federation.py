@@ -470,21 +470,30 @@ class Federation:
             raise Refused(f"silo {silo} obtained a different model for version {rep.model_version} than "
                           f"{', '.join(differing)}: the aggregate was not the same for every silo")
 
+    def model_for(self, silo: str, ref: pb.BlobRef) -> pb.BlobHeader:
+        """The header of a model version a participant may fetch (full, or a compressed delta);
+        its sha256 names the blob, whose chunks the service streams from the blob store."""
+        with self._lock:
+            row = self.study(ref.study_id)
+            enrollment = self.store.get(EnrollmentRow, row.id, silo)
+            if enrollment is None or not enrollment.accepted:
+                raise Refused(f"silo {silo} is not a participant of study {row.id}")
+            version = self.store.get(ModelVersionRow, row.id, ref.version)
+            if version is None:
+                raise NotFound(f"study {row.id} has no model version {ref.version}")
+            header = self._closer.model_header(row.id, version)
+            header.ref.CopyFrom(ref)
+            return header
+
     def blob_for(self, silo: str, ref: pb.BlobRef) -> tuple[pb.BlobHeader, bytes]:
         """What a silo may fetch: model versions, the public context, its own wrapped key, the final model."""
+        if ref.kind == pb.BLOB_MODEL:
+            header = self.model_for(silo, ref)
+            return header, (self.blobs.get(header.sha256) if header.size else b"")
         with self._lock:
             row = self.study(ref.study_id)
             enrollment = self.store.get(EnrollmentRow, row.id, silo)
             is_participant = enrollment is not None and enrollment.accepted
-            if ref.kind == pb.BLOB_MODEL:
-                if not is_participant:
-                    raise Refused(f"silo {silo} is not a participant of study {row.id}")
-                version = self.store.get(ModelVersionRow, row.id, ref.version)
-                if version is None:
-                    raise NotFound(f"study {row.id} has no model version {ref.version}")
-                header, data = self._closer.model_blob(row.id, version)  # full, or a compressed delta
-                header.ref.CopyFrom(ref)
-                return header, data
             if ref.kind == pb.BLOB_SCREEN_SCALARS and silo == row.key_holder:
                 rnd = self.store.get(RoundRow, row.id, row.current_round)
                 sha = json.loads(rnd.outcome_json or "{}").get("screen_sha") if rnd else None

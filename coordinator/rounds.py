@@ -120,26 +120,32 @@ class RoundCloser:
                                  "kept": self.he_values(study_id, spec)}
         return dumps(meta)
 
-    def model_blob(self, study_id: str, version: ModelVersionRow) -> tuple[pb.BlobHeader, bytes]:
-        """What a silo receives for a model version: the stored blob, or, when the study compresses
-        its downlink, the compressed delta over the previous version (version 0: only its hash, the
-        silo rebuilds it from the spec's seed and checks the hash)."""
+    def model_header(self, study_id: str, version: ModelVersionRow) -> pb.BlobHeader:
+        """What a silo receives for a model version (sha256 and size say which blob): the stored
+        version, or, when the study compresses its downlink, the compressed delta over the
+        previous version (version 0: only its hash, the silo rebuilds it from the spec's seed)."""
         if version.version == 0 and version.encoding == PLAIN_ENCODING:
             spec = StudySpec.from_json(self.store.get(StudyRow, study_id).spec_json)
             if downlink_encoding(spec) is not None:
                 meta = dumps({"version": 0, "encoding": SEEDED_INIT, "seed": spec.training.seed,
                               "model_sha256": version.blob_sha})
-                return pb.BlobHeader(sha256=hashlib.sha256(b"").hexdigest(), encoding=SEEDED_INIT, metadata_json=meta), b""
+                return pb.BlobHeader(sha256=hashlib.sha256(b"").hexdigest(), size=0, encoding=SEEDED_INIT,
+                                     metadata_json=meta)
         if version.version > 0 and version.encoding == PLAIN_ENCODING:
             rnd = self.store.get(RoundRow, study_id, version.version)
             down = json.loads(rnd.outcome_json or "{}").get("downlink") if rnd is not None else None
             if down:
                 meta = dumps({"version": version.version, "encoding": down["encoding"], "base_version": version.version - 1})
-                header = pb.BlobHeader(sha256=down["sha256"], encoding=down["encoding"], metadata_json=meta)
-                return header, self.blobs.get_cached(down["sha256"])
+                return pb.BlobHeader(sha256=down["sha256"], size=self.blobs.size(down["sha256"]),
+                                     encoding=down["encoding"], metadata_json=meta)
         meta = self.version_metadata(study_id, version)
-        header = pb.BlobHeader(sha256=version.blob_sha, encoding=version.encoding, metadata_json=meta)
-        return header, self.blobs.get_cached(version.blob_sha)
+        return pb.BlobHeader(sha256=version.blob_sha, size=self.blobs.size(version.blob_sha),
+                             encoding=version.encoding, metadata_json=meta)
+
+    def model_blob(self, study_id: str, version: ModelVersionRow) -> tuple[pb.BlobHeader, bytes]:
+        """`model_header` and the bytes it names."""
+        header = self.model_header(study_id, version)
+        return header, (self.blobs.get(header.sha256) if header.size else b"")
 
     # --- checks as an update arrives -----------------------------------------------------------
     def add_update(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, silo: str, header: pb.BlobHeader,
@@ -243,7 +249,7 @@ class RoundCloser:
         else:
             outcome, data, encoding = self._close_encrypted(row, spec, updates, running)
             base = rnd.number - 1
-        sha = self.blobs.put(data, cache=True)
+        sha = self.blobs.put(data, serve=downlink_encoding(spec) is None)  # silos fetch it, or its delta
         self.store.add(ModelVersionRow(study_id=row.id, version=rnd.number, blob_sha=sha, encoding=encoding, base_version=base))
         outcome["model_sha256"] = sha
         self.audit("aggregation", study=row.id, round=rnd.number, rule=spec.aggregation.rule,
@@ -285,17 +291,18 @@ class RoundCloser:
                      running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes, str]:
         weights = [u.weight for u in updates]
         if isinstance(running, StreamingFedAvg):
-            result = running.result()
+            result = running.result(release=True)  # the float64 sums go before the new version is built
         else:
             deltas = [self.decode_plain(row.id, spec, self.blobs.get(u.blob_sha)) for u in updates]
             result = build_rule(spec.aggregation.rule, dict(spec.aggregation.params)).aggregate(deltas, weights)
-        base_names, base = decode_tensors(self.blobs.get_cached(self.version_sha(row.id, rnd.number - 1)))
+            del deltas
         outcome = {
             "accepted": [updates[i].silo for i in result.accepted],
             "refused": {updates[i].silo: why for i, why in result.refused.items()},
             "total_weight": float(sum(weights[i] for i in result.accepted)),
         }
         delta = [np.asarray(d, dtype=np.float32) for d in result.update]
+        del result
         down = downlink_encoding(spec)
         if down is not None:
             # Version r := version r-1 + decode(encode(delta)): exactly what the silos reconstruct.
@@ -303,8 +310,14 @@ class RoundCloser:
             codec = build_codec(c.downlink, zstd=c.zstd)
             data = codec.encode(delta)
             delta = codec.decode(data, max_values=self.n_values(row.id, spec), max_arrays=len(delta))
-            outcome["downlink"] = {"encoding": down, "sha256": self.blobs.put(data, cache=True), "size": len(data)}
-        new = [np.add(b, d, dtype=np.float32) for b, d in zip(base, delta)]
+            outcome["downlink"] = {"encoding": down, "sha256": self.blobs.put(data, serve=True), "size": len(data)}
+        base_names, base = decode_tensors(self.blobs.get(self.version_sha(row.id, rnd.number - 1)))
+        # The new version is built in the delta's own arrays: one model-sized buffer, not three.
+        new = []
+        for b, d in zip(base, delta):
+            d = d if d.flags.writeable else d.copy()  # e.g. Krum's pick is a read-only view of an update
+            new.append(np.add(d, b, out=d))
+        del base, delta
         return outcome, encode_tensors(base_names, new), PLAIN_ENCODING
 
     def _close_encrypted(self, row: StudyRow, spec: StudySpec, updates: list[UpdateRow],

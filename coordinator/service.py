@@ -100,10 +100,13 @@ class FederationService(pb_grpc.FederationServicer):
             sha, data = self.fed.final_model(request.study_id)
             return chunk_blob(pb.BlobHeader(ref=request, sha256=sha, encoding="tensors"), data)
         silo = self.auth.silo(context, request.silo)
-        header, data = self.fed.blob_for(silo, request)
-        header.size = len(data)
-        body = (self.fed.blobs.serialized_chunks(header.sha256, data) if request.kind == pb.BLOB_MODEL
-                else serialized_data_chunks(data))
+        if request.kind == pb.BLOB_MODEL:  # every silo fetches the same version: its chunks are built once
+            header = self.fed.model_for(silo, request)
+            body = self.fed.blobs.serialized_chunks(header.sha256) if header.size else []
+        else:
+            header, data = self.fed.blob_for(silo, request)
+            header.size = len(data)
+            body = serialized_data_chunks(data)
         return self._counted(_prepend_header(header, body), request, silo)
 
     def _counted(self, chunks: Iterator[bytes], request: pb.BlobRef, silo: str) -> Iterator[bytes]:

@@ -152,7 +152,8 @@ def open_engine(url_or_path: str | Path) -> Engine:
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
         url = f"sqlite:///{url}"
-    engine = create_engine(url, future=True, pool_pre_ping=True)
+    # A server database's connections can go stale; a local SQLite file's cannot (no ping per query).
+    engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     upgrade(engine)

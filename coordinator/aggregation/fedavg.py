@@ -47,6 +47,7 @@ class StreamingFedAvg:
         self._scratch = np.zeros(0)
         self._total_weight = 0.0
         self._count = 0
+        self._released = False
 
     @property
     def count(self) -> int:
@@ -54,6 +55,8 @@ class StreamingFedAvg:
 
     def add(self, update: Sequence[np.ndarray], weight: float) -> None:
         where = f"update {self._count}"
+        if self._released:
+            raise AggregationError("this running average was released when its round closed; start a new one")
         if not (isinstance(weight, (int, float, np.number)) and np.isfinite(weight) and weight > 0):
             raise AggregationError(f"weight of {where} is {weight!r}; weights must be finite and > 0 (sample counts)")
         if isinstance(update, np.ndarray) or not isinstance(update, Sequence):
@@ -83,12 +86,28 @@ class StreamingFedAvg:
         self._total_weight += float(weight)
         self._count += 1
 
-    def result(self) -> AggregationResult:
+    def result(self, *, release: bool = False) -> AggregationResult:
+        """The weighted average, divided block by block into arrays of the updates' dtype.
+
+        `release=True` frees the float64 sums afterwards (the coordinator's round is closed),
+        so the next model version is built without the accumulator still resident.
+        """
         if self._sums is None:
+            if self._released:
+                raise AggregationError("this running average was already released")
             raise AggregationError("no updates to aggregate: add at least one update before asking for the result")
-        update = [(s / self._total_weight).astype(like.dtype) for s, like in zip(self._sums, self._like)]
-        if not all(np.isfinite(a).all() for a in update):
-            raise AggregationError("the weighted sum overflowed; check the weights (sample counts) for absurd values")
+        update = []
+        for s, like in zip(self._sums, self._like):
+            out = np.empty(s.shape, dtype=like.dtype)
+            flat_s, flat_out = s.reshape(-1), out.reshape(-1)
+            for start in range(0, s.size, _BLOCK):
+                stop = min(start + _BLOCK, s.size)
+                np.divide(flat_s[start:stop], self._total_weight, out=flat_out[start:stop], casting="same_kind")
+            if not np.isfinite(np.sum(out, dtype=np.float64)):
+                raise AggregationError("the weighted sum overflowed; check the weights (sample counts) for absurd values")
+            update.append(out)
+        if release:
+            self._sums, self._scratch, self._released = None, np.zeros(0), True
         return AggregationResult(
             update=update,
             accepted=list(range(self._count)),

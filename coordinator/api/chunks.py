@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from coordinator.api import federation_pb2 as pb
 
-CHUNK_BYTES = 1 << 20  # 1 MiB: well below gRPC's 4 MB default, large enough to amortise calls
+CHUNK_BYTES = 1 << 18  # 256 KiB: bounds what gRPC buffers per stream (memory per silo); still few calls
 
 
 class BlobError(ValueError):
@@ -69,11 +69,12 @@ def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callab
     for chunk in it:
         if chunk.WhichOneof("body") != "data":
             raise BlobError("a second header arrived inside a blob stream")
-        received += len(chunk.data)
+        data = chunk.data  # each read of a bytes field copies it
+        received += len(data)
         if received > header.size:
             raise BlobError(f"stream is longer than its declared {header.size} bytes")
-        digest.update(chunk.data)
-        write(chunk.data)
+        digest.update(data)
+        write(data)
     if received != header.size:
         raise BlobError(f"stream ended after {received} of {header.size} declared bytes (truncated)")
     if digest.hexdigest() != header.sha256:
