@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 KEY = b"fedcare-benchmark-pseudonym-key!"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing it
 
 
 def _one(n: int, workdir: Path) -> dict:

@@ -35,7 +35,7 @@ from .cohort import DEMOGRAPHIC_SYSTEM, FeatureLike
 from .deid import Deidentifier, age_years
 from .errors import TabularError
 from .factstore import Event
-from .tables import ID_COLUMNS, VOCABULARIES, as_date, day, gender, header_key, number, text
+from .tables import ID_COLUMNS, VOCABULARIES, as_date, day, gender, header_key, identifier, number, text
 from .units import CODE_ALIASES
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class LongExtract:
         self.path, self.index_date, self.deid = path, index_date, deid
 
     def row(self, r: dict[str, Any], n: int) -> Row:
-        mrn, code, system = text(r.get(self.id_col)), text(r.get("code")), text(r.get("system"))
+        mrn, code, system = identifier(r.get(self.id_col)), identifier(r.get("code")), text(r.get("system"))
         if not mrn or not code or not system:
             raise ValueError(f"has an empty {'patient id' if not mrn else 'code' if not code else 'system'}")
         uri = system_uri(system)
@@ -121,7 +121,7 @@ class WideExtract:
                 log.info("%s: column %r is not a feature of the study; not used", path, keys[c])
 
     def row(self, r: dict[str, Any], n: int) -> Row:
-        mrn = text(r.get(self.id_col))
+        mrn = identifier(r.get(self.id_col))
         if not mrn:
             raise ValueError(f"has an empty {self.id_col!r}; expected the patient's MRN")
         when = 0 if self.date_col is None else day(r.get(self.date_col), self.date_col, self.index_date)

@@ -69,12 +69,15 @@ def _slice_order(m: _Member) -> tuple[float, int]:
 
 def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date: date, image_size: int,
                 cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
-                study_owners: Mapping[str, str] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
+                study_owners: Mapping[str, str] | None = None,
+                into: tuple[Mapping[str, int], np.ndarray] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
     among `patients` (the EHR's) but a FHIR ImagingStudy of a known patient names the instance's
     (remapped) StudyInstanceUID, `study_owners` links it to that patient instead.
+    `into` = (row by pseudonym, array [N, 1, S, S]): images of those patients are written to their
+    row and `ChosenImage.image` is a view of it, so no second copy of every image is held.
     """
     stats: Counter = Counter()
     series: dict[tuple[str, str], list[_Member]] = defaultdict(list)
@@ -128,6 +131,9 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                 continue
             image = normalise_slice(pixels, image_size, mid.header.spacing)
             cache.put("image", mid.digest, {"slices": slices}, {"image": image})
+        if into is not None and pid in into[0]:
+            into[1][into[0][pid]] = image
+            image = into[1][into[0][pid]]
         chosen[pid] = ChosenImage(image, mid.header.day, slices, mid.input.source,
                                   "imaging_study" if mid.header.series_uid in via_study else "patient_id")
     log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], len(series), len(chosen))

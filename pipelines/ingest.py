@@ -128,6 +128,28 @@ def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], we
     ehr.sources = {k: v for k, v in (("fhir", read.files), *((f"tabular_{k}", v) for k, v in sorted(tab.layouts.items())))
                    if v}
     known = store.pseudonyms()
+
+    # EHR first, one patient at a time: the rows of the dataset, so images are written straight into them
+    excluded: Counter = Counter()
+    refused: set[str] = set()
+    n_max, s, f = len(known), cohort.image_size, len(features)
+    raw = np.full((n_max, f), np.nan)
+    labels = np.zeros(n_max, np.float32)
+    pseudonyms: list[str] = []
+    for p in store.patients():  # in pseudonym order: no trace of MRN or file order
+        if p.age is None or not p.age >= cohort.min_age:
+            excluded["below_min_age_or_unknown_age"] += 1
+            continue
+        label = label_of(p, cohort)
+        if label is None:
+            excluded["prevalent_label_condition"] += 1
+            continue
+        raw[len(pseudonyms)], labels[len(pseudonyms)] = ehr_values(p, features, q, refused), label
+        pseudonyms.append(p.pseudonym)
+    n = len(pseudonyms)
+    row_of = {pid: i for i, pid in enumerate(pseudonyms)}
+    image = np.zeros((n, 1, s, s), np.float32)
+
     remote: Iterable[DicomInput] = ()
     if dicomweb:
         from .dicomweb import dicomweb_inputs  # dicomweb-client is only needed when a PACS is named
@@ -135,7 +157,7 @@ def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], we
         remote = chain.from_iterable(dicomweb_inputs(url) for url in dicomweb)
     images, image_stats = read_images(chain(file_inputs(dicom), dicom_inputs, remote), deid=deid, index_date=index_date,
                                       image_size=cohort.image_size, cache=cache, quarantine=q, patients=known,
-                                      study_owners=store.study_owners())
+                                      study_owners=store.study_owners(), into=(row_of, image))
     signals, signal_stats = read_signals(wearables, cohort=cohort, deid=deid, index_date=index_date, cache=cache, quarantine=q)
     sampled, sampled_stats = sampled_signals(store, cohort=cohort, index_date=index_date, quarantine=q)
     for pid, found in sampled.items():  # the latest recording wins, whatever its format
@@ -158,40 +180,18 @@ def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], we
                                        "read the label. Include the patient's EHR export", reason="no_ehr_patient",
                                        source=found.pop(pid).source))
 
-    excluded: Counter = Counter()
-    refused: set[str] = set()
-    n_max, s, f = len(known), cohort.image_size, len(features)
-    raw = np.full((n_max, f), np.nan)
-    image = np.zeros((n_max, 1, s, s), np.float32)
-    signal = np.zeros((n_max, len(channels), cohort.signal_length), np.float32)
-    mask = np.zeros((n_max, 3), np.float32)
-    labels = np.zeros(n_max, np.float32)
-    pseudonyms: list[str] = []
+    signal = np.zeros((n, len(channels), cohort.signal_length), np.float32)
+    mask = np.zeros((n, 3), np.float32)
     coverage: list[float] = []
-    for p in store.patients():  # one patient's facts in memory at a time, in pseudonym order
-        img, win = images.pop(p.pseudonym, None), signals.pop(p.pseudonym, None)
-        if p.age is None or not p.age >= cohort.min_age:
-            excluded["below_min_age_or_unknown_age"] += 1
-            continue
-        label = label_of(p, cohort)
-        if label is None:
-            excluded["prevalent_label_condition"] += 1
-            continue
-        i = len(pseudonyms)
-        pseudonyms.append(p.pseudonym)
-        raw[i] = ehr_values(p, features, q, refused)
-        mask[i] = (has_observed_ehr(raw[i], features), img is not None, win is not None)
-        labels[i] = label
-        if img is not None:
-            image[i] = img.image
+    for i, pid in enumerate(pseudonyms):
+        win = signals.pop(pid, None)
+        mask[i] = (has_observed_ehr(raw[i], features), pid in images, win is not None)
         if win is not None:
             signal[i] = win.values
             coverage.append(win.coverage)
-
-    n = len(pseudonyms)
-    mask, labels = mask[:n], labels[:n]
-    dataset = MultimodalDataset(ehr=torch.from_numpy(normalise_ehr(raw[:n], features)), image=torch.from_numpy(image[:n]),
-                                signal=torch.from_numpy(signal[:n]), mask=torch.from_numpy(mask),
+    labels = labels[:n]
+    dataset = MultimodalDataset(ehr=torch.from_numpy(normalise_ehr(raw[:n], features)), image=torch.from_numpy(image),
+                                signal=torch.from_numpy(signal), mask=torch.from_numpy(mask),
                                 label=torch.from_numpy(labels), pseudonyms=pseudonyms,
                                 feature_names=[f.name for f in features], signal_channels=channels)
 

@@ -36,7 +36,7 @@ import pandas as pd
 from .deid import Deidentifier, age_years
 from .errors import TabularError
 from .factstore import Codes, Event, FactStore
-from .tables import VOCABULARIES, concept_id, day, gender, number, text
+from .tables import VOCABULARIES, concept_id, day, gender, identifier, number, text
 from .units import CODE_ALIASES
 
 log = logging.getLogger(__name__)
@@ -71,10 +71,10 @@ def read_concepts(df: pd.DataFrame, store: FactStore) -> int:
 
 def person_row(r: dict[str, Any], deid: Deidentifier, index_date: date) -> tuple[str, float | None, str | None, str]:
     """(pseudonym, age, gender, person token) of one PERSON row; `ValueError` if it cannot be used."""
-    pid = text(r.get("person_id"))
+    pid = identifier(r.get("person_id"))
     if not pid:
         raise ValueError("has an empty 'person_id'")
-    mrn = text(r.get("person_source_value")) or pid
+    mrn = identifier(r.get("person_source_value")) or pid
     year = number(r.get("year_of_birth"), "year_of_birth")
     month, dom = number(r.get("month_of_birth"), "month_of_birth"), number(r.get("day_of_birth"), "day_of_birth")
     birth = None if year is None else date(int(year), int(month or 1), int(dom or 1))

@@ -108,6 +108,13 @@ def text(value: Any) -> str | None:
     return None if is_blank(value) else str(value).strip()
 
 
+def identifier(value: Any) -> str | None:
+    """An id cell as text; integral floats (Parquet int columns with nulls arrive as float) without '.0'."""
+    if isinstance(value, float) and not math.isnan(value) and value.is_integer():
+        return str(int(value))
+    return text(value)
+
+
 def number(value: Any, column: str) -> float | None:
     """A finite float, None if the cell is empty; `ValueError` naming the column otherwise."""
     if is_blank(value):
