@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--local-epochs", type=int, default=None)
     ap.add_argument("--learning-rate", type=float, default=None)
-    ap.add_argument("--kl-weight", type=float, default=0.03)
+    ap.add_argument("--kl-weight", type=float, default=1e-3)
     ap.add_argument("--consistency-weight", type=float, default=0.1)
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     ap.add_argument("--seed", type=int, default=0)
@@ -167,12 +167,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
 
-    # The model overfits a few hundred patients per silo within ~10 epochs (test AUROC peaks,
-    # then falls while train AUROC climbs), so the budget is 10-12 epochs and the KL term is
-    # raised from the study default 1e-3 to 0.03 (an information bottleneck); equal for all variants.
+    # Budget, equal for every variant: few rounds of several local epochs. Adam restarts at every
+    # round (the silo builds a new optimizer), so with one epoch a round a silo takes only ~7 steps
+    # before its state is thrown away, and the image encoder (whose signal is a lesion a few pixels
+    # wide) never left chance level; 3 epochs a round fixes that. The KL weight is the study
+    # default 1e-3: the 0.03 used before collapsed the weaker modalities' embeddings onto the prior.
+    # These settings were chosen on the seed-1 federation; the reported figures use seed 0.
     patients = args.patients or (300 if args.quick else 1000)
-    rounds = args.rounds or (10 if args.quick else 12)
-    local_epochs = args.local_epochs or 1
+    rounds = args.rounds or (5 if args.quick else 6)
+    local_epochs = args.local_epochs or 3
     learning_rate = args.learning_rate or 3e-3
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))

@@ -82,11 +82,30 @@ def _conv_stack(spatial_dims: int, in_channels: int, channels: Sequence[int], ke
     return nn.Sequential(*layers)
 
 
+class AvgMaxPool(nn.Module):
+    """Average and max pooling to a fixed grid, concatenated and flattened: `[B, C, ...] -> [B, 2·C·grid^dims]`.
+
+    The average keeps how much of a pattern there is, the max whether a small one is there at
+    all: a lesion a few pixels wide is diluted away by averaging alone (it covers ~1/50 of a
+    pooling cell), and a short arrhythmia episode in a wearable window likewise.
+    """
+
+    def __init__(self, spatial_dims: int, grid: int) -> None:
+        super().__init__()
+        avg = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[spatial_dims]
+        mx = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}[spatial_dims]
+        self.avg, self.max = avg(grid), mx(grid)
+        self.cells = grid**spatial_dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.avg(x).flatten(1), self.max(x).flatten(1)], dim=1)
+
+
 class ImageEncoder(nn.Module):
     """MONAI CNN over one-channel slices `[B, 1, S, S]` (spatial_dims=2) or volumes `[B, 1, D, S, S]` (3).
 
-    Adaptive pooling to a fixed grid (2 per axis) makes the parameter count independent of the
-    input size (a flatten-then-linear head, as in MONAI's `Regressor`, grows with S² or D·S² and
+    Pooling to a fixed grid (2 per axis) makes the parameter count independent of the input
+    size (a flatten-then-linear head, as in MONAI's `Regressor`, grows with S² or D·S² and
     would dominate the size of every federated update at S = 512) while keeping coarse spatial
     layout. GroupNorm, not InstanceNorm or BatchNorm: it normalises each sample on its own and
     Opacus computes its per-sample gradients.
@@ -98,14 +117,10 @@ class ImageEncoder(nn.Module):
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
-        pool = nn.AdaptiveAvgPool2d if spatial_dims == 2 else nn.AdaptiveAvgPool3d
         self.spatial_dims = spatial_dims
-        self.body = nn.Sequential(
-            _conv_stack(spatial_dims, 1, channels, kernel_size=3),
-            pool(self.POOLED),
-            nn.Flatten(),
-        )
-        self.embedding = GaussianHead(channels[-1] * self.POOLED**spatial_dims, embed_dim)
+        pool = AvgMaxPool(spatial_dims, self.POOLED)
+        self.body = nn.Sequential(_conv_stack(spatial_dims, 1, channels, kernel_size=3), pool)
+        self.embedding = GaussianHead(2 * channels[-1] * pool.cells, embed_dim)
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
         return self.embedding(self.body(image))
@@ -118,12 +133,9 @@ class SignalEncoder(nn.Module):
 
     def __init__(self, channels: int, hidden: int, embed_dim: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            _conv_stack(1, channels, (hidden, hidden), kernel_size=5),
-            nn.AdaptiveAvgPool1d(self.POOLED),
-            nn.Flatten(),
-        )
-        self.embedding = GaussianHead(hidden * self.POOLED, embed_dim)
+        pool = AvgMaxPool(1, self.POOLED)
+        self.body = nn.Sequential(_conv_stack(1, channels, (hidden, hidden), kernel_size=5), pool)
+        self.embedding = GaussianHead(2 * hidden * pool.cells, embed_dim)
 
     def forward(self, signal: Tensor) -> tuple[Tensor, Tensor]:
         return self.embedding(self.body(signal))

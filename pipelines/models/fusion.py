@@ -76,10 +76,15 @@ class MixtureOfExpertsFusion(nn.Module):
             else:
                 logits.append(z.new_zeros(batch, 1))
         gate = masked_softmax(torch.cat(logits, dim=-1), present)
+        # Evidence adds up across modalities (a risk seen in the labs AND the scan is more
+        # certain than either): scaling the convex mixture by the number of present modalities
+        # makes a uniform gate the sum of the experts, so a missing modality removes its
+        # evidence instead of handing its weight to the others. The gate stays the reported share.
+        scale = present.to(z.dtype).sum(dim=-1, keepdim=True)
         fused = z.new_zeros(batch, self.out_features)
         for i, name in enumerate(MODALITIES):
             if name in self.experts:
-                fused = fused + gate[:, i : i + 1] * self.experts[name](z[:, i])
+                fused = fused + (scale * gate[:, i : i + 1]) * self.experts[name](z[:, i])
         return fused, gate
 
 

@@ -112,7 +112,8 @@ def test_a_missing_modality_changes_nothing_but_the_gate(image_dims, signal_enco
     assert torch.equal(with_it.logvar[:, present], after.logvar[:, present])
     # ... so the output is the full-data experts mixed with the new gate: only the gate moved
     experts = {name: model.fusion.experts[name](with_it.mu[:, i]) for i, name in enumerate(MODALITIES)}
-    fused = sum(after.gate[:, i : i + 1] * experts[name] for i, name in enumerate(MODALITIES))
+    n_present = mask.sum(dim=1, keepdim=True)  # the mixture is scaled by the count of present modalities
+    fused = sum(n_present * after.gate[:, i : i + 1] * experts[name] for i, name in enumerate(MODALITIES))
     assert torch.allclose(model.head(fused).squeeze(-1), after.logits, atol=1e-6)
     assert not torch.allclose(after.gate, with_it.gate)
 
