@@ -371,6 +371,7 @@ class Federation:
         return self._closer.max_update_bytes(study_id, self.spec(study_id))
 
     def accept_update(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
+        blob.view()  # flushed and fsynced before the lock: uploads reach the disk in parallel
         with self._lock:
             row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
             if row.state != "running":

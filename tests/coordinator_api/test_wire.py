@@ -7,7 +7,7 @@ import pytest
 
 from coordinator.api import codegen
 from coordinator.api import federation_pb2 as pb
-from coordinator.api.chunks import BlobError, chunk_blob, receive_blob
+from coordinator.api.chunks import BlobError, chunk_blob, receive_blob, serialized_data_chunks
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 
 
@@ -60,6 +60,15 @@ def test_chunked_blob_round_trip_above_grpc_message_limit() -> None:
     assert all(c.ByteSize() < 4 << 20 for c in chunks)
     got_header, got = receive_blob(chunks, max_bytes=10 << 20)
     assert got == data and got_header.size == len(data)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 1000, 16_385, 300_000])
+def test_hand_framed_chunks_are_what_protobuf_writes(size: int) -> None:
+    data = bytes(np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8))
+    framed = serialized_data_chunks(data, chunk_bytes=16_384)
+    pieces = [data[i : i + 16_384] for i in range(0, size, 16_384)]
+    assert framed == [pb.Chunk(data=p).SerializeToString() for p in pieces]
+    assert b"".join(pb.Chunk.FromString(f).data for f in framed) == data
 
 
 def test_chunked_blob_violations_are_refused() -> None:
