@@ -9,11 +9,12 @@ store, decode, aggregation, downlink encoding) and `model_blob`. Bytes are the b
 cross the wire (update up; model version, delta or seeded-init hash down, and the final
 version fetched for evaluation); gRPC framing (~0.1 %) is not included.
 
-    python benchmarks/comm.py [--rounds 8] [--variants none,topk,...]
+    python benchmarks/comm.py [--rounds 8] [--seeds 3] [--variants none,topk,...]
 
-Prints one JSON object on its last line: {"rounds", "silos", "params", "variants": {name:
-{"bytes_up", "bytes_down", "bytes", "auroc", "reduction", "auroc_loss", "baseline"}}}.
-`reduction` = 1 - bytes / bytes of the uncompressed run with the same encryption.
+Prints one JSON object on its last line: {"rounds", "silos", "seeds", "params", "variants": {name:
+{"bytes_up", "bytes_down", "bytes", "auroc", "auroc_seeds", "reduction", "auroc_loss",
+"auroc_loss_std", "baseline"}}}. `reduction` = 1 - bytes / bytes of the uncompressed run with
+the same encryption; `auroc_loss` is the mean over seeds of (baseline - variant), paired by seed.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {  # name -> (encryption, CompressionSpe
 }
 
 
-def base_spec(rounds: int, encryption: str, compression: dict) -> StudySpec:
+def base_spec(rounds: int, encryption: str, compression: dict, seed: int = 0) -> StudySpec:
     return StudySpec(name="comm", training=TrainingSpec(rounds=rounds, local_epochs=2, batch_size=32, learning_rate=0.05,
-                                                        min_silos=3, seed=0),
+                                                        min_silos=3, seed=seed),
                      privacy=PrivacySpec(dp=False, encryption=encryption),  # type: ignore[arg-type]
                      compression=CompressionSpec(**compression))
 
@@ -84,7 +85,7 @@ def load_silos(root: Path, spec: StudySpec, patients: int):
 
 
 def run(spec: StudySpec, silos, root: Path) -> dict:
-    torch.manual_seed(0)
+    torch.manual_seed(spec.training.seed)
     store = Store(open_engine(root / "coordinator.sqlite"))
     blobs = BlobStore(root / "blobs")
     closer = RoundCloser(store, blobs, audit=lambda *a, **k: None)
@@ -114,7 +115,7 @@ def run(spec: StudySpec, silos, root: Path) -> dict:
         return views[silo][1]
 
     for r in range(1, spec.training.rounds + 1):
-        seed = 1000 + r
+        seed = 1000 + 100 * spec.training.seed + r
         rnd = RoundRow(study_id="s", number=r, state="open", nonce="n", seed=seed, participants_json="[]", opened_at=0.0,
                        deadline=1.0, outcome_json="{}")
         store.add(rnd)
@@ -145,20 +146,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--patients", type=int, default=300)
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per variant (model init, batches, round seeds)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
-    out: dict = {"rounds": args.rounds, "silos": 3, "mode": "in-process simulation, real encode/decode/aggregate",
-                 "variants": {}}
+    out: dict = {"rounds": args.rounds, "silos": 3, "seeds": args.seeds,
+                 "mode": "in-process simulation, real encode/decode/aggregate", "variants": {}}
     with tempfile.TemporaryDirectory() as tmp:
         silos = load_silos(Path(tmp), base_spec(args.rounds, "none", {}), args.patients)
         for name in args.variants.split(","):
             encryption, comp = VARIANTS[name]
             t0 = time.monotonic()
-            res = run(base_spec(args.rounds, encryption, comp), silos, Path(tmp) / name)
+            per_seed = [run(base_spec(args.rounds, encryption, comp, seed), silos, Path(tmp) / f"{name}-{seed}")
+                        for seed in range(args.seeds)]
+            res = {k: int(np.mean([r[k] for r in per_seed])) for k in ("bytes_up", "bytes_down", "bytes")}
+            res["auroc_seeds"] = [r["auroc"] for r in per_seed]
+            res["auroc"] = round(float(np.mean(res["auroc_seeds"])), 4)
             res["seconds"] = round(time.monotonic() - t0, 1)
-            out["params"] = res.pop("params")
+            out["params"] = per_seed[0]["params"]
             res["config"] = {"encryption": encryption, **comp}
             out["variants"][name] = res
             print(json.dumps({name: res}), file=sys.stderr, flush=True)
@@ -168,7 +174,10 @@ def main() -> None:
             ref = out["variants"][baseline]
             res["baseline"] = baseline
             res["reduction"] = round(1 - res["bytes"] / ref["bytes"], 4)
-            res["auroc_loss"] = round(ref["auroc"] - res["auroc"], 4)
+            # Paired by seed: same initial model, batches and round seeds as the baseline's run.
+            losses = np.subtract(ref["auroc_seeds"], res["auroc_seeds"])
+            res["auroc_loss"] = round(float(losses.mean()), 4)
+            res["auroc_loss_std"] = round(float(losses.std(ddof=1)), 4) if len(losses) > 1 else None
     print(json.dumps(out))
 
 
