@@ -9,7 +9,7 @@ across silos; only a feature without a reference falls back to local statistics.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +77,9 @@ class MultimodalDataset(Dataset):
 
     def __init__(self, *, ehr: torch.Tensor, image: torch.Tensor, signal: torch.Tensor, mask: torch.Tensor,
                  label: torch.Tensor, pseudonyms: Sequence[str], feature_names: Sequence[str] = (),
-                 signal_channels: Sequence[str] = ()) -> None:
+                 signal_channels: Sequence[str] = (), checked: Collection[str] = ()) -> None:
+        """`checked`: fields whose values the caller has already checked finite row by row, e.g. fields
+        memory-mapped from `pipelines.rowfiles`; they are not read whole again (that would page them all in)."""
         n = len(pseudonyms)
         tensors = {"ehr": ehr, "image": image, "signal": signal, "mask": mask, "label": label}
         ranks = {"ehr": 2, "image": 4, "signal": 3, "mask": 2, "label": 1}
@@ -86,7 +88,7 @@ class MultimodalDataset(Dataset):
                 got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
                 raise DatasetError(f"field {name!r} is {got}; expected float32 with {ranks[name]} dims and {n} rows "
                                    "(one per pseudonym)")
-            if not torch.isfinite(t).all():
+            if name not in checked and not torch.isfinite(t).all():
                 raise DatasetError(f"field {name!r} holds NaN or Inf; expected finite values. Check the ingestion step")
         if mask.shape[1] != len(MODALITIES) or (image.shape[1] != 1):
             raise DatasetError(f"mask is {tuple(mask.shape)} and image {tuple(image.shape)}; expected [N, 3] and [N, 1, S, S]")

@@ -25,13 +25,14 @@ from .deid import Deidentifier
 from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_header
 from .errors import DicomError
 from .quarantine import Quarantine
+from .rowfiles import RowFile
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ChosenImage:
-    image: np.ndarray  # float32 [1, S, S]
+    image: np.ndarray | None  # float32 [1, S, S]; None once written to the dataset's row file
     day: int | None  # relative to the index date
     slices: int  # instances (or frames) in the chosen series
     source: str
@@ -70,14 +71,15 @@ def _slice_order(m: _Member) -> tuple[float, int]:
 def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date: date, image_size: int,
                 cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
                 study_owners: Mapping[str, str] | None = None,
-                into: tuple[Mapping[str, int], np.ndarray] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
+                into: tuple[Mapping[str, int], RowFile] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
     among `patients` (the EHR's) but a FHIR ImagingStudy of a known patient names the instance's
     (remapped) StudyInstanceUID, `study_owners` links it to that patient instead.
-    `into` = (row by pseudonym, array [N, 1, S, S]): images of those patients are written to their
-    row and `ChosenImage.image` is a view of it, so no second copy of every image is held.
+    `into` = (row by pseudonym, `RowFile` [N, 1, S, S]): images of those patients are written to their
+    row on disk and no image is kept in memory (`ChosenImage.image` is None), so memory does not
+    grow with the number of patients.
     """
     stats: Counter = Counter()
     series: dict[tuple[str, str], list[_Member]] = defaultdict(list)
@@ -131,10 +133,13 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                 continue
             image = normalise_slice(pixels, image_size, mid.header.spacing)
             cache.put("image", mid.digest, {"slices": slices}, {"image": image})
-        if into is not None and pid in into[0]:
-            into[1][into[0][pid]] = image
-            image = into[1][into[0][pid]]
-        chosen[pid] = ChosenImage(image, mid.header.day, slices, mid.input.source,
+        kept: np.ndarray | None = image
+        if into is not None:
+            row = into[0].get(pid)
+            if row is not None:
+                into[1].write(row, image)
+            kept = None  # on disk, or no row: an excluded or unknown patient's image is not needed
+        chosen[pid] = ChosenImage(kept, mid.header.day, slices, mid.input.source,
                                   "imaging_study" if mid.header.series_uid in via_study else "patient_id")
     log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], len(series), len(chosen))
     return chosen, stats

@@ -6,7 +6,9 @@ days relative to the index date); refused inputs go to the quarantine with a rea
 the file; join per pseudonym; apply the cohort (age, prevalent label); build the tensors.
 EHR facts (FHIR, CSV/Parquet/OMOP extracts) are spilled to an on-disk `FactStore` as they are
 read and reduced to feature values one patient at a time, so memory stays flat as the
-hospital grows; images and wearable windows are kept per patient only in their final size.
+hospital grows; each chosen image and wearable window is written straight to its sample's row
+in an on-disk file (`pipelines.rowfiles`, under `cache_dir` when given) that the dataset maps
+instead of holding it in memory.
 Each input's de-identified result is cached by content and cohort (`pipelines.cache`) when
 `cache_dir` is given, so a re-run parses only new or changed inputs. No name, MRN, address or
 file path is kept in the dataset or the report; quarantine entries (which name local files)
@@ -38,7 +40,8 @@ from .factstore import FactStore
 from .fhir import read_fhir
 from .images import read_images
 from .quarantine import Quarantine
-from .signals import read_signals, sampled_signals
+from .rowfiles import RowFiles
+from .signals import LatestWindows, read_signals, sampled_signals
 from .tabular import read_tabular
 
 log = logging.getLogger(__name__)
@@ -108,12 +111,12 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     deid = Deidentifier(pseudonym_key)
     cache = IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint))
     q = Quarantine()
-    with FactStore() as store:
-        return _ingest(store, fhir=fhir, dicom=dicom, wearables=wearables, cohort=cohort, deid=deid, index_date=index_date,
+    with FactStore() as store, RowFiles(cache_dir) as files:
+        return _ingest(store, files, fhir=fhir, dicom=dicom, wearables=wearables, cohort=cohort, deid=deid, index_date=index_date,
                        dicomweb=dicomweb, dicom_inputs=dicom_inputs, cache=cache, tabular=tabular, q=q)
 
 
-def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path],
+def _ingest(store: FactStore, files: RowFiles, *, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path],
             cohort: CohortLike, deid: Deidentifier, index_date: date, dicomweb: Sequence[str],
             dicom_inputs: Iterable[DicomInput], cache: IngestCache, tabular: Sequence[Path], q: Quarantine) -> IngestResult:
     features = tuple(cohort.features)
@@ -148,7 +151,8 @@ def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], we
         pseudonyms.append(p.pseudonym)
     n = len(pseudonyms)
     row_of = {pid: i for i, pid in enumerate(pseudonyms)}
-    image = np.zeros((n, 1, s, s), np.float32)
+    image = files.field("image", n, (1, s, s))
+    signal = files.field("signal", n, (len(channels), cohort.signal_length))
 
     remote: Iterable[DicomInput] = ()
     if dicomweb:
@@ -158,14 +162,13 @@ def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], we
     images, image_stats = read_images(chain(file_inputs(dicom), dicom_inputs, remote), deid=deid, index_date=index_date,
                                       image_size=cohort.image_size, cache=cache, quarantine=q, patients=known,
                                       study_owners=store.study_owners(), into=(row_of, image))
-    signals, signal_stats = read_signals(wearables, cohort=cohort, deid=deid, index_date=index_date, cache=cache, quarantine=q)
-    sampled, sampled_stats = sampled_signals(store, cohort=cohort, index_date=index_date, quarantine=q)
-    for pid, found in sampled.items():  # the latest recording wins, whatever its format
-        old = signals.get(pid)
-        if old is not None:
-            signal_stats["unused_superseded"] += 1
-        if old is None or found.end > old.end:
-            signals[pid] = found
+    latest = LatestWindows(into=(row_of, signal))  # the latest recording wins, whatever its format
+    signal_stats = read_signals(wearables, cohort=cohort, deid=deid, index_date=index_date, cache=cache, quarantine=q,
+                                latest=latest)
+    sampled_stats = sampled_signals(store, cohort=cohort, index_date=index_date, quarantine=q, latest=latest)
+    signals = latest.chosen
+    if latest.superseded:
+        signal_stats["unused_superseded"] += latest.superseded
     signal_stats["records"] += read.sampled
     signal_stats["unused_after_index_date"] += sampled_stats["unused_after_index_date"]
     _fill(reps["image"], image_stats)
@@ -180,20 +183,20 @@ def _ingest(store: FactStore, *, fhir: Sequence[Path], dicom: Sequence[Path], we
                                        "read the label. Include the patient's EHR export", reason="no_ehr_patient",
                                        source=found.pop(pid).source))
 
-    signal = np.zeros((n, len(channels), cohort.signal_length), np.float32)
     mask = np.zeros((n, 3), np.float32)
     coverage: list[float] = []
     for i, pid in enumerate(pseudonyms):
         win = signals.pop(pid, None)
         mask[i] = (has_observed_ehr(raw[i], features), pid in images, win is not None)
         if win is not None:
-            signal[i] = win.values
             coverage.append(win.coverage)
     labels = labels[:n]
-    dataset = MultimodalDataset(ehr=torch.from_numpy(normalise_ehr(raw[:n], features)), image=torch.from_numpy(image),
-                                signal=torch.from_numpy(signal), mask=torch.from_numpy(mask),
-                                label=torch.from_numpy(labels), pseudonyms=pseudonyms,
-                                feature_names=[f.name for f in features], signal_channels=channels)
+    # image and signal were checked finite row by row as they were written (`pipelines.rowfiles`)
+    dataset = MultimodalDataset(ehr=torch.from_numpy(normalise_ehr(raw[:n], features)),
+                                image=torch.from_numpy(image.open()), signal=torch.from_numpy(signal.open()),
+                                mask=torch.from_numpy(mask), label=torch.from_numpy(labels), pseudonyms=pseudonyms,
+                                feature_names=[f.name for f in features], signal_channels=channels,
+                                checked=("image", "signal"))
 
     ehr.patients, ehr.unused = len(known), dict(sorted((read.unused + tab.unused).items()))
     for k, m in enumerate(MODALITIES):

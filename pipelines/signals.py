@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from .deid import Deidentifier
 from .errors import SignalError
 from .factstore import FactStore
 from .quarantine import Quarantine
+from .rowfiles import RowFile
 from .sampled import cutoff, sampled_window
 from .wearables import read_recording, read_wfdb, record_bytes, wearable_files, window
 
@@ -30,18 +31,46 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ChosenSignal:
-    values: np.ndarray  # float32 [C, L]
+    values: np.ndarray | None  # float32 [C, L]; None once written to the dataset's row file
     coverage: float
     end: float  # seconds relative to the end of the index date (negative)
     source: str
 
 
+class LatestWindows:
+    """Per patient pseudonym, the latest window whatever its format (CSV, WFDB, FHIR valueSampledData).
+
+    With `into` = (row by pseudonym, `RowFile` [N, C, L]) the values of a patient with a row are
+    written to that row (a later window overwrites it) and kept nowhere else; values of patients
+    without a row (excluded or unknown) are not kept. Without `into`, `chosen` holds the values.
+    """
+
+    def __init__(self, into: tuple[Mapping[str, int], RowFile] | None = None) -> None:
+        self.chosen: dict[str, ChosenSignal] = {}
+        self.superseded = 0  # windows set aside for a later one of the same patient
+        self._into = into
+
+    def offer(self, pid: str, found: ChosenSignal) -> None:
+        old = self.chosen.get(pid)
+        if old is not None:
+            self.superseded += 1
+            if old.end >= found.end:  # ties keep the first one read
+                return
+        if self._into is not None:
+            row = self._into[0].get(pid)
+            if row is not None and found.values is not None:
+                self._into[1].write(row, found.values)
+            found = replace(found, values=None)
+        self.chosen[pid] = found
+
+
 def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifier, index_date: date, cache: IngestCache,
-                 quarantine: Quarantine) -> tuple[dict[str, ChosenSignal], Counter]:
+                 quarantine: Quarantine, latest: LatestWindows) -> Counter:
+    """Offer each CSV/WFDB recording's window to `latest`; counters (inputs_read, records, parsed, cached,
+    unused_after_index_date; superseded windows are counted by `latest`)."""
     channels = tuple(cohort.signal_channels)
     cutoff = datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
     stats: Counter = Counter()
-    chosen: dict[str, ChosenSignal] = {}
     for path in wearable_files(paths):
         stats["inputs_read"] += 1
         try:
@@ -72,23 +101,18 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
         if found is None:
             stats["unused_after_index_date"] += 1
             continue
-        old = chosen.get(pid)
-        if old is not None:
-            stats["unused_superseded"] += 1
-            if old.end >= found.end:
-                continue
-        chosen[pid] = found
-    log.info("wearables: %d recordings, %d patients with a window", stats["records"], len(chosen))
-    return chosen, stats
+        latest.offer(pid, found)
+    log.info("wearables: %d recordings, %d patients with a window", stats["records"], len(latest.chosen))
+    return stats
 
 
-def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date,
-                    quarantine: Quarantine) -> tuple[dict[str, ChosenSignal], Counter]:
-    """Per patient, the window cut from its FHIR valueSampledData segments (`pipelines.sampled`)."""
+def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, quarantine: Quarantine,
+                    latest: LatestWindows) -> Counter:
+    """Offer each patient's window cut from its FHIR valueSampledData segments (`pipelines.sampled`) to `latest`."""
     channels = tuple(cohort.signal_channels)
     zero = cutoff(index_date)
     stats: Counter = Counter()
-    chosen: dict[str, ChosenSignal] = {}
+    windows = 0
     for pid, segments in store.segments():
         stats["patients"] += 1
         try:
@@ -100,6 +124,7 @@ def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date,
         if w is None:
             stats["unused_after_index_date"] += 1
             continue
-        chosen[pid] = ChosenSignal(w.values, w.coverage, w.end - zero, w.source)
-    log.info("FHIR sampled data: %d patients with segments, %d with a window", stats["patients"], len(chosen))
-    return chosen, stats
+        windows += 1
+        latest.offer(pid, ChosenSignal(w.values, w.coverage, w.end - zero, w.source))
+    log.info("FHIR sampled data: %d patients with segments, %d with a window", stats["patients"], windows)
+    return stats
