@@ -123,11 +123,11 @@ def _ingest(store: FactStore, files: RowFiles, *, fhir: Sequence[Path], dicom: S
     channels = tuple(cohort.signal_channels)
     reps = {m: ModalityReport() for m in MODALITIES}
     read = read_fhir(fhir, q, deid=deid, index_date=index_date, store=store, channels=channels, cache=cache)
-    tab = read_tabular(tabular, q, deid=deid, index_date=index_date, features=features, store=store)
+    tab = read_tabular(tabular, q, deid=deid, index_date=index_date, features=features, store=store, cache=cache)
     store.resolve(q)
     ehr = reps["ehr"]
     ehr.inputs_read, ehr.records = read.files + tab.files, read.records + tab.records
-    ehr.parsed, ehr.cached = read.parsed + tab.files, read.cached
+    ehr.parsed, ehr.cached = read.parsed + tab.parsed, read.cached + tab.cached
     ehr.sources = {k: v for k, v in (("fhir", read.files), *((f"tabular_{k}", v) for k, v in sorted(tab.layouts.items())))
                    if v}
     known = store.pseudonyms()

@@ -62,11 +62,10 @@ def person_ref(deid: Deidentifier, person_id: Any) -> str:
     return deid.reference(f"omop/person/{int(float(person_id))}")
 
 
-def read_concepts(df: pd.DataFrame, store: FactStore) -> int:
-    rows = [(int(float(i)), str(v), str(c)) for i, v, c in zip(df["concept_id"], df["vocabulary_id"], df["concept_code"])
+def concept_rows(df: pd.DataFrame) -> list[tuple[int, str, str]]:
+    """(concept_id, vocabulary_id, concept_code) of a CONCEPT chunk's complete rows, for `FactStore.add_concepts`."""
+    return [(int(float(i)), str(v), str(c)) for i, v, c in zip(df["concept_id"], df["vocabulary_id"], df["concept_code"])
             if text(i) and text(v) and text(c)]
-    store.add_concepts(rows)
-    return len(rows)
 
 
 def person_row(r: dict[str, Any], deid: Deidentifier, index_date: date) -> tuple[str, float | None, str | None, str]:

@@ -18,14 +18,19 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
+
+from .cache import IngestCache
 from .cohort import FeatureLike
 from .deid import Deidentifier
 from .errors import InputError, TabularError
 from .extracts import LongExtract, WideExtract, rows
 from .factstore import FactStore
 from .fhir import iter_files
-from .omop import ClinicalRows, check_vocabulary, is_clinical, person_row, read_concepts
+from .omop import ClinicalRows, check_vocabulary, concept_rows, is_clinical, person_row
 from .quarantine import Quarantine
+from . import tables
+from .tablefacts import ChunkFacts, TableCache, file_hash, table_key
 from .tables import SUFFIXES, chunks, columns_of, layout_of
 
 log = logging.getLogger(__name__)
@@ -35,21 +40,29 @@ log = logging.getLogger(__name__)
 class TabularRead:
     files: int = 0
     records: int = 0  # rows used
+    parsed: int = 0  # files parsed in this run
+    cached: int = 0  # files replayed from the silo's cache
     layouts: Counter = field(default_factory=Counter)  # files by layout
     unused: Counter = field(default_factory=Counter)
 
 
 def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date,
-                 features: Sequence[FeatureLike], store: FactStore) -> TabularRead:
+                 features: Sequence[FeatureLike], store: FactStore, cache: IngestCache | None = None) -> TabularRead:
     """Read every table under `paths` into `store`; see the module docstring."""
+    cache = cache or IngestCache(None, "")
     out = TabularRead()
-    found: list[tuple[Path, list[str], str]] = []
+    found: list[tuple[Path, list[str], str, str]] = []
     for path in iter_files(paths, SUFFIXES):
         out.files += 1
         try:
             columns = columns_of(path)
+            digest = file_hash(path)
         except TabularError as e:
             quarantine.add("ehr", e)
+            continue
+        except OSError as e:
+            quarantine.add("ehr", TabularError(f"cannot be read ({e}); check the path and its permissions",
+                                               reason="unreadable", source=path))
             continue
         layout = layout_of(columns)
         if layout == "unknown":
@@ -59,59 +72,93 @@ def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deident
                 "(plus 'code' for one row per event)", reason="unknown_layout", source=path))
             continue
         out.layouts[layout] += 1
-        found.append((path, columns, layout))
+        found.append((path, columns, layout, digest))
     found.sort(key=lambda f: f[2] != "concept")  # stable: CONCEPT first, then path order
-    for path, columns, layout in found:
+    vocabulary = [digest for _, _, layout, digest in found if layout == "concept"]
+    for path, columns, layout, digest in found:
+        key = table_key(digest, tables.CHUNK_ROWS, vocabulary if is_clinical(layout) else ())
         try:
             _read_file(path, columns, layout, quarantine, deid=deid, index_date=index_date, features=features,
-                       store=store, out=out)
+                       store=store, out=out, table_cache=TableCache(cache, key, path))
         except TabularError as e:  # the file (or what is left of it) cannot be read; rows before stay used
             quarantine.add("ehr", e)
-    log.info("tabular: %d files %s, %d rows used", out.files, dict(out.layouts), out.records)
+    log.info("tabular: %d files %s (%d from cache), %d rows used", out.files, dict(out.layouts), out.cached, out.records)
     return out
 
 
 def _read_file(path: Path, columns: list[str], layout: str, quarantine: Quarantine, *, deid: Deidentifier,
-               index_date: date, features: Sequence[FeatureLike], store: FactStore, out: TabularRead) -> None:
+               index_date: date, features: Sequence[FeatureLike], store: FactStore, out: TabularRead,
+               table_cache: TableCache) -> None:
     if is_clinical(layout):
         check_vocabulary(path, store)
+    manifest = table_cache.manifest()
+    if manifest is not None:
+        for facts in table_cache.replay(int(manifest["chunks"])):
+            facts.apply(store)
+            out.records += facts.records
+            out.unused.update(facts.unused)
+        if table_cache.chunks == int(manifest["chunks"]):
+            out.unused.update(manifest["unused"])
+            out.cached += 1
+            return
+    out.parsed += 1
     errors: list[TabularError] = []
+    file_unused: Counter = Counter()
     extract = None
     if layout == "long":
         extract = LongExtract(path, columns, index_date, deid)
     elif layout == "wide":
-        extract = WideExtract(path, columns, features, index_date, deid, errors, out.unused)
+        extract = WideExtract(path, columns, features, index_date, deid, errors, file_unused)
+    out.unused.update(file_unused)
     for e in errors:
         quarantine.add("ehr", e)
-    for first, df in chunks(path):
-        if layout == "concept":
-            out.records += read_concepts(df, store)
+    table_cache.clean = not errors
+    for i, (first, df) in enumerate(chunks(path)):
+        if i < table_cache.chunks:  # replayed from the cache before an entry was found missing
             continue
-        clinical = ClinicalRows(layout, df, store) if is_clinical(layout) else None
-        events, refs = [], []
-        for n, r in rows(df, first):
-            source = f"{path}#row={n}"
-            try:
-                if layout == "person":
-                    pid, age, gender, ref = person_row(r, deid, index_date)
-                    store.add_patient(pid, age, gender, [ref])
-                elif clinical is not None:
-                    got = clinical.row(r, source, deid, index_date, out.unused)
-                    if got is None:
-                        continue
-                    refs.append(got)
-                else:
-                    assert extract is not None
-                    pid, evs, demographics = extract.row(r, n)
-                    if demographics is not None:
-                        store.add_patient(pid, *demographics)
-                    events.extend((pid, None, e) for e in evs)
-            except InputError as e:
-                quarantine.add("ehr", TabularError(str(e).removeprefix(f"{source}: "), reason=e.reason, source=source))
-                continue
-            except (ValueError, TypeError) as e:
-                quarantine.add("ehr", TabularError(f"{e}; fix the row at the source", reason="bad_row", source=source))
-                continue
-            out.records += 1
-        store.add_events(events)
-        store.add_events((None, ref, e) for ref, e in refs)
+        facts, refused = _parse_chunk(path, layout, first, df, quarantine, deid=deid, index_date=index_date,
+                                      store=store, extract=extract)
+        facts.apply(store)
+        out.records += facts.records
+        out.unused.update(facts.unused)
+        table_cache.put_chunk(facts, refused)
+    table_cache.finish(file_unused)
+
+
+def _parse_chunk(path: Path, layout: str, first: int, df: pd.DataFrame, quarantine: Quarantine, *, deid: Deidentifier,
+                 index_date: date, store: FactStore, extract: LongExtract | WideExtract | None) -> tuple[ChunkFacts, bool]:
+    """One chunk's facts, and whether a row of it was refused (quarantined)."""
+    facts = ChunkFacts()
+    if layout == "concept":
+        facts.concepts = concept_rows(df)
+        facts.records = len(facts.concepts)
+        return facts, False
+    clinical = ClinicalRows(layout, df, store) if is_clinical(layout) else None
+    refused = False
+    for n, r in rows(df, first):
+        source = f"{path}#row={n}"
+        try:
+            if layout == "person":
+                pid, age, gender, ref = person_row(r, deid, index_date)
+                facts.patients.append((pid, age, gender, [ref]))
+            elif clinical is not None:
+                got = clinical.row(r, source, deid, index_date, facts.unused)
+                if got is None:
+                    continue
+                facts.events.append((None, got[0], got[1]))
+            else:
+                assert extract is not None
+                pid, evs, demographics = extract.row(r, n)
+                if demographics is not None:
+                    facts.patients.append((pid, *demographics, []))
+                facts.events.extend((pid, None, e) for e in evs)
+        except InputError as e:
+            quarantine.add("ehr", TabularError(str(e).removeprefix(f"{source}: "), reason=e.reason, source=source))
+            refused = True
+            continue
+        except (ValueError, TypeError) as e:
+            quarantine.add("ehr", TabularError(f"{e}; fix the row at the source", reason="bad_row", source=source))
+            refused = True
+            continue
+        facts.records += 1
+    return facts, refused
