@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import BlobError, chunk_blob, receive_blob_to, serialized_data_chunks
+from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, receive_blob_to, serialized_data_chunks
 from coordinator.auth import Authenticator
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
 from coordinator.federation import Federation, kind_name
@@ -152,6 +152,11 @@ class FederationService(pb_grpc.FederationServicer):
                 incoming.write(resumed)
                 try:
                     header = receive_blob_to(_prepend(first, it), max_bytes=limit, write=incoming.write, resumed=resumed)
+                except BlobTruncated:
+                    # A cancelled call may end the request stream quietly instead of raising: a
+                    # prefix of the declared blob is kept for a resume all the same.
+                    incoming.keep_as(partial)
+                    raise
                 except BlobError:
                     partial.unlink(missing_ok=True)
                     raise

@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import chunk_blob, receive_blob, sha256_hex
+from coordinator.api.chunks import receive_blob, serialized_blob_stream, sha256_hex
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,6 +30,9 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+PUSH_BLOB_METHOD = f"/{pb.DESCRIPTOR.services_by_name['Federation'].full_name}/PushBlob"
 
 
 class SiloError(Exception):
@@ -55,6 +58,9 @@ def open_channel(target: str, *, credentials: grpc.ChannelCredentials | None) ->
 class CoordinatorClient:
     def __init__(self, channel: grpc.Channel, *, silo: str, max_retries: int = 8, base_delay_s: float = 0.5) -> None:
         self.stub = pb_grpc.FederationStub(channel)
+        # PushBlob with pre-serialised chunks (no serializer: the bytes go out as they are).
+        self._push_serialized = channel.stream_unary(PUSH_BLOB_METHOD, request_serializer=None,
+                                                     response_deserializer=pb.PushReply.FromString)
         self.channel = channel
         self.silo = silo
         self.max_retries = max_retries
@@ -84,6 +90,11 @@ class CoordinatorClient:
                 self.bytes_up += chunk.ByteSize()
             else:
                 self.bytes_down += chunk.ByteSize()
+            yield chunk
+
+    def _counting_bytes(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in chunks:
+            self.bytes_up += len(chunk)
             yield chunk
 
     # --- calls --------------------------------------------------------------------------------
@@ -123,8 +134,8 @@ class CoordinatorClient:
             header.offset = held if 0 < held < len(view) else 0
             if header.offset:
                 log.info("resuming the upload of %s at byte %d of %d", header.sha256[:12], header.offset, len(view))
-            chunks = chunk_blob(header, view[header.offset:], total=len(view))
-            return self.stub.PushBlob(self._counting(chunks, up=True), timeout=600)
+            chunks = serialized_blob_stream(header, view[header.offset:], total=len(view))
+            return self._push_serialized(self._counting_bytes(chunks), timeout=600)
 
         reply = self._call(f"push {pb.BlobKind.Name(header.ref.kind)}", go)
         if not reply.accepted:

@@ -327,11 +327,17 @@ def test_an_interrupted_upload_resumes_where_it_stopped(server) -> None:
     data = live.update
     pieces = [data[i : i + 1000] for i in range(0, len(data), 1000)]
 
+    incoming = live.coordinator.federation.blobs.root
+
     def dropped_half_way():
         yield pb.Chunk(header=header)
         for piece in pieces[: len(pieces) // 2]:
             yield pb.Chunk(data=piece)
-        time.sleep(0.5)  # let what was sent reach the server before the link drops
+        # The link drops only once the server is writing what was sent (under load its handler
+        # may start late, and a call cancelled before it reads anything leaves nothing to resume).
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size for p in incoming.glob(".incoming-*")) and time.monotonic() < deadline:
+            time.sleep(0.02)
         raise ConnectionError("the hospital's link dropped")
 
     with pytest.raises(grpc.RpcError):
