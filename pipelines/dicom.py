@@ -33,13 +33,13 @@ log = logging.getLogger(__name__)
 _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DicomInput:
     source: str  # a path or a WADO-RS URL, used in messages only
     read: Callable[[], bytes]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DicomHeader:
     """What grouping and selection need, after de-identification (safe to cache)."""
 

@@ -77,7 +77,7 @@ class FactStore:
     def __init__(self, directory: Path | None = None) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="fedcare-facts-", dir=directory))
         self._db = sqlite3.connect(self._dir / "facts.sqlite")
-        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-8000;" + _SCHEMA)
+        self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2000;" + _SCHEMA)
         self._resolved = False
 
     # -- writing ---------------------------------------------------------------------------

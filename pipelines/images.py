@@ -30,7 +30,7 @@ from .rowfiles import RowFile
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChosenImage:
     image: np.ndarray | None  # float32 [1, S, S]; None once written to the dataset's row file
     day: int | None  # relative to the index date
@@ -39,7 +39,7 @@ class ChosenImage:
     linked_by: str = "patient_id"  # or "imaging_study": PatientID unknown, study named by a FHIR ImagingStudy
 
 
-@dataclass
+@dataclass(slots=True)
 class _Member:
     header: DicomHeader
     digest: str

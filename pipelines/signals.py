@@ -29,7 +29,7 @@ from .wearables import read_recording, read_wfdb, record_bytes, wearable_files, 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChosenSignal:
     values: np.ndarray | None  # float32 [C, L]; None once written to the dataset's row file
     coverage: float
