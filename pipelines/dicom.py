@@ -37,6 +37,7 @@ _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at leas
 class DicomInput:
     source: str  # a path or a WADO-RS URL, used in messages only
     read: Callable[[], bytes]
+    path: Path | None = None  # a local file, which can be read again from its path alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ def file_inputs(paths: Sequence[Path]) -> Iterator[DicomInput]:
     for p in map(Path, paths):
         files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
         for f in files:
-            yield DicomInput(str(f), f.read_bytes)
+            yield DicomInput(str(f), f.read_bytes, f)
 
 
 def _parse(data: bytes, source: str) -> Dataset:

@@ -1,7 +1,8 @@
 """DICOM instances -> one image per patient: grouped into series, the latest series chosen.
 
 Instances are streamed: each is read once for its header (de-identified at once, see
-`pipelines.deid`), grouped by (patient pseudonym, SeriesInstanceUID) into series, and a
+`pipelines.deid`), grouped by (patient pseudonym, SeriesInstanceUID) into series in an on-disk
+index (`pipelines.series`, so memory does not grow with the number of instances), and a
 series' slices are ordered along the slice normal (ImagePositionPatient, then
 InstanceNumber). Per patient the latest series on or before the index date is chosen and
 only its middle slice (or the middle frame of a multi-frame instance) is decoded, so memory
@@ -13,10 +14,11 @@ through a FHIR ImagingStudy that names its StudyInstanceUID (both remapped alike
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 
@@ -26,6 +28,7 @@ from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_he
 from .errors import DicomError
 from .quarantine import Quarantine
 from .rowfiles import RowFile
+from .series import Member, Series, SeriesIndex
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +40,6 @@ class ChosenImage:
     slices: int  # instances (or frames) in the chosen series
     source: str
     linked_by: str = "patient_id"  # or "imaging_study": PatientID unknown, study named by a FHIR ImagingStudy
-
-
-@dataclass(slots=True)
-class _Member:
-    header: DicomHeader
-    digest: str
-    input: DicomInput
 
 
 def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: IngestCache, stats: Counter) -> tuple[DicomHeader, str]:
@@ -64,10 +60,6 @@ def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: Ingest
     return header, digest
 
 
-def _slice_order(m: _Member) -> tuple[float, int]:
-    return (m.header.position if m.header.position is not None else float(m.header.instance), m.header.instance)
-
-
 def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date: date, image_size: int,
                 cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
                 study_owners: Mapping[str, str] | None = None,
@@ -82,64 +74,83 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
     grow with the number of patients.
     """
     stats: Counter = Counter()
-    series: dict[tuple[str, str], list[_Member]] = defaultdict(list)
-    via_study: set[str] = set()
-    for inp in inputs:
-        stats["inputs_read"] += 1
-        try:
-            header, digest = _header(inp, deid, index_date, cache, stats)
-        except DicomError as e:
-            quarantine.add("image", e)
-            continue
-        stats["records"] += 1
-        pid = header.pseudonym
-        if patients is not None and pid not in patients and study_owners and header.study_uid in study_owners:
-            pid = study_owners[header.study_uid]
-            header = replace(header, pseudonym=pid)
-            via_study.add(header.series_uid)
-        series[(pid, header.series_uid)].append(_Member(header, digest, inp))
-    stats["series"] = len(series)
-
-    best: dict[str, list[_Member]] = {}
-    for (pid, _), members in series.items():
-        days = [m.header.day for m in members if m.header.day is not None]
-        day = max(days) if days else None
-        if day is not None and day > 0:
-            stats["unused_after_index_date"] += len(members)
-            continue
-        old = best.get(pid)
-        if old is not None:
-            old_day = max((m.header.day for m in old if m.header.day is not None), default=None)
-            if (old_day if old_day is not None else -10**9) >= (day if day is not None else -10**9):
-                stats["unused_superseded"] += len(members)
-                continue
-            stats["unused_superseded"] += len(old)
-        best[pid] = members
-
-    chosen: dict[str, ChosenImage] = {}
-    for pid, members in best.items():
-        members.sort(key=_slice_order)
-        mid = members[len(members) // 2]
-        slices = len(members) if len(members) > 1 else mid.header.frames
-        hit = cache.get("image", mid.digest)
-        if hit is not None:
-            image = hit[1]["image"]
-        else:
+    remote: dict[int, DicomInput] = {}  # inputs that are no local file: only these are kept to be read again
+    with SeriesIndex() as index:
+        for k, inp in enumerate(inputs):
+            stats["inputs_read"] += 1
             try:
-                pixels = read_frame(mid.input.read(), mid.input.source)
-            except (DicomError, OSError) as e:
-                quarantine.add("image", e if isinstance(e, DicomError) else DicomError(str(e), reason="unreadable",
-                                                                                       source=mid.input.source))
+                header, digest = _header(inp, deid, index_date, cache, stats)
+            except DicomError as e:
+                quarantine.add("image", e)
                 continue
-            image = normalise_slice(pixels, image_size, mid.header.spacing)
-            cache.put("image", mid.digest, {"slices": slices}, {"image": image})
-        kept: np.ndarray | None = image
-        if into is not None:
-            row = into[0].get(pid)
-            if row is not None:
-                into[1].write(row, image)
-            kept = None  # on disk, or no row: an excluded or unknown patient's image is not needed
-        chosen[pid] = ChosenImage(kept, mid.header.day, slices, mid.input.source,
-                                  "imaging_study" if mid.header.series_uid in via_study else "patient_id")
-    log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], len(series), len(chosen))
+            stats["records"] += 1
+            pid, via_study = header.pseudonym, False
+            if patients is not None and pid not in patients and study_owners and header.study_uid in study_owners:
+                header, via_study = replace(header, pseudonym=study_owners[header.study_uid]), True
+            if inp.path is None:
+                remote[k] = inp
+            index.add(k, header, digest, inp.source, inp.path, via_study)
+        stats["series"] = len(index)
+        chosen: dict[str, ChosenImage] = {}
+        _choose_latest(index, stats)
+        for s in index.chosen():
+            members = index.members(s)
+            mid = members[len(members) // 2]
+            slices = len(members) if len(members) > 1 else mid.frames
+            image = _image(mid, slices, remote, image_size, cache, quarantine)
+            if image is None:
+                continue
+            kept: np.ndarray | None = image
+            if into is not None:
+                row = into[0].get(s.pid)
+                if row is not None:
+                    into[1].write(row, image)
+                kept = None  # on disk, or no row: an excluded or unknown patient's image is not needed
+            chosen[s.pid] = ChosenImage(kept, mid.day, slices, mid.source,
+                                        "imaging_study" if index.via_study(s.uid) else "patient_id")
+    log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], stats["series"], len(chosen))
     return chosen, stats
+
+
+def _choose_latest(index: SeriesIndex, stats: Counter) -> None:
+    """Per patient, choose the latest series on or before the index date (ties: the one that arrived first).
+
+    Choices are kept in the index, ordered by when each patient's first eligible series arrived;
+    the other series are counted as unused.
+    """
+    current: tuple[int, Series] | None = None  # (arrival of the patient's first eligible series, best so far)
+    for s in index.series():  # by patient, then arrival
+        if current is not None and current[1].pid != s.pid:
+            index.choose(*current)
+            current = None
+        if s.day is not None and s.day > 0:
+            stats["unused_after_index_date"] += s.size
+            continue
+        if current is None:
+            current = (s.first, s)
+            continue
+        old = current[1]
+        if (old.day if old.day is not None else -10**9) >= (s.day if s.day is not None else -10**9):
+            stats["unused_superseded"] += s.size
+            continue
+        stats["unused_superseded"] += old.size
+        current = (current[0], s)
+    if current is not None:
+        index.choose(*current)
+
+
+def _image(mid: Member, slices: int, remote: Mapping[int, DicomInput], image_size: int, cache: IngestCache,
+           quarantine: Quarantine) -> np.ndarray | None:
+    """The chosen slice as `[1, S, S]`, from the cache or decoded; None (quarantined) if it cannot be decoded."""
+    hit = cache.get("image", mid.digest)
+    if hit is not None:
+        return hit[1]["image"]
+    try:
+        data = remote[mid.k].read() if mid.path is None else Path(mid.path).read_bytes()
+        pixels = read_frame(data, mid.source)
+    except (DicomError, OSError) as e:
+        quarantine.add("image", e if isinstance(e, DicomError) else DicomError(str(e), reason="unreadable", source=mid.source))
+        return None
+    image = normalise_slice(pixels, image_size, mid.spacing)
+    cache.put("image", mid.digest, {"slices": slices}, {"image": image})
+    return image
