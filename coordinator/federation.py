@@ -26,6 +26,13 @@ from coordinator.aggregation import AggregationError
 from coordinator.blobs import BlobStore, Incoming
 from coordinator.errors import InvalidInput, NotFound, Refused
 from privacy.errors import HEError
+from coordinator.key_recipients import (
+    check_member_keys,
+    check_silo_name,
+    member_keys_from_json,
+    member_keys_to_json,
+    recipients,
+)
 from coordinator.model_layout import build_initial_model
 from coordinator.rounds import SCREENED_RULES, RoundCloser, needs_screening
 from coordinator.selection import choose_participants
@@ -125,8 +132,7 @@ class Federation:
 
     # --- silo side --------------------------------------------------------------------------
     def join(self, silo: str, modalities: list[str], wrap_public_key: bytes) -> None:
-        if not silo or len(silo) > 200:
-            raise InvalidInput("silo name must be 1-200 characters")
+        check_silo_name(silo)
         if wrap_public_key and len(wrap_public_key) != 32:
             raise InvalidInput("wrap_public_key must be a 32-byte X25519 public key")
         with self._lock:
@@ -143,8 +149,11 @@ class Federation:
                 raise Refused(f"study {ans.study_id} is no longer enrolling (state {row.state})")
             if ans.accept and ans.spec_sha256 != row.spec_sha256:
                 raise Refused("the approved spec hash does not match the study's spec")
+            check_silo_name(silo)
+            members = check_member_keys(ans.member_wrap_keys) if ans.accept else {}
             self.store.add(EnrollmentRow(study_id=ans.study_id, silo=silo, accepted=ans.accept, reason=ans.reason,
-                                         train_samples=ans.train_samples, test_samples=ans.test_samples))
+                                         train_samples=ans.train_samples, test_samples=ans.test_samples,
+                                         member_wrap_keys_json=member_keys_to_json(members)))
             self.audit("study_approved" if ans.accept else "study_rejected", study=ans.study_id, silo=silo, reason=ans.reason)
             self._tick_locked()
             self._notify()
@@ -177,8 +186,8 @@ class Federation:
             if enrollment is None or not enrollment.accepted:
                 continue
             if row.state == "keygen" and row.key_holder == silo and not row.public_context_sha:
-                keys = {s: self.store.get(SiloRow, s).wrap_public_key for s in self.accepted_silos(row.id)}
-                return pb.Task(kind=pb.TASK_KEYGEN, study_id=row.id, participant_keys=keys, spec_json=row.spec_json)
+                return pb.Task(kind=pb.TASK_KEYGEN, study_id=row.id, participant_keys=self._key_recipients(row.id),
+                               spec_json=row.spec_json)
             rnd = self.store.get(RoundRow, row.id, row.current_round)
             if rnd is None or rnd.state != "open" or silo not in json.loads(rnd.participants_json):
                 continue
@@ -199,6 +208,15 @@ class Federation:
                     return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
                                    spec_json=row.spec_json, model_version=final_version, publish_model=publish)
         return None
+
+    def _key_recipients(self, study_id: str) -> dict[str, bytes]:
+        """KEYGEN's participant_keys: each direct silo's wrap key, each region's members' as "<region>/<member>"."""
+        participants = {}
+        for e in self.store.all(EnrollmentRow, study_id=study_id, accepted=True):
+            silo_row = self.store.get(SiloRow, e.silo)
+            own = silo_row.wrap_public_key if silo_row is not None else b""
+            participants[e.silo] = (own, member_keys_from_json(e.member_wrap_keys_json))
+        return recipients(participants)
 
     def _answered(self, study_id: str, round_: int, silo: str) -> bool:
         return (self.store.get(UpdateRow, study_id, round_, silo) is not None
@@ -401,7 +419,9 @@ class Federation:
             row = self.study(header.ref.study_id)
             if row.state != "keygen" or row.key_holder != silo:
                 raise Refused(f"silo {silo} is not expected to send keys for study {row.id} (state {row.state})")
-            public_sha, wrapped = self._closer.store_key_bundle(row, bytes(blob.view()), self.accepted_silos(row.id))
+            members = {e.silo: sorted(member_keys_from_json(e.member_wrap_keys_json))
+                       for e in self.store.all(EnrollmentRow, study_id=row.id, accepted=True)}
+            public_sha, wrapped, wrapped_for = self._closer.store_key_bundle(row, bytes(blob.view()), members)
             row.public_context_sha = public_sha
             for name, sha in wrapped.items():
                 enrollment = self.store.get(EnrollmentRow, row.id, name)
@@ -409,7 +429,7 @@ class Federation:
                 self.store.add(enrollment)
             self.store.add(row)
             self.audit("message_received", study=row.id, silo=silo, kind="key_bundle", round=0, size=header.size,
-                       sha256=header.sha256)
+                       sha256=header.sha256, wrapped_for=wrapped_for)
             self.key_bundle_received(row.id)
             self._notify()
             return pb.PushReply(accepted=True, sha256=header.sha256, size=header.size)

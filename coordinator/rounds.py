@@ -31,6 +31,7 @@ from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 from coordinator.blobs import BlobStore
 from coordinator.errors import InvalidInput
+from coordinator.key_recipients import split_wrapped
 from coordinator.store import ModelVersionRow, RoundRow, Store, StudyRow, UpdateRow, dumps
 from privacy.errors import HEError
 from privacy.he import EncryptedSum, context_has_secret_key
@@ -216,14 +217,23 @@ class RoundCloser:
         return arrays
 
     # --- CKKS key material ------------------------------------------------------------------------
-    def store_key_bundle(self, row: StudyRow, data: bytes, participants: list[str]) -> tuple[str, dict[str, str]]:
-        """Split the key holder's bundle; refuse a 'public' context that carries a secret key."""
+    def store_key_bundle(self, row: StudyRow, data: bytes,
+                         members: dict[str, list[str]]) -> tuple[str, dict[str, str], list[str]]:
+        """Split the key holder's bundle; refuse a 'public' context that carries a secret key.
+
+        `members`: {participant: its members, [] for a direct silo} (coordinator.key_recipients).
+        Returns the public context's sha, each participant's wrapped-key blob sha (a region's
+        blob is its members' wrapped keys) and the recipients the secret was wrapped for.
+        """
         try:
             bundle = json.loads(data)
             public = base64.b64decode(bundle["public_context"], validate=True)
-            wrapped = {s: base64.b64decode(bundle["wrapped"][s], validate=True) for s in participants}
+            entries = bundle["wrapped"]
+            if not isinstance(entries, dict) or not all(isinstance(v, str) for v in entries.values()):
+                raise TypeError("'wrapped' must map recipient names to base64 strings")
         except (ValueError, KeyError, TypeError) as e:
-            raise InvalidInput(f"key bundle is malformed or lacks a participant's wrapped key: {e}") from None
+            raise InvalidInput(f"key bundle is malformed: {e}") from None
+        wrapped, wrapped_for = split_wrapped(entries, members)
         try:
             has_secret = context_has_secret_key(public)
         except HEError as e:
@@ -231,7 +241,7 @@ class RoundCloser:
         if has_secret:
             # The coordinator must never hold the secret key: refuse and do not store it.
             raise InvalidInput("key bundle: the 'public' context carries a secret key; refused and not stored")
-        return self.blobs.put(public), {s: self.blobs.put(w) for s, w in wrapped.items()}
+        return self.blobs.put(public), {s: self.blobs.put(w) for s, w in wrapped.items()}, wrapped_for
 
     # --- aggregation ------------------------------------------------------------------------------
     def close(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow]) -> dict[str, Any]:

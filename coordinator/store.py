@@ -73,6 +73,8 @@ class EnrollmentRow(Base):
     train_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     test_samples: Mapped[int] = mapped_column(BigInteger, default=0)
     wrapped_key_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # A regional aggregator's accepting members: {member: base64 X25519 wrap key} (None: a silo)
+    member_wrap_keys_json: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class RoundRow(Base):

@@ -109,7 +109,14 @@ class Task(_message.Message):
     def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[str] = ..., spec_json: _Optional[str] = ..., model_version: _Optional[int] = ..., participant_keys: _Optional[_Mapping[str, bytes]] = ..., max_update_bytes: _Optional[int] = ..., round_seed: _Optional[int] = ..., publish_model: _Optional[bool] = ...) -> None: ...
 
 class ProposalAnswer(_message.Message):
-    __slots__ = ("silo", "study_id", "accept", "reason", "spec_sha256", "train_samples", "test_samples")
+    __slots__ = ("silo", "study_id", "accept", "reason", "spec_sha256", "train_samples", "test_samples", "member_wrap_keys")
+    class MemberWrapKeysEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bytes
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
     SILO_FIELD_NUMBER: _ClassVar[int]
     STUDY_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +124,7 @@ class ProposalAnswer(_message.Message):
     SPEC_SHA256_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     TEST_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_WRAP_KEYS_FIELD_NUMBER: _ClassVar[int]
     silo: str
     study_id: str
     accept: bool
@@ -124,7 +132,8 @@ class ProposalAnswer(_message.Message):
     spec_sha256: str
     train_samples: int
     test_samples: int
-    def __init__(self, silo: _Optional[str] = ..., study_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., spec_sha256: _Optional[str] = ..., train_samples: _Optional[int] = ..., test_samples: _Optional[int] = ...) -> None: ...
+    member_wrap_keys: _containers.ScalarMap[str, bytes]
+    def __init__(self, silo: _Optional[str] = ..., study_id: _Optional[str] = ..., accept: _Optional[bool] = ..., reason: _Optional[str] = ..., spec_sha256: _Optional[str] = ..., train_samples: _Optional[int] = ..., test_samples: _Optional[int] = ..., member_wrap_keys: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
 
 class BlobRef(_message.Message):
     __slots__ = ("study_id", "kind", "version", "silo")

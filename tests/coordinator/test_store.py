@@ -17,7 +17,7 @@ from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
 from coordinator.blobs import BlobStore
 from coordinator.errors import InvalidInput, Refused
 from coordinator.federation import Federation
-from coordinator.migrations import alembic_config
+from coordinator.migrations import FIRST_REVISION, alembic_config
 from coordinator.store import (
     Base,
     EnrollmentRow,
@@ -182,8 +182,13 @@ def test_a_database_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     """A SQLite store written by `create_all` (no alembic_version) is stamped, not re-created."""
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     legacy = sa.create_engine(url)
-    Base.metadata.create_all(legacy)
-    Store(legacy).add(SiloRow(name="kept", modalities_json="[]", wrap_public_key=b"", last_seen=1.0))
+    # What `create_all` wrote before migrations existed: revision 0001's tables, no alembic_version.
+    with legacy.begin() as conn:
+        command.upgrade(alembic_config(conn), FIRST_REVISION)
+        conn.execute(sa.text("DROP TABLE alembic_version"))
+    with legacy.begin() as conn:
+        conn.execute(sa.text("INSERT INTO silos (name, modalities_json, wrap_public_key, last_seen) "
+                             "VALUES ('kept', '[]', x'', 1.0)"))
     legacy.dispose()
     engine = open_engine(url)
     assert _version(engine) == _head()
