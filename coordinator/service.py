@@ -17,7 +17,7 @@ import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, receive_blob_to, serialized_data_chunks
+from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, read_chunk, receive_blob_to, serialized_data_chunks
 from coordinator.auth import Authenticator
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
 from coordinator.federation import Federation, kind_name
@@ -120,20 +120,27 @@ class FederationService(pb_grpc.FederationServicer):
             self._count(request.study_id, silo, up=request.ByteSize(), down=sent, round_=round_)
 
     @_rpc
-    def PushBlob(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
+    def PushBlob(self, request_iterator: Iterator[bytes], context: grpc.ServicerContext) -> pb.PushReply:
+        """Chunks arrive serialised (see add_to_server): data pieces are hashed and written as views."""
         received = 0
 
-        def counted() -> Iterator[pb.Chunk]:
+        def counted() -> Iterator[bytes]:
             nonlocal received
             for chunk in request_iterator:
-                received += chunk.ByteSize()
+                received += len(chunk)
                 yield chunk
 
         it = counted()
         first = next(it, None)
-        if first is None or first.WhichOneof("body") != "header":
+        try:
+            kind, head = read_chunk(first) if first is not None else ("", None)
+        except BlobError:
+            kind = ""
+        if kind != "header":
             raise InvalidInput("a blob stream must start with a header chunk")
-        ref = first.header.ref
+        assert isinstance(head, pb.BlobHeader)
+        first_header = head
+        ref = first_header.ref
         silo = self.auth.silo(context, ref.silo)
         accept = {pb.BLOB_UPDATE: self.fed.accept_update, pb.BLOB_KEY_BUNDLE: self.fed.accept_key_bundle,
                   pb.BLOB_FINAL_MODEL: self.fed.accept_final_model}.get(ref.kind)
@@ -142,10 +149,10 @@ class FederationService(pb_grpc.FederationServicer):
         round_ = self._round_now(ref.study_id)
         limit = MAX_CONTROL_BLOB if ref.kind == pb.BLOB_KEY_BUNDLE else self.fed.max_update_bytes(ref.study_id)
         try:
-            partial = self.fed.blobs.partial_path(silo, first.header.sha256)
+            partial = self.fed.blobs.partial_path(silo, first_header.sha256)
         except ValueError:
-            raise InvalidInput(f"blob header: sha256 {first.header.sha256[:80]!r} is not a SHA-256 hex digest") from None
-        resumed = partial.read_bytes() if first.header.offset and partial.exists() else b""
+            raise InvalidInput(f"blob header: sha256 {first_header.sha256[:80]!r} is not a SHA-256 hex digest") from None
+        resumed = partial.read_bytes() if first_header.offset and partial.exists() else b""
         try:
             # Straight to disk while hashing: an upload is never held in memory whole.
             with self.fed.blobs.incoming() as incoming:
@@ -218,7 +225,7 @@ def _prepend_header(header: pb.BlobHeader, body: list[bytes]) -> Iterator[bytes]
     yield from body
 
 
-def _prepend(first: pb.Chunk, rest: Iterator[pb.Chunk]) -> Iterator[pb.Chunk]:
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
 
@@ -232,6 +239,7 @@ def add_to_server(server: grpc.Server, service: FederationService) -> None:
 
     FetchBlob's serializer also passes pre-serialised chunks through: every silo fetches the
     same model version, so its chunks are serialised once and then sent without a copy.
+    PushBlob has no deserializer: `read_chunk` parses each chunk, data pieces as views.
     """
     from google.protobuf import symbol_database
 
@@ -245,6 +253,8 @@ def add_to_server(server: grpc.Server, service: FederationService) -> None:
                 (True, False): grpc.stream_unary_rpc_method_handler,
                 (True, True): grpc.stream_stream_rpc_method_handler}[(method.client_streaming, method.server_streaming)]
         serializer = _chunk_or_bytes if method.name == "FetchBlob" else response_cls.SerializeToString
-        handlers[method.name] = kind(getattr(service, method.name), request_deserializer=request_cls.FromString,
+        # PushBlob reads its chunks serialised: data pieces are then hashed and written without copies.
+        deserializer = None if method.name == "PushBlob" else request_cls.FromString
+        handlers[method.name] = kind(getattr(service, method.name), request_deserializer=deserializer,
                                      response_serializer=serializer)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_desc.full_name, handlers),))

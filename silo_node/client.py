@@ -32,7 +32,8 @@ CHANNEL_OPTIONS = [
 ]
 
 
-PUSH_BLOB_METHOD = f"/{pb.DESCRIPTOR.services_by_name['Federation'].full_name}/PushBlob"
+_SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
+PUSH_BLOB_METHOD, FETCH_BLOB_METHOD = f"/{_SERVICE}/PushBlob", f"/{_SERVICE}/FetchBlob"
 
 
 class SiloError(Exception):
@@ -61,6 +62,9 @@ class CoordinatorClient:
         # PushBlob with pre-serialised chunks (no serializer: the bytes go out as they are).
         self._push_serialized = channel.stream_unary(PUSH_BLOB_METHOD, request_serializer=None,
                                                      response_deserializer=pb.PushReply.FromString)
+        # FetchBlob whose chunks stay serialised: receive_blob reads data pieces as views.
+        self._fetch_serialized = channel.unary_stream(FETCH_BLOB_METHOD, request_serializer=pb.BlobRef.SerializeToString,
+                                                      response_deserializer=None)
         self.channel = channel
         self.silo = silo
         self.max_retries = max_retries
@@ -84,17 +88,13 @@ class CoordinatorClient:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
-    def _counting(self, chunks: Iterator[pb.Chunk], *, up: bool = False) -> Iterator[pb.Chunk]:
+    def _counting(self, chunks: Iterator[bytes], *, up: bool) -> Iterator[bytes]:
+        """Serialised chunks as they cross the wire, counted (as the coordinator counts them)."""
         for chunk in chunks:
             if up:
-                self.bytes_up += chunk.ByteSize()
+                self.bytes_up += len(chunk)
             else:
-                self.bytes_down += chunk.ByteSize()
-            yield chunk
-
-    def _counting_bytes(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in chunks:
-            self.bytes_up += len(chunk)
+                self.bytes_down += len(chunk)
             yield chunk
 
     # --- calls --------------------------------------------------------------------------------
@@ -117,7 +117,7 @@ class CoordinatorClient:
         ref = pb.BlobRef(study_id=study_id, kind=kind, version=version, silo=self.silo)
 
         def go() -> tuple[pb.BlobHeader, bytearray]:
-            return receive_blob(self._counting(self.stub.FetchBlob(ref, timeout=600)), max_bytes=max_bytes)
+            return receive_blob(self._counting(self._fetch_serialized(ref, timeout=600), up=False), max_bytes=max_bytes)
 
         return self._call(f"fetch {pb.BlobKind.Name(kind)}", go)
 
@@ -135,7 +135,7 @@ class CoordinatorClient:
             if header.offset:
                 log.info("resuming the upload of %s at byte %d of %d", header.sha256[:12], header.offset, len(view))
             chunks = serialized_blob_stream(header, view[header.offset:], total=len(view))
-            return self._push_serialized(self._counting_bytes(chunks), timeout=600)
+            return self._push_serialized(self._counting(chunks, up=True), timeout=600)
 
         reply = self._call(f"push {pb.BlobKind.Name(header.ref.kind)}", go)
         if not reply.accepted:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
 
+from google.protobuf.message import DecodeError
+
 from coordinator.api import federation_pb2 as pb
 
 CHUNK_BYTES = 1 << 18  # 256 KiB: bounds what gRPC buffers per stream (memory per silo); still few calls
@@ -81,30 +83,70 @@ def serialized_blob_stream(header: pb.BlobHeader, data: bytes | memoryview, *, c
         yield b"".join((_DATA_TAG, _varint(len(piece)), piece))
 
 
-def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callable[[bytes], object],
+def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while pos < len(view) and shift < 64:
+        byte = view[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+    return -1, pos
+
+
+def read_chunk(item: pb.Chunk | bytes) -> tuple[str, pb.BlobHeader | memoryview]:
+    """("header", header) or ("data", bytes) of a chunk, parsed or still serialised.
+
+    A serialised data chunk framed as `serialized_data_chunks` frames it (one field, its
+    length filling the message) is read as a view, without a copy; anything else goes
+    through protobuf's parser, and what it cannot parse is a BlobError.
+    """
+    if not isinstance(item, pb.Chunk):
+        view = memoryview(item)
+        if view[:1] == _DATA_TAG:
+            length, pos = _read_varint(view, 1)
+            if length == len(view) - pos:
+                return "data", view[pos:]
+        try:
+            item = pb.Chunk.FromString(bytes(view))
+        except DecodeError:
+            raise BlobError("a chunk is not a valid Chunk message") from None
+    body = item.WhichOneof("body")
+    if body == "header":
+        return "header", item.header
+    if body == "data":
+        return "data", memoryview(item.data)  # each read of a bytes field copies it: read once
+    raise BlobError("a chunk carries neither a header nor data")
+
+
+def receive_blob_to(chunks: Iterable[pb.Chunk | bytes], *, max_bytes: int, write: Callable[[memoryview], object],
                     resumed: bytes | memoryview = b"") -> pb.BlobHeader:
     """Read one blob from a chunk stream into `write`; verify its declared size and hash.
 
     The caller's sink decides where the bytes go (memory, a file), so a large blob is never
     held twice. On any violation BlobError is raised and the caller discards what it wrote.
     `resumed` is what an interrupted upload already delivered; the stream must continue it
-    (header.offset == len(resumed)) and the hash covers both.
+    (header.offset == len(resumed)) and the hash covers both. Chunks may arrive parsed or as
+    their serialised bytes (see `read_chunk`).
     """
     it = iter(chunks)
     first = next(it, None)
-    if first is None or first.WhichOneof("body") != "header":
+    kind, header = read_chunk(first) if first is not None else ("", None)
+    if kind != "header":
         raise BlobError("blob stream must start with a header chunk")
-    header = first.header
+    assert isinstance(header, pb.BlobHeader)
     if header.size > max_bytes:
         raise BlobError(f"declared size {header.size} bytes exceeds the limit of {max_bytes} bytes")
     if header.offset != len(resumed):
         raise BlobError(f"stream resumes at offset {header.offset}, but {len(resumed)} bytes are held")
     received = len(resumed)
     digest = hashlib.sha256(resumed)
-    for chunk in it:
-        if chunk.WhichOneof("body") != "data":
+    for item in it:
+        kind, data = read_chunk(item)
+        if kind != "data":
             raise BlobError("a second header arrived inside a blob stream")
-        data = chunk.data  # each read of a bytes field copies it
+        assert isinstance(data, memoryview)
         received += len(data)
         if received > header.size:
             raise BlobError(f"stream is longer than its declared {header.size} bytes")
@@ -117,7 +159,7 @@ def receive_blob_to(chunks: Iterable[pb.Chunk], *, max_bytes: int, write: Callab
     return header
 
 
-def receive_blob(chunks: Iterable[pb.Chunk], *, max_bytes: int) -> tuple[pb.BlobHeader, bytearray]:
+def receive_blob(chunks: Iterable[pb.Chunk | bytes], *, max_bytes: int) -> tuple[pb.BlobHeader, bytearray]:
     """Read one blob into memory (see receive_blob_to)."""
     buf = bytearray()
     header = receive_blob_to(chunks, max_bytes=max_bytes, write=buf.extend)

@@ -7,7 +7,7 @@ import pytest
 
 from coordinator.api import codegen
 from coordinator.api import federation_pb2 as pb
-from coordinator.api.chunks import BlobError, chunk_blob, receive_blob, serialized_data_chunks
+from coordinator.api.chunks import BlobError, chunk_blob, read_chunk, receive_blob, serialized_data_chunks
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 
 
@@ -69,6 +69,24 @@ def test_hand_framed_chunks_are_what_protobuf_writes(size: int) -> None:
     pieces = [data[i : i + 16_384] for i in range(0, size, 16_384)]
     assert framed == [pb.Chunk(data=p).SerializeToString() for p in pieces]
     assert b"".join(pb.Chunk.FromString(f).data for f in framed) == data
+
+
+def test_serialised_chunks_read_like_parsed_ones() -> None:
+    data = bytes(range(256)) * 1000
+    header = pb.BlobHeader()  # chunk_blob fills in size and SHA-256
+    parsed, raw = list(chunk_blob(header, data, chunk_bytes=4096)), [c.SerializeToString() for c in chunk_blob(header, data, chunk_bytes=4096)]
+    for p, r in zip(parsed, raw):
+        kind_p, body_p = read_chunk(p)
+        kind_r, body_r = read_chunk(r)
+        assert kind_p == kind_r and (body_p == body_r if kind_p == "header" else bytes(body_p) == bytes(body_r))
+    assert receive_blob(raw, max_bytes=1 << 20)[1] == data  # serialised chunks, hashed and checked alike
+    # Not the hand framing (an extra field, a length that does not fill the message): protobuf decides.
+    unusual = pb.Chunk(data=b"xyz").SerializeToString() + b"\x12\x01q"  # repeated field: the last one wins
+    assert bytes(read_chunk(unusual)[1]) == b"q"
+    with pytest.raises(BlobError, match="not a valid Chunk"):
+        read_chunk(b"\x12\x05ab")  # declares 5 bytes, holds 2
+    with pytest.raises(BlobError, match="neither a header nor data"):
+        read_chunk(b"")
 
 
 def test_chunked_blob_violations_are_refused() -> None:
