@@ -28,7 +28,7 @@ from coordinator.aggregation.screened import decide, encrypted_aggregate, scalar
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.codecs import CodecError, build_codec, keep_count
 from coordinator.api.study import StudySpec
-from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
+from coordinator.api.tensors import TensorFormatError, TensorSpec, allocate_tensors, decode_tensors
 from coordinator.blobs import BlobStore
 from coordinator.errors import InvalidInput
 from coordinator.key_recipients import split_wrapped
@@ -298,7 +298,7 @@ class RoundCloser:
         return outcome, data, spec.privacy.encryption
 
     def _close_plain(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow],
-                     running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes, str]:
+                     running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes | bytearray, str]:
         weights = [u.weight for u in updates]
         if isinstance(running, StreamingFedAvg):
             result = running.result(release=True)  # the float64 sums go before the new version is built
@@ -322,13 +322,11 @@ class RoundCloser:
             delta = codec.decode(data, max_values=self.n_values(row.id, spec), max_arrays=len(delta))
             outcome["downlink"] = {"encoding": down, "sha256": self.blobs.put(data, serve=True), "size": len(data)}
         base_names, base = decode_tensors(self.blobs.get(self.version_sha(row.id, rnd.number - 1)))
-        # The new version is built in the delta's own arrays: one model-sized buffer, not three.
-        new = []
-        for b, d in zip(base, delta):
-            d = d if d.flags.writeable else d.copy()  # e.g. Krum's pick is a read-only view of an update
-            new.append(np.add(d, b, out=d))
-        del base, delta
-        return outcome, encode_tensors(base_names, new), PLAIN_ENCODING
+        # base + delta written straight into the new version's encoded buffer (no third copy).
+        data, new = allocate_tensors([TensorSpec(n, tuple(b.shape), "float32") for n, b in zip(base_names, base)])
+        for b, d, out in zip(base, delta, new):
+            np.add(b, d, out=out, dtype=np.float32)
+        return outcome, data, PLAIN_ENCODING
 
     def _close_encrypted(self, row: StudyRow, spec: StudySpec, updates: list[UpdateRow],
                          running: StreamingFedAvg | EncryptedSum | None) -> tuple[dict[str, Any], bytes, str]:
