@@ -100,8 +100,10 @@ class BlobStore:
     def incoming(self) -> Incoming:
         return Incoming(self)
 
-    def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, serve: bool = False) -> str:
-        """Store `data` under its SHA-256; `serve=True` also prepares its chunks for FetchBlob."""
+    def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, serve: bool = False,
+            replaces: str | None = None) -> str:
+        """Store `data` under its SHA-256; `serve=True` also prepares its chunks for FetchBlob,
+        dropping those of `replaces` (the version it supersedes) first."""
         sha = sha or hashlib.sha256(data).hexdigest()
         target = self.path(sha)
         if not target.exists():
@@ -114,7 +116,7 @@ class BlobStore:
             os.replace(tmp, target)
         if serve:
             with self._chunks_lock:
-                self._chunks.clear()  # the new version supersedes the ones silos fetched before it
+                self._chunks.pop(replaces or "", None)
             self.serialized_chunks(sha, data)
         return sha
 

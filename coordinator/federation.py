@@ -34,7 +34,7 @@ from coordinator.key_recipients import (
     recipients,
 )
 from coordinator.model_layout import build_initial_model
-from coordinator.rounds import SCREENED_RULES, RoundCloser, needs_screening
+from coordinator.rounds import SCREENED_RULES, RoundCloser, downlink_encoding, needs_screening
 from coordinator.selection import choose_participants
 from coordinator.store import (
     EnrollmentRow,
@@ -117,7 +117,8 @@ class Federation:
             raise InvalidInput("privacy.encryption: 'ckks-screen' is for the screened rules "
                                f"({', '.join(SCREENED_RULES)}); use ckks-exact with fedavg")
         study_id = f"{spec.name[:40].replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
-        sha = self.blobs.put(build_initial_model(spec))
+        # Version 0's chunks are ready before the first silo asks (unless only its hash travels).
+        sha = self.blobs.put(build_initial_model(spec), serve=downlink_encoding(spec) is None)
         with self._lock:
             self.store.add(
                 StudyRow(id=study_id, name=spec.name, spec_json=spec.to_json(), spec_sha256=spec.sha256(),

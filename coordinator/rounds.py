@@ -259,7 +259,9 @@ class RoundCloser:
         else:
             outcome, data, encoding = self._close_encrypted(row, spec, updates, running)
             base = rnd.number - 1
-        sha = self.blobs.put(data, serve=downlink_encoding(spec) is None)  # silos fetch it, or its delta
+        previous = self.store.get(ModelVersionRow, row.id, rnd.number - 1)
+        sha = self.blobs.put(data, serve=downlink_encoding(spec) is None,  # silos fetch it, or its delta
+                             replaces=previous.blob_sha if previous is not None else None)
         self.store.add(ModelVersionRow(study_id=row.id, version=rnd.number, blob_sha=sha, encoding=encoding, base_version=base))
         outcome["model_sha256"] = sha
         self.audit("aggregation", study=row.id, round=rnd.number, rule=spec.aggregation.rule,
