@@ -3,7 +3,8 @@
 An entry is `<root>/<kind>/<content hash[:2]>/<content hash>-<cohort hash>.npz` holding
 numpy arrays and a JSON `meta` string (no pickles, so a tampered cache cannot run code).
 The content hash is SHA-256 of the input's bytes, so a renamed file is still a hit and a
-changed file is a miss; the cohort hash covers the cohort fields, the index date, the
+changed file is a miss; the cohort hash covers the cohort fields (image_dims and image_depth
+among them, so 2D slices and 3D volumes never share an entry), the index date, the
 pseudonym-key fingerprint and `VERSION`, so a new study or key re-parses. Only what
 ingestion produced after de-identification is stored: pseudonyms, relative days, tensors.
 Inputs that were quarantined are not cached: they are re-read (and re-reported) each run.
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-VERSION = 1
+VERSION = 2  # 2: image_dims/image_depth in the cohort hash, volumes cached
 
 
 def content_hash(data: bytes) -> str:
@@ -31,8 +32,8 @@ def content_hash(data: bytes) -> str:
 
 
 def cohort_hash(cohort: Any, index_date: date, key_fingerprint: str) -> str:
-    fields = ("label_system", "label_code", "label_window_days", "min_age", "image_size", "signal_channels",
-              "signal_rate_hz", "signal_length")
+    fields = ("label_system", "label_code", "label_window_days", "min_age", "image_size", "image_dims", "image_depth",
+              "signal_channels", "signal_rate_hz", "signal_length")
     spec = {f: getattr(cohort, f) for f in fields}
     spec["features"] = [{k: getattr(f, k) for k in ("name", "system", "code", "unit", "aggregate", "window_days")}
                         for f in cohort.features]

@@ -61,6 +61,10 @@ class CohortLike(Protocol):
     @property
     def image_size(self) -> int: ...
     @property
+    def image_dims(self) -> int: ...  # 2: the chosen series' middle slice [1, S, S]; 3: the series as [1, D, S, S]
+    @property
+    def image_depth(self) -> int: ...  # D (3D only)
+    @property
     def signal_channels(self) -> Sequence[str]: ...
     @property
     def signal_rate_hz(self) -> float: ...

@@ -1,7 +1,9 @@
 """`MultimodalDataset`: the tensors one silo trains on (contract in docs/internals.md).
 
 Each item is the tuple `(ehr[2F], image[1,S,S], signal[C,L], mask[3], label[])`, float32,
-in `SAMPLE_FIELDS` order. EHR values are normalised with fixed clinical reference ranges
+in `SAMPLE_FIELDS` order; a 3D study (`cohort.image_dims = 3`) has `image[1,D,S,S]`. A sample
+without an image holds zeros there and `mask[1] = 0`: the model masks the modality out, the
+zeros are never read as data. EHR values are normalised with fixed clinical reference ranges
 (`REFERENCE_RANGES`), the same at every hospital, so that features mean the same thing
 across silos; only a feature without a reference falls back to local statistics.
 """
@@ -82,7 +84,8 @@ class MultimodalDataset(Dataset):
         memory-mapped from `pipelines.rowfiles`; they are not read whole again (that would page them all in)."""
         n = len(pseudonyms)
         tensors = {"ehr": ehr, "image": image, "signal": signal, "mask": mask, "label": label}
-        ranks = {"ehr": 2, "image": 4, "signal": 3, "mask": 2, "label": 1}
+        ranks = {"ehr": 2, "image": image.dim() if isinstance(image, torch.Tensor) and image.dim() in (4, 5) else 4,
+                 "signal": 3, "mask": 2, "label": 1}
         for name, t in tensors.items():
             if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or t.dim() != ranks[name] or t.shape[0] != n:
                 got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
@@ -91,7 +94,8 @@ class MultimodalDataset(Dataset):
             if name not in checked and not torch.isfinite(t).all():
                 raise DatasetError(f"field {name!r} holds NaN or Inf; expected finite values. Check the ingestion step")
         if mask.shape[1] != len(MODALITIES) or (image.shape[1] != 1):
-            raise DatasetError(f"mask is {tuple(mask.shape)} and image {tuple(image.shape)}; expected [N, 3] and [N, 1, S, S]")
+            raise DatasetError(f"mask is {tuple(mask.shape)} and image {tuple(image.shape)}; expected [N, 3] and "
+                               "[N, 1, S, S] (or [N, 1, D, S, S] for volumes)")
         if len(set(pseudonyms)) != n:
             raise DatasetError("pseudonyms repeat; expected one sample per patient")
         self.ehr, self.image, self.signal, self.mask, self.label = ehr, image, signal, mask, label

@@ -148,17 +148,39 @@ def read_header(data: bytes, source: str, deid: Deidentifier, index_date: date) 
 def read_frame(data: bytes, source: str) -> np.ndarray:
     """The middle frame of an instance as float32 [H, W] modality (VOI-windowed) values."""
     ds = _parse(data, source)
+    arr = _pixel_array(ds, source)
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        arr = arr[arr.shape[0] // 2]
+    return _values(arr, ds, source)
+
+
+def read_frames(data: bytes, source: str) -> tuple[list[np.ndarray], tuple[float, ...] | None]:
+    """Every frame of an instance, in stored order, as float32 [H, W] values (as `read_frame`), and its
+    ImageOrientationPatient (six direction cosines) or None; for the 3D path (`pipelines.series_frames`)."""
+    ds = _parse(data, source)
+    arr = _pixel_array(ds, source)
+    frames = [arr[i] for i in range(arr.shape[0])] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [arr]
+    iop = ds.get("ImageOrientationPatient")
     try:
-        arr = ds.pixel_array
+        orientation = tuple(float(v) for v in iop) if iop and len(iop) == 6 else None
+    except (TypeError, ValueError):
+        orientation = None
+    return [_values(f, ds, source) for f in frames], orientation
+
+
+def _pixel_array(ds: Dataset, source: str) -> np.ndarray:
+    try:
+        return ds.pixel_array
     except Exception as e:  # a decoder or length error: the pixel data cannot be trusted
         ts = ds.file_meta.get("TransferSyntaxUID")
         raise DicomError(f"has Pixel Data in {ts.name if ts else 'an unknown transfer syntax'} that cannot be decoded "
                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]}); the file is damaged or needs a decoder "
                          "plugin. Re-export it uncompressed from the PACS", reason="undecodable", source=source) from None
-    colour = int(ds.get("SamplesPerPixel", 1)) > 1
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        arr = arr[arr.shape[0] // 2]
-    if colour:
+
+
+def _values(arr: np.ndarray, ds: Dataset, source: str) -> np.ndarray:
+    """One stored frame -> float32 [H, W]: luminance for colour, else Modality LUT then VOI LUT/window."""
+    if int(ds.get("SamplesPerPixel", 1)) > 1:
         if arr.ndim != 3:
             raise DicomError(f"has colour pixel data of shape {arr.shape}; expected [rows, columns, 3]",
                              reason="bad_shape", source=source)

@@ -6,8 +6,12 @@ index (`pipelines.series`, so memory does not grow with the number of instances)
 series' slices are ordered along the slice normal (ImagePositionPatient, then
 InstanceNumber). Per patient the latest series on or before the index date is chosen and
 only its middle slice (or the middle frame of a multi-frame instance) is decoded, so memory
-does not grow with the size of the series. Headers and images are cached per instance
-content (`pipelines.cache`). An instance whose PatientID is unknown to the EHR is linked
+does not grow with the size of the series. A study with `cohort.image_dims = 3` gets the whole
+series instead: its slice geometry is checked from the index and its slices are decoded one
+instance at a time (`pipelines.series_frames`) into a `[1, D, S, S]` volume
+(`pipelines.volumes`); a series that is not one regular acquisition is quarantined as a whole.
+Headers, images and volumes are cached per instance content (`pipelines.cache`; a volume by
+the content of all its instances, in order). An instance whose PatientID is unknown to the EHR is linked
 through a FHIR ImagingStudy that names its StudyInstanceUID (both remapped alike).
 """
 
@@ -25,17 +29,19 @@ import numpy as np
 from .cache import IngestCache, content_hash
 from .deid import Deidentifier
 from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_header
-from .errors import DicomError
+from .errors import DicomError, InputError
 from .quarantine import Quarantine
 from .rowfiles import RowFile
 from .series import Member, Series, SeriesIndex
+from .series_frames import GEOMETRY, check_geometry, series_frames, series_source
+from .volumes import series_volume
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class ChosenImage:
-    image: np.ndarray | None  # float32 [1, S, S]; None once written to the dataset's row file
+    image: np.ndarray | None  # float32 [1, S, S] (or [1, D, S, S] in 3D); None once written to the dataset's row file
     day: int | None  # relative to the index date
     slices: int  # instances (or frames) in the chosen series
     source: str
@@ -63,16 +69,20 @@ def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: Ingest
 def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date: date, image_size: int,
                 cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
                 study_owners: Mapping[str, str] | None = None,
-                into: tuple[Mapping[str, int], RowFile] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
+                into: tuple[Mapping[str, int], RowFile] | None = None, image_dims: int = 2,
+                image_depth: int = 16) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
     among `patients` (the EHR's) but a FHIR ImagingStudy of a known patient names the instance's
     (remapped) StudyInstanceUID, `study_owners` links it to that patient instead.
-    `into` = (row by pseudonym, `RowFile` [N, 1, S, S]): images of those patients are written to their
-    row on disk and no image is kept in memory (`ChosenImage.image` is None), so memory does not
-    grow with the number of patients.
+    `into` = (row by pseudonym, `RowFile` [N, 1, S, S] or [N, 1, D, S, S]): images of those patients are
+    written to their row on disk and no image is kept in memory (`ChosenImage.image` is None), so memory
+    does not grow with the number of patients. `image_dims` 3: a `[1, image_depth, S, S]` volume of the
+    whole chosen series instead of its middle slice.
     """
+    if image_dims not in (2, 3):
+        raise ValueError(f"image_dims must be 2 (slices) or 3 (volumes), got {image_dims!r}")
     stats: Counter = Counter()
     remote: dict[int, DicomInput] = {}  # inputs that are no local file: only these are kept to be read again
     with SeriesIndex() as index:
@@ -97,7 +107,10 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
             members = index.members(s)
             mid = members[len(members) // 2]
             slices = len(members) if len(members) > 1 else mid.frames
-            image = _image(mid, slices, remote, image_size, cache, quarantine)
+            if image_dims == 3:
+                image = _volume(s, members, slices, remote, image_size, image_depth, cache, quarantine, stats)
+            else:
+                image = _image(mid, slices, remote, image_size, cache, quarantine)
             if image is None:
                 continue
             kept: np.ndarray | None = image
@@ -154,3 +167,32 @@ def _image(mid: Member, slices: int, remote: Mapping[int, DicomInput], image_siz
     image = normalise_slice(pixels, image_size, mid.spacing)
     cache.put("image", mid.digest, {"slices": slices}, {"image": image})
     return image
+
+
+def _volume(s: Series, members: list[Member], slices: int, remote: Mapping[int, DicomInput], image_size: int, depth: int,
+            cache: IngestCache, quarantine: Quarantine, stats: Counter) -> np.ndarray | None:
+    """The chosen series as `[1, depth, S, S]`, from the cache or built slice by slice; None (quarantined) if it cannot be."""
+    key = content_hash("\n".join(m.digest for m in members).encode())  # the series' content, in slice order
+    hit = cache.get("volume", key)
+    if hit is not None:
+        return hit[1]["image"]
+    source = series_source(s.uid, members)
+
+    def read(m: Member) -> bytes:
+        try:
+            return remote[m.k].read() if m.path is None else Path(m.path).read_bytes()
+        except OSError as e:
+            raise DicomError(str(e), reason="unreadable", source=m.source) from None
+
+    try:
+        check_geometry(members, source)
+        volume = series_volume(series_frames(members, read, source), image_size=image_size, depth=depth,
+                               spacing=members[0].spacing, source=source)
+    except InputError as e:
+        quarantine.add("image", e)
+        if e.reason != GEOMETRY:  # one instance failed: the rest of its series is valid but cannot be used alone
+            stats["unused_incomplete_series"] += len(members) - 1
+        return None
+    log.debug("%s: %d slices -> volume of depth %d", source, slices, depth)
+    cache.put("volume", key, {"slices": slices}, {"image": volume})
+    return volume

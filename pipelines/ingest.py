@@ -151,7 +151,7 @@ def _ingest(store: FactStore, files: RowFiles, *, fhir: Sequence[Path], dicom: S
         pseudonyms.append(p.pseudonym)
     n = len(pseudonyms)
     row_of = {pid: i for i, pid in enumerate(pseudonyms)}
-    image = files.field("image", n, (1, s, s))
+    image = files.field("image", n, (1, s, s) if cohort.image_dims == 2 else (1, cohort.image_depth, s, s))
     signal = files.field("signal", n, (len(channels), cohort.signal_length))
 
     remote: Iterable[DicomInput] = ()
@@ -161,7 +161,8 @@ def _ingest(store: FactStore, files: RowFiles, *, fhir: Sequence[Path], dicom: S
         remote = chain.from_iterable(dicomweb_inputs(url) for url in dicomweb)
     images, image_stats = read_images(chain(file_inputs(dicom), dicom_inputs, remote), deid=deid, index_date=index_date,
                                       image_size=cohort.image_size, cache=cache, quarantine=q, patients=known,
-                                      study_owners=store.study_owners(), into=(row_of, image))
+                                      study_owners=store.study_owners(), into=(row_of, image),
+                                      image_dims=cohort.image_dims, image_depth=cohort.image_depth)
     latest = LatestWindows(into=(row_of, signal))  # the latest recording wins, whatever its format
     signal_stats = read_signals(wearables, cohort=cohort, deid=deid, index_date=index_date, cache=cache, quarantine=q,
                                 latest=latest)

@@ -29,12 +29,13 @@ CREATE TABLE chosen (arrival INTEGER NOT NULL, pid TEXT NOT NULL, series TEXT NO
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One instance of a series, as `pipelines.images` needs it to decode the chosen slice."""
+    """One instance of a series, as `pipelines.images` needs it to decode the chosen slice (or every slice)."""
 
     k: int  # the instance's position in the input stream
     day: int | None
     frames: int
     spacing: tuple[float, float]
+    position: float | None  # along the slice normal, mm (None: the header has no ImagePositionPatient)
     digest: str
     source: str
     path: str | None  # a local file, or None for an input that only the caller can read again
@@ -92,9 +93,9 @@ class SeriesIndex:
     def members(self, s: Series) -> list[Member]:
         """The instances of one series along the slice normal (then InstanceNumber, then arrival)."""
         self._index()
-        return [Member(k, day, frames, (row_mm, col_mm), digest, source, path)
-                for k, day, frames, row_mm, col_mm, digest, source, path in self._db.execute(
-                    "SELECT k, day, frames, row_mm, col_mm, digest, source, path FROM instances WHERE pid = ? AND "
+        return [Member(k, day, frames, (row_mm, col_mm), position, digest, source, path)
+                for k, day, frames, row_mm, col_mm, position, digest, source, path in self._db.execute(
+                    "SELECT k, day, frames, row_mm, col_mm, position, digest, source, path FROM instances WHERE pid = ? AND "
                     "series = ? ORDER BY coalesce(position, instance), instance, k", (s.pid, s.uid))]
 
     def via_study(self, series_uid: str) -> bool:
