@@ -21,7 +21,9 @@ Upstream, a partial sum travels as an ordinary update whose weight is the total 
 two are reconciled there), so the central coordinator needs no regional code path.
 
 The network process around these classes (`fedcare coordinator regional --upstream ...`) is
-coordinator/regional_node/.
+coordinator/regional_node/. Under CKKS the study's key holder may be one of the region's silos
+or any other participant: the secret is wrapped for each of the region's silos, never for the
+region (coordinator/key_recipients.py), so the region holds nothing that decrypts.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ run unchanged); upstream it speaks the silo protocol and joins the central coord
 ONE participant whose weight is the sum of its silos' weights. Per round it forwards one
 update: the study's rule over its silos' updates in the clear (coordinator.regional.
 RegionalAggregate), or under CKKS the ciphertext sum of their updates, never decrypted
-(EncryptedRegionalAggregate; the region never holds a secret key).
+(EncryptedRegionalAggregate; the region never holds a secret key). Under CKKS the study
+secret is wrapped for each of its silos ("<region>/<silo>", coordinator.key_recipients),
+whoever the key holder is; the region only passes each silo its own wrapped key.
 
     config.py    RegionalConfig (pydantic)
     region.py    its silos, the studies proposed to them, the next task of each silo

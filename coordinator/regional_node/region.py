@@ -26,7 +26,8 @@ from coordinator.api.codecs import ErrorFeedback, build_codec, keep_count
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
-from coordinator.regional_node.work import FinalizeWork, KeygenWork, KeyMaterial, RoundWork, Work
+from coordinator.key_recipients import SEP, check_silo_name
+from coordinator.regional_node.work import FinalizeWork, KeygenWork, KeyMaterial, RoundWork, Work, keys_from_upstream
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ class Region:
 
     # --- silos ------------------------------------------------------------------------------------
     def join(self, silo: str, modalities: list[str], wrap_public_key: bytes) -> None:
-        if not silo or len(silo) > 200:
-            raise InvalidInput("silo name must be 1-200 characters")
+        check_silo_name(silo)
         if silo == self.name:
             raise InvalidInput(f"a silo may not take the region's own name {silo!r}")
         if wrap_public_key and len(wrap_public_key) != 32:
@@ -178,10 +178,14 @@ class Region:
                           + "".join(f"; declined by {s} ({r[:200]})" for s, r in sorted(declined.items())))
                 if not st.answers:
                     reason = f"region {self.name}: no silo answered within {self.enrollment_timeout_s:g} s"
+                # Under CKKS the study secret is wrapped for each member ("<region>/<member>"), never
+                # for the region: upstream learns the members' wrap keys with the answer.
+                member_keys = ({s: self.silos[s].wrap_public_key for s in accepted if s in self.silos}
+                               if st.spec.privacy.encryption != "none" else {})
                 out.append(pb.ProposalAnswer(
                     study_id=st.study_id, accept=bool(accepted), reason=reason[:2000], spec_sha256=st.spec.sha256(),
                     train_samples=sum(st.answers[s].train_samples for s in accepted),
-                    test_samples=sum(st.answers[s].test_samples for s in accepted)))
+                    test_samples=sum(st.answers[s].test_samples for s in accepted), member_wrap_keys=member_keys))
         return out
 
     def mark_answered(self, study_id: str) -> None:
@@ -201,9 +205,15 @@ class Region:
     def start_keygen(self, task: pb.Task, deadline: float) -> KeygenWork:
         with self._lock:
             st = self._member_study_for_work(task)
-            keys = {s: self.silos[s].wrap_public_key for s in st.members}
-            keys.update({p: k for p, k in task.participant_keys.items() if p != self.name})
-            work = KeygenWork(task, st.spec, [st.members[0]], secrets.token_hex(16), deadline, participant_keys=keys)
+            # Relayed as the central coordinator sent it: the region's members are listed as
+            # "<region>/<member>" with the wrap keys this region sent in its answer.
+            for m in st.members:
+                key = task.participant_keys.get(f"{self.name}{SEP}{m}")
+                if key is None or (m in self.silos and key != self.silos[m].wrap_public_key):
+                    raise Refused(f"study {st.study_id}: the KEYGEN task does not list member {m}'s wrap key as this "
+                                  "region sent it; no key holder of this region generates keys for it")
+            work = KeygenWork(task, st.spec, [st.members[0]], secrets.token_hex(16), deadline,
+                              participant_keys=dict(task.participant_keys))
             return self._set_work(st, work)
 
     def start_round(self, task: pb.Task, deadline: float) -> RoundWork:
@@ -261,24 +271,37 @@ class Region:
             self._changed.notify_all()
 
     def accept_key_bundle(self, silo: str, study_id: str, data: bytes, sha: str) -> None:
-        """Keep the region's share of the key holder silo's bundle (the rest goes upstream, see KeygenWork)."""
+        """Keep the region's members' wrapped keys from its key holder silo's bundle (which goes
+        upstream whole, see KeygenWork)."""
         with self._lock:
             work: KeygenWork = self._work_of(silo, study_id, KeygenWork)
             st = self._study(work.upstream.study_id)
             st.keys = work.accept_bundle(silo, data, st.members, self.name)
-            self._keep_bundle(study_id, data)
+            self._keep_keys(study_id, st.keys)
             self._audit_received("key_bundle", silo, work, len(data), sha)
             self._changed.notify_all()
 
-    def _keep_bundle(self, study_id: str, data: bytes) -> None:
-        """The accepted bundle on disk, as received: what the region holds of the study's keys is
-        open to inspection (a public context and secrets wrapped for silo keys it does not have)."""
+    def install_keys(self, study_id: str, public_context: bytes, wrapped_blob: bytes) -> None:
+        """The key material of a study whose key holder is outside the region, as fetched upstream:
+        the public context and the region's wrapped-key blob, `{member: base64(wrapped)}`
+        (coordinator.key_recipients). Only the members' own wrapped keys are kept."""
+        with self._lock:
+            st = self._study(study_id)
+            st.keys = keys_from_upstream(public_context, wrapped_blob, st.members)
+            self._keep_keys(study_id, st.keys)
+            log.info("study %s: region %s holds the public context (sha256 %s) and the wrapped keys of %s", study_id,
+                     self.name, sha256_hex(public_context)[:12], ", ".join(sorted(st.keys.wrapped)))
+            self._changed.notify_all()
+
+    def _keep_keys(self, study_id: str, keys: KeyMaterial) -> None:
+        """What the region holds of the study's keys, on disk and open to inspection: the public
+        context and its members' secrets, wrapped for silo keys it does not have."""
         if self.keys_dir is None:
             return
         self.keys_dir.mkdir(parents=True, exist_ok=True)
         path = self.keys_dir / f"{sha256_hex(study_id.encode())[:16]}.bundle.json"
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(data)
+        tmp.write_bytes(keys.to_json())
         os.replace(tmp, path)
 
     def accept_final_model(self, silo: str, header: pb.BlobHeader, data: bytes) -> None:

@@ -13,12 +13,14 @@ import time
 import numpy as np
 import pytest
 
+from compliance.audit import Event
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.study import AggregationSpec, PrivacySpec, StudySpec
 from coordinator.api.tensors import decode_tensors, encode_tensors
-from coordinator.errors import InvalidInput, Refused
+from coordinator.errors import InvalidInput, NotFound, Refused
 from coordinator.regional_node.region import Region, refusal_reason
 from coordinator.regional_node.work import RoundWork
+from privacy.errors import KeyWrapError
 from privacy.he import SiloKeyPair, StudyKeys, context_has_secret_key, unwrap_secret, wrap_secret
 
 STUDY = "study-1"
@@ -30,7 +32,8 @@ def _no_fetch(study_id: str, version: int) -> tuple[pb.BlobHeader, bytes]:
 
 def _enrolled_region(spec: StudySpec, silos: dict[str, SiloKeyPair]) -> tuple[Region, list[str]]:
     events: list[str] = []
-    region = Region("region-east", fetch_model=_no_fetch, audit=lambda e, **f: events.append(e), expected_silos=len(silos))
+    region = Region("region-east", fetch_model=_no_fetch, audit=lambda e, **f: events.append(Event(e)),  # known events only
+                    expected_silos=len(silos))
     for name, keys in silos.items():
         region.join(name, ["ehr"], keys.public_bytes())
     region.open_proposal(STUDY, spec.to_json())
@@ -49,11 +52,13 @@ def test_region_keeps_only_wrapped_keys_and_refuses_a_secret_public_context() ->
     silos = {"a": SiloKeyPair.generate(), "b": SiloKeyPair.generate()}
     direct = SiloKeyPair.generate()
     region, _ = _enrolled_region(spec, silos)
+    # The central coordinator lists the region's members as "<region>/<member>" (from its answer).
     upstream = pb.Task(kind=pb.TASK_KEYGEN, study_id=STUDY, spec_json=spec.to_json(),
-                       participant_keys={"region-east": b"\x01" * 32, "direct": direct.public_bytes()})
+                       participant_keys={"region-east/a": silos["a"].public_bytes(),
+                                         "region-east/b": silos["b"].public_bytes(), "direct": direct.public_bytes()})
     work = region.start_keygen(upstream, time.time() + 60)
     relayed = region.next_task("a", 0, frozenset())
-    assert relayed.kind == pb.TASK_KEYGEN and set(relayed.participant_keys) == {"a", "b", "direct"}
+    assert relayed.kind == pb.TASK_KEYGEN and dict(relayed.participant_keys) == dict(upstream.participant_keys)
     assert region.next_task("b", 0, frozenset()).kind == pb.TASK_WAIT  # one key holder per region
 
     keys = StudyKeys.generate("exact")
@@ -66,7 +71,7 @@ def test_region_keeps_only_wrapped_keys_and_refuses_a_secret_public_context() ->
 
     with pytest.raises(InvalidInput, match="carries a secret key"):
         region.accept_key_bundle("a", STUDY, bundle(secret), "sha")
-    assert region.studies[STUDY].keys is None and work.upstream_bundle is None
+    assert region.studies[STUDY].keys is None and work.bundle is None
     with pytest.raises(Refused):
         region.accept_key_bundle("b", STUDY, bundle(keys.public_context()), "sha")  # not the key holder
 
@@ -74,13 +79,50 @@ def test_region_keeps_only_wrapped_keys_and_refuses_a_secret_public_context() ->
     held = region.studies[STUDY].keys
     assert held is not None and not context_has_secret_key(held.public_context)
     assert set(held.wrapped) == {"a", "b"}
-    up = json.loads(work.upstream_bundle)
-    assert set(up["wrapped"]) == {"direct", "region-east"}  # the central coordinator's participants
-    assert not context_has_secret_key(base64.b64decode(up["public_context"]))
-    inner = json.loads(base64.b64decode(up["wrapped"]["region-east"]))  # the region's silos' keys, still wrapped
+    up = json.loads(work.bundle)  # forwarded whole: the central coordinator checks every recipient
+    assert set(up["wrapped"]) == {"direct", "region-east/a", "region-east/b"}
     for name, pair in silos.items():
-        assert unwrap_secret(base64.b64decode(inner[name]), pair, context=STUDY.encode()) == secret
-        assert region.wrapped_key(name, STUDY) == base64.b64decode(inner[name])
+        assert unwrap_secret(region.wrapped_key(name, STUDY), pair, context=STUDY.encode()) == secret
+        with pytest.raises(KeyWrapError):  # each member's key opens only with that member's private key
+            unwrap_secret(region.wrapped_key(name, STUDY), silos["b" if name == "a" else "a"], context=STUDY.encode())
+
+
+def test_region_answers_a_ckks_study_with_its_members_wrap_keys() -> None:
+    silos = {"a": SiloKeyPair.generate(), "b": SiloKeyPair.generate()}
+    fresh = Region("region-east", fetch_model=_no_fetch, audit=lambda e, **f: Event(e), expected_silos=2)
+    spec = StudySpec(name="k", privacy=PrivacySpec(dp=False, encryption="ckks-exact"))
+    for name, keys in silos.items():
+        fresh.join(name, ["ehr"], keys.public_bytes())
+    fresh.open_proposal(STUDY, spec.to_json())
+    fresh.answer_proposal("a", pb.ProposalAnswer(silo="a", study_id=STUDY, accept=True, spec_sha256=spec.sha256()))
+    fresh.answer_proposal("b", pb.ProposalAnswer(silo="b", study_id=STUDY, accept=False, reason="no"))
+    [answer] = fresh.ready_answers()
+    assert answer.accept and dict(answer.member_wrap_keys) == {"a": silos["a"].public_bytes()}  # accepting members only
+    with pytest.raises(InvalidInput, match="may not contain '/'"):
+        fresh.join("x/y", ["ehr"], SiloKeyPair.generate().public_bytes())
+
+
+def test_region_takes_its_members_keys_from_upstream_when_the_key_holder_is_elsewhere() -> None:
+    """The central coordinator serves the region's blob: {member: wrapped}; the region keeps its
+    members' keys, serves each member only its own, and refuses a secret 'public' context."""
+    spec = StudySpec(name="keys", privacy=PrivacySpec(dp=False, encryption="ckks-exact"))
+    silos = {"a": SiloKeyPair.generate(), "b": SiloKeyPair.generate()}
+    region, _ = _enrolled_region(spec, silos)
+    keys = StudyKeys.generate("exact")
+    secret = keys.secret_context()
+    blob = json.dumps({s: base64.b64encode(wrap_secret(secret, k.public_bytes(), context=STUDY.encode())).decode()
+                       for s, k in silos.items()}).encode()
+    with pytest.raises(InvalidInput, match="carries a secret key"):
+        region.install_keys(STUDY, secret, blob)
+    only_a = json.dumps({"a": json.loads(blob)["a"]}).encode()
+    with pytest.raises(InvalidInput, match="wrapped no key for member.*b"):
+        region.install_keys(STUDY, keys.public_context(), only_a)
+    assert region.studies[STUDY].keys is None
+    region.install_keys(STUDY, keys.public_context(), blob)
+    for name, pair in silos.items():
+        assert unwrap_secret(region.wrapped_key(name, STUDY), pair, context=STUDY.encode()) == secret
+    with pytest.raises(NotFound):
+        region.wrapped_key("stranger", STUDY)
 
 
 def test_round_work_forwards_the_rule_result_with_the_summed_weight() -> None:

@@ -128,8 +128,50 @@ def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key
     assert summary["silos"] == [REGION]
     worst = _max_difference(model, flat_model)
     assert 0 < worst <= 1e-5, f"regional and flat CKKS aggregates differ by {worst}"
+    central = [e.fields for e in read_log(tmp_path / "tree" / "coordinator" / "audit.sqlite").entries]
+    [bundle_event] = [f for f in central if f.get("kind") == "key_bundle"]
+    assert bundle_event["wrapped_for"] == sorted(f"{REGION}/{h.name}" for h in members)
+    _assert_region_holds_no_secret(tmp_path, members, summary["study"])
 
-    # What the region holds of the keys: the bundle its key holder silo sent, kept as received.
+
+def test_regional_ckks_with_a_direct_key_holder_equals_flat(cluster, tmp_path, hospitals) -> None:
+    """The key holder is a direct silo (northgate sorts before region-east): it wraps the secret for
+    each of the region's members ("region-east/<member>"), never for the region, and the region
+    hands each member its own wrapped key."""
+    spec = _spec(1, "ckks-exact")
+    direct = [h for h in hospitals if h.name < REGION]
+    members = [h for h in hospitals if h.name > REGION]
+    assert len(direct) == 1 and len(members) == 2, [h.name for h in hospitals]
+    flat = _new_cluster(cluster, tmp_path / "flat")
+    try:
+        _, flat_model = _run(flat, spec, behind_region=[], direct=hospitals, out=tmp_path / "flat-out", silo_state=tmp_path)
+    finally:
+        flat.stop()
+    tree = _new_cluster(cluster, tmp_path / "tree")
+    try:
+        summary, model = _run(tree, spec, behind_region=members, direct=direct, out=tmp_path / "tree-out", silo_state=tmp_path)
+        region_log = tree.log(REGION)
+    finally:
+        tree.stop()
+    assert summary["silos"] == sorted([REGION, direct[0].name])
+    for r in summary["rounds"][1:]:
+        assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, direct[0].name])
+    assert "forwarded the key bundle" not in region_log  # the region was not the key holder
+    assert f"and the wrapped keys of {', '.join(sorted(h.name for h in members))}" in region_log  # fetched upstream
+    worst = _max_difference(model, flat_model)
+    assert 0 < worst <= 1e-5, f"regional and flat CKKS aggregates differ by {worst}"
+
+    # The central coordinator's audit says whom the secret was wrapped for: the region's members, not the region.
+    central = [e.fields for e in read_log(tmp_path / "tree" / "coordinator" / "audit.sqlite").entries]
+    [bundle_event] = [f for f in central if f.get("kind") == "key_bundle"]
+    assert bundle_event["silo"] == direct[0].name
+    assert bundle_event["wrapped_for"] == sorted([direct[0].name] + [f"{REGION}/{h.name}" for h in members])
+    _assert_region_holds_no_secret(tmp_path, members, summary["study"])
+
+
+def _assert_region_holds_no_secret(tmp_path: Path, members: list, study: str) -> None:
+    """What the region holds of the keys (kept on disk for inspection): the public context and its
+    members' secrets wrapped for their keys; nothing it stored loads as a secret context."""
     bundles = list((tmp_path / "tree" / REGION / "keys").glob("*.bundle.json"))
     assert len(bundles) == 1
     bundle = json.loads(bundles[0].read_bytes())
@@ -143,7 +185,7 @@ def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key
             context_has_secret_key(wrapped)
         # ... but the real secret for the silo holding the matching private key.
         silo_keys = SiloKeyPair.from_private_bytes((_state_dir(tmp_path, h) / "wrap-key.bin").read_bytes())
-        assert context_has_secret_key(unwrap_secret(wrapped, silo_keys, context=summary["study"].encode()))
+        assert context_has_secret_key(unwrap_secret(wrapped, silo_keys, context=study.encode()))
     # The region keeps no key pair of its own on disk, and nothing it stored loads as a secret context.
     region_files = [p for p in (tmp_path / "tree" / REGION).rglob("*") if p.is_file()]
     assert not any("wrap-key" in p.name for p in region_files)
