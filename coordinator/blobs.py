@@ -15,10 +15,37 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from coordinator.api.chunks import serialized_data_chunks
+
+
+def _sha256_into(data: bytes | bytearray | memoryview, box: list[str]) -> None:
+    box.append(hashlib.sha256(data).hexdigest())
+
+
+class _Background:
+    """Run `fn(*args)` in a thread (for calls that release the GIL: fsync, hashing); `wait`
+    joins it and raises what it raised."""
+
+    def __init__(self, fn: Callable[..., object], *args: object) -> None:
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                fn(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="blob-io", daemon=True)
+        self._thread.start()
+
+    def wait(self, *, raise_error: bool = True) -> None:
+        self._thread.join()
+        if raise_error and self._error is not None:
+            raise self._error
 
 
 class Incoming:
@@ -30,16 +57,19 @@ class Incoming:
         self.path = Path(name)
         self._file = os.fdopen(fd, "wb")
         self._map: mmap.mmap | None = None
+        self._synced: _Background | None = None
         self.committed: str | None = None
 
     def write(self, data: bytes) -> None:
         self._file.write(data)
 
     def view(self) -> memoryview:
-        """The received bytes, memory-mapped (no copy)."""
+        """The received bytes, memory-mapped (no copy). They reach the disk (fsync) while the
+        caller checks them; `commit` waits for that before the blob gets its name."""
         if self._map is None:
             self._file.flush()
-            os.fsync(self._file.fileno())
+            if self._synced is None:
+                self._synced = _Background(os.fsync, self._file.fileno())
             size = self._file.tell()
             if size == 0:
                 return memoryview(b"")
@@ -49,6 +79,8 @@ class Incoming:
 
     def commit(self, sha: str) -> str:
         self.view()
+        assert self._synced is not None
+        self._synced.wait()  # never a name for bytes that are not on disk
         target = self.store.path(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(self.path, target)
@@ -63,6 +95,8 @@ class Incoming:
         self.committed = "partial"
 
     def close(self) -> None:
+        if self._synced is not None:
+            self._synced.wait(raise_error=False)  # its file descriptor closes next
         self._file.close()
         if self._map is not None:
             try:
@@ -103,22 +137,40 @@ class BlobStore:
     def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, serve: bool = False,
             replaces: str | None = None) -> str:
         """Store `data` under its SHA-256; `serve=True` also prepares its chunks for FetchBlob,
-        dropping those of `replaces` (the version it supersedes) first."""
-        sha = sha or hashlib.sha256(data).hexdigest()
-        target = self.path(sha)
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{sha}.tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
+        dropping those of `replaces` (the version it supersedes) first.
+
+        Hashing runs beside the write, and the chunks are built beside the fsync (both release
+        the GIL), so a new model version is ready sooner; the name comes only once it is on disk.
+        """
+        digest = _Background(_sha256_into, data, box := []) if sha is None else None
+        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".put-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        if serve:
-            with self._chunks_lock:
-                self._chunks.pop(replaces or "", None)
-            self.serialized_chunks(sha, data)
+                if digest is not None:
+                    digest.wait()
+                    sha = box[0]
+                assert sha is not None
+                target = self.path(sha)
+                if not target.exists():
+                    synced = _Background(os.fsync, f.fileno())
+                    if serve:
+                        self._serve(sha, data, replaces)
+                    synced.wait()
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(tmp, target)
+                elif serve:
+                    self._serve(sha, data, replaces)
+        finally:
+            tmp.unlink(missing_ok=True)
         return sha
+
+    def _serve(self, sha: str, data: bytes | bytearray | memoryview, replaces: str | None) -> None:
+        with self._chunks_lock:
+            self._chunks.pop(replaces or "", None)
+        self.serialized_chunks(sha, data)
 
     def get(self, sha: str) -> bytes:
         return self.path(sha).read_bytes()
