@@ -126,6 +126,7 @@ class Federation:
                 ModelVersionRow(study_id=study_id, version=0, blob_sha=sha, encoding="tensors", base_version=None),
             )
             self._specs[study_id] = spec
+            self._closer.layout(study_id, spec)  # read once now, not by the first update of round 1
             self.audit("study_received", study=study_id, spec_sha256=spec.sha256(), rounds=spec.training.rounds)
             log.info("study %s submitted (%d rounds, %s)", study_id, spec.training.rounds, spec.privacy.encryption)
             self._notify()
