@@ -59,6 +59,21 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         log.debug("not glibc; malloc arenas left as they are")
 
 
+def listen_on(server: grpc.Server, config: Any) -> int:
+    """Bind `server` to `config.listen`: mutual TLS from the config's certificates, or, with
+    `config.insecure`, plain (local demos only). The port bound; an error if none."""
+    if config.insecure:
+        log.warning("INSECURE MODE: no TLS, silo identities are taken at their word. Local demos only.")
+        port = server.add_insecure_port(config.listen)
+    else:
+        from coordinator.tls import server_credentials
+
+        port = server.add_secure_port(config.listen, server_credentials(config))
+    if port == 0:
+        raise OSError(f"could not listen on {config.listen}")
+    return port
+
+
 class CoordinatorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -87,24 +102,12 @@ class Coordinator:
         self.federation = Federation(self.store, BlobStore(state / "blobs"), audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
         add_to_server(self.server, FederationService(self.federation, Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl), audit=self.audit))
-        self._bind()
+        self.port = listen_on(self.server, config)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_forever, name="coordinator-ticker", daemon=True)
 
     def audit(self, event: str, **fields: Any) -> None:
         self.audit_log.append(event, **fields)
-
-    def _bind(self) -> None:
-        c = self.config
-        if c.insecure:
-            log.warning("INSECURE MODE: no TLS, silo identities are taken at their word. Local demos only.")
-            self.port = self.server.add_insecure_port(c.listen)
-        else:
-            from coordinator.tls import server_credentials
-
-            self.port = self.server.add_secure_port(c.listen, server_credentials(c))
-        if self.port == 0:
-            raise OSError(f"could not listen on {c.listen}")
 
     def start(self) -> "Coordinator":
         self.server.start()

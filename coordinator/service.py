@@ -34,23 +34,33 @@ _STATUS = {
 MAX_CONTROL_BLOB = 64 << 20  # key bundles and final models are bounded separately from updates
 
 
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def wrapper(self: "FederationService", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except CoordinatorError as e:
-            code = next((c for t, c in _STATUS.items() if isinstance(e, t)), grpc.StatusCode.INVALID_ARGUMENT)
-            if isinstance(e, PermissionDenied):
-                self.audit("auth_failure", method=method.__name__, peer=context.peer(), reason=str(e)[:300])
-            context.abort(code, str(e))
-        except BlobError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blob stream: {e}")
-        except Exception:  # noqa: BLE001 - the server must survive any single bad call
-            log.exception("internal error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the coordinator log")
+def rpc_errors(log_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorate a servicer method: our errors become their gRPC status with the message intact
+    (a permission refusal is audited through the servicer's `audit`); anything unexpected is
+    logged and answered INTERNAL, naming `log_name` as where to look."""
 
-    return wrapper
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return method(self, request, context)
+            except CoordinatorError as e:
+                code = next((c for t, c in _STATUS.items() if isinstance(e, t)), grpc.StatusCode.INVALID_ARGUMENT)
+                if isinstance(e, PermissionDenied):
+                    self.audit("auth_failure", method=method.__name__, peer=context.peer(), reason=str(e)[:300])
+                context.abort(code, str(e))
+            except BlobError as e:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blob stream: {e}")
+            except Exception:  # noqa: BLE001 - the server must survive any single bad call
+                log.exception("internal error in %s", method.__name__)
+                context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see {log_name}")
+
+        return wrapper
+
+    return decorate
+
+
+_rpc = rpc_errors("the coordinator log")
 
 
 class FederationService(pb_grpc.FederationServicer):

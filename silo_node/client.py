@@ -8,8 +8,6 @@ with the coordinator's message, because retrying it cannot succeed.
 from __future__ import annotations
 
 import logging
-import random
-import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -18,19 +16,10 @@ import grpc
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import receive_blob, serialized_blob_stream, sha256_hex
+from coordinator.api.transport import call_with_retries, open_channel  # noqa: F401 - re-exported: the silo's dial
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.max_send_message_length", 8 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
-
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 PUSH_BLOB_METHOD, FETCH_BLOB_METHOD = f"/{_SERVICE}/PushBlob", f"/{_SERVICE}/FetchBlob"
@@ -50,12 +39,6 @@ class CoordinatorRefusal(SiloError):
         self.code = code
 
 
-def open_channel(target: str, *, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
-    if credentials is None:
-        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
-
-
 class CoordinatorClient:
     def __init__(self, channel: grpc.Channel, *, silo: str, max_retries: int = 8, base_delay_s: float = 0.5) -> None:
         self.stub = pb_grpc.FederationStub(channel)
@@ -73,20 +56,9 @@ class CoordinatorClient:
         self.bytes_down = 0
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        for attempt in range(self.max_retries + 1):
-            try:
-                return fn()
-            except grpc.RpcError as e:
-                code = e.code()
-                if code not in TRANSIENT:
-                    raise CoordinatorRefusal(code, e.details() or "") from None
-                if attempt == self.max_retries:
-                    raise CoordinatorUnreachable(f"{what}: coordinator unreachable after {attempt + 1} tries "
-                                                 f"({code.name}: {e.details()})") from None
-                delay = min(30.0, self.base_delay_s * 2**attempt) * (0.5 + random.random())
-                log.warning("%s failed (%s); retrying in %.1f s", what, code.name, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        return call_with_retries(what, fn, peer="coordinator", max_retries=self.max_retries,
+                                 base_delay_s=self.base_delay_s, refused=CoordinatorRefusal,
+                                 unreachable=CoordinatorUnreachable)
 
     def _counting(self, chunks: Iterator[bytes], *, up: bool) -> Iterator[bytes]:
         """Serialised chunks as they cross the wire, counted (as the coordinator counts them)."""

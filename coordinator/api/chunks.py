@@ -58,6 +58,11 @@ def _varint(n: int) -> bytes:
 _DATA_TAG = bytes([(pb.Chunk.DESCRIPTOR.fields_by_name["data"].number << 3) | 2])  # field 2, length-delimited
 
 
+def _framed(piece: memoryview) -> bytes:
+    """A data chunk serialised by hand: tag, length, bytes, one copy."""
+    return b"".join((_DATA_TAG, _varint(len(piece)), piece))
+
+
 def serialized_data_chunks(data: bytes | memoryview, *, chunk_bytes: int = CHUNK_BYTES) -> list[bytes]:
     """The data pieces of a blob as serialised `Chunk` messages, to send again and again without copies.
 
@@ -65,8 +70,7 @@ def serialized_data_chunks(data: bytes | memoryview, *, chunk_bytes: int = CHUNK
     writes, which a test checks) so that each piece is copied once, not three times.
     """
     view = memoryview(data).cast("B")
-    return [b"".join((_DATA_TAG, _varint(len(piece)), piece))
-            for piece in (view[i : i + chunk_bytes] for i in range(0, len(view), chunk_bytes))]
+    return [_framed(piece) for piece in (view[i : i + chunk_bytes] for i in range(0, len(view), chunk_bytes))]
 
 
 def serialized_blob_stream(header: pb.BlobHeader, data: bytes | memoryview, *, chunk_bytes: int = CHUNK_BYTES,
@@ -80,7 +84,7 @@ def serialized_blob_stream(header: pb.BlobHeader, data: bytes | memoryview, *, c
     yield pb.Chunk(header=header).SerializeToString()
     for start in range(0, len(view), chunk_bytes):
         piece = view[start : start + chunk_bytes]
-        yield b"".join((_DATA_TAG, _varint(len(piece)), piece))
+        yield _framed(piece)
 
 
 def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:

@@ -18,13 +18,14 @@ from compliance.audit import AuditLog
 from compliance.keys import load_or_create_signing_key
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.api.transport import open_channel
 from coordinator.auth import Authenticator
 from coordinator.regional_node.config import RegionalConfig
 from coordinator.regional_node.region import Region
 from coordinator.regional_node.relay import Relay
 from coordinator.regional_node.service import RegionalService
-from coordinator.regional_node.upstream import UpstreamClient, open_upstream_channel
-from coordinator.server import GRPC_OPTIONS
+from coordinator.regional_node.upstream import UpstreamClient
+from coordinator.server import GRPC_OPTIONS, listen_on
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class RegionalAggregator:
         state.mkdir(parents=True, exist_ok=True)
         self.audit_log = AuditLog.open(state / "audit.sqlite", node=config.name, role="coordinator",
                                        signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
-        channel = open_upstream_channel(config.upstream, credentials=_upstream_credentials(config))
+        channel = open_channel(config.upstream, credentials=_upstream_credentials(config))
         self.upstream = UpstreamClient(channel, name=config.name, max_retries=config.max_retries)
         self.region = Region(config.name, fetch_model=self._fetch_model, audit=self.audit,
                              expected_silos=config.expected_silos, enrollment_timeout_s=config.enrollment_timeout_s,
@@ -60,7 +61,7 @@ class RegionalAggregator:
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
         auth = Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl)
         pb_grpc.add_FederationServicer_to_server(RegionalService(self.region, auth, audit=self.audit), self.server)
-        self._bind()
+        self.port = listen_on(self.server, config)
         self._stop = threading.Event()
         self._relay_thread = threading.Thread(target=self.relay.run, args=(self._stop,), name="regional-relay", daemon=True)
 
@@ -69,18 +70,6 @@ class RegionalAggregator:
 
     def _fetch_model(self, study_id: str, version: int) -> tuple[pb.BlobHeader, bytes]:
         return self.upstream.fetch(study_id, pb.BLOB_MODEL, version=version)
-
-    def _bind(self) -> None:
-        c = self.config
-        if c.insecure:
-            log.warning("INSECURE MODE: no TLS, silo identities are taken at their word. Local demos only.")
-            self.port = self.server.add_insecure_port(c.listen)
-        else:
-            from coordinator.tls import server_credentials
-
-            self.port = self.server.add_secure_port(c.listen, server_credentials(c))
-        if self.port == 0:
-            raise OSError(f"could not listen on {c.listen}")
 
     def start(self) -> "RegionalAggregator":
         self.server.start()

@@ -8,45 +8,23 @@ its first byte (QueryUpload always answers 0: the region keeps no partial upload
 
 from __future__ import annotations
 
-import functools
-import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import grpc
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
-from coordinator.api.chunks import BlobError, chunk_blob, receive_blob
+from coordinator.api.chunks import chunk_blob, receive_blob
 from coordinator.auth import Authenticator
-from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
+from coordinator.errors import InvalidInput, Refused
 from coordinator.regional_node.region import Region
+from coordinator.service import rpc_errors
 
-log = logging.getLogger(__name__)
-
-_STATUS = {NotFound: grpc.StatusCode.NOT_FOUND, Refused: grpc.StatusCode.FAILED_PRECONDITION,
-           InvalidInput: grpc.StatusCode.INVALID_ARGUMENT, PermissionDenied: grpc.StatusCode.PERMISSION_DENIED}
 MAX_KEY_BUNDLE = 64 << 20
 MAX_BLOB = 8 << 30  # updates and final models: the study's own limit (from the round's task) applies first
 
 
-def _rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def wrapper(self: "RegionalService", request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except CoordinatorError as e:
-            code = next((c for t, c in _STATUS.items() if isinstance(e, t)), grpc.StatusCode.INVALID_ARGUMENT)
-            if isinstance(e, PermissionDenied):
-                self.audit("auth_failure", method=method.__name__, peer=context.peer(), reason=str(e)[:300])
-            context.abort(code, str(e))
-        except BlobError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blob stream: {e}")
-        except Exception:  # noqa: BLE001 - one bad call must not take the region down
-            log.exception("internal error in %s", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the regional aggregator's log")
-
-    return wrapper
+_rpc = rpc_errors("the regional aggregator's log")
 
 
 class RegionalService(pb_grpc.FederationServicer):

@@ -1,15 +1,11 @@
 """The region's link to the central coordinator, where it is one silo: dial out, retry, stream blobs.
 
-The same rules as a silo's client (silo_node.client, which the coordinator room may not
-import): transient failures are retried with backoff, a refusal is raised at once with the
-central coordinator's message.
+The same rules as a silo's client, from coordinator.api.transport: transient failures are
+retried with backoff, a refusal is raised at once with the central coordinator's message.
 """
 
 from __future__ import annotations
 
-import logging
-import random
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -18,29 +14,14 @@ import grpc
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import chunk_blob, receive_blob, sha256_hex
+from coordinator.api.transport import call_with_retries
 from coordinator.errors import CoordinatorError
 
-log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.ABORTED}
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 << 20),
-    ("grpc.max_send_message_length", 8 << 20),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
 
 
 class UpstreamError(CoordinatorError):
     """The central coordinator refused a call, or could not be reached after every retry."""
-
-
-def open_upstream_channel(target: str, *, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
-    if credentials is None:
-        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
 
 
 class UpstreamClient:
@@ -51,20 +32,11 @@ class UpstreamClient:
         self.base_delay_s = base_delay_s
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        for attempt in range(self.max_retries + 1):
-            try:
-                return fn()
-            except grpc.RpcError as e:
-                code = e.code()
-                if code not in TRANSIENT:
-                    raise UpstreamError(f"central coordinator refused {what} ({code.name}): {e.details()}") from None
-                if attempt == self.max_retries:
-                    raise UpstreamError(f"{what}: central coordinator unreachable after {attempt + 1} tries "
-                                        f"({code.name}: {e.details()})") from None
-                delay = min(30.0, self.base_delay_s * 2**attempt) * (0.5 + random.random())
-                log.warning("%s failed (%s); retrying in %.1f s", what, code.name, delay)
-                time.sleep(delay)
-        raise AssertionError("unreachable")
+        def refused(code: grpc.StatusCode, details: str) -> UpstreamError:
+            return UpstreamError(f"central coordinator refused {what} ({code.name}): {details}")
+
+        return call_with_retries(what, fn, peer="central coordinator", max_retries=self.max_retries,
+                                 base_delay_s=self.base_delay_s, refused=refused, unreachable=UpstreamError)
 
     def join(self, modalities: list[str], wrap_public_key: bytes) -> None:
         req = pb.JoinRequest(silo=self.name, modalities=modalities, wrap_public_key=wrap_public_key,
