@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
+import warnings
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -67,6 +69,44 @@ def _check_delta(delta: float) -> None:
         raise DPError(f"delta must be in (0, 1), got {delta!r}")
 
 
+def secret_generator(device: torch.device | str = "cpu") -> torch.Generator:
+    """A torch generator seeded with 64 bits from the operating system's CSPRNG (`secrets`).
+
+    The seed is drawn here, is never stored and never leaves the process, so nobody outside the
+    silo (the coordinator included) can regenerate what the generator draws: finding it would
+    take about 2^63 training runs. A fresh one is drawn for every round.
+    """
+    return torch.Generator(device=device).manual_seed(secrets.randbits(64))
+
+
+class SiloPrivacyEngine(PrivacyEngine):
+    """Opacus' `PrivacyEngine` in its secure mode, fed by generators only this silo knows.
+
+    Secure mode (a) takes the Poisson sample and the Gaussian noise from the engine's own
+    generator, never from torch's global one, which a coordinator-chosen seed may have set, and
+    (b) draws noise robustly to floating-point attacks (Mironov 2012; Opacus' `_generate_noise`).
+    Opacus' own secure mode needs `torchcsprng`, which has no current wheel, so the generators
+    here are `secret_generator()`s instead: one on the CPU for sampling, one on the model's
+    device for the noise.
+    """
+
+    def __init__(self, *, accountant: Accountant, device: torch.device | str = "cpu") -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the advice to turn secure mode on: it is on, below
+            super().__init__(accountant=accountant, secure_mode=False)
+        self.secure_mode = True
+        self.secure_rng = secret_generator("cpu")  # Poisson sampling (DPDataLoader draws on the CPU)
+        self._noise_rng = secret_generator(device)
+
+    def _prepare_optimizer(self, **kwargs):  # type: ignore[no-untyped-def]
+        # Opacus hands `secure_rng` to the optimizer; the noise must be drawn on the model's device.
+        sampler_rng, self.secure_rng = self.secure_rng, self._noise_rng
+        try:
+            return super()._prepare_optimizer(**kwargs)
+        finally:
+            self.secure_rng = sampler_rng
+
+
 def make_private(
     *,
     module: torch.nn.Module,
@@ -75,14 +115,19 @@ def make_private(
     noise_multiplier: float,
     max_grad_norm: float,
     accountant: Accountant = "rdp",
+    device: torch.device | str = "cpu",
 ) -> PrivateTraining:
-    """Wrap a model, optimizer and loader for DP-SGD with Poisson sampling (Opacus)."""
+    """Wrap a model, optimizer and loader for DP-SGD with Poisson sampling (Opacus).
+
+    Sampling and noise come from generators seeded inside this process from the OS CSPRNG
+    (`SiloPrivacyEngine`): no seed that left the silo, nor torch's global seed, determines them.
+    """
     _check_accountant(accountant)
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise DPError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise DPError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
-    engine = PrivacyEngine(accountant=accountant)
+    engine = SiloPrivacyEngine(accountant=accountant, device=device)
     module, optimizer, data_loader = engine.make_private(
         module=module,
         optimizer=optimizer,

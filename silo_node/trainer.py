@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +88,11 @@ class LocalTrainer:
         """Train from the global weights; return the shared layers' delta."""
         t, p = self.spec.training, self.spec.privacy
         set_shared_weights(self.model, self.personal, global_weights)
-        torch.manual_seed(round_seed)
+        # Without DP the round seed makes a round reproducible (shuffling, dropout). Under DP nothing
+        # random may follow from it: the coordinator chose it, and with it could regenerate and subtract
+        # the noise. Then torch's global generator is seeded from the OS CSPRNG too, and Opacus draws
+        # sampling and noise from its own secret generators (privacy.dp.SiloPrivacyEngine).
+        torch.manual_seed(secrets.randbits(63) if p.dp else round_seed)
         model = copy.deepcopy(self.model).train()
         if t.optimizer == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=t.learning_rate)
@@ -99,7 +104,7 @@ class LocalTrainer:
         if p.dp:
             private = make_private(module=model, optimizer=optimizer, data_loader=loader,
                                    noise_multiplier=float(noise_multiplier or 0.0), max_grad_norm=p.max_grad_norm,
-                                   accountant=p.accountant)
+                                   accountant=p.accountant, device=self.device)
             trained, optimizer, loader = private.module, private.optimizer, private.data_loader
         anchors = {n: w.detach().clone() for n, w in model.named_parameters()}
         losses = []
