@@ -33,16 +33,16 @@ from .cache import IngestCache, cohort_hash
 from .cohort import INDEX_DATE, MODALITIES, CohortLike
 from .dataset import MultimodalDataset, normalise_ehr
 from .deid import Deidentifier
-from .dicom import DicomInput, file_inputs
-from .ehr import check_features, ehr_values, has_observed_ehr, label_of
+from .imaging.dicom import DicomInput, file_inputs
+from .ehr.features import check_features, ehr_values, has_observed_ehr, label_of
 from .errors import ConfigurationError, InputError
-from .factstore import FactStore
-from .fhir import read_fhir
-from .images import read_images
+from .ehr.factstore import FactStore
+from .ehr.fhir import read_fhir
+from .imaging.images import read_images
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
-from .signals import LatestWindows, read_signals, sampled_signals
-from .tabular import read_tabular
+from .wearables.signals import LatestWindows, read_signals, sampled_signals
+from .ehr.tabular import read_tabular
 
 log = logging.getLogger(__name__)
 MIN_KEY_BYTES = 16
@@ -156,7 +156,7 @@ def _ingest(store: FactStore, files: RowFiles, *, fhir: Sequence[Path], dicom: S
 
     remote: Iterable[DicomInput] = ()
     if dicomweb:
-        from .dicomweb import dicomweb_inputs  # dicomweb-client is only needed when a PACS is named
+        from .imaging.dicomweb import dicomweb_inputs  # dicomweb-client is only needed when a PACS is named
 
         remote = chain.from_iterable(dicomweb_inputs(url) for url in dicomweb)
     images, image_stats = read_images(chain(file_inputs(dicom), dicom_inputs, remote), deid=deid, index_date=index_date,

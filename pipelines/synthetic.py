@@ -12,7 +12,7 @@ fixed: the generator is not tuned to any model.
 Hospitals differ (non-IID): label prevalence (intercept), age mix, CT scanner gain/offset
 and stored-value encoding, wearable device noise, and units: `northgate` reports glucose as
 LOINC 15074-8 in mmol/L and creatinine as LOINC 14682-9 in umol/L (the molar LOINC codes),
-so ingestion has to normalise units (see `pipelines.units`).
+so ingestion has to normalise units (see `pipelines.ehr.units`).
 
 Files are written the way the source systems write them: one Synthea-style `transaction`
 Bundle per patient (fullUrl `urn:uuid:`, request POST), one DICOM Part-10 file per patient

@@ -12,10 +12,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from coordinator.api.study import CohortSpec, ModelSpec, StudySpec
-from pipelines.dicom import read_frame
+from pipelines.imaging.dicom import read_frame
 from pipelines.errors import InputError
 from pipelines.models import build_model, multimodal_loss
-from pipelines.volumes import series_volume
+from pipelines.imaging.volumes import series_volume
 
 ROWS, COLS, SLICES = 24, 20, 6
 

@@ -38,7 +38,7 @@ def write_series(folder: Path, mrn: str, slices: int, *, study_date: str = "2023
     """One CT series of `slices` positions (5 mm apart; those in `skip` left out), files named in shuffled order.
 
     Stored values use RescaleSlope 0.5 / RescaleIntercept -1024 and, when `window` is given, a VOI window,
-    so the reader has to apply both to get the same values as `pipelines.dicom.read_frame`.
+    so the reader has to apply both to get the same values as `pipelines.imaging.dicom.read_frame`.
     """
     folder.mkdir(parents=True, exist_ok=True)
     study, series, frame = generate_uid(), series_uid or generate_uid(), generate_uid()

@@ -9,7 +9,7 @@ import torch
 from coordinator.api.study import DEFAULT_FEATURES, CohortSpec, FeatureSpec
 from pipelines.dataset import MultimodalDataset, normalise_ehr, split_train_test
 from pipelines.errors import DatasetError, UnitError
-from pipelines.units import convert
+from pipelines.ehr.units import convert
 
 from .conftest import ingest
 

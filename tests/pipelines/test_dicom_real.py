@@ -14,7 +14,7 @@ from pydicom.data import get_testdata_file
 
 from coordinator.api.study import CohortSpec
 from pipelines.deid import Deidentifier
-from pipelines.dicom import normalise_slice, read_frame
+from pipelines.imaging.dicom import normalise_slice, read_frame
 from pipelines.ingest import ingest_silo
 
 from .fixtures import patient, write_bundle

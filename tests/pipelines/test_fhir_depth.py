@@ -12,7 +12,7 @@ import wfdb
 
 from coordinator.api.study import CohortSpec, FeatureSpec
 from pipelines.ingest import ingest_silo
-from pipelines.wearables import read_wfdb, window
+from pipelines.wearables.recordings import read_wfdb, window
 
 from .fixtures import LOINC, RXNORM, SNOMED, patient, quantity, write_bundle
 
@@ -86,9 +86,9 @@ def test_bundles_ndjson_and_feature_spec(tmp_path: Path):
     assert result.report.modalities["ehr"].unused["data_absent"] == 1
     # the raw values behind the normalisation: rebuild them through the public pieces
     from pipelines.deid import Deidentifier
-    from pipelines.ehr import ehr_values
-    from pipelines.factstore import FactStore
-    from pipelines.fhir import read_fhir
+    from pipelines.ehr.features import ehr_values
+    from pipelines.ehr.factstore import FactStore
+    from pipelines.ehr.fhir import read_fhir
     from pipelines.quarantine import Quarantine
     with FactStore() as store:
         read_fhir([fhir], Quarantine(), deid=Deidentifier(KEY), index_date=date(2024, 1, 1), store=store)

@@ -9,10 +9,10 @@ import pytest
 
 from pipelines.deid import Deidentifier
 from pipelines.errors import SignalError
-from pipelines.factstore import FactStore
-from pipelines.fhir import read_fhir
+from pipelines.ehr.factstore import FactStore
+from pipelines.ehr.fhir import read_fhir
 from pipelines.quarantine import Quarantine
-from pipelines.wearables import MAX_GAP_S, read_recording, window
+from pipelines.wearables.recordings import MAX_GAP_S, read_recording, window
 
 KEY = b"fedcare-test-pseudonym-key-32byt"
 CHANNELS = ("heart_rate", "acc_x", "acc_y", "acc_z")

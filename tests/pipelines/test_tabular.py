@@ -15,12 +15,12 @@ from pydicom.data import get_testdata_file
 
 from coordinator.api.study import CohortSpec, FeatureSpec
 from pipelines.deid import Deidentifier
-from pipelines.ehr import ehr_values
-from pipelines.factstore import FactStore
-from pipelines.fhir import read_fhir
+from pipelines.ehr.features import ehr_values
+from pipelines.ehr.factstore import FactStore
+from pipelines.ehr.fhir import read_fhir
 from pipelines.ingest import ingest_silo
 from pipelines.quarantine import Quarantine
-from pipelines.tabular import read_tabular
+from pipelines.ehr.tabular import read_tabular
 
 from .fixtures import RXNORM, SNOMED, patient, quantity, write_bundle
 
@@ -214,9 +214,9 @@ def test_omop_table_without_vocabulary_and_unknown_files_are_quarantined(tmp_pat
 
 
 def test_chunked_reading_numbers_rows_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import pipelines.tables
+    import pipelines.ehr.tables
 
-    monkeypatch.setattr(pipelines.tables, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(pipelines.ehr.tables, "CHUNK_ROWS", 3)
     rows = ["mrn,system,code,value,unit,date"] + [f"MRN-{i},LOINC,2345-7,{90 + i},mg/dL,2023-10-01" for i in range(10)]
     rows[8] = "MRN-7,LOINC,2345-7,oops,mg/dL,2023-10-01"  # data row 8, in the third chunk
     path = _csv(tmp_path / "long.csv", "\n".join(rows) + "\n")

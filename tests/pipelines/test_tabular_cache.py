@@ -11,10 +11,10 @@ import torch
 from coordinator.api.study import CohortSpec
 from pipelines.cache import IngestCache, cohort_hash
 from pipelines.deid import Deidentifier
-from pipelines.factstore import FactStore
+from pipelines.ehr.factstore import FactStore
 from pipelines.ingest import IngestResult, ingest_silo
 from pipelines.quarantine import Quarantine
-from pipelines.tabular import read_tabular
+from pipelines.ehr.tabular import read_tabular
 
 from .test_tabular import FEATURES, ICD10CM, KEY, _csv, _omop
 
@@ -66,9 +66,9 @@ def test_unchanged_tables_come_from_the_cache_changed_ones_are_parsed(tmp_path: 
 
 
 def test_chunks_replay_in_order_and_a_lost_chunk_entry_is_parsed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    import pipelines.tables
+    import pipelines.ehr.tables
 
-    monkeypatch.setattr(pipelines.tables, "CHUNK_ROWS", 3)
+    monkeypatch.setattr(pipelines.ehr.tables, "CHUNK_ROWS", 3)
     lines = ["mrn,system,code,value,unit,date,category"] + [
         f"MRN-{i % 4},LOINC,2345-7,{90 + i},mg/dL,2023-12-{1 + i:02d}," for i in range(10)]
     lines.append("MRN-1,SNOMED,84114007,,,2024-02-01,condition")  # the 11th row, in the 4th chunk: a diagnosis

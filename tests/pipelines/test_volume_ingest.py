@@ -13,10 +13,10 @@ from pydicom.data import get_testdata_file
 
 from coordinator.api.study import CohortSpec
 from pipelines.deid import Deidentifier
-from pipelines.dicom import normalise_slice, read_frame, read_frames
+from pipelines.imaging.dicom import normalise_slice, read_frame, read_frames
 from pipelines.ingest import IngestResult, ingest_silo
-from pipelines.series_frames import GEOMETRY
-from pipelines.volumes import series_volume
+from pipelines.imaging.series_frames import GEOMETRY
+from pipelines.imaging.volumes import series_volume
 
 from .dicom_series import tilted, write_series
 from .fixtures import patient, write_bundle

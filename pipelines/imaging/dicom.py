@@ -26,8 +26,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from .deid import Deidentifier
-from .errors import DicomError
+from ..deid import Deidentifier
+from ..errors import DicomError
 
 log = logging.getLogger(__name__)
 _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
@@ -156,7 +156,7 @@ def read_frame(data: bytes, source: str) -> np.ndarray:
 
 def read_frames(data: bytes, source: str) -> tuple[list[np.ndarray], tuple[float, ...] | None]:
     """Every frame of an instance, in stored order, as float32 [H, W] values (as `read_frame`), and its
-    ImageOrientationPatient (six direction cosines) or None; for the 3D path (`pipelines.series_frames`)."""
+    ImageOrientationPatient (six direction cosines) or None; for the 3D path (`pipelines.imaging.series_frames`)."""
     ds = _parse(data, source)
     arr = _pixel_array(ds, source)
     frames = [arr[i] for i in range(arr.shape[0])] if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [arr]

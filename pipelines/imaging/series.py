@@ -1,6 +1,6 @@
 """DICOM instances grouped into series in an on-disk SQLite index, so the index does not grow memory with the PACS.
 
-`pipelines.images` adds each instance's de-identified header (never pixels) as it streams
+`pipelines.imaging.images` adds each instance's de-identified header (never pixels) as it streams
 through the inputs, then asks for every (patient, series) with its latest day and size, and
 for the members of the series it chose, in slice order. Only pseudonyms, remapped UIDs,
 relative days and local paths are stored; the file lives in a private temporary folder that
@@ -29,7 +29,7 @@ CREATE TABLE chosen (arrival INTEGER NOT NULL, pid TEXT NOT NULL, series TEXT NO
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One instance of a series, as `pipelines.images` needs it to decode the chosen slice (or every slice)."""
+    """One instance of a series, as `pipelines.imaging.images` needs it to decode the chosen slice (or every slice)."""
 
     k: int  # the instance's position in the input stream
     day: int | None

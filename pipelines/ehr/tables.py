@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import TabularError
+from ..errors import TabularError
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 20_000

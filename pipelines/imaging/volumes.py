@@ -1,8 +1,8 @@
 """A DICOM series -> one volume `[1, D, S, S]` for studies with `cohort.image_dims = 3`.
 
-The 2D path (`pipelines.dicom.normalise_slice`) keeps the middle slice of the chosen series; a
+The 2D path (`pipelines.imaging.dicom.normalise_slice`) keeps the middle slice of the chosen series; a
 3D study needs every slice. This step takes the slices already ordered along the slice normal
-(`pipelines.series_frames` yields them so) and their PixelSpacing, and builds the volume one
+(`pipelines.imaging.series_frames` yields them so) and their PixelSpacing, and builds the volume one
 slice at a time, so a 500-slice 512 x 512 series never sits in memory at full resolution:
 
 1. each slice: square pixels from PixelSpacing, square field of view (padded with that slice's
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import numpy as np
 from monai.transforms import Compose, NormalizeIntensity, Resize
 
-from .errors import InputError
+from ..errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any
 
-from .errors import FhirError
+from ..errors import FhirError
 from .units import CODE_ALIASES
 
 USABLE_STATUS = {"final", "amended", "corrected"}
@@ -82,7 +82,7 @@ def _observation(obs: Any, unused: Counter) -> Iterator[Fact]:
         found += 1
         yield "m", codes_of(obs.valueCodeableConcept), 1.0, None, when
     if obs.valueSampledData is not None or any(c.valueSampledData is not None for c in obs.component or []):
-        found += 1  # a wearable stream: read by pipelines.sampled, not as an EHR feature
+        found += 1  # a wearable stream: read by pipelines.wearables.sampled, not as an EHR feature
     if not found and obs.dataAbsentReason is None:
         unused["observation_not_used"] += 1
 

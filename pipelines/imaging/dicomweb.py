@@ -16,7 +16,7 @@ import pydicom
 from dicomweb_client.api import DICOMwebClient
 
 from .dicom import DicomInput
-from .errors import DicomError
+from ..errors import DicomError
 
 log = logging.getLogger(__name__)
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"

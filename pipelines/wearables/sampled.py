@@ -13,9 +13,9 @@ or, for channels without a standard code (accelerometer axes), a coding code / d
 `acc`/`acceleration` fills `acc_x, acc_y, acc_z`. Multi-lead Observations send one
 component per channel. The origin's unit is converted with `CHANNEL_UNITS` or refused.
 
-Segments are stored per patient (`pipelines.factstore`) with time relative to the end of the
+Segments are stored per patient (`pipelines.ehr.factstore`) with time relative to the end of the
 index date; `sampled_windows` then joins them into a `Recording` per patient and cuts the same
-window as CSV and WFDB recordings (`pipelines.wearables.window`: resampled to the study's
+window as CSV and WFDB recordings (`pipelines.wearables.recordings.window`: resampled to the study's
 rate, normalised, gaps explicit).
 """
 
@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SignalError
-from .observations import codes_of
-from .wearables import MAX_GAP_S, Recording, window
+from ..errors import SignalError
+from ..ehr.observations import codes_of
+from .recordings import MAX_GAP_S, Recording, window
 
 log = logging.getLogger(__name__)
 LOINC, MDC = "http://loinc.org", "urn:iso:std:iso:11073:10101"
@@ -39,7 +39,7 @@ CHANNEL_CODES: dict[tuple[str, str], str] = {
     (LOINC, "59408-5"): "spo2", (LOINC, "2708-6"): "spo2", (MDC, "150456"): "spo2",
 }
 CHANNEL_GROUPS: dict[str, tuple[str, ...]] = {"acc": ("acc_x", "acc_y", "acc_z"), "acceleration": ("acc_x", "acc_y", "acc_z")}
-#: channel prefix -> {UCUM unit: factor to the unit `pipelines.wearables.SIGNAL_REFERENCE` uses}
+#: channel prefix -> {UCUM unit: factor to the unit `pipelines.wearables.recordings.SIGNAL_REFERENCE` uses}
 CHANNEL_UNITS: dict[str, dict[str, float]] = {
     "heart_rate": {"/min": 1.0, "{beats}/min": 1.0, "{beat}/min": 1.0, "bpm": 1.0},
     "acc": {"g": 1.0, "[g]": 1.0, "m/s2": 1 / 9.80665, "m/s^2": 1 / 9.80665},
@@ -73,7 +73,7 @@ def _unit_factor(channel: str, origin: Any) -> float:
         return 1.0  # no unit stated: taken to be the channel's reference unit
     table = next((t for prefix, t in CHANNEL_UNITS.items() if channel.startswith(prefix)), None)
     if table is None or unit not in table:
-        expected = sorted(table) if table else "a unit listed in pipelines/sampled.py CHANNEL_UNITS"
+        expected = sorted(table) if table else "a unit listed in pipelines/wearables/sampled.py CHANNEL_UNITS"
         raise SignalError(f"has valueSampledData for channel {channel!r} in unit {unit!r}; expected one of {expected}",
                           reason="unknown_unit")
     return table[unit]

@@ -2,14 +2,14 @@
 
 Instances are streamed: each is read once for its header (de-identified at once, see
 `pipelines.deid`), grouped by (patient pseudonym, SeriesInstanceUID) into series in an on-disk
-index (`pipelines.series`, so memory does not grow with the number of instances), and a
+index (`pipelines.imaging.series`, so memory does not grow with the number of instances), and a
 series' slices are ordered along the slice normal (ImagePositionPatient, then
 InstanceNumber). Per patient the latest series on or before the index date is chosen and
 only its middle slice (or the middle frame of a multi-frame instance) is decoded, so memory
 does not grow with the size of the series. A study with `cohort.image_dims = 3` gets the whole
 series instead: its slice geometry is checked from the index and its slices are decoded one
-instance at a time (`pipelines.series_frames`) into a `[1, D, S, S]` volume
-(`pipelines.volumes`); a series that is not one regular acquisition is quarantined as a whole.
+instance at a time (`pipelines.imaging.series_frames`) into a `[1, D, S, S]` volume
+(`pipelines.imaging.volumes`); a series that is not one regular acquisition is quarantined as a whole.
 Headers, images and volumes are cached per instance content (`pipelines.cache`; a volume by
 the content of all its instances, in order). An instance whose PatientID is unknown to the EHR is linked
 through a FHIR ImagingStudy that names its StudyInstanceUID (both remapped alike).
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import IngestCache, content_hash
-from .deid import Deidentifier
+from ..cache import IngestCache, content_hash
+from ..deid import Deidentifier
 from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_header
-from .errors import DicomError, InputError
-from .quarantine import Quarantine
-from .rowfiles import RowFile
+from ..errors import DicomError, InputError
+from ..quarantine import Quarantine
+from ..rowfiles import RowFile
 from .series import Member, Series, SeriesIndex
 from .series_frames import GEOMETRY, check_geometry, series_frames, series_source
 from .volumes import series_volume

@@ -1,6 +1,6 @@
 """The silo's EHR facts, spilled to an on-disk SQLite file so memory does not grow with the hospital.
 
-Readers (`pipelines.fhir`, `pipelines.tabular`) add de-identified facts as they stream
+Readers (`pipelines.ehr.fhir`, `pipelines.ehr.tabular`) add de-identified facts as they stream
 through their inputs: patients (pseudonym, age, gender), the reference tokens that name a
 patient (FHIR `Patient/123`, `urn:uuid:...`, an OMOP `person_id`), and events that point at a
 patient either by pseudonym or by a reference token, because a FHIR Observation or an OMOP
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import FhirError, InputError
-from .quarantine import Quarantine
+from ..errors import FhirError, InputError
+from ..quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 Codes = tuple[tuple[str, str], ...]

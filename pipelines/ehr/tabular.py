@@ -1,12 +1,12 @@
 """Tabular EHR extracts (CSV, Parquet; generic long/wide or OMOP CDM) -> the silo's `FactStore`.
 
 Files and folders are scanned for `*.csv`, `*.tsv`, `*.parquet`; each file's layout is taken
-from its header (`pipelines.tables.layout_of`). OMOP CONCEPT tables are read first, so that
+from its header (`pipelines.ehr.tables.layout_of`). OMOP CONCEPT tables are read first, so that
 every clinical table can map its concept ids; the other files follow in path order, chunk by
 chunk, and their de-identified facts go straight to the `FactStore` (nothing is held per
 patient in memory). A file that cannot be read or recognised, and every row that cannot be
 used, is quarantined under "ehr" with a reason naming `file` or `file#row=N`; the run goes on.
-Row mapping: `pipelines.extracts` (generic) and `pipelines.omop` (OMOP CDM v5.4).
+Row mapping: `pipelines.ehr.extracts` (generic) and `pipelines.ehr.omop` (OMOP CDM v5.4).
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cache import IngestCache
-from .cohort import FeatureLike
-from .deid import Deidentifier
-from .errors import InputError, TabularError
+from ..cache import IngestCache
+from ..cohort import FeatureLike
+from ..deid import Deidentifier
+from ..errors import InputError, TabularError
 from .extracts import LongExtract, WideExtract, rows
 from .factstore import FactStore
 from .fhir import iter_files
 from .omop import ClinicalRows, check_vocabulary, concept_rows, is_clinical, person_row
-from .quarantine import Quarantine
+from ..quarantine import Quarantine
 from . import tables
 from .tablefacts import ChunkFacts, TableCache, file_hash, table_key
 from .tables import SUFFIXES, chunks, columns_of, layout_of

@@ -33,8 +33,8 @@ from typing import Any
 
 import pandas as pd
 
-from .deid import Deidentifier, age_years
-from .errors import TabularError
+from ..deid import Deidentifier, age_years
+from ..errors import TabularError
 from .factstore import Codes, Event, FactStore
 from .tables import VOCABULARIES, concept_id, day, gender, identifier, number, text
 from .units import CODE_ALIASES

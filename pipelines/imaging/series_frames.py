@@ -1,7 +1,7 @@
 """The chosen series' frames for the 3D path: slice geometry checked, then decoded one instance at a time.
 
 A volume is only meaningful when its slices are one acquisition on one regular grid. Before
-any pixel is decoded, the headers in the series index (`pipelines.series`) are checked: one
+any pixel is decoded, the headers in the series index (`pipelines.imaging.series`) are checked: one
 PixelSpacing, either every slice or none with an ImagePositionPatient, no two slices at the
 same position, gaps between neighbouring slices within `GAP_TOLERANCE` of their median (a
 missing or quarantined slice, or two interleaved acquisitions, break that), and a multi-frame
@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from .dicom import read_frames
-from .errors import DicomError
+from ..errors import DicomError
 from .series import Member
 
 log = logging.getLogger(__name__)

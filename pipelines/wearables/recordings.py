@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import wfdb
 
-from .errors import SignalError
+from ..errors import SignalError
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """EHR features and the label, computed per patient from coded facts (FHIR, tabular) and the cohort.
 
-Dates arrive as days relative to the index date (`pipelines.factstore`). Features are aggregated
+Dates arrive as days relative to the index date (`pipelines.ehr.factstore`). Features are aggregated
 over days `(-window_days, 0]`, converted to the feature's
-UCUM unit (`pipelines.units`); demographics (`system = "fedcare"`) come from the Patient.
+UCUM unit (`pipelines.ehr.units`); demographics (`system = "fedcare"`) come from the Patient.
 The label is 1 when the label condition starts within `(index, index + label_window_days]`;
 a patient whose label condition started on or before the index date is a prevalent case and
 is excluded from the cohort (counted in the report), as incident-outcome studies do.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from .cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
-from .errors import ConfigurationError, UnitError
+from ..cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
+from ..errors import ConfigurationError, UnitError
 from .factstore import EhrPatient
-from .quarantine import Quarantine
+from ..quarantine import Quarantine
 from .units import convert
 
 DEMOGRAPHIC_CODES = ("age", "sex-female", "sex-male")

@@ -12,7 +12,7 @@ demographics `birth_date` (or `year_of_birth`) and `gender`/`sex`, which make th
 record; optional `date` (values dated at the index date when absent); and one column per
 feature of the study, named by the feature's `name`. A feature with a unit needs the unit
 stated, in the header (`glucose [mmol/L]`) or in a `<name>_unit` column; values are converted
-to the feature's unit like FHIR values (`pipelines.units`). Empty cells are missing values
+to the feature's unit like FHIR values (`pipelines.ehr.units`). Empty cells are missing values
 (they become missing-value indicators, never zeros).
 
 The MRN becomes the keyed pseudonym (`pipelines.deid`), the same as FHIR's and DICOM's, so
@@ -31,9 +31,9 @@ from typing import Any
 
 import pandas as pd
 
-from .cohort import DEMOGRAPHIC_SYSTEM, FeatureLike
-from .deid import Deidentifier, age_years
-from .errors import TabularError
+from ..cohort import DEMOGRAPHIC_SYSTEM, FeatureLike
+from ..deid import Deidentifier, age_years
+from ..errors import TabularError
 from .factstore import Event
 from .tables import ID_COLUMNS, VOCABULARIES, as_date, day, gender, header_key, identifier, number, text
 from .units import CODE_ALIASES

@@ -13,7 +13,7 @@ address, telecom or identifier leaves this module. Each file's facts (cacheable)
 to the silo's on-disk `FactStore`, which resolves references across all files afterwards (so
 references between NDJSON files work) without holding the hospital's history in memory.
 Observations with `valueSampledData` for a study channel become wearable segments
-(`pipelines.sampled`).
+(`pipelines.wearables.sampled`).
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ import numpy as np
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from .cache import IngestCache, content_hash
-from .deid import Deidentifier, age_years
-from .errors import FhirError, InputError, SignalError
+from ..cache import IngestCache, content_hash
+from ..deid import Deidentifier, age_years
+from ..errors import FhirError, InputError, SignalError
 from .factstore import FactStore
 from .observations import _date as as_date
 from .observations import facts_of
-from .quarantine import Quarantine
-from .sampled import segments_of
+from ..quarantine import Quarantine
+from ..wearables.sampled import segments_of
 
 log = logging.getLogger(__name__)
 

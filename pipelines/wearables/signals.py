@@ -1,6 +1,6 @@
 """Wearable recordings -> one normalised window per patient (the latest before the index date).
 
-Each recording (CSV or WFDB, `pipelines.wearables`; FHIR valueSampledData, `pipelines.sampled`) is read once, its patient replaced by the
+Each recording (CSV or WFDB, `pipelines.wearables.recordings`; FHIR valueSampledData, `pipelines.wearables.sampled`) is read once, its patient replaced by the
 keyed pseudonym, windowed and normalised; the cache keeps the window with its end time
 relative to the index date (no calendar time is stored).
 """
@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import IngestCache, content_hash
-from .cohort import CohortLike
-from .deid import Deidentifier
-from .errors import SignalError
-from .factstore import FactStore
-from .quarantine import Quarantine
-from .rowfiles import RowFile
+from ..cache import IngestCache, content_hash
+from ..cohort import CohortLike
+from ..deid import Deidentifier
+from ..errors import SignalError
+from ..ehr.factstore import FactStore
+from ..quarantine import Quarantine
+from ..rowfiles import RowFile
 from .sampled import cutoff, sampled_window
-from .wearables import read_recording, read_wfdb, record_bytes, wearable_files, window
+from .recordings import read_recording, read_wfdb, record_bytes, wearable_files, window
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
 
 def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, quarantine: Quarantine,
                     latest: LatestWindows) -> Counter:
-    """Offer each patient's window cut from its FHIR valueSampledData segments (`pipelines.sampled`) to `latest`."""
+    """Offer each patient's window cut from its FHIR valueSampledData segments (`pipelines.wearables.sampled`) to `latest`."""
     channels = tuple(cohort.signal_channels)
     zero = cutoff(index_date)
     stats: Counter = Counter()

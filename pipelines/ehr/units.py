@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UnitError
+from ..errors import UnitError
 
 LOINC = "http://loinc.org"
 
@@ -90,6 +90,6 @@ def convert(value: float, unit: str | None, target: str | None, *, code: str, so
     raise UnitError(
         f"unit {unit!r} for LOINC {code} cannot be converted to {target!r}; expected {target!r} or a "
         "UCUM concentration unit of the same analyte. Fix the unit at the source or add a conversion "
-        "to pipelines/units.py",
+        "to pipelines/ehr/units.py",
         source=source or None,
     )

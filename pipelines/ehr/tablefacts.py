@@ -1,6 +1,6 @@
 """One chunk of a tabular EHR file as de-identified facts: applied to the `FactStore`, and cached.
 
-`pipelines.tabular` parses each chunk of a table into `ChunkFacts` and applies it to the store.
+`pipelines.ehr.tabular` parses each chunk of a table into `ChunkFacts` and applies it to the store.
 While no row of the file has been refused, each chunk is also cached (`tabular-chunk`,
 key `<file key>.<chunk>`); when the whole file was read without a refused row, a manifest
 follows (`tabular`, key `<file key>`: chunks, rows used, unused counts). A re-run finds the
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cache import IngestCache
+from ..cache import IngestCache
 from .factstore import Event, FactStore
 
 log = logging.getLogger(__name__)
