@@ -291,3 +291,17 @@ class StudyStatus(_message.Message):
     summary_json: str
     error: str
     def __init__(self, study_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., current_round: _Optional[int] = ..., rounds: _Optional[int] = ..., silos: _Optional[_Iterable[str]] = ..., summary_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class SignedHead(_message.Message):
+    __slots__ = ("node", "public_key", "count", "hash", "signature")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    public_key: str
+    count: int
+    hash: str
+    signature: str
+    def __init__(self, node: _Optional[str] = ..., public_key: _Optional[str] = ..., count: _Optional[int] = ..., hash: _Optional[str] = ..., signature: _Optional[str] = ...) -> None: ...

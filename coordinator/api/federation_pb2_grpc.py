@@ -74,6 +74,11 @@ class FederationStub:
                 request_serializer=coordinator_dot_api_dot_federation__pb2.ScreenReport.SerializeToString,
                 response_deserializer=coordinator_dot_api_dot_federation__pb2.Ack.FromString,
                 _registered_method=True)
+        self.ExchangeHeads = channel.unary_unary(
+                '/fedcare.v1.Federation/ExchangeHeads',
+                request_serializer=coordinator_dot_api_dot_federation__pb2.SignedHead.SerializeToString,
+                response_deserializer=coordinator_dot_api_dot_federation__pb2.SignedHead.FromString,
+                _registered_method=True)
         self.SubmitStudy = channel.unary_unary(
                 '/fedcare.v1.Federation/SubmitStudy',
                 request_serializer=coordinator_dot_api_dot_federation__pb2.SubmitStudyRequest.SerializeToString,
@@ -140,6 +145,16 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExchangeHeads(self, request, context):
+        """Witnessed heads (Certificate Transparency-style gossip): the silo sends its audit log's
+        signed head, the coordinator records it in its own log and answers with its own head,
+        which the silo records in turn. A log later shorter than, or diverging from, a head its
+        peer witnessed fails `fedcare audit verify`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def SubmitStudy(self, request, context):
         """--- researcher / auditor side ---------------------------------------------------------
         """
@@ -195,6 +210,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.ReportScreen,
                     request_deserializer=coordinator_dot_api_dot_federation__pb2.ScreenReport.FromString,
                     response_serializer=coordinator_dot_api_dot_federation__pb2.Ack.SerializeToString,
+            ),
+            'ExchangeHeads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeHeads,
+                    request_deserializer=coordinator_dot_api_dot_federation__pb2.SignedHead.FromString,
+                    response_serializer=coordinator_dot_api_dot_federation__pb2.SignedHead.SerializeToString,
             ),
             'SubmitStudy': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitStudy,
@@ -423,6 +443,33 @@ class Federation:
             '/fedcare.v1.Federation/ReportScreen',
             coordinator_dot_api_dot_federation__pb2.ScreenReport.SerializeToString,
             coordinator_dot_api_dot_federation__pb2.Ack.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeHeads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcare.v1.Federation/ExchangeHeads',
+            coordinator_dot_api_dot_federation__pb2.SignedHead.SerializeToString,
+            coordinator_dot_api_dot_federation__pb2.SignedHead.FromString,
             options,
             channel_credentials,
             insecure,
