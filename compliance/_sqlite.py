@@ -15,6 +15,35 @@ from contextlib import contextmanager
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 30_000
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
+
+
+def file_problem(path: Path) -> str | None:
+    """Why an *existing* file at ``path`` cannot be a database we wrote, or None.
+
+    A 0-byte or foreign file would otherwise be opened as an empty database and state
+    (an audit trail, a privacy budget) would silently start again from nothing.
+    """
+    path = Path(path)
+    if not path.exists():
+        return None
+    if not path.is_file():
+        return "is not a file"
+    with path.open("rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if not header:
+        return "is empty (0 bytes)"
+    if header != SQLITE_HEADER:
+        return "is not an SQLite database (corrupt or overwritten)"
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            verdict = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return f"is corrupt ({exc})"
+    return None if verdict == "ok" else f"is corrupt ({verdict})"
 
 
 def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:

@@ -62,6 +62,12 @@ class Event(StrEnum):
     UPDATE_REFUSED = "update_refused"
     ATTACK_CONFIGURED = "attack_configured"  # a deliberately malicious node (robustness tests only)
     STUDY_FAILED = "study_failed"
+    # fields: study, round, request, code, reason: a silo told "no" by the coordinator (the node goes on)
+    REFUSAL_RECEIVED = "refusal_received"
+    # fields: study, silo, round: a silo takes part for the first time in a round after round 1 (late join)
+    SILO_JOINED = "silo_joined"
+    # fields: witnessed, public_key, count, hash, signature (+ conflict): a peer's signed head
+    HEAD_WITNESSED = "head_witnessed"
 
 
 _SCHEMA = (
@@ -148,6 +154,11 @@ class AuditLog:
         path = Path(path)
         if not node:
             raise AuditLogError("an audit log needs a node name (the silo or coordinator id)")
+        problem = _sqlite.file_problem(path)
+        if problem:
+            raise AuditLogError(f"{path} is not a readable fedcare audit log: it {problem}; restore it from backup "
+                                "(with its -wal file). "
+                                "A node never starts a new log over an old one")
         try:
             conn = _sqlite.connect(path)
             with _sqlite.immediate(conn):
@@ -201,6 +212,22 @@ class AuditLog:
                               (head_sig, "head_signature")])
         log.debug("audit %s #%d %s", self.node, index, event)
         return AuditEntry(index, ts, self.node, event, fields, prev, digest, sig, raw)
+
+    def signed_head(self) -> tuple[int, str, str]:
+        """(entry count, last hash, signature) as stored with the newest entry."""
+        with self._lock:
+            meta = dict(self._conn.execute(
+                "SELECT key, value FROM meta WHERE key IN ('head_count', 'head_hash', 'head_signature')"
+            ).fetchall())
+        return int(meta["head_count"]), meta["head_hash"], meta["head_signature"]
+
+    def latest(self, event: str, *, where: str, equals: str) -> AuditEntry | None:
+        """The newest ``event`` entry whose field ``where`` equals ``equals``."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT * FROM entries WHERE event = ? AND json_extract(fields, ?) = ? ORDER BY idx DESC LIMIT 1",
+                (event, f"$.{where}", equals)).fetchone()
+        return _entry(row) if row is not None else None
 
     def entries(self) -> list[AuditEntry]:
         with self._lock:

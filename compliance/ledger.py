@@ -57,6 +57,10 @@ class PrivacyLedger:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        problem = _sqlite.file_problem(self.path)
+        if problem:
+            raise LedgerError(f"privacy ledger {self.path} {problem}; restore it from backup. Starting an "
+                              "empty ledger would forget the privacy budget already spent")
         try:
             self._conn = _sqlite.connect(self.path)
             self._conn.execute(_SCHEMA)

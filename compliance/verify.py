@@ -10,13 +10,20 @@ after a broken link is unanchored. For each entry, in this order:
 4. its signature verifies under the node's public key (a forged or re-hashed entry).
 
 Finally the signed head (entry count and last hash) must match, which catches deletion of
-the newest entries. Pass ``public_key`` (registered out of band) to check the log against
-the key the hospital registered rather than the key the log's own header claims.
+the newest entries. Pass ``public_key`` (registered out of band, ``fedcare silo init``) to
+check the log against the key the hospital registered rather than the key the log's own
+header claims.
+
+A log that is intact on its own may still be an older copy, or one rewritten and re-signed
+with the node's own key. :func:`verify_logs` checks each log against every head the *other*
+logs witnessed for it (:mod:`compliance.witness`): a log shorter than a witnessed head, or
+whose entry at that count has another hash, fails.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +31,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from compliance.audit import (
-    ENTRY_DOMAIN, GENESIS_HASH, AuditEntry, LogContents, entry_hash, head_message, read_log,
+    ENTRY_DOMAIN, GENESIS_HASH, AuditEntry, Event, LogContents, entry_hash, head_message, read_log,
 )
 from compliance.errors import AuditLogError
+from compliance.witness import SignedHead
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,7 @@ class VerifyResult:
     entries: int
     first_bad: int | None  # index of the first bad (or first missing) entry
     reason: str
+    witnessed: int = 0  # heads of this log that other logs witnessed and it was checked against
 
     def __bool__(self) -> bool:
         return self.ok
@@ -77,7 +86,7 @@ def verify_contents(log: LogContents, *, public_key: bytes | str | None = None) 
 
     if rekeyed:
         return VerifyResult(False, n, None, f"the log header names public key {log.public_key}, "
-                            f"not the expected {expected_key.hex()} (header edited?)")
+                            f"not the registered {expected_key.hex()} (another key, or the header edited)")
     return _check_head(log, key, n, prev_hash)
 
 
@@ -134,3 +143,49 @@ def _key_bytes(key: bytes | str | None) -> bytes | None:
         except ValueError:
             return None
     return key if key is not None and len(key) == 32 else None
+
+
+def verify_logs(logs: Sequence[LogContents], *,
+                keys: Mapping[str, bytes | str] | None = None) -> list[VerifyResult]:
+    """Verify each log alone (against its node's registered key in ``keys``, when given), then
+    against every head the other logs witnessed for it. One result per log, in order."""
+    keys = keys or {}
+    alone = [verify_contents(c, public_key=keys.get(c.node)) for c in logs]
+    results = []
+    for i, (contents, result) in enumerate(zip(logs, alone)):
+        if result.ok:
+            witnesses = [(other, alone[j]) for j, other in enumerate(logs) if j != i]
+            result = _check_witnessed(contents, result, witnesses)
+        results.append(result)
+    return results
+
+
+def _check_witnessed(log: LogContents, result: VerifyResult,
+                     witnesses: Sequence[tuple[LogContents, VerifyResult]]) -> VerifyResult:
+    n, checked = len(log.entries), 0
+    for witness, witness_ok in witnesses:
+        for entry in witness.entries:
+            if entry.event != Event.HEAD_WITNESSED or entry.fields.get("witnessed") != log.node:
+                continue
+            where = f"{witness.node} (its entry {entry.index}, {entry.timestamp})"
+            if not witness_ok.ok:
+                return VerifyResult(False, n, None, f"{where} witnessed a head of this log, but its own log does "
+                                    f"not verify ({witness_ok.reason}); check that log first")
+            head = SignedHead.from_fields(entry.fields)
+            if head.public_key != log.public_key:
+                return VerifyResult(False, n, None, f"{where} witnessed a head signed with key {head.public_key[:16]}…, "
+                                    f"not this log's key {log.public_key[:16]}… (another node's log, or a new key)")
+            if head.signature_problem():
+                continue  # not a statement of this node: nothing it signed is contradicted
+            checked += 1
+            if head.count > n:
+                return VerifyResult(False, n, n + 1, f"entry {n + 1}: missing; {where} witnessed a signed head of "
+                                    f"{head.count} entries but this log holds {n} (tail cut off, or an older copy)",
+                                    checked)
+            at = log.entries[head.count - 1].hash if head.count else GENESIS_HASH
+            if at != head.hash:
+                return VerifyResult(False, n, head.count or None, f"entry {head.count}: differs from the signed head "
+                                    f"{where} witnessed (the log was rewritten and re-signed)", checked)
+    if checked == 0:
+        return result
+    return VerifyResult(True, n, None, f"{result.reason}; extends all {checked} heads others witnessed", checked)
