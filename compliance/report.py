@@ -12,7 +12,7 @@ import base64
 import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -31,17 +31,18 @@ _PANGO_HINT = ("WeasyPrint needs Pango to write PDF reports; on Debian/Ubuntu ru
 
 def build_report(*, logs: Sequence[Path], out: Path, fmt: Literal["html", "pdf"],
                  study: str | None = None, silo: str | None = None,
-                 ledger: Path | Sequence[Path] | None = None) -> Path:
+                 ledger: Path | Sequence[Path] | None = None, keys: Mapping[str, str] | None = None) -> Path:
     """Write the report for ``logs`` (silo and coordinator audit logs) to ``out``; return its path.
 
     ``out`` may be a file or an existing directory (then ``audit-report.<fmt>`` inside it).
+    ``keys`` maps node names to their registered public keys (hex).
     ``study`` and ``silo`` narrow the report; ``ledger`` (one or more privacy ledgers, e.g. one per silo) adds the privacy budget sections.
     """
     if fmt not in ("html", "pdf"):
         raise ReportError(f"report format {fmt!r} is not supported; use 'html' or 'pdf'")
     if not logs:
         raise ReportError("a report needs at least one audit log")
-    data = collect(logs=logs, study=study, silo=silo, ledger=ledger)
+    data = collect(logs=logs, study=study, silo=silo, ledger=ledger, keys=keys)
     html = render_html(data)
     out = Path(out)
     if out.is_dir():
@@ -82,7 +83,7 @@ def epsilon_plot(rows: Sequence[LedgerRow]) -> str:
     for (dataset, study), points in sorted(series.items()):
         points.sort(key=lambda r: r.round)
         ax.plot([r.round for r in points], [r.epsilon for r in points], marker="o",
-                label=f"{dataset} / {study}")
+                label=f"{dataset} / {study}".replace("$", r"\$"))  # '$' would start mathtext
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("cumulative ε")

@@ -7,7 +7,7 @@ failure belongs to every study running at the time).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +15,7 @@ from pathlib import Path
 from compliance.audit import AuditEntry, Event, LogContents, read_log
 from compliance.ledger import LedgerRow, PrivacyLedger
 from compliance.reconcile import Reconciliation, reconcile
-from compliance.verify import VerifyResult, verify_contents
+from compliance.verify import VerifyResult, verify_logs
 
 APPROVAL_EVENTS = {Event.STUDY_RECEIVED, Event.STUDY_APPROVED, Event.STUDY_REJECTED}
 REFUSAL_EVENTS = {Event.STUDY_REJECTED, Event.ROUND_SKIPPED, Event.BUDGET_REFUSED,
@@ -91,9 +91,12 @@ class ReportData:
 
 
 def collect(*, logs: Sequence[Path], study: str | None = None, silo: str | None = None,
-            ledger: Path | Sequence[Path] | None = None) -> ReportData:
+            ledger: Path | Sequence[Path] | None = None, keys: Mapping[str, str] | None = None) -> ReportData:
+    """``keys``: each node's registered public key (hex); each log is verified against it and
+    against every head the other logs witnessed for it (compliance.verify.verify_logs)."""
     contents = [read_log(Path(p)) for p in logs]
-    summaries = [LogSummary(c.path, c.node, c.role, c.public_key, verify_contents(c)) for c in contents]
+    summaries = [LogSummary(c.path, c.node, c.role, c.public_key, result)
+                 for c, result in zip(contents, verify_logs(contents, keys=keys))]
     verified = {id(c): s.verification for c, s in zip(contents, summaries)}
     coordinator = _find_coordinator(contents)
     silo_logs = {c.node: c for c in contents if c is not coordinator}

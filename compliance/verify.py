@@ -162,15 +162,15 @@ def verify_logs(logs: Sequence[LogContents], *,
 
 def _check_witnessed(log: LogContents, result: VerifyResult,
                      witnesses: Sequence[tuple[LogContents, VerifyResult]]) -> VerifyResult:
-    n, checked = len(log.entries), 0
+    n, checked, untrusted = len(log.entries), 0, []
     for witness, witness_ok in witnesses:
         for entry in witness.entries:
             if entry.event != Event.HEAD_WITNESSED or entry.fields.get("witnessed") != log.node:
                 continue
+            if not witness_ok.ok:  # its heads prove nothing; that log is reported on its own
+                untrusted.append(witness.node)
+                break
             where = f"{witness.node} (its entry {entry.index}, {entry.timestamp})"
-            if not witness_ok.ok:
-                return VerifyResult(False, n, None, f"{where} witnessed a head of this log, but its own log does "
-                                    f"not verify ({witness_ok.reason}); check that log first")
             head = SignedHead.from_fields(entry.fields)
             if head.public_key != log.public_key:
                 return VerifyResult(False, n, None, f"{where} witnessed a head signed with key {head.public_key[:16]}…, "
@@ -186,6 +186,7 @@ def _check_witnessed(log: LogContents, result: VerifyResult,
             if at != head.hash:
                 return VerifyResult(False, n, head.count or None, f"entry {head.count}: differs from the signed head "
                                     f"{where} witnessed (the log was rewritten and re-signed)", checked)
-    if checked == 0:
-        return result
-    return VerifyResult(True, n, None, f"{result.reason}; extends all {checked} heads others witnessed", checked)
+    reason = result.reason + (f"; extends all {checked} heads others witnessed" if checked else "")
+    if untrusted:
+        reason += f"; heads witnessed by {', '.join(untrusted)} not checked (that log does not verify)"
+    return VerifyResult(True, n, None, reason, checked)

@@ -30,6 +30,12 @@ def raw(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def snapshot(src: Path, dst: Path) -> None:
+    """A consistent copy of a live log: an older, validly signed state (as kept in its -wal file)."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+
+
 def message(round_: int, silo: str, kind: str = "update") -> dict:
     payload = f"{kind}-{silo}-{round_}".encode()
     return {"kind": kind, "size": 1000 + 10 * round_, "sha256": hashlib.sha256(payload).hexdigest(),

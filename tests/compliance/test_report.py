@@ -26,7 +26,8 @@ def test_html_report_says_what_happened(federation, tmp_path: Path) -> None:
     html = out.read_text()
     for heading in HEADINGS:
         assert heading in html, heading
-    assert "yes, all 3 logs verified" in html
+    # silo-b's round-3 update has no receipt: intact logs that disagree are not "all verified" (#16)
+    assert "each log verifies, but they disagree" in html and "all 3 logs verified" not in html
     assert "Rounds recorded: 4 (1 to 4)" in html  # round 4 was refused by the budget check
     assert "6,120 bytes" in html  # 2 silos x 3 updates of 1010, 1020, 1030 bytes
     assert "data:image/png;base64," in html

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from compliance import (
 from compliance.audit import ENTRY_DOMAIN, entry_hash, head_message
 from compliance.node_log import AUDIT_LOG_FILE, SIGNING_KEY_FILE, open_node_log
 
-from .conftest import message, raw
+from .conftest import message, raw, snapshot
 
 
 def _pair(tmp_path: Path) -> tuple[AuditLog, AuditLog]:
@@ -27,17 +26,11 @@ def _pair(tmp_path: Path) -> tuple[AuditLog, AuditLog]:
     return silo, coord
 
 
-def _snapshot(src: Path, dst: Path) -> None:
-    """A consistent copy of a live SQLite file: what an older signed state in the WAL amounts to."""
-    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
-        a.backup(b)
-
-
 def test_rolled_back_log_fails_against_the_witnessed_head(tmp_path: Path) -> None:
     silo, coord = _pair(tmp_path)
     for r in range(1, 4):
         silo.append(Event.MESSAGE_SENT, **message(r, "silo-a"))
-    _snapshot(silo.path, tmp_path / "older.db")  # 3 entries, validly signed
+    snapshot(silo.path, tmp_path / "older.db")  # 3 entries, validly signed
     for r in range(4, 8):
         silo.append(Event.MESSAGE_SENT, **message(r, "silo-a"))
     witness(coord, SignedHead.of(silo))  # the coordinator saw 7 entries
