@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -123,17 +124,60 @@ class MultimodalDataset(Dataset):
                                  feature_names=self.feature_names, signal_channels=self.signal_channels)
 
 
-def split_train_test(dataset: MultimodalDataset, *, test_fraction: float, seed: int) -> tuple[MultimodalDataset, MultimodalDataset]:
-    """A patient is in the test set when SHA-256(seed:pseudonym) < test_fraction.
+class SiloSplit(NamedTuple):
+    """A silo's patients in three disjoint parts: fit on `train`, choose (threshold, round) on
+    `validation`, report on `test`."""
 
-    The assignment depends only on the patient and the seed: it is the same in every run and
-    stays the same when the silo gains or loses other patients (no train/test leakage as data
-    grows). The test share is therefore close to, not exactly, `test_fraction`.
+    train: MultimodalDataset
+    validation: MultimodalDataset
+    test: MultimodalDataset
+
+
+def _patient_draw(seed: int, pseudonym: str) -> float:
+    """A uniform number in [0, 1) fixed by the study seed and the patient's keyed pseudonym.
+
+    Pseudonyms are HMACs under the silo's pseudonym key (pipelines.deid), so the draw depends on
+    seed, key and patient, and nobody without the key can tell which side a patient is on.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}:{pseudonym}".encode()).digest()[:8], "big") / 2**64
+
+
+def split_silo(dataset: MultimodalDataset, *, test_fraction: float, validation_fraction: float, seed: int,
+               stratify: bool = False) -> SiloSplit:
+    """Train / validation / test split of one silo, reproducible from the study seed and the pseudonym key.
+
+    Unstratified, a patient is in test when its draw u < test_fraction, in validation when
+    test_fraction <= u < test_fraction + validation_fraction: the side depends only on the patient
+    and the seed, so it stays the same when the silo gains or loses other patients (no leakage as
+    data grow), and the shares are close to, not exactly, the fractions. Stratified, patients of
+    each label are ranked by their draw and the first round(n·fraction) of each label go to test,
+    the next to validation: the label shares are exact (what a small, imbalanced silo needs for a
+    usable validation AUROC) at the price of a patient's side moving when others join.
     """
     if not 0.0 < test_fraction < 1.0:
         raise DatasetError(f"test_fraction is {test_fraction}; expected a value strictly between 0 and 1")
-    train, test = [], []
-    for i, p in enumerate(dataset.pseudonyms):
-        u = int.from_bytes(hashlib.sha256(f"{seed}:{p}".encode()).digest()[:8], "big") / 2**64
-        (test if u < test_fraction else train).append(i)
-    return dataset.subset(train), dataset.subset(test)
+    if not 0.0 <= validation_fraction < 1.0 or test_fraction + validation_fraction >= 1.0:
+        raise DatasetError(f"validation_fraction is {validation_fraction} with test_fraction {test_fraction}; expected "
+                           "validation_fraction >= 0 and the two together below 1, leaving patients to train on")
+    draws = [_patient_draw(seed, p) for p in dataset.pseudonyms]
+    parts: tuple[list[int], list[int], list[int]] = ([], [], [])  # train, validation, test
+    if stratify:
+        labels = dataset.label.tolist()
+        for value in sorted(set(labels)):
+            ranked = sorted((i for i, y in enumerate(labels) if y == value), key=lambda i: draws[i])
+            n_test = round(len(ranked) * test_fraction)
+            n_val = round(len(ranked) * validation_fraction)
+            parts[2].extend(ranked[:n_test])
+            parts[1].extend(ranked[n_test:n_test + n_val])
+            parts[0].extend(ranked[n_test + n_val:])
+    else:
+        for i, u in enumerate(draws):
+            parts[2 if u < test_fraction else 1 if u < test_fraction + validation_fraction else 0].append(i)
+    train, validation, test = (dataset.subset(sorted(part)) for part in parts)
+    return SiloSplit(train, validation, test)
+
+
+def split_train_test(dataset: MultimodalDataset, *, test_fraction: float, seed: int) -> tuple[MultimodalDataset, MultimodalDataset]:
+    """`split_silo` without a validation part: a patient is in test when its draw < test_fraction."""
+    train, _, test = split_silo(dataset, test_fraction=test_fraction, validation_fraction=0.0, seed=seed)
+    return train, test

@@ -14,7 +14,7 @@ import math
 import secrets
 import warnings
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from opacus import PrivacyEngine
@@ -27,6 +27,8 @@ from privacy.errors import DPError
 log = logging.getLogger(__name__)
 
 Accountant = Literal["rdp", "prv"]
+GradSampleMode = Literal["hooks", "functorch", "ew"]
+GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
 _ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
 
@@ -38,6 +40,36 @@ class PrivateTraining:
     optimizer: torch.optim.Optimizer
     data_loader: torch.utils.data.DataLoader
     engine: PrivacyEngine
+
+
+@dataclass(frozen=True)
+class AdaptiveClipping:
+    """Quantile-based adaptive clipping (Andrew et al. 2021, "Differentially Private Learning with
+    Adaptive Clipping"), as Opacus' `AdaClipDPOptimizer` runs it.
+
+    After every step the clip bound C moves geometrically towards the `target_quantile` of the
+    per-sample gradient norms: C ← C·exp(−η·(b̃ − γ)), where b̃ is the share of samples left
+    unclipped, released with Gaussian noise of std `count_noise` (in samples). Its privacy cost is
+    paid inside the step's budget: the gradient noise is raised to σ_g = (σ⁻² − (2σ_b)⁻²)^(−1/2), so
+    the pair costs exactly one Gaussian mechanism of multiplier σ (their Theorem 1), which is what
+    the accountant and the ledger record. Needs σ < 2σ_b.
+    """
+
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_noise: float = 1.0
+    min_bound: float = 1e-3
+    max_bound: float = 1e3
+
+    def check(self, noise_multiplier: float) -> None:
+        if not 0 < self.target_quantile < 1:
+            raise DPError(f"adaptive clipping target_quantile must be in (0, 1), got {self.target_quantile!r}")
+        if not (self.learning_rate > 0 and self.count_noise > 0 and 0 < self.min_bound < self.max_bound):
+            raise DPError(f"adaptive clipping needs learning_rate > 0, count_noise > 0 and 0 < min_bound < max_bound, "
+                          f"got {self}")
+        if noise_multiplier >= 2 * self.count_noise:
+            raise DPError(f"adaptive clipping needs noise_multiplier {noise_multiplier:.4g} < 2 x count_noise "
+                          f"({self.count_noise:.4g}); raise privacy.clip_count_noise")
 
 
 @dataclass(frozen=True)
@@ -116,17 +148,31 @@ def make_private(
     max_grad_norm: float,
     accountant: Accountant = "rdp",
     device: torch.device | str = "cpu",
+    adaptive: AdaptiveClipping | None = None,
+    grad_sample_mode: GradSampleMode = "hooks",
 ) -> PrivateTraining:
     """Wrap a model, optimizer and loader for DP-SGD with Poisson sampling (Opacus).
 
     Sampling and noise come from generators seeded inside this process from the OS CSPRNG
     (`SiloPrivacyEngine`): no seed that left the silo, nor torch's global seed, determines them.
+    With `adaptive`, `max_grad_norm` is the starting clip bound and the optimizer's
+    `max_grad_norm` holds the adapted one after training. `grad_sample_mode` picks how Opacus
+    computes per-sample gradients (module hooks, torch.func vmap, or expanded weights); all give each sample's
+    own gradient (tests/privacy/test_dp.py), they differ only in speed (benchmarks/utility.py).
     """
     _check_accountant(accountant)
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
         raise DPError(f"noise_multiplier must be a finite number >= 0, got {noise_multiplier!r}")
     if not (math.isfinite(max_grad_norm) and max_grad_norm > 0):
         raise DPError(f"max_grad_norm must be a finite number > 0, got {max_grad_norm!r}")
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise DPError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, got {grad_sample_mode!r}")
+    clipping: dict[str, object] = {"clipping": "flat"}
+    if adaptive is not None:
+        adaptive.check(noise_multiplier)
+        clipping = {"clipping": "adaptive", "target_unclipped_quantile": adaptive.target_quantile,
+                    "clipbound_learning_rate": adaptive.learning_rate, "unclipped_num_std": adaptive.count_noise,
+                    "min_clipbound": adaptive.min_bound, "max_clipbound": adaptive.max_bound}
     engine = SiloPrivacyEngine(accountant=accountant, device=device)
     module, optimizer, data_loader = engine.make_private(
         module=module,
@@ -135,6 +181,8 @@ def make_private(
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
         poisson_sampling=True,
+        grad_sample_mode=grad_sample_mode,
+        **clipping,
     )
     return PrivateTraining(module=module, optimizer=optimizer, data_loader=data_loader, engine=engine)
 

@@ -26,7 +26,7 @@ from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import encode_tensors
-from pipelines.dataset import split_train_test
+from pipelines.dataset import split_silo
 from pipelines.ingest import ingest_silo
 from privacy.dp import DPStep, epsilon_spent, noise_for_target, would_exceed
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
@@ -159,12 +159,14 @@ class SiloNode:
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
-        train, test = split_train_test(result.dataset, test_fraction=spec.cohort.test_fraction, seed=spec.training.seed)
+        c = spec.cohort
+        train, validation, test = split_silo(result.dataset, test_fraction=c.test_fraction, seed=spec.training.seed,
+                                             validation_fraction=c.validation_fraction, stratify=c.stratify_split)
         if self.attack is not None:  # a deliberately malicious node, for robustness tests only
             log.warning("THIS NODE IS CONFIGURED TO ATTACK THE FEDERATION: %r", self.attack)
             self.audit.append("attack_configured", study=study_id, kind=self.config.attack.kind)
             train = self.attack.poison(train)
-        trainer = LocalTrainer(spec, train, test, device=self.device)
+        trainer = LocalTrainer(spec, train, test, validation=validation, device=self.device)
         noise = spec.privacy.noise_multiplier
         if spec.privacy.dp and noise is None:
             noise = noise_for_target(target_epsilon=spec.privacy.target_epsilon, delta=spec.privacy.delta,

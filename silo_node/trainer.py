@@ -14,11 +14,9 @@ import logging
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import DataLoader, Dataset
 
 from coordinator.api.study import StudySpec
@@ -31,10 +29,13 @@ from pipelines.models import (
     shared_parameter_names,
 )
 from pipelines.models.weights import shared_parameters
-from privacy.dp import DPStep, make_private
+from privacy.dp import AdaptiveClipping, DPStep, GradSampleMode, make_private
+from silo_node.evaluation import DEFAULT_THRESHOLD, VALIDATION_PREFIX, choose_threshold, clinical_metrics
 
 log = logging.getLogger(__name__)
 MODALITIES = ("ehr", "image", "signal")
+# How Opacus computes per-sample gradients; chosen by measurement (benchmarks/utility.py, "dp_cost").
+GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -49,15 +50,23 @@ class RoundResult:
     weight: float
     train_loss: float
     dp_step: DPStep | None  # the mechanism this round ran, for the ledger
+    clip_bound: float | None = None  # DP clip bound after the round (adapted under adaptive clipping)
 
 
 class LocalTrainer:
-    def __init__(self, spec: StudySpec, train: Dataset, test: Dataset, *, device: torch.device | None = None) -> None:
+    """Trains on `train`, chooses the decision threshold on `validation`, reports on `test`
+    (the silo's split, pipelines.dataset.split_silo)."""
+
+    def __init__(self, spec: StudySpec, train: Dataset, test: Dataset, *, validation: Dataset | None = None,
+                 device: torch.device | None = None) -> None:
         if len(train) == 0:
             raise ValueError("the silo has no training samples for this study's cohort")
         self.spec = spec
         self.train_set = train
         self.test_set = test
+        self.validation_set = validation
+        # the DP clip bound; adaptive clipping carries the adapted bound from round to round
+        self.clip_bound = spec.privacy.max_grad_norm
         self.device = device or torch.device("cpu")
         torch.manual_seed(spec.training.seed)
         self.model = build_model(**spec.model_arguments()).to(self.device)
@@ -102,9 +111,11 @@ class LocalTrainer:
         dp_step = None
         trained = model
         if p.dp:
+            noise = float(noise_multiplier or 0.0)
             private = make_private(module=model, optimizer=optimizer, data_loader=loader,
-                                   noise_multiplier=float(noise_multiplier or 0.0), max_grad_norm=p.max_grad_norm,
-                                   accountant=p.accountant, device=self.device)
+                                   noise_multiplier=noise, max_grad_norm=self.clip_bound,
+                                   accountant=p.accountant, device=self.device, adaptive=self.adaptive_clipping(noise),
+                                   grad_sample_mode=GRAD_SAMPLE_MODE)
             trained, optimizer, loader = private.module, private.optimizer, private.data_loader
         anchors = {n: w.detach().clone() for n, w in model.named_parameters()}
         losses = []
@@ -128,11 +139,22 @@ class LocalTrainer:
             history = private.engine.accountant.history
             dp_step = DPStep(noise_multiplier=float(noise_multiplier or 0.0), sample_rate=self.sample_rate(),
                              steps=int(sum(h[2] for h in history)))
+            self.clip_bound = float(optimizer.max_grad_norm)  # released through the noisy count: post-processing
         self.model.load_state_dict(model.state_dict())
         new = get_shared_weights(self.model, self.personal)
         delta = [(n - g).astype(np.float32) for n, g in zip(new, global_weights)]
         return RoundResult(delta=delta, weight=float(self.n_train), train_loss=float(np.mean(losses)) if losses else float("nan"),
-                           dp_step=dp_step)
+                           dp_step=dp_step, clip_bound=self.clip_bound if p.dp else None)
+
+    def adaptive_clipping(self, noise_multiplier: float) -> AdaptiveClipping | None:
+        """The study's adaptive clipping, with the clipped-count noise σ_b of Andrew et al. 2021
+        (expected batch / 20) unless the spec names one, raised to σ so that σ < 2σ_b holds."""
+        p = self.spec.privacy
+        if p.clipping != "adaptive":
+            return None
+        count_noise = p.clip_count_noise or max(self.n_train * self.sample_rate() / 20, noise_multiplier)
+        return AdaptiveClipping(target_quantile=p.clip_target_quantile, learning_rate=p.clip_learning_rate,
+                                count_noise=count_noise)
 
     def _proximal_step(self, model: torch.nn.Module, anchors: dict[str, torch.Tensor], strength: float) -> None:
         with torch.no_grad():
@@ -141,24 +163,34 @@ class LocalTrainer:
 
     # --- evaluation ------------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, global_weights: list[np.ndarray]) -> dict[str, float]:
-        set_shared_weights(self.model, self.personal, global_weights)
+    def _predict(self, dataset: Dataset) -> tuple[np.ndarray, np.ndarray, float]:
+        """(labels, predicted probabilities, mean cross-entropy) of the loaded model on `dataset`."""
         model = self.model.eval()
-        scores, labels, losses = [], [], []
-        loader = DataLoader(self.test_set, batch_size=256)
-        for batch in loader:
+        scores, labels, loss = [], [], 0.0
+        for batch in DataLoader(dataset, batch_size=256):
             ehr, image, signal, mask, label = (x.to(self.device) for x in batch)
             out = model(ehr, image, signal, mask)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, label, reduction="sum")
-            losses.append(float(loss))
+            loss += float(torch.nn.functional.binary_cross_entropy_with_logits(out.logits, label, reduction="sum"))
             scores.append(torch.sigmoid(out.logits).cpu().numpy())
             labels.append(label.cpu().numpy())
-        y, s = np.concatenate(labels), np.concatenate(scores)
-        metrics: dict[str, Any] = {
-            "loss": float(sum(losses) / max(len(y), 1)),
-            "accuracy": float(((s >= 0.5) == (y >= 0.5)).mean()) if len(y) else 0.0,
-            "auroc": float(roc_auc_score(y, s)) if len(set(y.tolist())) == 2 else 0.5,
-        }
-        gates = mean_gate_weights(model, loader)
+        if not labels:
+            return np.zeros(0), np.zeros(0), 0.0
+        y = np.concatenate(labels)
+        return y, np.concatenate(scores), loss / max(len(y), 1)
+
+    def evaluate(self, global_weights: list[np.ndarray]) -> dict[str, float]:
+        """Metrics of the global model (with this silo's personal layers) on the test split, at the
+        threshold chosen on the validation split, and the validation metrics under `val_`."""
+        set_shared_weights(self.model, self.personal, global_weights)
+        metrics: dict[str, float] = {}
+        threshold = DEFAULT_THRESHOLD
+        if self.validation_set is not None and len(self.validation_set) > 0:
+            y, s, loss = self._predict(self.validation_set)
+            threshold = choose_threshold(y, s)
+            validation = {**clinical_metrics(y, s, threshold=threshold), "loss": loss}
+            metrics.update({VALIDATION_PREFIX + k: v for k, v in validation.items()})
+        y, s, loss = self._predict(self.test_set)
+        metrics.update({**clinical_metrics(y, s, threshold=threshold), "loss": loss})
+        gates = mean_gate_weights(self.model.eval(), DataLoader(self.test_set, batch_size=256))
         metrics.update({f"gate_{m}": float(v) for m, v in gates.items()})
         return metrics

@@ -71,12 +71,22 @@ class CohortSpec(_Strict):
     signal_rate_hz: float = Field(default=1.0, gt=0)
     signal_length: int = Field(default=128, ge=8)  # samples per window after resampling
     test_fraction: float = Field(default=0.25, gt=0, lt=1)
+    # each silo's validation part (threshold and best-round choice; pipelines.dataset.split_silo)
+    validation_fraction: float = Field(default=0.2, ge=0, lt=1)
+    stratify_split: bool = True  # exact label shares in each part (small, imbalanced silos)
 
     @model_validator(mode="after")
     def _unique_feature_names(self) -> "CohortSpec":
         names = [f.name for f in self.features]
         if len(names) != len(set(names)):
             raise ValueError(f"feature names must be unique, got {names}")
+        return self
+
+    @model_validator(mode="after")
+    def _patients_left_to_train(self) -> "CohortSpec":
+        if self.test_fraction + self.validation_fraction >= 1:
+            raise ValueError(f"test_fraction + validation_fraction is {self.test_fraction + self.validation_fraction}; "
+                             "keep it below 1 so each silo has patients to train on")
         return self
 
 
@@ -118,7 +128,13 @@ class PrivacySpec(_Strict):
     noise_multiplier: float | None = Field(default=None, ge=0)  # None: derived from target_epsilon
     target_epsilon: float | None = Field(default=8.0, gt=0)  # for the whole study at one silo
     delta: float = Field(default=1e-5, gt=0, lt=1)
-    max_grad_norm: float = Field(default=1.0, gt=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)  # the clip bound; with adaptive clipping, its start
+    # "adaptive": the clip bound follows a quantile of the per-sample gradient norms (Andrew et al.
+    # 2021; privacy.dp.AdaptiveClipping), paid for inside the same noise multiplier
+    clipping: Literal["flat", "adaptive"] = "flat"
+    clip_target_quantile: float = Field(default=0.5, gt=0, lt=1)
+    clip_learning_rate: float = Field(default=0.2, gt=0)
+    clip_count_noise: float | None = Field(default=None, gt=0)  # None: max(batch/20, noise multiplier)
     accountant: Literal["rdp", "prv"] = "rdp"
     # ckks-screen: exact plus one multiplicative level, so the coordinator can screen encrypted
     # updates by norm / pairwise distance (norm_bounding, krum); see privacy.he.screening

@@ -93,3 +93,52 @@ def test_opacus_step_clips_per_sample_and_adds_noise():
     clean = summed_clipped / pt.optimizer.expected_batch_size
     assert not torch.allclose(noisy, clean, atol=1e-3)  # Gaussian noise was added
     assert pt.engine.accountant.mechanism() == "rdp"
+
+
+def _demo_shaped_model() -> torch.nn.Module:
+    from pipelines.models import build_model
+
+    return build_model(modalities=("ehr", "image", "signal"), ehr_features=3, image_size=8, signal_channels=2,
+                       signal_length=16, embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4,
+                       modality_dropout=0.0)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "functorch", "ew"])
+def test_per_sample_gradients_equal_each_samples_own_gradient(mode):
+    """Opacus' per-sample gradients (every mode we may run) against one backward pass per sample."""
+    from pipelines.models import multimodal_loss
+
+    torch.manual_seed(0)
+    n = 6
+    data = (torch.randn(n, 6), torch.randn(n, 1, 8, 8), torch.randn(n, 2, 16), torch.ones(n, 3),
+            (torch.arange(n) % 2).float())
+    model = _demo_shaped_model()
+    model.training = False  # the embedding is its mean (no sampling noise); layers stay in training mode for Opacus
+    reference = []
+    for i in range(n):
+        model.zero_grad()
+        out = model(*(x[i:i + 1] for x in data[:4]))
+        multimodal_loss(out, data[4][i:i + 1], data[3][i:i + 1], kl_weight=1e-3, consistency_weight=0.1)[0].backward()
+        reference.append({k: p.grad.clone() for k, p in model.named_parameters()})
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=n)
+    model.train()  # Opacus wraps only a model in training mode
+    private = make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+                           noise_multiplier=0.0, max_grad_norm=1.0, grad_sample_mode=mode)
+    model.training = False
+    out = private.module(*data[:4])
+    loss, _ = multimodal_loss(out, data[4], data[3], kl_weight=1e-3, consistency_weight=0.1)
+    loss.backward()
+    for name, p in model.named_parameters():
+        per_sample = p.grad_sample  # Opacus undoes the 1/n of a mean-reduced loss (loss_reduction="mean")
+        for i in range(n):
+            assert torch.allclose(per_sample[i], reference[i][name], atol=1e-5), (mode, name, i)
+
+
+def test_adaptive_clipping_needs_count_noise_above_half_sigma():
+    from privacy.dp import AdaptiveClipping
+
+    model = torch.nn.Linear(2, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    with pytest.raises(DPError, match="noise_multiplier 3 < 2 x count_noise"):
+        make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+                     noise_multiplier=3.0, max_grad_norm=1.0, adaptive=AdaptiveClipping(count_noise=1.0))
