@@ -39,12 +39,16 @@ def normalise_key(key: str) -> str:
     return re.sub(r"[^a-z0-9]", "", key.lower())
 
 
-def check_no_phi(fields: Mapping[str, Any], *, event: str) -> None:
-    """Raise :class:`PHIFieldError` if any (nested) field of ``event`` looks like PHI."""
+def check_no_phi(fields: Mapping[str, Any], *, event: str | None = None) -> None:
+    """Raise :class:`PHIFieldError` if any (nested) field looks like PHI.
+
+    ``event`` names the audit event the fields are for; without it the fields are a request's
+    inputs, checked *before* anything is stored, so that a refused input changes no state.
+    """
     _check(fields, event=event, where="")
 
 
-def _check(value: Any, *, event: str, where: str) -> None:
+def _check(value: Any, *, event: str | None, where: str) -> None:
     if isinstance(value, Mapping):
         if value.get("resourceType") in _PERSON_RESOURCES:
             _refuse(event, where or "(fields)", f"it holds a FHIR {value['resourceType']} resource")
@@ -60,7 +64,12 @@ def _check(value: Any, *, event: str, where: str) -> None:
         _refuse(event, where, "its value contains a social security number")
 
 
-def _refuse(event: str, path: str, why: str) -> None:
+def _refuse(event: str | None, path: str, why: str) -> None:
+    if event is None:
+        raise PHIFieldError(
+            f"'{path}' looks like protected health information ({why}); it would be written to audit "
+            "logs that leave the hospital. Refused, nothing was stored: send it without the identifier."
+        )
     raise PHIFieldError(
         f"audit event '{event}': field '{path}' looks like protected health information "
         f"({why}). Audit events may carry counts, sizes, hashes and study/round ids only; "
