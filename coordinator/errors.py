@@ -19,3 +19,7 @@ class InvalidInput(CoordinatorError):
 
 class PermissionDenied(CoordinatorError):
     """The caller's identity or role does not allow this call."""
+
+
+class StateError(CoordinatorError):
+    """The coordinator's own state on disk (database, audit log, CRL) is unusable; it refuses to start."""

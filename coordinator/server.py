@@ -17,15 +17,19 @@ from typing import Any
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
-from compliance.audit import AuditLog
-from compliance.keys import load_or_create_signing_key
+from compliance import file_problem
+from compliance.node_log import open_node_log
 from coordinator.auth import Authenticator
 from coordinator.blobs import BlobStore
+from coordinator.errors import StateError
 from coordinator.federation import Federation
 from coordinator.service import FederationService, add_to_server
 from coordinator.store import Store, open_engine
 
 log = logging.getLogger(__name__)
+
+STATE_DATABASE = "coordinator.sqlite"  # the default SQLite store in the state directory
+BLOB_DIR = "blobs"
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 8 << 20),
@@ -96,12 +100,18 @@ class Coordinator:
         limit_malloc_arenas()  # before the server's threads exist
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.audit_log = AuditLog.open(state / "audit.sqlite", node="coordinator", role="coordinator",
-                                       signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
-        self.store = Store(open_engine(config.database or state / "coordinator.sqlite"))
-        self.federation = Federation(self.store, BlobStore(state / "blobs"), audit=self.audit)
+        database = state / STATE_DATABASE
+        problem = None if config.database else file_problem(database)
+        if problem:
+            raise StateError(f"state database {database} {problem}. Restore it from backup; the coordinator "
+                             "will not start over it (studies and rounds would be lost)")
+        self.audit_log = open_node_log(state, node="coordinator", role="coordinator",
+                                       state_files=(STATE_DATABASE, BLOB_DIR))
+        self.store = Store(open_engine(config.database or database))
+        self.federation = Federation(self.store, BlobStore(state / BLOB_DIR), audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
-        add_to_server(self.server, FederationService(self.federation, Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl), audit=self.audit))
+        add_to_server(self.server, FederationService(self.federation, Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl), audit=self.audit,
+                                                         audit_log=self.audit_log))
         self.port = listen_on(self.server, config)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_forever, name="coordinator-ticker", daemon=True)

@@ -15,12 +15,15 @@ from typing import Any
 
 import grpc
 
+from compliance.audit import AuditLog
+from compliance.witness import SignedHead, WitnessError, witness
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, read_chunk, receive_blob_to, serialized_data_chunks
 from coordinator.auth import Authenticator
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
 from coordinator.federation import Federation, kind_name
+from coordinator.store import SiloRow
 from coordinator.summary import build_summary
 
 log = logging.getLogger(__name__)
@@ -64,10 +67,12 @@ _rpc = rpc_errors("the coordinator log")
 
 
 class FederationService(pb_grpc.FederationServicer):
-    def __init__(self, federation: Federation, auth: Authenticator, *, audit: Callable[..., None]) -> None:
+    def __init__(self, federation: Federation, auth: Authenticator, *, audit: Callable[..., None],
+                 audit_log: AuditLog | None = None) -> None:
         self.fed = federation
         self.auth = auth
         self.audit = audit
+        self.audit_log = audit_log  # where silos' signed heads are witnessed
 
     def _round_now(self, study_id: str) -> int | None:
         try:
@@ -210,6 +215,20 @@ class FederationService(pb_grpc.FederationServicer):
         self.fed.report_screen(silo, request)
         self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
         return pb.Ack(ok=True)
+
+    @_rpc
+    def ExchangeHeads(self, request: pb.SignedHead, context: grpc.ServicerContext) -> pb.SignedHead:
+        """Witness the silo's signed audit head in our log; answer with ours (compliance.witness)."""
+        silo = self.auth.silo(context, request.node)
+        if self.audit_log is None:
+            raise Refused("this server keeps no audit log to witness heads in")
+        if self.fed.store.get(SiloRow, silo) is None:
+            raise Refused(f"silo {silo!r} has not joined; call Join first")
+        try:
+            witness(self.audit_log, SignedHead.from_message(request))
+        except WitnessError as e:
+            raise Refused(str(e)) from None
+        return pb.SignedHead(**SignedHead.of(self.audit_log).as_dict())
 
     # --- researcher side ---------------------------------------------------------------------
     @_rpc

@@ -38,6 +38,11 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def _safe(text: str) -> str:
+    """Remote text for the terminal: control characters (ESC, CSI, BEL, ...) shown as escapes, markup escaped."""
+    return _escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
+
+
 class UserError(Exception):
     """Something the user can fix; printed as one line."""
 
@@ -167,6 +172,20 @@ def _node_config(path: Path):  # noqa: ANN202 - silo_node.config.NodeConfig
     from silo_node.config import NodeConfig
 
     return NodeConfig.load(path)
+
+
+@silo_app.command("init")
+def silo_init(config: ConfigOpt) -> None:
+    """Create the node's audit log and signing key; print the public key to register out of band."""
+    from compliance.node_log import open_node_log
+    from silo_node.node import STATE_FILES
+
+    cfg = _node_config(config)
+    with open_node_log(Path(cfg.state_dir), node=cfg.name, role="silo", state_files=STATE_FILES) as audit:
+        key = audit.public_key_hex
+    Console().print(f"silo {_escape(cfg.name)}: audit log in {_escape(str(cfg.state_dir))}, signing key "
+                    f"[bold]{key}[/]. Give this key to the coordinator's operator and your compliance officer "
+                    f"(fedcare audit verify/report --public-key {_escape(cfg.name)}={key}).", soft_wrap=True)
 
 
 @silo_app.command("run")
@@ -311,14 +330,15 @@ def study_submit(spec: Path, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> Non
 def study_status(study_id: str, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
     """State, round and latest metrics of a study."""
     st, summary = _researcher(coordinator).status(study_id)
-    Console().print(f"[bold]{st.study_id}[/] ({st.name}): {st.state}, round {st.current_round}/{st.rounds}, "
-                    f"silos: {', '.join(st.silos) or '-'}")
+    # Names come from whoever submitted the study: no rich markup, no terminal escapes reach the screen.
+    Console().print(f"[bold]{_safe(st.study_id)}[/] ({_safe(st.name)}): {_safe(st.state)}, round {st.current_round}/"
+                    f"{st.rounds}, silos: {_safe(', '.join(st.silos)) or '-'}", highlight=False)
     for r in summary.get("rounds", []):
         m = r.get("metrics") or {}
         if m:
             Console().print(f"  round {r['round']}: AUROC {m.get('auroc', 0):.3f} accuracy {m.get('accuracy', 0):.3f}")
     if st.error:
-        Console().print(f"  error: {st.error}")
+        Console().print(f"  error: {_safe(st.error)}", highlight=False)
 
 
 @study_app.command("results")
@@ -412,11 +432,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from coordinator.api.study import SpecError
     from fedcare.pki import PKIError
     from fedcare.researcher import ResearcherError
+    from coordinator.errors import StateError
     from silo_node.client import SiloError
 
     from compliance import ComplianceError
 
-    return (UserError, SpecError, ResearcherError, SiloError, PKIError, ComplianceError, FileNotFoundError)
+    return (UserError, SpecError, ResearcherError, SiloError, PKIError, ComplianceError, FileNotFoundError, StateError)
 
 
 def main() -> None:

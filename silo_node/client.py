@@ -74,6 +74,11 @@ class CoordinatorClient:
         req = pb.JoinRequest(silo=self.silo, modalities=modalities, wrap_public_key=wrap_public_key, software_version="0.1.0")
         self._call("join", lambda: self.stub.Join(req, timeout=30))
 
+    def exchange_heads(self, head: pb.SignedHead) -> pb.SignedHead:
+        """Send this node's signed audit head; the coordinator's comes back."""
+        head.node = self.silo
+        return self._call("exchange audit heads", lambda: self.stub.ExchangeHeads(head, timeout=30))
+
     def pull_task(self, wait_s: float, deferred: list[str] | None = None) -> pb.Task:
         req = pb.PullTaskRequest(silo=self.silo, wait_s=wait_s, deferred_studies=deferred or [])
         task = self._call("pull task", lambda: self.stub.PullTask(req, timeout=wait_s + 30))

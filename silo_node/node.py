@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from compliance.audit import AuditLog
-from compliance.keys import load_or_create_signing_key
+from compliance.node_log import open_node_log
+from compliance.witness import SignedHead, WitnessError, witness
 from compliance.ledger import PrivacyLedger
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
@@ -41,6 +42,8 @@ from coordinator.api.codecs import ErrorFeedback
 from silo_node.update import build_feedback, encode_update, resolve_version
 
 log = logging.getLogger(__name__)
+STATE_FILES = ("privacy-ledger.sqlite", "studies", "wrap-key.bin")  # written once the node has done something
+WITNESS_EVERY_S = 30.0  # how often the node's signed audit head is gossiped with the coordinator
 
 
 @dataclass
@@ -60,8 +63,10 @@ class SiloNode:
         self.client = client
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.audit = AuditLog.open(state / "audit.sqlite", node=config.name,
-                                   signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
+        # A node with a ledger, approvals or keys but no audit log is refused, never given a fresh log.
+        self.audit = open_node_log(state, node=config.name, role="silo",
+                                   state_files=STATE_FILES)
+        self._heads_exchanged_at = -math.inf
         self.ledger = PrivacyLedger(state / "privacy-ledger.sqlite")
         self.approvals = ApprovalBook(state)
         self.wrap_keys = _load_or_create_wrap_keys(state / "wrap-key.bin")
@@ -81,9 +86,23 @@ class SiloNode:
             task = self.client.pull_task(self.config.poll_wait_s, deferred=self._deferred())
             try:
                 self.handle(task)
+                self._witness_heads(now=task.kind == pb.TASK_FINALIZE)
             except CoordinatorRefusal as e:
                 # e.g. the round closed while we trained: the next pull brings the current task.
                 log.warning("task %s of study %s refused: %s", pb.TaskKind.Name(task.kind), task.study_id, e)
+
+    def _witness_heads(self, *, now: bool = False) -> None:
+        """Gossip signed audit heads with the coordinator, at most every WITNESS_EVERY_S (or `now`):
+        each side records the other's in its own log (compliance.witness), so neither log can
+        later be cut back or rewritten unseen. A failed exchange is logged; the next one retries."""
+        if not now and time.monotonic() - self._heads_exchanged_at < WITNESS_EVERY_S:
+            return
+        self._heads_exchanged_at = time.monotonic()
+        try:
+            theirs = self.client.exchange_heads(pb.SignedHead(**SignedHead.of(self.audit).as_dict()))
+            witness(self.audit, SignedHead.from_message(theirs))
+        except (CoordinatorRefusal, CoordinatorUnreachable, WitnessError) as e:
+            log.warning("audit heads not exchanged with the coordinator: %s", e)
 
     def handle(self, task: pb.Task) -> None:
         handlers = {pb.TASK_PROPOSAL: self.on_proposal, pb.TASK_KEYGEN: self.on_keygen,
