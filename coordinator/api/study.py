@@ -103,6 +103,9 @@ class ModelSpec(_Strict):
     consistency_weight: float = Field(default=0.1, ge=0)
     modality_dropout: float = Field(default=0.15, ge=0, lt=1)
     personal_layers: tuple[str, ...] = ()  # parameter-name prefixes kept at the silo, e.g. ("head",)
+    # "linear" / "mlp" (ehr_hidden units): a model sized to a tabular-only study (modalities = ["ehr"]),
+    # which keeps its utility under DP at small ε where the multimodal model's noise grows with its size
+    architecture: Literal["multimodal", "linear", "mlp"] = "multimodal"
 
 
 class TrainingSpec(_Strict):
@@ -195,6 +198,13 @@ class StudySpec(_Strict):
                              "only add up when every silo sends the same coordinates; use 'randk' or 'none'")
         return self
 
+    @model_validator(mode="after")
+    def _architecture_fits_modalities(self) -> "StudySpec":
+        if self.model.architecture != "multimodal" and tuple(self.modalities) != ("ehr",):
+            raise ValueError(f"model.architecture {self.model.architecture!r} is for tabular-only studies; set "
+                             f"modalities = [\"ehr\"] (got {list(self.modalities)}) or architecture = \"multimodal\"")
+        return self
+
     def update_encoding(self) -> str:
         """The `encoding` header of a silo update in this study."""
         c = self.compression
@@ -242,6 +252,7 @@ class StudySpec(_Strict):
             "signal_encoder": m.signal_encoder,
             "fusion": m.fusion,
             "modality_dropout": m.modality_dropout,
+            "architecture": m.architecture,
         }
 
 

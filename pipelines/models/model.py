@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
@@ -11,6 +11,10 @@ from torch import Tensor, nn
 from .encoders import EHREncoder, GRUSignalEncoder, ImageEncoder, SignalEncoder
 from .errors import ModelConfigError, ModelInputError
 from .fusion import MODALITIES, ConcatFusion, MixtureOfExpertsFusion, drop_modalities
+
+
+Architecture = Literal["multimodal", "linear", "mlp"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 
 
 @dataclass(frozen=True)
@@ -146,9 +150,24 @@ def build_model(
     signal_encoder: Literal["cnn", "gru"] = "cnn",
     fusion: Literal["moe", "concat"] = "moe",
     modality_dropout: float = 0.15,
-) -> MultimodalModel:
-    """Build the study model; the arguments are exactly `StudySpec.model_arguments()`."""
+    architecture: Architecture = "multimodal",
+) -> nn.Module:
+    """Build the study model; the arguments are exactly `StudySpec.model_arguments()`.
+
+    `architecture` "linear" / "mlp" builds a `TabularModel` (EHR only, sized for DP at small ε;
+    pipelines.models.tabular) with `ehr_hidden` hidden units for the MLP; the encoder, fusion and
+    image/signal arguments are then unused.
+    """
     modalities = tuple(modalities)
+    if architecture not in ARCHITECTURES:
+        raise ModelConfigError(f"architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}")
+    if architecture != "multimodal":
+        if modalities != ("ehr",) or not isinstance(ehr_features, int) or ehr_features < 1 or ehr_hidden < 1:
+            raise ModelConfigError(f"architecture {architecture!r} is for tabular-only studies: it needs modalities "
+                                   f"['ehr'] and at least one feature, got {list(modalities)}; use 'multimodal'")
+        from .tabular import TabularModel  # tabular imports this module's output type
+
+        return TabularModel(ehr_features=ehr_features, hidden=ehr_hidden if architecture == "mlp" else None)
     unknown = [m for m in modalities if m not in MODALITIES]
     if not modalities or unknown or len(set(modalities)) != len(modalities):
         raise ModelConfigError(
