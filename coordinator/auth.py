@@ -14,31 +14,35 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from coordinator.errors import PermissionDenied
+from coordinator.errors import PermissionDenied, StateError
+from coordinator.revocation import RevocationError, RevocationList
 
 ROLES = ("silo", "researcher", "auditor")
 
 
 class Authenticator:
-    def __init__(self, *, insecure: bool, ca_cert: Path | None = None, crl: Path | None = None) -> None:
+    def __init__(self, *, insecure: bool, ca_cert: Path | None = None, crl: Path | None = None,
+                 state_dir: Path | None = None) -> None:
+        """`crl`: the study CA's revocation list, checked now (a server that cannot check revocation
+        does not start) and re-read when it changes; `state_dir` remembers the newest CRL seen."""
         self.insecure = insecure
         self.crl_path = crl
         self._ca = x509.load_pem_x509_certificate(ca_cert.read_bytes()) if ca_cert else None
-        self._crl_mtime = -1.0
-        self._revoked: frozenset[int] = frozenset()
+        self._crl: RevocationList | None = None
+        if crl is not None and not insecure:
+            try:
+                self._crl = RevocationList(crl, ca=self._ca, state_dir=state_dir)
+            except RevocationError as e:
+                raise StateError(f"cannot check revocation: {e}") from None
 
     def _revoked_serials(self) -> frozenset[int]:
-        """The CRL, re-read when its file changes; a CRL not signed by the study CA is an error."""
-        if self.crl_path is None or not self.crl_path.exists():
+        """The CRL's serials; while it is unusable every call is refused (and audited) with the reason."""
+        if self._crl is None:
             return frozenset()
-        mtime = self.crl_path.stat().st_mtime
-        if mtime != self._crl_mtime:
-            crl = x509.load_pem_x509_crl(self.crl_path.read_bytes())
-            if self._ca is not None and not crl.is_signature_valid(self._ca.public_key()):  # type: ignore[arg-type]
-                raise PermissionDenied(f"CRL {self.crl_path} is not signed by the study CA")
-            self._revoked = frozenset(r.serial_number for r in crl)
-            self._crl_mtime = mtime
-        return self._revoked
+        try:
+            return self._crl.revoked_serials()
+        except RevocationError as e:
+            raise PermissionDenied(f"revocation cannot be checked: {e}") from None
 
     def identity(self, context: grpc.ServicerContext) -> tuple[str, str]:
         """(name, role) from the verified client certificate."""

@@ -110,11 +110,20 @@ class Coordinator:
         self.store = Store(open_engine(config.database or database))
         self.federation = Federation(self.store, BlobStore(state / BLOB_DIR), audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
-        add_to_server(self.server, FederationService(self.federation, Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl), audit=self.audit,
-                                                         audit_log=self.audit_log))
+        add_to_server(self.server, FederationService(self.federation, self._authenticator(state), audit=self.audit,
+                                                     audit_log=self.audit_log))
         self.port = listen_on(self.server, config)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_forever, name="coordinator-ticker", daemon=True)
+
+    def _authenticator(self, state: Path) -> Authenticator:
+        """Who may call; a revocation list that cannot be used stops the start here, audited."""
+        c = self.config
+        try:
+            return Authenticator(insecure=c.insecure, ca_cert=c.ca_cert, crl=c.crl, state_dir=state)
+        except StateError as e:
+            self.audit("auth_failure", method="start", peer="", reason=str(e)[:300])
+            raise
 
     def audit(self, event: str, **fields: Any) -> None:
         self.audit_log.append(event, **fields)

@@ -95,21 +95,31 @@ def issue(pki_dir: Path, *, name: str, role: str, hosts: tuple[str, ...] = ("loc
     return out / f"{name}.pem", out / f"{name}.key"
 
 
-def write_crl(pki_dir: Path, *, revoked: list[int]) -> Path:
+def write_crl(pki_dir: Path, *, revoked: list[int], number: int = 1) -> Path:
+    """Sign and write the CRL: `number` (RFC 5280 §5.2.3) grows with each new one, so a coordinator
+    can refuse an older CRL put back in its place; written atomically, never half a file."""
     ca_cert, ca_key = _load_ca(pki_dir)
     now = dt.datetime.now(dt.timezone.utc)
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject).last_update(now)
-               .next_update(now + dt.timedelta(days=30)))
+               .next_update(now + dt.timedelta(days=30))
+               .add_extension(x509.CRLNumber(number), critical=False))
     for serial in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
     crl = builder.sign(ca_key, hashes.SHA256())
-    (pki_dir / "crl.pem").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp = pki_dir / ".crl.pem.tmp"
+    tmp.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    tmp.replace(pki_dir / "crl.pem")
     return pki_dir / "crl.pem"
 
 
 def revoke(pki_dir: Path, cert_path: Path) -> Path:
     cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     crl_path = pki_dir / "crl.pem"
-    revoked = [r.serial_number for r in x509.load_pem_x509_crl(crl_path.read_bytes())] if crl_path.exists() else []
-    return write_crl(pki_dir, revoked=sorted(set(revoked) | {cert.serial_number}))
+    old = x509.load_pem_x509_crl(crl_path.read_bytes()) if crl_path.exists() else None
+    revoked = [r.serial_number for r in old] if old is not None else []
+    try:
+        number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number + 1 if old is not None else 1
+    except x509.ExtensionNotFound:
+        number = 1
+    return write_crl(pki_dir, revoked=sorted(set(revoked) | {cert.serial_number}), number=number)

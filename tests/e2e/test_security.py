@@ -138,3 +138,49 @@ def test_mutual_tls_roles_and_revocation(cluster, tmp_path: Path) -> None:
     assert {f["method"] for f in failures} >= {"Join", "PullTask", "SubmitStudy"}
     # ... and the valid silo was never refused.
     assert not any(good in r and "revoked" not in r and "act as silo" not in r for r in reasons), reasons
+
+
+def test_revocation_fails_closed(cluster, tmp_path: Path) -> None:
+    """#16 item 5: a missing --crl stops the start in one line; a CRL broken or put back while the
+    coordinator runs refuses every call with the reason (PERMISSION_DENIED, audited), never INTERNAL."""
+    pki = tmp_path / "pki"
+    fedcare("pki", "init", "--dir", str(pki))
+    fedcare("pki", "issue", "--dir", str(pki), "--coordinator", "coordinator", "--host", "127.0.0.1")
+    fedcare("pki", "issue", "--dir", str(pki), "--silo", "silo-a")
+    fedcare("pki", "issue", "--dir", str(pki), "--silo", "silo-gone")
+    state = cluster.root / "coordinator"
+    serve = ["coordinator", "serve", "--state-dir", str(state), "--listen", cluster.target,
+             "--ca-cert", str(pki / "ca.pem"), "--cert", str(pki / "coordinator" / "coordinator.pem"),
+             "--key", str(pki / "coordinator" / "coordinator.key")]
+
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN X509 CRL-----\nnot a CRL\n-----END X509 CRL-----\n")
+    for crl, why in ((pki / "crl.pme", "crl.pme"), (garbage, "is not a readable PEM CRL")):
+        start = subprocess.run([sys.executable, "-m", "fedcare", *serve, "--crl", str(crl)],
+                               capture_output=True, text=True, timeout=120)
+        assert start.returncode == 2 and "Traceback" not in start.stderr, start.stderr
+        errors = [line for line in start.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and why in errors[0], start.stderr
+    assert any("cannot check revocation" in f["reason"] for f in auth_failures(state))  # the garbage one
+
+    old_crl = tmp_path / "old-crl.pem"
+    old_crl.write_bytes((pki / "crl.pem").read_bytes())  # CRL number 1: silo-gone not revoked
+    fedcare("pki", "revoke", str(pki / "silo" / "silo-gone.pem"), "--dir", str(pki))  # number 2
+    cluster._spawn("coordinator", [*serve, "--crl", str(pki / "crl.pem")])
+    channel = grpc.secure_channel(cluster.target, credentials(pki, "silo", "silo-a"))
+    grpc.channel_ready_future(channel).result(timeout=60)
+    as_silo = pb_grpc.FederationStub(channel)
+    as_silo.Join(pb.JoinRequest(silo="silo-a", modalities=["ehr"]), timeout=10)
+
+    for bad, why in ((b"garbage", "is not a readable PEM CRL"), (old_crl.read_bytes(), "older than number 2")):
+        (pki / "crl.pem").write_bytes(bad)
+        for _ in range(2):
+            code, details = refusal(lambda: as_silo.Join(pb.JoinRequest(silo="silo-a", modalities=["ehr"]), timeout=10))
+            assert code == grpc.StatusCode.PERMISSION_DENIED and "revocation cannot be checked" in details, details
+            assert why in details
+    fedcare("pki", "revoke", str(pki / "silo" / "silo-gone.pem"), "--dir", str(pki))  # number 3, valid again
+    as_silo.Join(pb.JoinRequest(silo="silo-a", modalities=["ehr"]), timeout=10)
+    time.sleep(0.5)
+    reasons = [f["reason"] for f in auth_failures(state)]
+    assert sum("is not a readable PEM CRL" in r for r in reasons) >= 2
+    assert sum("older than number 2" in r for r in reasons) >= 2
