@@ -6,9 +6,11 @@ request) end in one clear line on stderr and exit status 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,16 +18,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="fedcare: federated learning for hospitals.")
-coordinator_app = typer.Typer(no_args_is_help=True, help="Run the central coordinator.")
-silo_app = typer.Typer(no_args_is_help=True, help="Run and manage a hospital silo node.")
-study_app = typer.Typer(no_args_is_help=True, help="Submit and follow studies (researchers).")
-audit_app = typer.Typer(no_args_is_help=True, help="Verify audit logs and write compliance reports.")
+from fedcare.listen import ListenError, check_listen
+
+# Click's plain help wraps long option names and texts at any width; typer's rich panels cut them at 80 columns.
+_HELP_STYLE = {"no_args_is_help": True, "rich_markup_mode": None}
+app = typer.Typer(add_completion=False, help="fedcare: federated learning for hospitals.", **_HELP_STYLE)
+coordinator_app = typer.Typer(help="Run the central coordinator.", **_HELP_STYLE)
+silo_app = typer.Typer(help="Run and manage a hospital silo node.", **_HELP_STYLE)
+study_app = typer.Typer(help="Submit and follow studies (researchers).", **_HELP_STYLE)
+audit_app = typer.Typer(help="Verify audit logs and write compliance reports.", **_HELP_STYLE)
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(silo_app, name="silo")
 app.add_typer(study_app, name="study")
 app.add_typer(audit_app, name="audit")
-pki_app = typer.Typer(no_args_is_help=True, help="Issue the study CA and certificates (mutual TLS).")
+pki_app = typer.Typer(help="Issue the study CA and certificates (mutual TLS).", **_HELP_STYLE)
 app.add_typer(pki_app, name="pki")
 
 console = Console(stderr=True)
@@ -45,6 +51,9 @@ def _safe(text: str) -> str:
 
 class UserError(Exception):
     """Something the user can fix; printed as one line."""
+
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="log debug messages too")]
 
 
 def _logging(verbose: bool) -> None:
@@ -67,24 +76,25 @@ def demo(
     epsilon: Annotated[float, typer.Option(help="target ε per silo for the whole study")] = 8.0,
     attack: Annotated[Optional[str], typer.Option(help="robustness demo: sign_flip, scaling, gaussian_noise, label_flip, alie, ipm, backdoor")] = None,
     malicious: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of silos that attack")] = 0.0,
-    verbose: bool = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a whole federation on this machine: coordinator + one process per hospital over gRPC."""
     from fedcare.demo import Demo, DemoOptions
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
-    if encryption not in ("none", "ckks-exact", "ckks-packed", "ckks-screen"):
-        raise UserError(f"--encryption must be none, ckks-exact, ckks-packed or ckks-screen, not {encryption!r}")
     if attack is not None:
         from silo_node.attacks import ATTACKS
 
         if attack not in ATTACKS:
             raise UserError(f"--attack must be one of {', '.join(ATTACKS)}, not {attack!r}")
         if malicious <= 0:
-            raise UserError("--attack needs --malicious FRACTION > 0")
-    summary = Demo(DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
-                               encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious),
-                   console).run()
+            raise UserError("--attack needs --malicious FRACTION > 0 (the share of silos that attack)")
+    elif malicious > 0:
+        raise UserError("--malicious needs --attack KIND (which attack the malicious silos run)")
+    options = DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
+                          encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious)
+    _demo_spec_or_refuse(options)  # before minutes of data generation
+    summary = Demo(options, console).run()
     table = Table(title=f"study {summary['study']}")
     for col in ("round", "AUROC", "accuracy", "bytes up (all silos)", "max ε"):
         table.add_column(col, justify="right")
@@ -97,18 +107,40 @@ def demo(
     Console().print(f"results in [bold]{out}[/]: summary.json, final_model.pt, audit/")
 
 
+# The demo option behind each study-spec field it sets, to name the option the user typed.
+_DEMO_OPTION_OF_FIELD = {"rule": "--rule", "target_epsilon": "--epsilon", "encryption": "--encryption",
+                         "rounds": "--rounds", "expected_silos": "--silos"}
+
+
+def _demo_spec_or_refuse(options):  # noqa: ANN001, ANN202 - fedcare.demo.DemoOptions -> StudySpec
+    """The demo's study spec, or one line naming the demo option that made it invalid."""
+    from pydantic import ValidationError
+
+    from fedcare.demo import demo_spec
+
+    try:
+        return demo_spec(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = str(err["loc"][-1]) if err["loc"] else e.title
+        option = _DEMO_OPTION_OF_FIELD.get(field, field)
+        reason = str(err["msg"]).removeprefix("Value error, ")
+        raise UserError(f"{option} {err.get('input')!r}: {reason}") from None
+
+
 # --- coordinator ------------------------------------------------------------------------------------
 @coordinator_app.command("serve")
 def coordinator_serve(
     state_dir: Annotated[Path, typer.Option(help="where studies, models and the audit log are kept")],
-    listen: Annotated[str, typer.Option(help="host:port")] = "0.0.0.0:50051",
-    database: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL (default: SQLite in state dir)")] = None,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve on; silos and researchers dial it")] = "0.0.0.0:50051",
+    database: Annotated[Optional[str], typer.Option(help="SQLAlchemy URL, e.g. postgresql://fedcare@db/fedcare "
+                                                         "(default: SQLite in the state dir)")] = None,
     insecure: Annotated[bool, typer.Option(help="plain-text gRPC without identities: local demos only")] = False,
-    ca_cert: Annotated[Optional[Path], typer.Option()] = None,
-    cert: Annotated[Optional[Path], typer.Option()] = None,
-    key: Annotated[Optional[Path], typer.Option()] = None,
+    ca_cert: Annotated[Optional[Path], typer.Option(help="the study CA (ca.pem) that signed every participant")] = None,
+    cert: Annotated[Optional[Path], typer.Option(help="this coordinator's server certificate (pki issue --coordinator)")] = None,
+    key: Annotated[Optional[Path], typer.Option(help="its private key")] = None,
     crl: Annotated[Optional[Path], typer.Option(help="certificate revocation list (PEM)")] = None,
-    verbose: bool = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Serve the federation's gRPC API until interrupted."""
     from coordinator.server import Coordinator, CoordinatorConfig
@@ -116,9 +148,12 @@ def coordinator_serve(
     _logging(verbose)
     if not insecure and not (ca_cert and cert and key):
         raise UserError("give --ca-cert, --cert and --key (see `fedcare pki`), or --insecure for a local demo")
+    _check_files(("--ca-cert", ca_cert), ("--cert", cert), ("--key", key), ("--crl", crl))
+    check_listen(listen)
     config = CoordinatorConfig(state_dir=state_dir, listen=listen, database=database, insecure=insecure,
                                ca_cert=ca_cert, server_cert=cert, server_key=key, crl=crl)
-    coordinator = Coordinator(config).start()
+    with _bind_errors(listen):
+        coordinator = Coordinator(config).start()
     try:
         coordinator.wait()
     except KeyboardInterrupt:
@@ -140,7 +175,7 @@ def coordinator_regional(
     crl: Annotated[Optional[Path], typer.Option(help="certificate revocation list (PEM)")] = None,
     expected_silos: Annotated[Optional[int], typer.Option(min=1, help="answer a proposal upstream once this many silos answered")] = None,
     enrollment_timeout: Annotated[float, typer.Option(help="seconds to wait for the region's silos to answer a proposal")] = 60.0,
-    verbose: bool = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run a regional aggregator: one participant upstream for the silos that dial in to it."""
     from pydantic import ValidationError
@@ -150,6 +185,9 @@ def coordinator_regional(
     from coordinator.regional_node.server import RegionalAggregator
 
     _logging(verbose)
+    _check_files(("--ca-cert", ca_cert), ("--cert", cert), ("--key", key), ("--upstream-cert", upstream_cert),
+                 ("--upstream-key", upstream_key), ("--crl", crl))
+    check_listen(listen)
     try:
         config = RegionalConfig(name=name, upstream=upstream, listen=listen, state_dir=state_dir, insecure=insecure,
                                 ca_cert=ca_cert, server_cert=cert, server_key=key, upstream_cert=upstream_cert,
@@ -157,15 +195,35 @@ def coordinator_regional(
                                 enrollment_timeout_s=enrollment_timeout)
     except ValidationError as e:
         raise UserError(f"regional aggregator: {describe_validation_error(e)}") from None
-    region = RegionalAggregator(config).start()
+    with _bind_errors(listen):
+        region = RegionalAggregator(config).start()
     try:
         region.wait()
     except KeyboardInterrupt:
         region.stop()
 
 
+def _check_files(*options: tuple[str, Optional[Path]]) -> None:
+    for option, path in options:
+        if path is not None and not path.is_file():
+            raise UserError(f"{option} {path}: file not found")
+
+
+@contextlib.contextmanager
+def _bind_errors(listen: str) -> Iterator[None]:
+    """gRPC's bind failure (after check_listen passed: a race, or an address gRPC alone refuses) in one line."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "Failed to bind" not in str(e):
+            raise
+        raise UserError(f"--listen {listen}: gRPC could not bind it (port taken since, or an address this "
+                        "machine does not have); choose another --listen") from None
+
+
 # --- silo -------------------------------------------------------------------------------------------
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the node's node.toml")]
+StudyArg = Annotated[str, typer.Argument(help="the study id (as `fedcare silo studies` or `study submit` printed it)")]
 
 
 def _node_config(path: Path):  # noqa: ANN202 - silo_node.config.NodeConfig
@@ -189,8 +247,12 @@ def silo_init(config: ConfigOpt) -> None:
 
 
 @silo_app.command("run")
-def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typer.Option(min=1)] = None,
-             verbose: bool = False) -> None:
+def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typer.Option(
+        min=1, help="exit once this many studies have finished (tests and demos; default: run until stopped)")] = None,
+             max_retry_s: Annotated[Optional[float], typer.Option(
+                 min=0.001, help="give up when the coordinator stays away this long (default: the node config's "
+                                 "max_retry_s; unset there too: reconnect for as long as it takes)")] = None,
+             verbose: VerboseOpt = False) -> None:
     """Dial out to the coordinator and take part in approved studies."""
     import torch
 
@@ -206,7 +268,8 @@ def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typ
 
         credentials = channel_credentials(cfg.tls)
     client = CoordinatorClient(open_channel(cfg.coordinator, credentials=credentials), silo=cfg.name,
-                               max_retries=cfg.max_retries)
+                               max_retries=cfg.max_retries, peer=f"coordinator at {cfg.coordinator}",
+                               max_retry_s=max_retry_s if max_retry_s is not None else cfg.max_retry_s)
     SiloNode(cfg, client).run(exit_after_studies=exit_after_studies)
 
 
@@ -227,16 +290,23 @@ def silo_ingest(
     from silo_node.ingest_command import render_table, run_ingest
 
     _logging(False)
+    tables = []  # described in node.toml only ([[data.tables]])
     if config is not None:
         d = _node_config(config).data
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
-        tabular = [*tabular, *d.tabular]
-    if not (fhir or dicom or dicomweb or wearables or tabular):
+        tabular, tables = [*tabular, *d.tabular], d.tables
+    if not (fhir or dicom or dicomweb or wearables or tabular or tables):
         raise UserError("name at least one input: --fhir, --tabular, --dicom, --dicomweb, --wearables (or --config node.toml)")
+    for option, paths in (("--fhir", fhir), ("--dicom", dicom), ("--wearables", wearables), ("--tabular", tabular)):
+        for path in paths:
+            if not path.exists():
+                source = f" (named in {config})" if config is not None else ""
+                raise UserError(f"{option} {path}{source}: no such file or folder; check the path and that this "
+                                "user may read it")
     cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
-                            report=report, cohort=cohort)
+                            report=report, cohort=cohort, tables=tables)
     Console().print(render_table(result))
 
 
@@ -269,13 +339,15 @@ def _decide(config: Path, study: str, approved: bool, reason: str) -> None:
 
 
 @silo_app.command("approve")
-def silo_approve(study: str, config: ConfigOpt, reason: str = "approved by hospital IT") -> None:
+def silo_approve(study: StudyArg, config: ConfigOpt,
+                 reason: Annotated[str, typer.Option(help="why, for the audit log")] = "approved by hospital IT") -> None:
     """Approve a proposed study (binds to its spec hash and the model code version)."""
     _decide(config, study, True, reason)
 
 
 @silo_app.command("reject")
-def silo_reject(study: str, config: ConfigOpt, reason: str = "rejected by hospital IT") -> None:
+def silo_reject(study: StudyArg, config: ConfigOpt,
+                reason: Annotated[str, typer.Option(help="why, for the audit log")] = "rejected by hospital IT") -> None:
     """Reject a proposed study."""
     _decide(config, study, False, reason)
 
@@ -317,7 +389,8 @@ def _researcher(coordinator: str):  # noqa: ANN202 - fedcare.researcher.Research
 
 
 @study_app.command("submit")
-def study_submit(spec: Path, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+def study_submit(spec: Annotated[Path, typer.Argument(help="the study spec (TOML); see examples/")],
+                 coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
     """Validate a study spec (TOML) and submit it; prints the study id."""
     from coordinator.api.study import StudySpec
 
@@ -327,7 +400,7 @@ def study_submit(spec: Path, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> Non
 
 
 @study_app.command("status")
-def study_status(study_id: str, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+def study_status(study_id: StudyArg, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
     """State, round and latest metrics of a study."""
     st, summary = _researcher(coordinator).status(study_id)
     # Names come from whoever submitted the study: no rich markup, no terminal escapes reach the screen.
@@ -342,7 +415,8 @@ def study_status(study_id: str, coordinator: CoordOpt = DEFAULT_COORDINATOR) -> 
 
 
 @study_app.command("results")
-def study_results(study_id: str, out: Annotated[Path, typer.Option()], coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+def study_results(study_id: StudyArg, out: Annotated[Path, typer.Option(help="folder for summary.json and final_model.pt")],
+                  coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
     """Download summary.json and the final model of a finished study."""
     paths = _researcher(coordinator).results(study_id, out)
     Console().print(f"wrote {paths['summary']} and {paths['model']}")
@@ -350,19 +424,54 @@ def study_results(study_id: str, out: Annotated[Path, typer.Option()], coordinat
 
 # --- audit --------------------------------------------------------------------------------------------
 @audit_app.command("verify")
-def audit_verify(log: Path, public_key: Annotated[Optional[str], typer.Option(
-        help="the node's Ed25519 public key (hex), obtained out of band; default: the key stored in the log")] = None) -> None:
-    """Check a log's hash chain and signatures; exit 1 and name the first bad entry if it was altered."""
-    from compliance import verify_log
+def audit_verify(
+    logs: Annotated[list[Path], typer.Argument(help="audit logs (*.audit.sqlite); several are also checked "
+                                                    "against the heads they witnessed of each other")],
+    public_key: Annotated[list[str], typer.Option(
+        help="a node's Ed25519 public key, 64 hex digits obtained out of band; NODE=HEX with several logs "
+             "(repeatable); default: the key stored in each log")] = [],
+) -> None:
+    """Check logs' hash chains and signatures; exit 1 and name the first bad entry of any altered log."""
+    from compliance import read_log, verify_logs
+    from compliance.errors import AuditLogError
 
-    if not log.exists():
-        raise UserError(f"audit log {log}: file not found")
-    result = verify_log(log, public_key=public_key)
-    if result.ok:
-        Console().print(f"[green]OK[/] {log}: {result.entries} entries, chain and signatures intact")
-        return
-    console.print("[red]TAMPERED[/] " + _escape(f"{log}: {result.reason}"), highlight=False)
-    raise typer.Exit(1)
+    missing = [str(p) for p in logs if not p.is_file()]
+    if missing:
+        raise UserError(f"audit log not found: {', '.join(missing)}")
+    keys = _public_keys(public_key, several=len(logs) > 1)
+    readable, failed = [], []
+    for path in logs:
+        try:
+            readable.append(read_log(path))
+        except AuditLogError as e:
+            failed.append((path, str(e)))
+    if "" in keys and readable:
+        keys = {readable[0].node: keys[""]}
+    try:
+        results = verify_logs(readable, keys=keys)
+    except ValueError as e:  # a key that is not 32 bytes of hex
+        raise UserError(f"--public-key {', '.join(public_key)}: {e}") from None
+    for contents, result in zip(readable, results):
+        if result.ok:
+            Console().print(f"[green]OK[/] {_escape(str(contents.path))}: {result.entries} entries, chain and signatures "
+                            "intact", soft_wrap=True)
+        else:
+            failed.append((contents.path, result.reason))
+    for path, reason in failed:
+        console.print("[red]TAMPERED[/] " + _escape(f"{path}: {reason}"), highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _public_keys(values: list[str], *, several: bool) -> dict[str, str]:
+    """`--public-key` values by node ('' for a bare key, allowed with one log only)."""
+    keys: dict[str, str] = {}
+    for value in values:
+        node, sep, key = value.rpartition("=")
+        if several and not sep:
+            raise UserError(f"--public-key {value}: with several logs write NODE=HEX (the node named in the log)")
+        keys[node] = key
+    return keys
 
 
 @audit_app.command("report")
@@ -373,6 +482,8 @@ def audit_report(
     study: Annotated[Optional[str], typer.Option(help="only this study")] = None,
     silo: Annotated[Optional[str], typer.Option(help="only this silo")] = None,
     ledger: Annotated[list[Path], typer.Option("--ledger", help="a silo's privacy ledger (repeatable)")] = [],
+    public_key: Annotated[list[str], typer.Option(
+        help="a node's registered Ed25519 public key as NODE=HEX (repeatable; see `fedcare silo init`)")] = [],
 ) -> None:
     """Write a compliance report: what left each hospital, ε over rounds, approvals, reconciliation."""
     from compliance import build_report
@@ -382,7 +493,8 @@ def audit_report(
         raise UserError(f"audit log not found: {', '.join(missing)}")
     if format not in ("html", "pdf"):
         raise UserError(f"--format must be html or pdf, not {format!r}")
-    path = build_report(logs=log, out=out, fmt=format, study=study, silo=silo, ledger=ledger)  # type: ignore[arg-type]
+    path = build_report(logs=log, out=out, fmt=format, study=study, silo=silo, ledger=ledger,  # type: ignore[arg-type]
+                        keys=_public_keys(public_key, several=True))
     Console().print(f"report written to {path}")
 
 
@@ -420,7 +532,7 @@ def pki_issue(
 
 
 @pki_app.command("revoke")
-def pki_revoke(cert: Path, dir: PkiDir = Path("pki")) -> None:
+def pki_revoke(cert: Annotated[Path, typer.Argument(help="the certificate (PEM) to revoke")], dir: PkiDir = Path("pki")) -> None:
     """Revoke a certificate: its serial joins the CA's CRL, which the coordinator honours."""
     from fedcare.pki import revoke
 
@@ -437,7 +549,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from compliance import ComplianceError
 
-    return (UserError, SpecError, ResearcherError, SiloError, PKIError, ComplianceError, FileNotFoundError, StateError)
+    return (UserError, SpecError, ResearcherError, SiloError, PKIError, ComplianceError, FileNotFoundError, ListenError,
+            StateError)
 
 
 def main() -> None:
@@ -456,6 +569,6 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         if isinstance(e, _user_errors()):
-            console.print("[red]error:[/] " + _escape(str(e)), highlight=False)
+            console.print("[red]error:[/] " + _escape(str(e)), highlight=False, soft_wrap=True)  # one line, any width
             sys.exit(2)
         raise
