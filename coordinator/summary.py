@@ -8,6 +8,7 @@ bytes that crossed the wire during round r, and each silo's ε after round r.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from coordinator.store import MetricsRow, RoundRow, SkipRow, TrafficRow, UpdateRow
@@ -52,6 +53,7 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
         rounds.append(entry)
     final_metrics = rounds[-1]["metrics"] if rounds and row.state == "done" else None
     after_final = [t for t in traffic if t.round > last_version]
+    took_part = Counter(u.silo for u in fed.store.all(UpdateRow, study_id=study_id))
     return {
         "study": study_id,
         "name": spec.name,
@@ -66,9 +68,15 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
             "accuracy": (final_metrics or {}).get("accuracy"),
             "loss": (final_metrics or {}).get("loss"),
             "model_sha256": row.final_model_sha or (fed._closer.version_sha(study_id, last_version) if last_version >= 0 else None),
-            "bytes_up": {s: sum(t.bytes_up for t in after_final if t.silo == s) for s in silos},
-            "bytes_down": {s: sum(t.bytes_down for t in after_final if t.silo == s) for s in silos},
+            "finalisation_bytes_up": {s: sum(t.bytes_up for t in after_final if t.silo == s) for s in silos},
+            "finalisation_bytes_down": {s: sum(t.bytes_down for t in after_final if t.silo == s) for s in silos},
         },
+        # per silo, the whole study: every byte that crossed the wire, rounds it sent an update in, its last ε
+        "totals": {s: {"bytes_up": sum(t.bytes_up for t in traffic if t.silo == s),
+                       "bytes_down": sum(t.bytes_down for t in traffic if t.silo == s),
+                       "rounds": took_part[s],
+                       "epsilon": next((r["epsilon"][s] for r in reversed(rounds) if r["epsilon"].get(s) is not None), None)}
+                   for s in silos},
         "error": row.error,
     }
 

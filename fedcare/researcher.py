@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -50,9 +51,18 @@ class ResearcherClient:
         out.mkdir(parents=True, exist_ok=True)
         chunks = self._call(lambda: list(self.stub.FetchBlob(pb.BlobRef(study_id=study_id, kind=pb.BLOB_FINAL_MODEL),
                                                              timeout=600)))
-        header, data = receive_blob(chunks, max_bytes=16 << 30)
-        names, arrays = decode_tensors(data)
-        torch.save({n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays)}, out / "final_model.pt")
-        (out / "final_model.sha256").write_text(header.sha256 + "\n")
+        _, data = receive_blob(chunks, max_bytes=16 << 30)  # receive_blob checked the wire blob's declared SHA-256
+        model = write_final_model(decode_tensors(data), out)
         (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
-        return {"summary": out / "summary.json", "model": out / "final_model.pt"}
+        return {"summary": out / "summary.json", "model": model}
+
+
+def write_final_model(tensors: tuple[list[str], list[np.ndarray]], out: Path) -> Path:
+    """Write `final_model.pt` (a state dict) and `final_model.sha256`, the SHA-256 of that file in
+    `sha256sum` format, so `sha256sum -c final_model.sha256` checks the file a researcher shares."""
+    names, arrays = tensors
+    model = out / "final_model.pt"
+    torch.save({n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays)}, model)
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    (out / "final_model.sha256").write_text(f"{digest}  {model.name}\n")
+    return model
