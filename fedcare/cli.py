@@ -104,7 +104,15 @@ def demo(
         table.add_row(str(r["round"]), f"{m.get('auroc', float('nan')):.3f}", f"{m.get('accuracy', float('nan')):.3f}",
                       f"{sum(r['bytes_up'].values()):,}", f"{max(eps):.2f}" if eps else "-")
     Console().print(table)
-    Console().print(f"results in [bold]{out}[/]: summary.json, final_model.pt, audit/")
+    totals = Table(title="per silo, whole study")
+    for col in ("silo", "rounds taken part in", "bytes up", "bytes down", "final ε"):
+        totals.add_column(col, justify="left" if col == "silo" else "right")
+    for silo, t in summary.get("totals", {}).items():
+        totals.add_row(silo, str(t["rounds"]), f"{t['bytes_up']:,}", f"{t['bytes_down']:,}",
+                       "-" if t["epsilon"] is None else f"{t['epsilon']:.2f}")
+    Console().print(totals)
+    Console().print(f"results in [bold]{out}[/]: summary.json, final_model.pt (+ .sha256), study.toml, "
+                    "audit/ (logs, report.html, report.pdf)")
 
 
 # The demo option behind each study-spec field it sets, to name the option the user typed.

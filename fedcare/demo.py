@@ -138,6 +138,8 @@ class Demo:
             client = ResearcherClient(channel, target=target)
             spec = demo_spec(o)
             (out / "study.toml").write_text(tomli_w.dumps(spec.model_dump(mode="json", exclude_none=True)))
+            self.console.print(f"study spec written to {out / 'study.toml'}: edit it and `fedcare study submit` it "
+                               "to a real coordinator (more specs in examples/)")
             study_id = client.submit(spec)
             self._follow(client, study_id)
             client.results(study_id, out)
