@@ -10,16 +10,24 @@ one each round: one copy per version, built once, read from disk when it is not 
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
 from coordinator.api.chunks import serialized_data_chunks
+
+log = logging.getLogger(__name__)
+
+# An interrupted upload is kept this long for the sender to resume it (a round rarely lasts
+# longer); then it is deleted, so abandoned uploads cannot fill the coordinator's disk.
+PARTIAL_MAX_AGE_S = 6 * 3600.0
 
 
 def _sha256_into(data: bytes | bytearray | memoryview, box: list[str]) -> None:
@@ -133,6 +141,25 @@ class BlobStore:
 
     def incoming(self) -> Incoming:
         return Incoming(self)
+
+    def expire_partials(self, max_age_s: float = PARTIAL_MAX_AGE_S, *, now: float | None = None) -> int:
+        """Delete interrupted uploads (`.partial/`) and abandoned receptions (`.incoming-*`, `.put-*`)
+        untouched for `max_age_s`; a live upload writes on and stays. Returns how many went."""
+        now = time.time() if now is None else now
+        partial_dir = self.root / ".partial"
+        candidates = [*self.root.glob(".incoming-*"), *self.root.glob(".put-*"),
+                      *(partial_dir.iterdir() if partial_dir.is_dir() else ())]
+        removed = 0
+        for path in candidates:
+            try:
+                if now - path.stat().st_mtime > max_age_s:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # committed or removed meanwhile
+        if removed:
+            log.info("expired %d partial uploads older than %.0f s in %s", removed, max_age_s, self.root)
+        return removed
 
     def put(self, data: bytes | bytearray | memoryview, sha: str | None = None, *, serve: bool = False,
             replaces: str | None = None) -> str:

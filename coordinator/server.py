@@ -10,6 +10,7 @@ import ctypes
 import logging
 import sys
 import threading
+import time
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from compliance import file_problem
 from compliance.node_log import open_node_log
 from coordinator.auth import Authenticator
-from coordinator.blobs import BlobStore
+from coordinator.blobs import PARTIAL_MAX_AGE_S, BlobStore
 from coordinator.errors import StateError
 from coordinator.federation import Federation
 from coordinator.service import FederationService, add_to_server
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STATE_DATABASE = "coordinator.sqlite"  # the default SQLite store in the state directory
 BLOB_DIR = "blobs"
+EXPIRY_CHECK_S = 60.0  # how often abandoned partial uploads are looked for
 
 GRPC_OPTIONS = [
     ("grpc.max_receive_message_length", 8 << 20),
@@ -90,6 +92,7 @@ class CoordinatorConfig(BaseModel):
     server_key: Path | None = None
     crl: Path | None = None
     workers: int = Field(default=32, ge=4)
+    partial_upload_max_age_s: float = Field(default=PARTIAL_MAX_AGE_S, gt=0)
 
 
 class Coordinator:
@@ -135,9 +138,13 @@ class Coordinator:
         return self
 
     def _tick_forever(self) -> None:
+        expired_at = 0.0
         while not self._stop.wait(0.5):
             try:
                 self.federation.tick()
+                if time.monotonic() - expired_at >= EXPIRY_CHECK_S:
+                    expired_at = time.monotonic()
+                    self.federation.blobs.expire_partials(self.config.partial_upload_max_age_s)
             except Exception:  # noqa: BLE001 - a bad tick must not stop deadlines for good
                 log.exception("deadline check failed")
 

@@ -21,7 +21,9 @@ from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, read_chunk, receive_blob_to, serialized_data_chunks
 from coordinator.auth import Authenticator
+from compliance.errors import ComplianceError
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
+from coordinator.inbound import MAX_NAME_CHARS, check_metrics, check_text
 from coordinator.federation import Federation, kind_name
 from coordinator.store import SiloRow
 from coordinator.summary import build_summary
@@ -50,9 +52,13 @@ def rpc_errors(log_name: str) -> Callable[[Callable[..., Any]], Callable[..., An
             except CoordinatorError as e:
                 code = next((c for t, c in _STATUS.items() if isinstance(e, t)), grpc.StatusCode.INVALID_ARGUMENT)
                 if isinstance(e, PermissionDenied):
-                    self.audit("auth_failure", method=method.__name__, peer=context.peer(), reason=str(e)[:300])
+                    _audit_refusal(self, "auth_failure", method.__name__, context, str(e))
+                elif method.__name__ in SILO_MESSAGES:
+                    _audit_refusal(self, "update_refused", method.__name__, context, str(e))
                 context.abort(code, str(e))
             except BlobError as e:
+                if not isinstance(e, BlobTruncated):  # an interrupted upload is kept for a resume, not refused
+                    _audit_refusal(self, "update_refused", method.__name__, context, f"blob stream: {e}")
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"blob stream: {e}")
             except Exception:  # noqa: BLE001 - the server must survive any single bad call
                 log.exception("internal error in %s", method.__name__)
@@ -64,6 +70,15 @@ def rpc_errors(log_name: str) -> Callable[[Callable[..., Any]], Callable[..., An
 
 
 _rpc = rpc_errors("the coordinator log")
+# What silos send: a refused one (bad hash, NaN, wrong shape, replay, oversized text) is audited.
+SILO_MESSAGES = frozenset({"AnswerProposal", "PushBlob", "ReportMetrics", "ReportScreen", "ExchangeHeads"})
+
+
+def _audit_refusal(servicer: Any, event: str, method: str, context: grpc.ServicerContext, reason: str) -> None:
+    try:
+        servicer.audit(event, method=method, peer=context.peer(), reason=reason[:300])
+    except ComplianceError:  # never lose the refusal itself to a problem recording it
+        log.exception("could not audit the refusal of %s", method)
 
 
 class FederationService(pb_grpc.FederationServicer):
@@ -90,6 +105,7 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         silo = self.auth.silo(context, request.silo)
+        check_text("silo", silo, limit=MAX_NAME_CHARS)
         self.fed.join(silo, list(request.modalities), request.wrap_public_key)
         return pb.JoinReply(coordinator="fedcare")
 
@@ -104,6 +120,7 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def AnswerProposal(self, request: pb.ProposalAnswer, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
+        check_text("reason", request.reason)
         self.fed.answer_proposal(silo, request)
         self._count(request.study_id, silo, up=request.ByteSize())
         return pb.Ack(ok=True)
@@ -161,6 +178,7 @@ class FederationService(pb_grpc.FederationServicer):
                   pb.BLOB_FINAL_MODEL: self.fed.accept_final_model}.get(ref.kind)
         if accept is None:
             raise InvalidInput(f"silos may not push blobs of kind {kind_name(ref.kind)}")
+        self._may_upload(silo, first_header)  # before a byte is kept: no partial for a non-participant
         round_ = self._round_now(ref.study_id)
         limit = MAX_CONTROL_BLOB if ref.kind == pb.BLOB_KEY_BUNDLE else self.fed.max_update_bytes(ref.study_id)
         try:
@@ -190,6 +208,15 @@ class FederationService(pb_grpc.FederationServicer):
         finally:
             self._count(ref.study_id, silo, up=received, round_=round_)
 
+    def _may_upload(self, silo: str, header: pb.BlobHeader) -> None:
+        """Only the expected sender of a running study may start (or resume) an upload."""
+        if header.ref.kind == pb.BLOB_KEY_BUNDLE:
+            row = self.fed.study(header.ref.study_id)
+            if row.key_holder != silo:
+                raise Refused(f"silo {silo} is not the key holder of study {row.id}")
+        else:
+            self.fed.check_round(header.ref.study_id, silo, header.round, header.nonce)
+
     @_rpc
     def QueryUpload(self, request: pb.BlobHeader, context: grpc.ServicerContext) -> pb.PushReply:
         silo = self.auth.silo(context, request.ref.silo)
@@ -203,6 +230,8 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
+        check_text("skip_reason", request.skip_reason)
+        check_metrics(request.metrics)
         round_ = self._round_now(request.study_id)
         self.fed.report_metrics(silo, request)
         self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)

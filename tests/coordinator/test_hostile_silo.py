@@ -1,0 +1,140 @@
+"""An authenticated but hostile silo against a real coordinator (#16 items 4 and 6).
+
+Text that looks like PHI, or is too long, and oversized metric maps are refused before any
+state changes; every refused message (bad hash, replay, NaN, PHI) is in the coordinator's
+audit log; partial uploads are kept only for a round's participants and expire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from compliance import read_log
+from coordinator.api import federation_pb2 as pb
+from coordinator.blobs import BlobStore
+from coordinator.inbound import MAX_METRICS, MAX_REASON_CHARS
+from coordinator.server import Coordinator, CoordinatorConfig
+
+from .test_fuzz import Live, _code_of, _enrol, _push, _update_header
+
+SSN = "123-45-6789"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Coordinator, grpc.Channel]]:
+    """A fresh coordinator per test: a silo joining later would be offered the other tests' studies."""
+    state = tmp_path / "coordinator"
+    coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=state, workers=8)).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{coordinator.port}")
+    yield coordinator, channel
+    channel.close()
+    coordinator.stop(0)
+
+
+def _refusals(live: Live) -> list[dict]:
+    return [e.fields for e in read_log(live.coordinator.audit_log.path).entries if e.event == "update_refused"]
+
+
+def test_phi_in_a_name_or_reason_is_refused_before_any_state_changes(server) -> None:
+    live = _enrol(*server, ("a1", "a2"))
+    stub = live.stub
+    assert _code_of(lambda: stub.Join(pb.JoinRequest(silo=f"ssn {SSN}", modalities=["ehr"]), timeout=10)) \
+        == grpc.StatusCode.INVALID_ARGUMENT
+    with live.coordinator.store.engine.connect() as conn:
+        assert not conn.exec_driver_sql("SELECT name FROM silos WHERE name LIKE '%123-45%'").fetchall()
+    # An answer to the study's proposal whose reason holds an SSN.
+    before = live.snapshot()
+    answer = pb.ProposalAnswer(silo="a1", study_id=live.study, accept=False, reason=f"patient {SSN} opted out")
+    assert _code_of(lambda: stub.AnswerProposal(answer, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert live.snapshot() == before
+    rnd, nonce = live.round_and_nonce("a1")
+    skip = pb.MetricsReport(silo="a1", study_id=live.study, round=rnd, nonce=nonce, skipped=True,
+                            skip_reason=f"no data for {SSN}")
+    live_before = live.snapshot()
+    assert _code_of(lambda: stub.ReportMetrics(skip, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert live.snapshot() == live_before
+    log_text = read_log(live.coordinator.audit_log.path).entries
+    assert not any(SSN in e.raw_fields for e in log_text), "the identifier reached the audit log"
+    reasons = [f["reason"] for f in _refusals(live)]
+    assert sum("protected health information" in r for r in reasons) >= 2, reasons
+
+
+def test_long_reasons_and_metric_maps_are_refused_and_audited(server) -> None:
+    live = _enrol(*server, ("c1", "c2"))
+    stub = live.stub
+    rnd, nonce = live.round_and_nonce("c1")
+    before, log_size = live.snapshot(), os.path.getsize(live.coordinator.audit_log.path)
+    long_skip = pb.MetricsReport(silo="c1", study_id=live.study, round=rnd, nonce=nonce, skipped=True,
+                                 skip_reason="x" * (7 << 20))
+    assert _code_of(lambda: stub.ReportMetrics(long_skip, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
+    many = pb.MetricsReport(silo="c1", study_id=live.study, round=rnd, nonce=nonce, model_version=rnd - 1,
+                            metrics={f"m{i}": 0.5 for i in range(MAX_METRICS + 1)})
+    assert _code_of(lambda: stub.ReportMetrics(many, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    nan = pb.MetricsReport(silo="c1", study_id=live.study, round=rnd, nonce=nonce, model_version=rnd - 1,
+                           metrics={"auroc": float("nan")})
+    assert _code_of(lambda: stub.ReportMetrics(nan, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert live.snapshot() == before
+    assert os.path.getsize(live.coordinator.audit_log.path) - log_size < 1 << 20  # no 7 MiB reason stored
+    reasons = [f["reason"] for f in _refusals(live)]
+    assert any(f"the limit is {MAX_REASON_CHARS:,}" in r for r in reasons)
+    assert any(f"the limit is {MAX_METRICS}" in r for r in reasons)
+    assert any("not a finite number" in r for r in reasons)
+
+
+def test_every_refused_update_is_audited(server) -> None:
+    live = _enrol(*server, ("d1", "d2"))
+    rnd, nonce = live.round_and_nonce("d1")
+    bad_hash = [pb.Chunk(header=_update_header(live, silo="d1", sha256="0" * 64)), pb.Chunk(data=live.update)]
+    replay = [pb.Chunk(header=_update_header(live, silo="d1", nonce="f" * 32)), pb.Chunk(data=live.update)]
+    count = len(_refusals(live))
+    assert _code_of(_push(live, bad_hash)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert _code_of(_push(live, replay)) == grpc.StatusCode.FAILED_PRECONDITION
+    refused = _refusals(live)[count:]
+    assert [f["method"] for f in refused] == ["PushBlob", "PushBlob"]
+    assert "blob stream" in refused[0]["reason"] and "replayed or late" in refused[1]["reason"]
+
+
+def test_a_non_participant_cannot_leave_partial_uploads(server) -> None:
+    live = _enrol(*server, ("e1", "e2"))
+    header = _update_header(live, silo="intruder")
+    partials = live.coordinator.federation.blobs.root / ".partial"
+    held = {p.name for p in partials.iterdir()} if partials.is_dir() else set()
+
+    def dropped() -> Iterator[pb.Chunk]:
+        yield pb.Chunk(header=header)
+        yield pb.Chunk(data=live.update[:1000])
+        time.sleep(0.5)  # before this fix the server was writing a partial by now
+        raise ConnectionError("link dropped")
+
+    with pytest.raises(grpc.RpcError):
+        live.stub.PushBlob(dropped(), timeout=20)
+    deadline = time.monotonic() + 10
+    while not any("not a participant" in f["reason"] for f in _refusals(live)):
+        assert time.monotonic() < deadline, _refusals(live)
+        time.sleep(0.05)
+    now = {p.name for p in partials.iterdir()} if partials.is_dir() else set()
+    assert now == held
+
+
+def test_partial_uploads_expire(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    partial = store.partial_path("silo-a", "ab" * 32)
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_bytes(b"x" * 100)
+    stale_incoming = store.root / ".incoming-abandoned"
+    stale_incoming.write_bytes(b"y")
+    fresh = store.partial_path("silo-b", "cd" * 32)
+    fresh.write_bytes(b"z")
+    old = time.time() - 7200
+    for path in (partial, stale_incoming):
+        os.utime(path, (old, old))
+    assert store.expire_partials(3600) == 2
+    assert not partial.exists() and not stale_incoming.exists() and fresh.exists()
+    assert hashlib.sha256(fresh.read_bytes()).hexdigest()  # untouched
