@@ -4,7 +4,7 @@ combination, in the clear and under CKKS, same study and seeds.
 In-process federated simulation (2 shared CPU cores make a real-process run per variant too
 slow): three synthetic hospitals ingested once through the real pipelines, one
 `silo_node.trainer.LocalTrainer` per silo, the silo's real `encode_update` (error feedback
-included) and `resolve_version`, and the coordinator's real `RoundCloser` (store, blob
+included) and `resolve_version`, and the coordinator's real `RoundAggregator` (store, blob
 store, decode, aggregation, downlink encoding) and `model_blob`. Bytes are the blobs that
 cross the wire (update up; model version, delta or seeded-init hash down, and the final
 version fetched for evaluation); gRPC framing (~0.1 %) is not included.
@@ -36,10 +36,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from coordinator.api import federation_pb2 as pb  # noqa: E402
+from coordinator.api.protocol import SEEDED_INIT, TENSORS  # noqa: E402
 from coordinator.api.study import CompressionSpec, PrivacySpec, StudySpec, TrainingSpec  # noqa: E402
 from coordinator.api.tensors import encode_tensors  # noqa: E402
 from coordinator.blobs import BlobStore  # noqa: E402
-from coordinator.rounds import RoundCloser  # noqa: E402
+from coordinator.rounds import RoundAggregator  # noqa: E402
+from coordinator.versions import ModelVersions  # noqa: E402
 from coordinator.store import ModelVersionRow, RoundRow, Store, StudyRow, UpdateRow, open_engine  # noqa: E402
 from pipelines.dataset import split_train_test  # noqa: E402
 from pipelines.ingest import ingest_silo  # noqa: E402
@@ -88,25 +90,26 @@ def run(spec: StudySpec, silos, root: Path) -> dict:
     torch.manual_seed(spec.training.seed)
     store = Store(open_engine(root / "coordinator.sqlite"))
     blobs = BlobStore(root / "blobs")
-    closer = RoundCloser(store, blobs, audit=lambda *a, **k: None)
+    versions = ModelVersions(store, blobs)
+    closer = RoundAggregator(versions, audit=lambda *a, **k: None)
     trainers = {name: LocalTrainer(spec, train, test) for name, train, test in silos}
     names, v0 = next(iter(trainers.values())).initial_weights()
     secret = public = None
-    if spec.privacy.encryption != "none":
-        keys = StudyKeys.generate(spec.privacy.encryption.removeprefix("ckks-"))
+    if spec.protocol.encrypted:
+        keys = StudyKeys.generate(spec.protocol.encryption.he_mode)
         secret, public = keys.secret_context(), keys.public_context()
     row = StudyRow(id="s", name="s", spec_json=spec.to_json(), spec_sha256=spec.sha256(), state="running",
                    created_at=0.0, current_round=1, public_context_sha=blobs.put(public) if public else None)
-    store.add(row, ModelVersionRow(study_id="s", version=0, blob_sha=blobs.put(encode_tensors(names, v0)), encoding="tensors"))
+    store.add(row, ModelVersionRow(study_id="s", version=0, blob_sha=blobs.put(encode_tensors(names, v0)), encoding=TENSORS))
     feedback = {s: build_feedback(spec) for s in trainers}
     views: dict[str, tuple] = {s: None for s in trainers}  # each silo's copy of the last version
     up = down = 0
 
     def fetch(silo: str, version: int):
         nonlocal down
-        header, data = closer.model_blob("s", store.get(ModelVersionRow, "s", version))
+        header, data = versions.blob("s", spec, store.get(ModelVersionRow, "s", version))
         down += len(data)
-        if header.encoding == "seeded-init":
+        if header.encoding == SEEDED_INIT:
             n, w = trainers[silo].initial_weights()
             assert encode_tensors(n, w) and json.loads(header.metadata_json)["model_sha256"]
             views[silo] = (n, w)
@@ -125,12 +128,12 @@ def run(spec: StudySpec, silos, root: Path) -> dict:
             result = trainer.train_round(weights, noise_multiplier=None, round_seed=seed)
             enc = encode_update(spec, names, result.delta, secret_context=secret, round_seed=seed, feedback=feedback[silo])
             up += len(enc.data)
-            closer.add_update(row, rnd, spec, silo, pb.BlobHeader(weight=result.weight, encoding=enc.encoding,
+            closer.add_update(row, rnd, spec, pb.BlobHeader(weight=result.weight, encoding=enc.encoding,
                                                                    metadata_json="{}"), enc.data)
             rows.append(UpdateRow(study_id="s", round=r, silo=silo, blob_sha=blobs.put(enc.data), size=len(enc.data),
                                   weight=result.weight, encoding=enc.encoding, metadata_json="{}", received_at=0.0))
         outcome = closer.close(row, rnd, spec, rows)
-        rnd.state, rnd.outcome_json = "closed", json.dumps(outcome)
+        rnd.state, rnd.outcome_json = "closed", outcome.to_json()
         store.add(rnd)
     aurocs, sizes = [], []
     for silo, trainer in trainers.items():

@@ -15,14 +15,25 @@ import logging
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
+from compliance.errors import PHIFieldError
+from compliance.phi import check_no_phi
+from coordinator.aggregation import AggregationError
+from coordinator.aggregation.state import StudyAggregation
 from coordinator.api import federation_pb2 as pb
+from coordinator.api.protocol import (
+    TENSORS,
+    ProtocolError,
+    check_screening_values,
+    check_study_id,
+    decode_screening_scalars,
+    study_id_for,
+)
+from coordinator.api.server_step import ServerStepError
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import TensorFormatError, decode_tensors
-from coordinator.aggregation import AggregationError
 from coordinator.blobs import BlobStore, Incoming
 from coordinator.errors import InvalidInput, NotFound, Refused
 from privacy.errors import HEError
@@ -34,7 +45,11 @@ from coordinator.key_recipients import (
     recipients,
 )
 from coordinator.model_layout import build_initial_model
-from coordinator.rounds import SCREENED_RULES, RoundCloser, downlink_encoding, needs_screening
+from coordinator.keystore import KeyStore
+from coordinator.outcome import Release, RoundOutcome
+from coordinator.release import choose_release, plateau
+from coordinator.rounds import RoundAggregator
+from coordinator.versions import ModelVersions
 from coordinator.selection import choose_participants
 from coordinator.store import (
     EnrollmentRow,
@@ -52,6 +67,7 @@ from coordinator.store import (
 log = logging.getLogger(__name__)
 
 ACTIVE_STATES = ("enrolling", "keygen", "running", "finalizing")
+LATE_JOIN_STATES = ("keygen", "running")  # an acceptance then joins the next round if training.late_join
 MAX_ROUND_RETRIES = 3
 AuditFn = Callable[..., None]
 
@@ -73,7 +89,9 @@ class Federation:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._specs: dict[str, StudySpec] = {}
-        self._closer = RoundCloser(store, blobs, audit=audit)
+        self.versions = ModelVersions(store, blobs)
+        self.keys = KeyStore(blobs)
+        self.rounds = RoundAggregator(self.versions, audit=audit)
 
     # --- helpers --------------------------------------------------------------------------
     def spec(self, study_id: str) -> StudySpec:
@@ -102,31 +120,33 @@ class Federation:
 
     # --- researcher side -------------------------------------------------------------------
     def submit_study(self, spec_json: str) -> str:
+        """Validate the spec (fields, the protocol's compatibility rules, the study name), build its
+        rule and server optimiser once, so that a bad combination is refused now, naming the field,
+        and not when round 1 closes after the silos spent privacy budget."""
         try:
             spec = StudySpec.from_json(spec_json)
+            check_no_phi({"study": spec.name})
+            aggregation = StudyAggregation.for_spec(spec)
+            study_id = check_study_id(study_id_for(spec.name))
         except SpecError as e:
             raise InvalidInput(str(e)) from None
-        if spec.privacy.encryption != "none" and spec.aggregation.server_optimizer != "none":
-            raise InvalidInput("aggregation.server_optimizer: a server optimiser needs the plaintext update; "
-                               "it cannot run with privacy.encryption = ckks-*")
-        if spec.privacy.encryption != "none" and spec.aggregation.rule != "fedavg" and not needs_screening(spec):
-            raise InvalidInput(f"aggregation.rule: {spec.aggregation.rule!r} cannot run under encryption; use fedavg, "
-                               f"or {' / '.join(SCREENED_RULES)} with privacy.encryption = 'ckks-screen', "
-                               "or privacy.encryption = 'none'")
-        if spec.privacy.encryption == "ckks-screen" and not needs_screening(spec):
-            raise InvalidInput("privacy.encryption: 'ckks-screen' is for the screened rules "
-                               f"({', '.join(SCREENED_RULES)}); use ckks-exact with fedavg")
-        study_id = f"{spec.name[:40].replace(' ', '-')}-{uuid.uuid4().hex[:8]}"
+        except PHIFieldError as e:
+            raise InvalidInput(f"name: {e}; choose a study name without patient identifiers") from None
+        except AggregationError as e:
+            raise InvalidInput(f"study spec: aggregation: {e}") from None
+        except ProtocolError as e:
+            raise InvalidInput(f"study spec: name: {e}") from None
         # Version 0's chunks are ready before the first silo asks (unless only its hash travels).
-        sha = self.blobs.put(build_initial_model(spec), serve=downlink_encoding(spec) is None)
+        sha = self.blobs.put(build_initial_model(spec), serve=spec.protocol.downlink_encoding is None)
         with self._lock:
             self.store.add(
                 StudyRow(id=study_id, name=spec.name, spec_json=spec.to_json(), spec_sha256=spec.sha256(),
                          state="enrolling", created_at=self.clock(), current_round=0),
-                ModelVersionRow(study_id=study_id, version=0, blob_sha=sha, encoding="tensors", base_version=None),
+                ModelVersionRow(study_id=study_id, version=0, blob_sha=sha, encoding=TENSORS, base_version=None),
             )
             self._specs[study_id] = spec
-            self._closer.layout(study_id, spec)  # read once now, not by the first update of round 1
+            self.rounds.adopt(study_id, aggregation)
+            self.versions.layout(study_id)  # read once now, not by the first update of round 1
             self.audit("study_received", study=study_id, spec_sha256=spec.sha256(), rounds=spec.training.rounds)
             log.info("study %s submitted (%d rounds, %s)", study_id, spec.training.rounds, spec.privacy.encryption)
             self._notify()
@@ -147,8 +167,13 @@ class Federation:
         with self._lock:
             row = self.study(ans.study_id)
             self._audit_received("proposal_answer", silo, row.id, 0, ans)
-            if row.state != "enrolling":
-                raise Refused(f"study {ans.study_id} is no longer enrolling (state {row.state})")
+            existing = self.store.get(EnrollmentRow, row.id, silo)
+            if existing is not None and existing.accepted == ans.accept:
+                return  # a retried answer: already recorded (and its wrapped key, if any, kept)
+            late = row.state != "enrolling"
+            if late and not (ans.accept and row.state in LATE_JOIN_STATES and self.spec(row.id).training.late_join):
+                why = "; its spec has training.late_join = false" if row.state in LATE_JOIN_STATES else ""
+                raise Refused(f"study {ans.study_id} is no longer enrolling (state {row.state}){why}")
             if ans.accept and ans.spec_sha256 != row.spec_sha256:
                 raise Refused("the approved spec hash does not match the study's spec")
             check_silo_name(silo)
@@ -156,7 +181,10 @@ class Federation:
             self.store.add(EnrollmentRow(study_id=ans.study_id, silo=silo, accepted=ans.accept, reason=ans.reason,
                                          train_samples=ans.train_samples, test_samples=ans.test_samples,
                                          member_wrap_keys_json=member_keys_to_json(members)))
-            self.audit("study_approved" if ans.accept else "study_rejected", study=ans.study_id, silo=silo, reason=ans.reason)
+            self.audit("study_approved" if ans.accept else "study_rejected", study=ans.study_id, silo=silo, reason=ans.reason,
+                       **({"late": True, "state": row.state} if late else {}))
+            if late:
+                log.info("study %s: %s accepted late (state %s); it joins from the next round", row.id, silo, row.state)
             self._tick_locked()
             self._notify()
 
@@ -181,40 +209,85 @@ class Federation:
             if row.state not in ACTIVE_STATES:
                 continue
             enrollment = self.store.get(EnrollmentRow, row.id, silo)
-            if row.state == "enrolling":
-                if enrollment is None and row.id not in deferred:
-                    return pb.Task(kind=pb.TASK_PROPOSAL, study_id=row.id, spec_json=row.spec_json)
-                continue
-            if enrollment is None or not enrollment.accepted:
+            may_enroll = row.state == "enrolling" or (row.state in LATE_JOIN_STATES and self.spec(row.id).training.late_join)
+            if enrollment is None and may_enroll and row.id not in deferred:
+                return pb.Task(kind=pb.TASK_PROPOSAL, study_id=row.id, spec_json=row.spec_json)
+            if row.state == "enrolling" or enrollment is None or not enrollment.accepted:
                 continue
             if row.state == "keygen" and row.key_holder == silo and not row.public_context_sha:
                 return pb.Task(kind=pb.TASK_KEYGEN, study_id=row.id, participant_keys=self._key_recipients(row.id),
                                spec_json=row.spec_json)
+            if row.state == "running" and row.key_holder == silo and row.public_context_sha:
+                late = self._awaiting_key(row.id)
+                if late:
+                    return pb.Task(kind=pb.TASK_WRAP_KEY, study_id=row.id, round=row.current_round,
+                                   participant_keys=self._key_recipients(row.id, only=late), spec_json=row.spec_json)
             rnd = self.store.get(RoundRow, row.id, row.current_round)
             if rnd is None or rnd.state != "open" or silo not in json.loads(rnd.participants_json):
                 continue
             if row.state == "running" and silo == row.key_holder:
-                outcome = json.loads(rnd.outcome_json or "{}")
-                if "screen_sha" in outcome and "screen_values" not in outcome:
+                outcome = RoundOutcome.of(rnd.outcome_json)
+                if outcome.screen_sha and outcome.screen_values is None:
                     return pb.Task(kind=pb.TASK_SCREEN, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
                                    spec_json=row.spec_json)
             if row.state == "running" and not self._answered(row.id, rnd.number, silo):
                 return pb.Task(kind=pb.TASK_TRAIN, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
                                spec_json=row.spec_json, model_version=rnd.number - 1, round_seed=rnd.seed,
-                               max_update_bytes=self._closer.max_update_bytes(row.id, self.spec(row.id)))
+                               max_update_bytes=self.versions.max_update_bytes(row.id, self.spec(row.id)))
             if row.state == "finalizing":
-                final_version = rnd.number - 1
-                publish = (self.spec(row.id).privacy.encryption != "none" and not row.final_model_sha
-                           and silo == row.key_holder)
-                if publish or self.store.get(MetricsRow, row.id, final_version, silo) is None:
-                    return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
-                                   spec_json=row.spec_json, model_version=final_version, publish_model=publish)
+                task = self._finalize_task(row, rnd, silo)
+                if task is not None:
+                    return task
         return None
 
-    def _key_recipients(self, study_id: str) -> dict[str, bytes]:
+    def _finalize_task(self, row: StudyRow, rnd: RoundRow, silo: str) -> pb.Task | None:
+        """The finalizing round: every participant evaluates the last version; under CKKS the key
+        holder, once the others have reported, publishes the version to release (the best one,
+        coordinator/release.py) and evaluates that one instead."""
+        final_version = rnd.number - 1
+        if self.spec(row.id).protocol.encrypted and silo == row.key_holder:
+            if row.final_model_sha:
+                return None
+            participants = json.loads(rnd.participants_json)
+            others = [s for s in participants if s != silo]
+            reported = [s for s in others if self.store.get(MetricsRow, row.id, final_version, s)]
+            if len(reported) < len(others) and not (self.clock() >= rnd.deadline - self._publish_margin(row)):
+                return None  # the release is chosen once the others' metrics of the last version are in
+            release = self._release(row, rnd)
+            return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
+                           spec_json=row.spec_json, model_version=release.version, publish_model=True)
+        if self.store.get(MetricsRow, row.id, final_version, silo) is None:
+            return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
+                           spec_json=row.spec_json, model_version=final_version, publish_model=False)
+        return None
+
+    def _publish_margin(self, row: StudyRow) -> float:
+        """How long before the finalizing deadline the key holder publishes without the stragglers."""
+        return self.spec(row.id).training.round_timeout_s / 2
+
+    def _release(self, row: StudyRow, rnd: RoundRow) -> Release:
+        """The version this study releases, chosen once (kept in the finalizing round's outcome)."""
+        outcome = RoundOutcome.of(rnd.outcome_json)
+        if outcome.release is None:
+            outcome.release = choose_release(self.store, row.id, self.spec(row.id), rnd.number - 1)
+            rnd.outcome_json = outcome.to_json()
+            self.store.add(rnd)
+            log.info("study %s releases version %d: %s", row.id, outcome.release.version, outcome.release.reason)
+        return outcome.release
+
+    def _awaiting_key(self, study_id: str) -> list[str]:
+        """Under CKKS once the keys exist: the accepted silos the secret was not yet wrapped for (late joiners)."""
+        if not self.spec(study_id).protocol.encrypted:
+            return []
+        return sorted(e.silo for e in self.store.all(EnrollmentRow, study_id=study_id, accepted=True)
+                      if not e.wrapped_key_sha)
+
+    def _key_recipients(self, study_id: str, only: list[str] | None = None) -> dict[str, bytes]:
         """KEYGEN's participant_keys: each direct silo's wrap key, each region's members' as "<region>/<member>"."""
         participants = {}
         for e in self.store.all(EnrollmentRow, study_id=study_id, accepted=True):
+            if only is not None and e.silo not in only:
+                continue
             silo_row = self.store.get(SiloRow, e.silo)
             own = silo_row.wrap_public_key if silo_row is not None else b""
             participants[e.silo] = (own, member_keys_from_json(e.member_wrap_keys_json))
@@ -244,11 +317,14 @@ class Federation:
         recent = {s.name for s in self.store.all(SiloRow) if self.clock() - s.last_seen < 30}
         t = spec.training
         enough = len(accepted) >= t.min_silos
-        ready = (t.expected_silos is not None and len(accepted) >= t.expected_silos) or (
-            enough and (recent <= answered or self.clock() - row.created_at >= t.enrollment_timeout_s))
+        waited_out = self.clock() - row.created_at >= t.enrollment_timeout_s
+        if t.expected_silos is not None:  # wait for the silos the researcher expects (a slow one too)
+            ready = len(accepted) >= t.expected_silos or (enough and (len(answered) >= t.expected_silos or waited_out))
+        else:
+            ready = enough and (recent <= answered or waited_out)
         if not ready:
             return
-        if spec.privacy.encryption != "none":
+        if spec.protocol.encrypted:
             row.state, row.key_holder = "keygen", accepted[0]
             self.store.add(row)
             log.info("study %s: %d silos enrolled; %s generates the CKKS keys", row.id, len(accepted), accepted[0])
@@ -261,7 +337,7 @@ class Federation:
         self._open_round(row, 1, self.accepted_silos(study_id))
 
     def _open_round(self, row: StudyRow, number: int, participants: list[str], *, finalizing: bool | None = None,
-                    outcome: dict[str, Any] | None = None, closing: RoundRow | None = None) -> None:
+                    outcome: RoundOutcome | None = None, closing: RoundRow | None = None) -> None:
         """Open round `number`; the finalizing round evaluates version number - 1 and releases it."""
         spec = self.spec(row.id)
         finalizing = number > spec.training.rounds if finalizing is None else finalizing
@@ -273,17 +349,29 @@ class Federation:
         row.current_round = number
         # The round seed (shuffling, DP noise, random-k coordinates at the silos) follows from the
         # study seed, so a study is reproducible; the nonce is random, so a replay is refused.
-        attempt = (outcome or {}).get("retries", 0)
+        attempt = outcome.retries if outcome is not None else 0
         seed_src = f"{spec.training.seed}:{number}:{attempt}".encode()
         rnd = RoundRow(study_id=row.id, number=number, state="open", nonce=secrets.token_hex(16),
                        seed=int.from_bytes(hashlib.sha256(seed_src).digest()[:4], "big") >> 1, participants_json=json.dumps(participants),
                        opened_at=self.clock(), deadline=self.clock() + spec.training.round_timeout_s,
-                       outcome_json=dumps(outcome or {}))
+                       outcome_json=(outcome or RoundOutcome()).to_json())
         # Closing the last round and opening this one is one transaction: a crash between them
         # would otherwise leave the study with no open round.
+        newcomers = self._first_time(row.id, number, participants) if number > 1 and not finalizing else []
         self.store.add(row, *([closing] if closing is not None else []), rnd)
+        for silo in newcomers:
+            self.audit("silo_joined", study=row.id, silo=silo, round=number)
+            log.info("study %s: %s takes part from round %d", row.id, silo, number)
         log.info("study %s: %s %d with %s", row.id, "finalizing version" if finalizing else "round",
                  number - 1 if finalizing else number, participants)
+
+    def _first_time(self, study_id: str, number: int, participants: list[str]) -> list[str]:
+        """The participants of round `number` that took part in no earlier round."""
+        earlier: set[str] = set()
+        for r in self.store.all(RoundRow, study_id=study_id):
+            if r.number <= number:  # (round `number` itself: an earlier attempt of it, reopened)
+                earlier.update(json.loads(r.participants_json))
+        return [s for s in participants if s not in earlier]
 
     def _maybe_close_round(self, row: StudyRow) -> None:
         rnd = self.store.get(RoundRow, row.id, row.current_round)
@@ -293,15 +381,21 @@ class Federation:
         participants = json.loads(rnd.participants_json)
         timed_out = self.clock() >= rnd.deadline
         if row.state == "finalizing":
-            reported = [s for s in participants if self.store.get(MetricsRow, row.id, rnd.number - 1, s)]
-            needs_model = spec.privacy.encryption != "none" and not row.final_model_sha
+            encrypted = spec.protocol.encrypted
+            # Under CKKS the key holder's answer is the published model (and its evaluation of it).
+            reported = [s for s in participants if self.store.get(MetricsRow, row.id, rnd.number - 1, s)
+                        or (encrypted and s == row.key_holder and RoundOutcome.of(rnd.outcome_json).release_evaluated)]
+            needs_model = encrypted and not row.final_model_sha
             if (len(reported) == len(participants) or (timed_out and reported)) and not needs_model:
+                release = self._release(row, rnd)
+                if not encrypted:
+                    row.final_model_sha = self.versions.sha(row.id, release.version)
                 rnd.state, rnd.closed_at = "closed", self.clock()
                 row.state = "done"
                 self.store.add(rnd, row)
-                self.audit("model_released", study=row.id, version=rnd.number - 1,
-                           model_sha256=row.final_model_sha or self._closer.version_sha(row.id, rnd.number - 1))
-                log.info("study %s: done", row.id)
+                self.audit("model_released", study=row.id, version=release.version, model_sha256=row.final_model_sha,
+                           metric=release.metric, value=release.value)
+                log.info("study %s: done; released version %d (%s)", row.id, release.version, release.reason)
             elif timed_out:
                 self._fail(row, "finalization timed out without a published final model")
             return
@@ -310,44 +404,70 @@ class Federation:
         if not (all_answered or timed_out):
             return
         if len(updates) < spec.training.min_silos:
-            retries = json.loads(rnd.outcome_json or "{}").get("retries", 0)
+            retries = RoundOutcome.of(rnd.outcome_json).retries
             reason = f"round {rnd.number}: {len(updates)} updates, quorum is {spec.training.min_silos}"
-            participants_now = self.accepted_silos(row.id)
+            participants_now = self._round_candidates(row, rnd)
             if all_answered or retries >= MAX_ROUND_RETRIES:
                 # Quorum lost for good: the last aggregated version becomes the final one.
                 log.warning("study %s: %s; finishing the study early", row.id, reason)
-                self._open_round(row, rnd.number, participants_now, finalizing=True, outcome={"early_stop": reason})
+                self._open_round(row, rnd.number, participants_now, finalizing=True,
+                                 outcome=RoundOutcome(early_stop=reason))
             else:
                 # The same round again, with a fresh nonce: updates for the failed attempt are refused.
                 log.warning("study %s: %s at the deadline; reopening the round", row.id, reason)
                 with self.store.session.begin() as s:
                     for u in updates:
                         s.delete(s.get(UpdateRow, (u.study_id, u.round, u.silo)))
-                self._closer.forget(row.id, rnd.number)
-                self._open_round(row, rnd.number, participants_now, outcome={"retries": retries + 1, "last_failure": reason})
+                self.rounds.forget(row.id, rnd.number)
+                self._open_round(row, rnd.number, participants_now,
+                                 outcome=RoundOutcome(retries=retries + 1, last_failure=reason))
             return
-        if needs_screening(spec) and not self._screened(row, rnd, spec, updates):
+        if spec.protocol.screened and not self._screened(row, rnd, spec, updates):
             return  # waiting for the key holder to decrypt the screening scalars
         try:
-            outcome = self._closer.close(row, rnd, spec, updates)
-        except (AggregationError, InvalidInput, HEError) as e:
+            outcome = self.rounds.close(row, rnd, spec, updates)
+        except (AggregationError, InvalidInput, HEError, ServerStepError) as e:
             # A round that cannot be aggregated (e.g. too few updates for the rule's f) ends the
             # study with the reason, instead of failing at every deadline check.
             self._fail(row, f"round {rnd.number} could not be aggregated: {e}")
             return
         rnd.state, rnd.closed_at = "closed", self.clock()
-        rnd.outcome_json = dumps(outcome)
-        self._open_round(row, rnd.number + 1, self.accepted_silos(row.id), closing=rnd)
+        rnd.outcome_json = outcome.to_json()
+        stop = plateau(self.store, row.id, spec, evaluated_up_to=rnd.number - 1)
+        if stop is not None and rnd.number < spec.training.rounds:
+            log.info("study %s: %s", row.id, stop)
+            self._open_round(row, rnd.number + 1, self._round_candidates(row, rnd), finalizing=True,
+                             outcome=RoundOutcome(early_stop=stop), closing=rnd)
+            return
+        self._open_round(row, rnd.number + 1, self._round_candidates(row, rnd), closing=rnd)
+
+    def _round_candidates(self, row: StudyRow, closing: RoundRow) -> list[str]:
+        """Who is asked to the round after `closing`: the accepted silos, under CKKS only those the
+        secret is wrapped for (a late joiner once the key holder wrapped it), less those gone away:
+        a silo that neither answered `closing` nor asked for work since it opened is dropped from
+        the quorum after that deadline, and is back at the next round once it asks again. If that
+        leaves fewer than min_silos, everyone is asked (the round then waits for its deadline)."""
+        awaiting = set(self._awaiting_key(row.id))
+        keyed = [s for s in self.accepted_silos(row.id) if s not in awaiting]
+        present = []
+        for s in keyed:
+            seen = self.store.get(SiloRow, s)
+            if self._answered(row.id, closing.number, s) or (seen is not None and seen.last_seen >= closing.opened_at):
+                present.append(s)
+            else:
+                log.info("study %s: %s has not been seen since round %d opened; not asked to the next round until it "
+                         "returns", row.id, s, closing.number)
+        return present if len(present) >= self.spec(row.id).training.min_silos else keyed
 
     def _screened(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow]) -> bool:
         """Under ckks-screen: compute the encrypted scalars once, then wait for their decryption."""
-        outcome = json.loads(rnd.outcome_json or "{}")
-        if "screen_values" in outcome:
+        outcome = RoundOutcome.of(rnd.outcome_json)
+        if outcome.screen_values is not None:
             return True
-        if "screen_sha" not in outcome:
-            outcome["screen_sha"] = self.blobs.put(self._closer.screening_scalars(row, spec, updates))
-            outcome["screen_silos"] = sorted(u.silo for u in updates)
-            rnd.outcome_json = dumps(outcome)
+        if outcome.screen_sha is None:
+            outcome.screen_sha = self.blobs.put(self.rounds.screening_scalars(row, spec, updates))
+            outcome.screen_silos = sorted(u.silo for u in updates)
+            rnd.outcome_json = outcome.to_json()
             self.store.add(rnd)
             log.info("study %s round %d: screening scalars ready for %s", row.id, rnd.number, row.key_holder)
         return False
@@ -355,15 +475,15 @@ class Federation:
     def report_screen(self, silo: str, rep: pb.ScreenReport) -> None:
         with self._lock:
             row, rnd = self.check_round(rep.study_id, silo, rep.round, rep.nonce)
-            outcome = json.loads(rnd.outcome_json or "{}")
-            if silo != row.key_holder or "screen_sha" not in outcome or "screen_values" in outcome:
+            outcome = RoundOutcome.of(rnd.outcome_json)
+            if silo != row.key_holder or outcome.screen_sha is None or outcome.screen_values is not None:
                 raise Refused(f"silo {silo} is not expected to report screening scalars for round {rnd.number}")
-            expected = len(json.loads(self.blobs.get(outcome["screen_sha"])))
-            values = [float(v) for v in rep.values]
-            if len(values) != expected or not all(v == v and abs(v) != float("inf") for v in values):
-                raise InvalidInput(f"expected {expected} finite screening scalars, got {len(values)}")
-            outcome["screen_values"] = values
-            rnd.outcome_json = dumps(outcome)
+            try:
+                expected = len(decode_screening_scalars(self.blobs.get(outcome.screen_sha)))
+                outcome.screen_values = check_screening_values(rep.values, expected)
+            except ProtocolError as e:
+                raise InvalidInput(str(e)) from None
+            rnd.outcome_json = outcome.to_json()
             self.store.add(rnd)
             self._audit_received("screen_scalars", silo, row.id, rnd.number, rep)
             self._tick_locked()
@@ -388,7 +508,7 @@ class Federation:
         return row, rnd
 
     def max_update_bytes(self, study_id: str) -> int:
-        return self._closer.max_update_bytes(study_id, self.spec(study_id))
+        return self.versions.max_update_bytes(study_id, self.spec(study_id))
 
     def accept_update(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         blob.view()  # flushed and fsynced before the lock: uploads reach the disk in parallel
@@ -401,11 +521,14 @@ class Federation:
                 if existing.blob_sha == header.sha256:  # a retried upload: idempotent
                     return pb.PushReply(accepted=True, sha256=existing.blob_sha, size=existing.size, reason="duplicate")
                 raise Refused(f"silo {silo} already sent a different update for round {rnd.number}")
-            if not (0 < header.weight <= 1e9):
-                raise InvalidInput(f"update weight {header.weight} is not in (0, 1e9]")
             spec = self.spec(row.id)
-            # Checked and added to the round's running aggregate as it arrives (O(model) memory).
-            self._closer.add_update(row, rnd, spec, silo, header, blob.view())
+            # Checked and added to the round's running aggregate as it arrives (O(model) memory);
+            # a refused update is audited with the reason (NaN, dtype, layout, weight, encoding).
+            try:
+                self.rounds.add_update(row, rnd, spec, header, blob.view())
+            except InvalidInput as e:
+                self.audit("update_refused", study=row.id, silo=silo, round=rnd.number, reason=str(e)[:500])
+                raise
             sha = blob.commit(header.sha256)
             self.store.add(UpdateRow(study_id=row.id, round=rnd.number, silo=silo, blob_sha=sha, size=header.size,
                                      weight=header.weight, encoding=header.encoding,
@@ -419,11 +542,13 @@ class Federation:
     def accept_key_bundle(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         with self._lock:
             row = self.study(header.ref.study_id)
+            if row.state == "running" and row.key_holder == silo and row.public_context_sha:
+                return self._accept_late_keys(row, silo, header, bytes(blob.view()))
             if row.state != "keygen" or row.key_holder != silo:
                 raise Refused(f"silo {silo} is not expected to send keys for study {row.id} (state {row.state})")
             members = {e.silo: sorted(member_keys_from_json(e.member_wrap_keys_json))
                        for e in self.store.all(EnrollmentRow, study_id=row.id, accepted=True)}
-            public_sha, wrapped, wrapped_for = self._closer.store_key_bundle(row, bytes(blob.view()), members)
+            public_sha, wrapped, wrapped_for = self.keys.store_bundle(bytes(blob.view()), members)
             row.public_context_sha = public_sha
             for name, sha in wrapped.items():
                 enrollment = self.store.get(EnrollmentRow, row.id, name)
@@ -436,13 +561,35 @@ class Federation:
             self._notify()
             return pb.PushReply(accepted=True, sha256=header.sha256, size=header.size)
 
+    def _accept_late_keys(self, row: StudyRow, silo: str, header: pb.BlobHeader, data: bytes) -> pb.PushReply:
+        """TASK_WRAP_KEY's answer: a key bundle whose public context is the study's own (the keys stay
+        the same) and whose secret is wrapped for the late joiners the task named."""
+        late = self._awaiting_key(row.id)
+        if not late:
+            raise Refused(f"study {row.id}: no silo is waiting for a wrapped key; nothing stored")
+        members = {e.silo: sorted(member_keys_from_json(e.member_wrap_keys_json))
+                   for e in self.store.all(EnrollmentRow, study_id=row.id, accepted=True) if e.silo in late}
+        public_sha, wrapped, wrapped_for = self.keys.store_bundle(data, members)
+        if public_sha != row.public_context_sha:
+            raise InvalidInput(f"study {row.id}: a late join's key bundle must carry the study's public context "
+                               f"(sha256 {row.public_context_sha[:12]}…), not new keys; refused")
+        for name, sha in wrapped.items():
+            enrollment = self.store.get(EnrollmentRow, row.id, name)
+            enrollment.wrapped_key_sha = sha
+            self.store.add(enrollment)
+        self.audit("message_received", study=row.id, silo=silo, kind="key_bundle", round=header.round, size=header.size,
+                   sha256=header.sha256, wrapped_for=wrapped_for)
+        log.info("study %s: %s wrapped the study's key for %s", row.id, silo, ", ".join(wrapped_for))
+        self._notify()
+        return pb.PushReply(accepted=True, sha256=header.sha256, size=header.size)
+
     def accept_final_model(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         with self._lock:
             row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
             if row.state != "finalizing" or row.final_model_sha:
                 raise Refused(f"study {row.id} does not expect a final model now")
             try:
-                decode_tensors(blob.view(), expected=self._closer.layout(row.id, self.spec(row.id)))
+                decode_tensors(blob.view(), expected=self.versions.layout(row.id))
             except TensorFormatError as e:
                 raise InvalidInput(f"final model: {e}") from None
             row.final_model_sha = blob.commit(header.sha256)
@@ -469,8 +616,15 @@ class Federation:
                 self.store.add(SkipRow(study_id=row.id, round=rnd.number, silo=silo, reason=rep.skip_reason[:2000]))
                 self.audit("round_skipped", study=row.id, silo=silo, round=rnd.number, reason=rep.skip_reason[:500])
             else:
-                if rep.model_version != rnd.number - 1:
+                outcome = RoundOutcome.of(rnd.outcome_json)
+                releasing = (row.state == "finalizing" and silo == row.key_holder and outcome.release is not None
+                             and rep.model_version == outcome.release.version)
+                if rep.model_version != rnd.number - 1 and not releasing:
                     raise Refused(f"metrics for model version {rep.model_version}; round {rnd.number} evaluates {rnd.number - 1}")
+                if releasing and self.spec(row.id).protocol.encrypted:
+                    outcome.release_evaluated = True
+                    rnd.outcome_json = outcome.to_json()
+                    self.store.add(rnd)
                 self._check_same_aggregate(row, silo, rep)
                 clean = {k: float(v) for k, v in rep.metrics.items() if len(k) <= 64}
                 if any(v != v or v in (float("inf"), float("-inf")) for v in clean.values()):
@@ -504,7 +658,7 @@ class Federation:
             version = self.store.get(ModelVersionRow, row.id, ref.version)
             if version is None:
                 raise NotFound(f"study {row.id} has no model version {ref.version}")
-            header = self._closer.model_header(row.id, version)
+            header = self.versions.header(row.id, self.spec(row.id), version)
             header.ref.CopyFrom(ref)
             return header
 
@@ -519,7 +673,7 @@ class Federation:
             is_participant = enrollment is not None and enrollment.accepted
             if ref.kind == pb.BLOB_SCREEN_SCALARS and silo == row.key_holder:
                 rnd = self.store.get(RoundRow, row.id, row.current_round)
-                sha = json.loads(rnd.outcome_json or "{}").get("screen_sha") if rnd else None
+                sha = RoundOutcome.of(rnd.outcome_json).screen_sha if rnd else None
                 if sha:
                     return pb.BlobHeader(ref=ref, sha256=sha), self.blobs.get(sha)
             if ref.kind == pb.BLOB_PUBLIC_CONTEXT and row.public_context_sha and is_participant:
@@ -534,5 +688,5 @@ class Federation:
         row = self.study(study_id)
         if row.state != "done":
             raise Refused(f"study {study_id} is {row.state}; the final model is released when it is done")
-        sha = row.final_model_sha or self._closer.version_sha(row.id, row.current_round - 1)
+        sha = row.final_model_sha or self.versions.sha(row.id, row.current_round - 1)
         return sha, self.blobs.get(sha)

@@ -12,24 +12,23 @@ means one thing only.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from collections.abc import Mapping
 
+from coordinator.api.protocol import NAME_SEP, ProtocolError, decode_wrapped_keys, encode_wrapped_keys
+from coordinator.api.protocol import check_silo_name as protocol_check_silo_name
 from coordinator.errors import InvalidInput
 
-SEP = "/"
+SEP = NAME_SEP
 MAX_MEMBERS = 10_000
 WRAP_KEY_BYTES = 32  # X25519 public key
 
 
 def check_silo_name(name: str, what: str = "silo name") -> None:
-    if not name or len(name) > 200:
-        raise InvalidInput(f"{what} must be 1-200 characters")
-    if SEP in name or "\x00" in name:
-        raise InvalidInput(f"{what} {name[:80]!r} may not contain '{SEP}' or NUL (a regional aggregator's members "
-                           f"are named '<region>{SEP}<member>' in key generation)")
+    """The protocol's rule for silo names (coordinator.api.protocol), as InvalidInput."""
+    try:
+        protocol_check_silo_name(name, what)
+    except ProtocolError as e:
+        raise InvalidInput(str(e)) from None
 
 
 def check_member_keys(keys: Mapping[str, bytes]) -> dict[str, bytes]:
@@ -46,11 +45,11 @@ def check_member_keys(keys: Mapping[str, bytes]) -> dict[str, bytes]:
 
 
 def member_keys_to_json(keys: Mapping[str, bytes]) -> str | None:
-    return json.dumps({m: base64.b64encode(k).decode() for m, k in sorted(keys.items())}) if keys else None
+    return encode_wrapped_keys(keys).decode() if keys else None
 
 
 def member_keys_from_json(text: str | None) -> dict[str, bytes]:
-    return {m: base64.b64decode(k) for m, k in json.loads(text).items()} if text else {}
+    return decode_wrapped_keys(text.encode()) if text else {}
 
 
 def recipients(participants: Mapping[str, tuple[bytes, Mapping[str, bytes]]]) -> dict[str, bytes]:
@@ -64,10 +63,10 @@ def recipients(participants: Mapping[str, tuple[bytes, Mapping[str, bytes]]]) ->
     return keys
 
 
-def split_wrapped(wrapped: Mapping[str, str], members: Mapping[str, list[str]]) -> tuple[dict[str, bytes], list[str]]:
+def split_wrapped(wrapped: Mapping[str, bytes], members: Mapping[str, list[str]]) -> tuple[dict[str, bytes], list[str]]:
     """The key holder's wrapped keys as one blob per participant, and the recipients wrapped for.
 
-    `wrapped`: the bundle's {recipient: base64}; `members`: {participant: its members, [] for a
+    `wrapped`: the bundle's {recipient: wrapped key}; `members`: {participant: its members, [] for a
     direct silo}. A direct silo's blob is its wrapped key; a region's is `{member: base64}` of
     all its members. A missing recipient, or one for a region or member the study does not
     have, refuses the bundle with the reason.
@@ -92,20 +91,11 @@ def split_wrapped(wrapped: Mapping[str, str], members: Mapping[str, list[str]]) 
                 raise InvalidInput(f"key bundle lacks the wrapped key of region {participant}'s member(s) "
                                    f"{', '.join(missing)}: the key holder must wrap for every recipient the KEYGEN "
                                    "task names; refused, nothing stored")
-            inner = {m: _b64(wrapped[n], n) for m, n in zip(its_members, names)}
-            blobs[participant] = json.dumps({m: base64.b64encode(w).decode() for m, w in sorted(inner.items())},
-                                            sort_keys=True).encode()
+            blobs[participant] = encode_wrapped_keys({m: wrapped[n] for m, n in zip(its_members, names)})
             wrapped_for += names
         else:
             if participant not in wrapped:
                 raise InvalidInput(f"key bundle lacks the wrapped key of {participant}; refused, nothing stored")
-            blobs[participant] = _b64(wrapped[participant], participant)
+            blobs[participant] = bytes(wrapped[participant])
             wrapped_for.append(participant)
     return blobs, sorted(wrapped_for)
-
-
-def _b64(value: str, name: str) -> bytes:
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError, TypeError) as e:
-        raise InvalidInput(f"key bundle: the wrapped key of {name!r} is not base64: {e}") from None

@@ -32,6 +32,11 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
     traffic = fed.store.all(TrafficRow, study_id=study_id)
     last_version = row.current_round - 1  # the newest aggregated version (round r evaluates version r - 1)
     rounds = []
+    joined_round: dict[str, int] = {}  # the first round each silo took part in (a late joiner's is > 1)
+    for rnd_row in sorted(fed.store.all(RoundRow, study_id=study_id), key=lambda x: x.number):
+        if rnd_row.number <= spec.training.rounds:
+            for s in json.loads(rnd_row.participants_json):
+                joined_round.setdefault(s, rnd_row.number)
     for r in range(0, max(last_version, 0) + 1):
         metrics_rows = [m for m in fed.store.all(MetricsRow, study_id=study_id, model_version=r)]
         round_traffic = [t for t in traffic if t.round == r]
@@ -59,6 +64,7 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
         "name": spec.name,
         "state": row.state,
         "silos": silos,
+        "joined_round": {s: joined_round.get(s) for s in silos},
         "privacy": {"dp": spec.privacy.dp, "delta": spec.privacy.delta, "accountant": spec.privacy.accountant,
                     "encryption": spec.privacy.encryption},
         "aggregation": spec.aggregation.rule,
@@ -67,7 +73,7 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
             "auroc": (final_metrics or {}).get("auroc"),
             "accuracy": (final_metrics or {}).get("accuracy"),
             "loss": (final_metrics or {}).get("loss"),
-            "model_sha256": row.final_model_sha or (fed._closer.version_sha(study_id, last_version) if last_version >= 0 else None),
+            "model_sha256": row.final_model_sha or (fed.versions.sha(study_id, last_version) if last_version >= 0 else None),
             "finalisation_bytes_up": {s: sum(t.bytes_up for t in after_final if t.silo == s) for s in silos},
             "finalisation_bytes_down": {s: sum(t.bytes_down for t in after_final if t.silo == s) for s in silos},
         },

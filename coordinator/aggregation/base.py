@@ -59,6 +59,13 @@ class AggregationRule(ABC):
     def _combine(self, updates: list[Update], weights: np.ndarray) -> AggregationResult:
         """Apply the rule to updates already checked by `validate_updates`."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the rule carries from one round to the next (none, unless a rule says so)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if isinstance(v, (int, float, str)))
         return f"{type(self).__name__}({params})"

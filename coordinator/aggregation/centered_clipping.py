@@ -40,6 +40,13 @@ class CenteredClipping(AggregationRule):
         self.tau, self.iterations = float(tau), int(iterations)
         self.centre: Update | None = None if centre is None else [np.array(a, dtype=np.float64) for a in centre]
 
+    def state_dict(self) -> dict:
+        return {"centre": self.centre}
+
+    def load_state_dict(self, state: dict) -> None:
+        centre = state.get("centre")
+        self.centre = None if centre is None else [np.array(a, dtype=np.float64) for a in centre]
+
     def _combine(self, updates: list[Update], weights: np.ndarray) -> AggregationResult:
         rows = stack(updates)
         if self.centre is None:

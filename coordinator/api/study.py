@@ -13,13 +13,26 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from coordinator.api.protocol import (
+    MODALITIES,
+    STUDY_NAME_PATTERN,
+    Codec,
+    DownlinkCodec,
+    Encryption,
+    Rule,
+    ServerOptimizerName,
+    StudyProtocol,
+    compatibility_error,
+)
+
 Modality = Literal["ehr", "image", "signal"]
-ALL_MODALITIES: tuple[Modality, ...] = ("ehr", "image", "signal")
+ALL_MODALITIES: tuple[Modality, ...] = MODALITIES  # type: ignore[assignment]
 Aggregate = Literal["last", "mean", "min", "max", "count"]
 
 
@@ -40,6 +53,27 @@ class FeatureSpec(_Strict):
     unit: str | None = None  # UCUM unit values are normalised to; None for unitless/count
     aggregate: Aggregate = "last"
     window_days: int = Field(default=365, gt=0)  # look-back from the index date
+    # declared categories: one-hot by fedcare in this order, the same at every silo; a value outside them is
+    # counted as unknown and left missing. Empty: a numeric feature
+    categories: tuple[str, ...] = ()
+    # reference interval (low, high) in `unit`: values map to (x - mid) / half-width at every silo. Without it
+    # (and without a built-in clinical reference) a feature is z-scored with training rows' statistics only
+    reference: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _categorical_or_numeric(self) -> "FeatureSpec":
+        if self.categories and (len(set(self.categories)) != len(self.categories) or self.aggregate != "last"
+                                or self.reference is not None or self.unit is not None):
+            raise ValueError(f"feature {self.name!r} declares categories {list(self.categories)}; expected distinct "
+                             "categories with aggregate 'last' and no unit or reference")
+        if self.reference is not None and not self.reference[0] < self.reference[1]:
+            raise ValueError(f"feature {self.name!r} has reference {list(self.reference)}; expected [low, high] with low < high")
+        return self
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The feature's value columns in the EHR tensor: one, or one per declared category (one-hot)."""
+        return tuple(f"{self.name}={c}" for c in self.categories) if self.categories else (self.name,)
 
 
 DEFAULT_FEATURES: tuple[FeatureSpec, ...] = (
@@ -62,6 +96,22 @@ class CohortSpec(_Strict):
     label_system: str = "http://snomed.info/sct"
     label_code: str = "84114007"  # heart failure
     label_window_days: int = Field(default=365, gt=0)  # condition onset within N days after index
+    # where the label is read (pipelines.ehr.labels): "condition": onset of label_system/label_code within the
+    # window; "observation": a value of label_system/label_code within the window; "column": a table column
+    label_source: Literal["condition", "observation", "column"] = "condition"
+    label_column: str | None = None  # label_source = "column": the column, e.g. "num"
+    label_above: float | None = None  # positive when the value is above this, e.g. num > 0
+    label_values: tuple[str, ...] = ()  # positive when the cell is one of these codes
+    # a patient whose label condition started on or before the index date is excluded as a prevalent case
+    # (incident-outcome study); false keeps them, labelled positive
+    exclude_prevalent: bool = True
+    # the index (landmark) date per patient: "fixed" (index_date), "column" (a table column, index_column),
+    # "first_event" (the first fact coded index_system/index_code), "last_observation" (the latest fact)
+    index_from: Literal["fixed", "column", "first_event", "last_observation"] = "fixed"
+    index_date: date | None = None  # None: 2024-01-01 (pipelines.cohort.INDEX_DATE); the reference for relative dates
+    index_column: str | None = None
+    index_system: str | None = None
+    index_code: str | None = None
     min_age: int = Field(default=18, ge=0)
     features: tuple[FeatureSpec, ...] = DEFAULT_FEATURES
     image_size: int = Field(default=32, ge=8, le=512)
@@ -81,6 +131,24 @@ class CohortSpec(_Strict):
         if len(names) != len(set(names)):
             raise ValueError(f"feature names must be unique, got {names}")
         return self
+
+    @model_validator(mode="after")
+    def _label_and_index_complete(self) -> "CohortSpec":
+        if self.label_source == "column" and (not self.label_column or (self.label_above is None) == (not self.label_values)):
+            raise ValueError("label_source 'column' needs label_column and exactly one rule: label_above (e.g. 0 for "
+                             "num > 0) or label_values (the codes that are positive)")
+        if self.label_source == "observation" and self.label_above is None:
+            raise ValueError("label_source 'observation' needs label_above: the value above which the label is positive")
+        if self.index_from == "column" and not self.index_column:
+            raise ValueError("index_from 'column' needs index_column: the table column holding each patient's index date")
+        if self.index_from == "first_event" and not (self.index_system and self.index_code):
+            raise ValueError("index_from 'first_event' needs index_system and index_code: the event that starts follow-up")
+        return self
+
+    @property
+    def ehr_columns(self) -> tuple[str, ...]:
+        """The value columns of the EHR tensor, in order (a categorical feature has one per category)."""
+        return tuple(c for f in self.features for c in f.columns)
 
     @model_validator(mode="after")
     def _patients_left_to_train(self) -> "CohortSpec":
@@ -117,13 +185,24 @@ class TrainingSpec(_Strict):
     momentum: float = Field(default=0.9, ge=0, lt=1)  # SGD momentum; post-processing under DP
     fedprox_mu: float = Field(default=0.0, ge=0)
     min_silos: int = Field(default=2, ge=1)  # quorum: a round closes only with this many updates
-    expected_silos: int | None = Field(default=None, ge=1)  # start as soon as this many enrolled
+    # Start as soon as this many enrolled; until then wait (up to enrollment_timeout_s) even when
+    # every silo seen so far has answered. None: start once every recently seen silo has answered.
+    expected_silos: int | None = Field(default=None, ge=1)
     enrollment_timeout_s: float = Field(default=60.0, gt=0)
     round_timeout_s: float = Field(default=600.0, gt=0)
     seed: int = 0
     # Partial participation (coordinator/selection.py): silos asked per round; None = every silo.
     silos_per_round: int | None = Field(default=None, ge=1)
     max_rounds_unselected: int = Field(default=3, ge=1)  # fairness: a silo left out this long is forced in
+    # The released model (coordinator/release.py): the version with the best pooled value of this
+    # metric in the silos' reports ("best"), or the last one; None patience: no early stopping.
+    selection_metric: str = Field(default="auroc", min_length=1, max_length=64)
+    selection_goal: Literal["max", "min"] = "max"
+    release: Literal["best", "last"] = "best"
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    # A silo that accepts after the study started takes part from the next round (under CKKS once
+    # the key holder has wrapped the study's secret for it); False: such an answer is refused.
+    late_join: bool = True
 
 
 class PrivacySpec(_Strict):
@@ -141,7 +220,7 @@ class PrivacySpec(_Strict):
     accountant: Literal["rdp", "prv"] = "rdp"
     # ckks-screen: exact plus one multiplicative level, so the coordinator can screen encrypted
     # updates by norm / pairwise distance (norm_bounding, krum); see privacy.he.screening
-    encryption: Literal["none", "ckks-exact", "ckks-packed", "ckks-screen"] = "ckks-exact"
+    encryption: Encryption = Encryption.CKKS_EXACT
     update_clip: float = Field(default=10.0, gt=0)  # L-inf bound on update values (packed mode)
 
     @model_validator(mode="after")
@@ -152,10 +231,17 @@ class PrivacySpec(_Strict):
 
 
 class AggregationSpec(_Strict):
-    rule: Literal["fedavg", "median", "trimmed_mean", "krum", "centered_clipping", "norm_bounding"] = "fedavg"
+    """How a round's updates become the next model: a robust rule, then a server optimiser.
+
+    The server optimiser steps on the aggregated delta (Reddi et al. 2021): in the clear at the
+    coordinator; under CKKS every silo applies the same deterministic step after decrypting.
+    `server_momentum` is FedAvgM's beta (Hsu et al. 2019) and FedAdam/FedYogi's beta1."""
+
+    rule: Rule = Rule.FEDAVG
     params: dict[str, float] = Field(default_factory=dict)
-    server_optimizer: Literal["none", "fedadam", "fedyogi"] = "none"
+    server_optimizer: ServerOptimizerName = ServerOptimizerName.NONE
     server_learning_rate: float = Field(default=1.0, gt=0)
+    server_momentum: float = Field(default=0.9, ge=0, lt=1)
 
 
 class CompressionSpec(_Strict):
@@ -167,14 +253,14 @@ class CompressionSpec(_Strict):
     version r-1 + the decoded delta, so silos and coordinator hold bit-identical weights.
     """
 
-    codec: Literal["none", "fp16", "q8", "q4", "topk", "randk"] = "none"
+    codec: Codec = Codec.NONE
     fraction: float = Field(default=0.1, gt=0, le=1)  # kept share for top-k / random-k
     zstd: bool = False
-    downlink: Literal["none", "fp16", "q8", "q4"] = "none"
+    downlink: DownlinkCodec = DownlinkCodec.NONE
 
 
 class StudySpec(_Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=STUDY_NAME_PATTERN)
     description: str = ""
     modalities: tuple[Modality, ...] = ALL_MODALITIES
     cohort: CohortSpec = CohortSpec()
@@ -193,10 +279,15 @@ class StudySpec(_Strict):
             raise ValueError("training.expected_silos must be >= training.min_silos")
         if t.silos_per_round is not None and t.silos_per_round < t.min_silos:
             raise ValueError("training.silos_per_round must be >= training.min_silos (the round quorum)")
-        if self.privacy.encryption != "none" and self.compression.codec not in ("none", "randk"):
-            raise ValueError(f"compression.codec {self.compression.codec!r} cannot run under encryption: ciphertexts "
-                             "only add up when every silo sends the same coordinates; use 'randk' or 'none'")
+        problem = compatibility_error(self)
+        if problem is not None:
+            raise ValueError(problem)
         return self
+
+    @property
+    def protocol(self) -> StudyProtocol:
+        """The study's protocol facts (encodings, modes), derived from this spec."""
+        return StudyProtocol(self)
 
     @model_validator(mode="after")
     def _architecture_fits_modalities(self) -> "StudySpec":
@@ -207,12 +298,7 @@ class StudySpec(_Strict):
 
     def update_encoding(self) -> str:
         """The `encoding` header of a silo update in this study."""
-        c = self.compression
-        if self.privacy.encryption != "none":
-            return self.privacy.encryption + ("+randk" if c.codec == "randk" else "")
-        if c.codec == "none":
-            return "tensors"
-        return c.codec + ("+zstd" if c.zstd else "")
+        return self.protocol.update_encoding
 
     # -- serialisation -------------------------------------------------------------------
     def to_json(self) -> str:
@@ -239,7 +325,7 @@ class StudySpec(_Strict):
         m, c = self.model, self.cohort
         return {
             "modalities": tuple(self.modalities),
-            "ehr_features": len(c.features),
+            "ehr_features": len(c.ehr_columns),
             "image_size": c.image_size,
             "image_dims": c.image_dims,
             "image_depth": c.image_depth,

@@ -111,5 +111,6 @@ def _check_layout(got: Sequence[TensorSpec], expected: Sequence[TensorSpec]) -> 
     if len(got) != len(expected):
         raise TensorFormatError(f"expected {len(expected)} arrays, got {len(got)}")
     for g, e in zip(got, expected):
-        if g.name != e.name or g.shape != e.shape:
-            raise TensorFormatError(f"array {g.name!r} {g.shape}: expected {e.name!r} {e.shape}")
+        if g.name != e.name or g.shape != e.shape or g.dtype != e.dtype:
+            # dtype too: a float64 array holding 1e300 is finite, but not once cast to the model's float32
+            raise TensorFormatError(f"array {g.name!r} {g.shape} {g.dtype}: expected {e.name!r} {e.shape} {e.dtype}")

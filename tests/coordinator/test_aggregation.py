@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from coordinator.api.server_step import ServerStepError
 from coordinator.aggregation import (
     AggregationError,
     CenteredClipping,
@@ -286,5 +287,5 @@ def test_server_optimizer_state_round_trips_and_errors():
     np.testing.assert_array_equal(a.step(x, d)[0], b.step(x, d)[0])
     with pytest.raises(AggregationError, match="unknown server optimizer 'sgdm'"):
         build_server_optimizer("sgdm", 1.0)
-    with pytest.raises(AggregationError, match="shape"):
+    with pytest.raises(ServerStepError, match="shape"):
         a.step(x, [np.ones(4)])

@@ -1,9 +1,8 @@
 """Compressed updates across the silo/coordinator boundary: the silo's real encoder
-(silo_node.update) and the coordinator's real RoundCloser (store, blob store, decode, close)."""
+(silo_node.update) and the coordinator's real round aggregator (store, blob store, decode, close)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,9 @@ from coordinator.api.study import CompressionSpec, PrivacySpec, StudySpec, Train
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from coordinator.blobs import BlobStore
 from coordinator.errors import InvalidInput
-from coordinator.rounds import RoundCloser
+from coordinator.api.protocol import VersionMetadata
+from coordinator.rounds import RoundAggregator
+from coordinator.versions import ModelVersions
 from coordinator.store import ModelVersionRow, RoundRow, Store, StudyRow, open_engine
 from privacy.he import StudyKeys
 from silo_node.update import build_feedback, encode_update, resolve_version
@@ -32,12 +33,13 @@ def _spec(codec: str = "topk", *, encryption: str = "none", fraction: float = 0.
 
 
 class Coordinator:
-    """One study in a real store: version 0, then rounds closed by the real RoundCloser."""
+    """One study in a real store: version 0, then rounds closed by the real RoundAggregator."""
 
     def __init__(self, root: Path, spec: StudySpec, v0: list[np.ndarray], public_context: bytes | None = None) -> None:
         self.store = Store(open_engine(root / "coordinator.sqlite"))
         self.blobs = BlobStore(root / "blobs")
-        self.closer = RoundCloser(self.store, self.blobs, audit=lambda *a, **k: None)
+        self.versions = ModelVersions(self.store, self.blobs)
+        self.closer = RoundAggregator(self.versions, audit=lambda *a, **k: None)
         self.spec = spec
         ctx_sha = self.blobs.put(public_context) if public_context else None
         self.row = StudyRow(id="s1", name="s", spec_json=spec.to_json(), spec_sha256=spec.sha256(), state="running",
@@ -54,20 +56,20 @@ class Coordinator:
         rows = []
         for silo, data, encoding, weight in uploads:
             header = pb.BlobHeader(weight=weight, encoding=encoding, metadata_json="{}")
-            self.closer.add_update(self.row, rnd, self.spec, silo, header, data)
+            self.closer.add_update(self.row, rnd, self.spec, header, data)
             rows.append(UpdateRow(study_id="s1", round=number, silo=silo, blob_sha=self.blobs.put(data), size=len(data),
                                   weight=weight, encoding=encoding, metadata_json="{}", received_at=0.0))
         outcome = self.closer.close(self.row, rnd, self.spec, rows)
-        rnd.state, rnd.outcome_json = "closed", json.dumps(outcome)
+        rnd.state, rnd.outcome_json = "closed", outcome.to_json()
         self.store.add(rnd)
         return outcome
 
     def version(self, v: int) -> list[np.ndarray]:
-        return decode_tensors(self.blobs.get(self.closer.version_sha("s1", v)))[1]
+        return decode_tensors(self.blobs.get(self.versions.sha("s1", v)))[1]
 
     def silo_view(self, v: int, base, secret=None):
         row = self.store.get(ModelVersionRow, "s1", v)
-        header, data = self.closer.model_blob("s1", row)
+        header, data = self.versions.blob("s1", self.spec, row)
         return resolve_version(data, header.encoding, header.metadata_json, base=base, secret_context=secret)
 
 
@@ -115,9 +117,9 @@ def test_coordinator_refuses_wrong_codec_fraction_and_shape(tmp_path) -> None:
                                   (spec, good[:2], "arrays")]:
         enc = encode_update(bad_spec, NAMES, arrays, secret_context=None, round_seed=1)
         with pytest.raises(InvalidInput, match=why):
-            coord.closer.add_update(coord.row, rnd, spec, "a", pb.BlobHeader(weight=1.0, encoding="topk"), enc.data)
+            coord.closer.add_update(coord.row, rnd, spec, pb.BlobHeader(weight=1.0, encoding="topk"), enc.data)
     with pytest.raises(InvalidInput, match="encoding"):
-        coord.closer.add_update(coord.row, rnd, spec, "a", pb.BlobHeader(weight=1.0, encoding="tensors"),
+        coord.closer.add_update(coord.row, rnd, spec, pb.BlobHeader(weight=1.0, encoding="tensors"),
                                 encode_tensors(NAMES, good))
 
 
@@ -132,7 +134,7 @@ def test_compressed_downlink_gives_silos_the_coordinators_weights_bit_for_bit(tm
                for s, w in zip("abc", (10.0, 20.0, 30.0))]
         coord.round(r, r, ups)
         row = coord.store.get(ModelVersionRow, "s1", r)
-        header, data = coord.closer.model_blob("s1", row)
+        header, data = coord.versions.blob("s1", spec, row)
         assert header.encoding == "delta+q8" and len(data) < 0.3 * 4 * N
         silo = coord.silo_view(r, silo)
         for a, b in zip(silo[1], coord.version(r)):
@@ -157,7 +159,7 @@ def test_randk_under_ckks_equals_the_plaintext_sparse_average(tmp_path) -> None:
         assert enc.encoding == "ckks-exact+randk"
         uploads.append((s, enc.data, enc.encoding, w))
     outcome = coord.round(1, seed, uploads)
-    assert outcome["accepted"] == ["a", "b", "c"]
+    assert outcome.accepted == ["a", "b", "c"]
     names, got = coord.silo_view(1, (NAMES, v0), secret)
     idx = randk_indices(N, 0.1, seed)
     flat = [np.concatenate([a.ravel() for a in d]).astype(np.float64) for d in deltas]
@@ -179,6 +181,6 @@ def test_spec_refuses_codecs_that_cannot_add_up_under_encryption() -> None:
 
 def test_version_zero_travels_as_its_hash_when_the_downlink_is_compressed(tmp_path) -> None:
     coord = Coordinator(tmp_path, _spec("topk", downlink="q8"), _v0())
-    header, data = coord.closer.model_blob("s1", coord.store.get(ModelVersionRow, "s1", 0))
+    header, data = coord.versions.blob("s1", coord.spec, coord.store.get(ModelVersionRow, "s1", 0))
     assert header.encoding == "seeded-init" and data == b""
-    assert json.loads(header.metadata_json)["model_sha256"] == coord.closer.version_sha("s1", 0)
+    assert VersionMetadata.from_json(header.metadata_json).model_sha256 == coord.versions.sha("s1", 0)
