@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fedcare.listen import ListenError, check_listen
+from fedcare.pki import ROLES
 
 # Click's plain help wraps long option names and texts at any width; typer's rich panels cut them at 80 columns.
 _HELP_STYLE = {"no_args_is_help": True, "rich_markup_mode": None}
@@ -530,13 +531,55 @@ def pki_issue(
     """Issue a certificate for one holder; its role is bound into the certificate."""
     from fedcare.pki import issue
 
-    chosen = [(r, n) for r, n in (("silo", silo), ("researcher", researcher), ("auditor", auditor),
-                                  ("coordinator", coordinator)) if n]
-    if len(chosen) != 1:
-        raise UserError("name exactly one of --silo, --researcher, --auditor, --coordinator")
-    role, name = chosen[0]
+    role, name = _one_holder(silo=silo, researcher=researcher, auditor=auditor, coordinator=coordinator)
     cert, key = issue(dir, name=name, role=role, hosts=tuple(host))
     Console().print(f"{role} {name}: certificate {cert}, key {key}")
+
+
+def _one_holder(**names: Optional[str]) -> tuple[str, str]:
+    chosen = [(role, name) for role, name in names.items() if name]
+    if len(chosen) != 1:
+        raise UserError("name exactly one of --silo, --researcher, --auditor, --coordinator")
+    return chosen[0]
+
+
+HolderOpt = {role: Annotated[Optional[str], typer.Option(help=f"the {role}'s name (certificate CN)")]
+             for role in ROLES}
+
+
+@pki_app.command("request")
+def pki_request(
+    out: Annotated[Path, typer.Option(help="folder for the new key (stays here, mode 600) and the request")] = Path("pki"),
+    silo: HolderOpt["silo"] = None, researcher: HolderOpt["researcher"] = None,
+    auditor: HolderOpt["auditor"] = None, coordinator: HolderOpt["coordinator"] = None,
+) -> None:
+    """At a hospital (or any holder): make a private key and a signing request (CSR) for the study CA.
+
+    Send only NAME.csr to the CA operator; NAME.key never leaves this machine."""
+    from fedcare.pki import request
+
+    role, name = _one_holder(silo=silo, researcher=researcher, auditor=auditor, coordinator=coordinator)
+    csr, key = request(out, name=name, role=role)
+    Console().print(f"{role} {name}: key {key} (keep it here), signing request {csr}: send it to the study CA "
+                    f"operator, who runs `fedcare pki sign {csr.name} --{role} {name}`", soft_wrap=True)
+
+
+@pki_app.command("sign")
+def pki_sign(
+    csr: Annotated[Path, typer.Argument(help="the holder's signing request (NAME.csr from `fedcare pki request`)")],
+    dir: PkiDir = Path("pki"),
+    out: Annotated[Optional[Path], typer.Option(help="the certificate to write (default: DIR/ROLE/NAME.pem)")] = None,
+    host: Annotated[list[str], typer.Option(help="coordinator host names / IPs")] = ["localhost", "127.0.0.1"],
+    silo: HolderOpt["silo"] = None, researcher: HolderOpt["researcher"] = None,
+    auditor: HolderOpt["auditor"] = None, coordinator: HolderOpt["coordinator"] = None,
+) -> None:
+    """At the study CA: sign a request as the holder and role you name; the request must ask for the same."""
+    from fedcare.pki import sign_request
+
+    role, name = _one_holder(silo=silo, researcher=researcher, auditor=auditor, coordinator=coordinator)
+    cert = sign_request(dir, csr, name=name, role=role, out=out or dir / role / f"{name}.pem", hosts=tuple(host))
+    Console().print(f"{role} {name}: certificate {cert}; send it and {dir / 'ca.pem'} back (both are public)",
+                    soft_wrap=True)
 
 
 @pki_app.command("revoke")

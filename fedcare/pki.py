@@ -1,7 +1,9 @@
 """`fedcare pki`: a study CA and the certificates of the coordinator, silos, researchers, auditors.
 
 Each certificate names its holder in the subject CN and its role in the OU; the
-coordinator binds every call to both. Revocation: `fedcare pki revoke` adds the serial to
+coordinator binds every call to both. A hospital makes its own key and sends only a signing
+request (`request` there, `sign_request` at the CA); `issue` makes key and certificate together
+at the CA, for demos and tests. Revocation: `fedcare pki revoke` adds the serial to
 a CRL signed by the CA, which the coordinator reads (and re-reads when it changes).
 """
 
@@ -62,16 +64,23 @@ def init_ca(pki_dir: Path, *, name: str = "fedcare study CA") -> Path:
     return pki_dir / "ca.pem"
 
 
-def issue(pki_dir: Path, *, name: str, role: str, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
-    """Issue a certificate + key for `name` in `role`; the coordinator's also names its hosts."""
+def _check_holder(name: str, role: str) -> None:
     if role not in ROLES:
         raise PKIError(f"role must be one of {ROLES}, not {role!r}")
     if not name or "/" in name or name.startswith("."):
-        raise PKIError(f"invalid name {name!r}")
+        raise PKIError(f"invalid name {name!r}: letters, digits, '.', '_' or '-', no '/', not starting with '.'")
+
+
+def _subject(name: str, role: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)])
+
+
+def _sign(pki_dir: Path, public_key: ec.EllipticCurvePublicKey, *, name: str, role: str,
+          hosts: tuple[str, ...]) -> x509.Certificate:
+    """The CA's certificate for `public_key`: `name` as CN and DNS name, `role` as OU; the coordinator's
+    also names its hosts and is a TLS server, everyone else a TLS client."""
     ca_cert, ca_key = _load_ca(pki_dir)
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
-                         x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role)])
     now = dt.datetime.now(dt.timezone.utc)
     sans: list[x509.GeneralName] = [x509.DNSName(name)]
     if role == "coordinator":
@@ -81,18 +90,70 @@ def issue(pki_dir: Path, *, name: str, role: str, hosts: tuple[str, ...] = ("loc
             except ValueError:
                 sans.append(x509.DNSName(h))
     usage = ExtendedKeyUsageOID.SERVER_AUTH if role == "coordinator" else ExtendedKeyUsageOID.CLIENT_AUTH
-    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_cert.subject).public_key(key.public_key())
+    return (x509.CertificateBuilder().subject_name(_subject(name, role)).issuer_name(ca_cert.subject)
+            .public_key(public_key)
             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .sign(ca_key, hashes.SHA256()))
+
+
+def issue(pki_dir: Path, *, name: str, role: str, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
+    """Issue a certificate + key for `name` in `role` at the CA (tests, demos, the CA's own coordinator).
+    A hospital's key should be made at the hospital instead: `request` there, `sign_request` here."""
+    _check_holder(name, role)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _sign(pki_dir, key.public_key(), name=name, role=role, hosts=hosts)
     out = pki_dir / role
     out.mkdir(exist_ok=True)
     _write_private(out / f"{name}.key", key)
     (out / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return out / f"{name}.pem", out / f"{name}.key"
+
+
+def request(out_dir: Path, *, name: str, role: str) -> tuple[Path, Path]:
+    """At the holder (a hospital): a new private key, kept in `out_dir` (mode 600), and a certificate
+    signing request (PKCS #10, RFC 2986) for the CA. Only the request leaves; the key never does."""
+    _check_holder(name, role)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key_path, csr_path = out_dir / f"{name}.key", out_dir / f"{name}.csr"
+    if key_path.exists():
+        raise PKIError(f"{key_path} exists; refusing to replace a key a certificate may depend on "
+                       "(move it away to start over)")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = x509.CertificateSigningRequestBuilder().subject_name(_subject(name, role)).sign(key, hashes.SHA256())
+    _write_private(key_path, key)
+    csr_path.write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    return csr_path, key_path
+
+
+def sign_request(pki_dir: Path, csr_path: Path, *, name: str, role: str, out: Path,
+                 hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> Path:
+    """At the CA: sign a holder's request as `name` in `role`, which the CA operator states (the
+    request's own subject must agree: a request cannot choose its identity or role). Writes `out`."""
+    _check_holder(name, role)
+    try:
+        csr = x509.load_pem_x509_csr(csr_path.read_bytes())
+    except FileNotFoundError:
+        raise PKIError(f"{csr_path}: file not found") from None
+    except ValueError:
+        raise PKIError(f"{csr_path} is not a PEM certificate signing request (make one with `fedcare pki request`)") from None
+    if not csr.is_signature_valid:
+        raise PKIError(f"{csr_path}: its signature does not match its key; the request was altered, ask for a new one")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise PKIError(f"{csr_path}: the key is {type(key).__name__}; expected an EC (P-256) key from `fedcare pki request`")
+    asked = {a.oid: a.value for a in csr.subject}
+    cn, ou = asked.get(NameOID.COMMON_NAME), asked.get(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    if cn != name or ou not in (None, role):
+        raise PKIError(f"{csr_path} asks for CN={cn}, OU={ou}; you are signing it as {name} ({role}): "
+                       "check whom the request came from")
+    cert = _sign(pki_dir, key, name=name, role=role, hosts=hosts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return out
 
 
 def write_crl(pki_dir: Path, *, revoked: list[int], number: int = 1) -> Path:
