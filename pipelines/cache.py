@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-VERSION = 2  # 2: image_dims/image_depth in the cohort hash, volumes cached
+VERSION = 3  # 2: image_dims/image_depth in the cohort hash, volumes cached; 3: labels, index dates, categories
 
 
 def content_hash(data: bytes) -> str:
@@ -32,10 +32,12 @@ def content_hash(data: bytes) -> str:
 
 
 def cohort_hash(cohort: Any, index_date: date, key_fingerprint: str) -> str:
-    fields = ("label_system", "label_code", "label_window_days", "min_age", "image_size", "image_dims", "image_depth",
-              "signal_channels", "signal_rate_hz", "signal_length")
+    fields = ("label_system", "label_code", "label_window_days", "label_source", "label_column", "label_above",
+              "label_values", "exclude_prevalent", "index_from", "index_column", "index_system", "index_code", "min_age",
+              "image_size", "image_dims", "image_depth", "signal_channels", "signal_rate_hz", "signal_length")
     spec = {f: getattr(cohort, f) for f in fields}
-    spec["features"] = [{k: getattr(f, k) for k in ("name", "system", "code", "unit", "aggregate", "window_days")}
+    spec["features"] = [{k: getattr(f, k) for k in ("name", "system", "code", "unit", "aggregate", "window_days",
+                                                    "categories", "reference")}
                         for f in cohort.features]
     spec.update(index_date=index_date.isoformat(), key=key_fingerprint, version=VERSION)
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=list).encode()).hexdigest()[:24]

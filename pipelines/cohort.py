@@ -7,8 +7,9 @@ models satisfy them.
 
 Cohort design: a landmark (index) date splits each patient's history. EHR features are
 aggregated over `window_days` up to and including the index date; images and wearable
-recordings are the latest ones taken on or before it; the label is the onset of
-`label_code` within `label_window_days` after it.
+recordings are the latest ones taken on or before the reference date (`index_date`); the label
+is read after it (`pipelines.ehr.labels`). The index date may differ per patient
+(`index_from`, `pipelines.ehr.timeline`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ class FeatureLike(Protocol):
     def aggregate(self) -> str: ...  # "last" | "mean" | "min" | "max" | "count"
     @property
     def window_days(self) -> int: ...
+    @property
+    def categories(self) -> Sequence[str]: ...  # empty: numeric; else one-hot in this order
+    @property
+    def reference(self) -> tuple[float, float] | None: ...  # (low, high) in `unit`
+    @property
+    def columns(self) -> Sequence[str]: ...  # value columns in the EHR tensor (one per category)
 
 
 @runtime_checkable
@@ -54,6 +61,28 @@ class CohortLike(Protocol):
     def label_code(self) -> str: ...
     @property
     def label_window_days(self) -> int: ...
+    @property
+    def label_source(self) -> str: ...  # "condition" | "observation" | "column"
+    @property
+    def label_column(self) -> str | None: ...
+    @property
+    def label_above(self) -> float | None: ...
+    @property
+    def label_values(self) -> Sequence[str]: ...
+    @property
+    def exclude_prevalent(self) -> bool: ...
+    @property
+    def index_from(self) -> str: ...  # "fixed" | "column" | "first_event" | "last_observation"
+    @property
+    def index_date(self) -> date | None: ...
+    @property
+    def index_column(self) -> str | None: ...
+    @property
+    def index_system(self) -> str | None: ...
+    @property
+    def index_code(self) -> str | None: ...
+    @property
+    def ehr_columns(self) -> Sequence[str]: ...
     @property
     def min_age(self) -> int: ...
     @property

@@ -3,9 +3,9 @@
 Each item is the tuple `(ehr[2F], image[1,S,S], signal[C,L], mask[3], label[])`, float32,
 in `SAMPLE_FIELDS` order; a 3D study (`cohort.image_dims = 3`) has `image[1,D,S,S]`. A sample
 without an image holds zeros there and `mask[1] = 0`: the model masks the modality out, the
-zeros are never read as data. EHR values are normalised with fixed clinical reference ranges
-(`REFERENCE_RANGES`), the same at every hospital, so that features mean the same thing
-across silos; only a feature without a reference falls back to local statistics.
+zeros are never read as data. EHR values are normalised by `pipelines.normalise` (reference
+ranges, the same at every hospital; statistics of training rows only for features without
+one); `ehr_raw` keeps the values before it, so a silo can refit on its training part.
 """
 
 from __future__ import annotations
@@ -19,60 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .cohort import DEMOGRAPHIC_SYSTEM, MODALITIES, FeatureLike
+from .cohort import MODALITIES
 from .errors import DatasetError
 
 SAMPLE_FIELDS = ("ehr", "image", "signal", "mask", "label")
-LOINC = "http://loinc.org"
-
-
-@dataclass(frozen=True)
-class ReferenceRange:
-    """Adult reference interval; values map to (x - mid) / half-width, on a log scale if `log`."""
-
-    low: float
-    high: float
-    log: bool = False
-
-    def normalise(self, x: np.ndarray) -> np.ndarray:
-        lo, hi = (np.log(self.low), np.log(self.high)) if self.log else (self.low, self.high)
-        x = np.log(np.maximum(x, 1e-6)) if self.log else x
-        return (x - (lo + hi) / 2) / ((hi - lo) / 2)
-
-
-#: (system, code) -> reference interval in the cohort's default units (see study.DEFAULT_FEATURES).
-REFERENCE_RANGES: dict[tuple[str, str], ReferenceRange] = {
-    (DEMOGRAPHIC_SYSTEM, "age"): ReferenceRange(20, 90),  # a
-    (DEMOGRAPHIC_SYSTEM, "sex-female"): ReferenceRange(0, 1),
-    (DEMOGRAPHIC_SYSTEM, "sex-male"): ReferenceRange(0, 1),
-    (LOINC, "2345-7"): ReferenceRange(70, 100),  # glucose, mg/dL (fasting)
-    (LOINC, "4548-4"): ReferenceRange(4.0, 5.6),  # HbA1c, %
-    (LOINC, "8480-6"): ReferenceRange(90, 120),  # systolic BP, mm[Hg]
-    (LOINC, "8462-4"): ReferenceRange(60, 80),  # diastolic BP, mm[Hg]
-    (LOINC, "39156-5"): ReferenceRange(18.5, 25),  # BMI, kg/m2
-    (LOINC, "2093-3"): ReferenceRange(125, 200),  # total cholesterol, mg/dL
-    (LOINC, "2160-0"): ReferenceRange(0.6, 1.2),  # creatinine, mg/dL
-    (LOINC, "33762-6"): ReferenceRange(10, 125, log=True),  # NT-proBNP, pg/mL (skewed: log scale)
-}
-CLIP = 10.0  # normalised values beyond this are clipped; keeps DP clipping meaningful
-
-
-def normalise_ehr(raw: np.ndarray, features: Sequence[FeatureLike]) -> np.ndarray:
-    """Raw values `[N, F]` (NaN = missing) -> `[N, 2F]`: normalised values (0 if missing), then indicators."""
-    raw = np.asarray(raw, dtype=np.float64).reshape(-1, len(features))
-    missing = ~np.isfinite(raw)
-    out = np.zeros_like(raw)
-    for j, f in enumerate(features):
-        col, ok = raw[:, j], ~missing[:, j]
-        ref = REFERENCE_RANGES.get((f.system, f.code))
-        if f.aggregate == "count":
-            out[ok, j] = np.log1p(col[ok])
-        elif ref is not None:
-            out[ok, j] = ref.normalise(col[ok])
-        elif ok.any():  # fallback: this silo's own statistics
-            out[ok, j] = (col[ok] - col[ok].mean()) / (col[ok].std() or 1.0)
-    out = np.clip(out, -CLIP, CLIP)
-    return np.concatenate([out, missing.astype(np.float64)], axis=1).astype(np.float32)
 
 
 class MultimodalDataset(Dataset):
@@ -80,9 +30,11 @@ class MultimodalDataset(Dataset):
 
     def __init__(self, *, ehr: torch.Tensor, image: torch.Tensor, signal: torch.Tensor, mask: torch.Tensor,
                  label: torch.Tensor, pseudonyms: Sequence[str], feature_names: Sequence[str] = (),
-                 signal_channels: Sequence[str] = (), checked: Collection[str] = ()) -> None:
+                 signal_channels: Sequence[str] = (), checked: Collection[str] = (),
+                 ehr_raw: torch.Tensor | None = None) -> None:
         """`checked`: fields whose values the caller has already checked finite row by row, e.g. fields
-        memory-mapped from `pipelines.rowfiles`; they are not read whole again (that would page them all in)."""
+        memory-mapped from `pipelines.rowfiles`; they are not read whole again (that would page them all in).
+        `ehr_raw`: [N, C] float64 EHR values before normalisation (NaN = missing), one column per `ehr` value column."""
         n = len(pseudonyms)
         tensors = {"ehr": ehr, "image": image, "signal": signal, "mask": mask, "label": label}
         ranks = {"ehr": 2, "image": image.dim() if isinstance(image, torch.Tensor) and image.dim() in (4, 5) else 4,
@@ -99,7 +51,11 @@ class MultimodalDataset(Dataset):
                                "[N, 1, S, S] (or [N, 1, D, S, S] for volumes)")
         if len(set(pseudonyms)) != n:
             raise DatasetError("pseudonyms repeat; expected one sample per patient")
+        if ehr_raw is not None and (ehr_raw.dim() != 2 or ehr_raw.shape[0] != n or 2 * ehr_raw.shape[1] != ehr.shape[1]):
+            raise DatasetError(f"ehr_raw is {tuple(ehr_raw.shape)}; expected [{n}, {ehr.shape[1] // 2}], one raw column per "
+                               "normalised EHR value column")
         self.ehr, self.image, self.signal, self.mask, self.label = ehr, image, signal, mask, label
+        self.ehr_raw = ehr_raw
         self.pseudonyms: tuple[str, ...] = tuple(pseudonyms)
         self.feature_names = tuple(feature_names)
         self.signal_channels = tuple(signal_channels)
@@ -121,7 +77,14 @@ class MultimodalDataset(Dataset):
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return MultimodalDataset(ehr=self.ehr[idx], image=self.image[idx], signal=self.signal[idx], mask=self.mask[idx],
                                  label=self.label[idx], pseudonyms=[self.pseudonyms[i] for i in idx.tolist()],
-                                 feature_names=self.feature_names, signal_channels=self.signal_channels)
+                                 feature_names=self.feature_names, signal_channels=self.signal_channels,
+                                 ehr_raw=None if self.ehr_raw is None else self.ehr_raw[idx])
+
+    def with_ehr(self, ehr: torch.Tensor) -> "MultimodalDataset":
+        """The same samples with the EHR field replaced (a refitted normalisation, `pipelines.normalise`)."""
+        return MultimodalDataset(ehr=ehr, image=self.image, signal=self.signal, mask=self.mask, label=self.label,
+                                 pseudonyms=self.pseudonyms, feature_names=self.feature_names,
+                                 signal_channels=self.signal_channels, checked=("image", "signal"), ehr_raw=self.ehr_raw)
 
 
 class SiloSplit(NamedTuple):

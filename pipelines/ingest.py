@@ -35,12 +35,13 @@ from .dataset import MultimodalDataset
 from .deid import Deidentifier
 from .ehr.factstore import FactStore
 from .ehr.features import check_features
+from .ehr.table_source import TableSource
 from .errors import ConfigurationError
 from .imaging.dicom import DicomInput
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .steps import (IngestRun, ModalityReport, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
-                    quarantine_unlinked, read_dicom, read_fhir_resources, read_sampled_data, read_tables,
+                    quarantine_unlinked, read_dicom, read_fhir_resources, read_hospital_tables, read_sampled_data, read_tables,
                     read_wearable_files, resolve_references, select_cohort)
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ MIN_KEY_BYTES = 16
 STEPS: tuple[Step, ...] = (
     read_fhir_resources,  # EHR readers fill the fact store; FHIR first (its demographics win)
     read_tables,
+    read_hospital_tables,  # tables as they come, described in the node config
     resolve_references,
     select_cohort,  # the rows: cohort criteria, label, EHR values
     allocate_rows,
@@ -99,20 +101,23 @@ def pseudonym(mrn: str, key: bytes) -> str:
 
 
 def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path], cohort: CohortLike,
-                pseudonym_key: bytes, index_date: date = INDEX_DATE, dicomweb: Sequence[str] = (),
+                pseudonym_key: bytes, index_date: date | None = None, dicomweb: Sequence[str] = (),
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
-                tabular: Sequence[Path] = (), steps: Sequence[Step] = STEPS) -> IngestResult:
+                tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (),
+                steps: Sequence[Step] = STEPS) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
 
-    The inputs are those of `pipelines.steps.Sources`; `cache_dir`: the silo's cache.
+    The inputs are those of `pipelines.steps.Sources`; `cache_dir`: the silo's cache; `index_date`: the
+    reference date relative dates count from (default: the cohort's, else `INDEX_DATE`).
     """
+    index_date = index_date or cohort.index_date or INDEX_DATE
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
         raise ConfigurationError(f"pseudonym_key has {len(pseudonym_key) if isinstance(pseudonym_key, bytes) else 'no'} "
                                  f"bytes; expected at least {MIN_KEY_BYTES} random bytes kept secret at the silo")
     check_features(tuple(cohort.features))
     deid = Deidentifier(pseudonym_key)
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
-                      wearables=wearables)
+                      wearables=wearables, tables=tables)
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),

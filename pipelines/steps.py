@@ -25,15 +25,20 @@ from pydantic import BaseModel, Field
 
 from .cache import IngestCache
 from .cohort import MODALITIES, CohortLike
-from .dataset import MultimodalDataset, normalise_ehr
+from .dataset import MultimodalDataset
 from .deid import Deidentifier
 from .ehr.factstore import FactStore
-from .ehr.features import ehr_values, has_observed_ehr, label_of
+from .ehr.features import ehr_values, has_observed_ehr
+from .ehr.labels import label_of
+from .ehr.own_tables import read_own_tables
+from .ehr.table_source import TableSource
 from .ehr.fhir import read_fhir
 from .ehr.tabular import read_tabular
+from .ehr.timeline import index_day, no_index_reason
 from .errors import InputError
 from .imaging.dicom import DicomInput, file_inputs
 from .imaging.images import ChosenImage, read_images
+from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
 from .wearables.signals import ChosenSignal, LatestWindows, read_signals, sampled_signals
@@ -52,6 +57,8 @@ class ModalityReport(BaseModel):
     cached: int = 0  # inputs taken from the silo's cache (not parsed again)
     series: int = 0  # DICOM series (image only)
     sources: dict[str, int] = Field(default_factory=dict)  # inputs by format, e.g. {"fhir": 12, "tabular_measurement": 1}
+    mappings: dict[str, str] = Field(default_factory=dict)  # EHR: "table N: column" -> what it was read as
+    warnings: list[str] = Field(default_factory=list)  # EHR: columns that map to nothing, features no table holds
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,7 @@ class Sources:
     dicomweb: Sequence[str] = ()  # base URLs of DICOMweb services (QIDO-RS/WADO-RS)
     dicom_inputs: Iterable[DicomInput] = ()  # further DICOM instances from elsewhere
     wearables: Sequence[Path] = ()
+    tables: Sequence[TableSource] = ()  # a hospital's own tables, described in the node config
 
 
 @dataclass
@@ -154,9 +162,19 @@ def _tables(run: IngestRun) -> EhrRead:
                         features=run.features, store=run.store, cache=run.cache)
 
 
+def _own_tables(run: IngestRun) -> EhrRead:
+    got = read_own_tables(run.sources.tables, run.quarantine, deid=run.deid, index_date=run.index_date,
+                          cohort=run.cohort, store=run.store)
+    rep = run.reports["ehr"]
+    rep.mappings.update(got.mappings)
+    rep.warnings.extend(got.warnings)
+    return got
+
+
 #: FHIR is read before tables: the first demographics seen for a patient are kept (`FactStore.add_patient`).
 read_fhir_resources = EhrReader("fhir", _fhir, lambda r: {"fhir": r.files})
 read_tables = EhrReader("tabular", _tables, lambda r: {f"tabular_{k}": v for k, v in sorted(r.layouts.items())})
+read_hospital_tables = EhrReader("tables", _own_tables, lambda r: {"tables": r.files})
 
 
 def resolve_references(run: IngestRun) -> None:
@@ -166,18 +184,24 @@ def resolve_references(run: IngestRun) -> None:
 
 
 def select_cohort(run: IngestRun) -> None:
-    """One patient at a time, in pseudonym order: the cohort criteria, the label and the EHR values of each row."""
+    """One patient at a time, in pseudonym order: the index date, the cohort criteria, the label and the EHR
+    values of each row; patients left out are counted by reason."""
     cohort, features = run.cohort, run.features
-    raw = np.full((len(run.known), len(features)), np.nan)
+    raw = np.full((len(run.known), len(cohort.ehr_columns)), np.nan)
     labels = np.zeros(len(run.known), np.float32)
     refused: set[str] = set()
     for p in run.store.patients():  # in pseudonym order: no trace of MRN or file order
+        day = index_day(p, cohort)
+        if day is None:
+            run.excluded[no_index_reason(cohort)] += 1
+            continue
+        p = p.shifted(day)
         if p.age is None or not p.age >= cohort.min_age:
             run.excluded["below_min_age_or_unknown_age"] += 1
             continue
-        label = label_of(p, cohort)
+        label, why = label_of(p, cohort)
         if label is None:
-            run.excluded["prevalent_label_condition"] += 1
+            run.excluded[why or "no_label"] += 1
             continue
         n = len(run.pseudonyms)
         raw[n], labels[n] = ehr_values(p, features, run.quarantine, refused), label
@@ -209,7 +233,7 @@ def read_dicom(run: IngestRun) -> None:
         remote = chain.from_iterable(dicomweb_inputs(url) for url in run.sources.dicomweb)
     c = run.cohort
     assert run.image is not None, "allocate_rows runs before read_dicom"
-    run.images, stats = read_images(chain(file_inputs(run.sources.dicom), run.sources.dicom_inputs, remote),
+    run.images, stats = read_images(chain(file_inputs(run.sources.dicom, run.quarantine), run.sources.dicom_inputs, remote),
                                     deid=run.deid, index_date=run.index_date, image_size=c.image_size, cache=run.cache,
                                     quarantine=run.quarantine, patients=run.known,
                                     study_owners=run.store.study_owners(), into=(run.row_of, run.image),
@@ -270,11 +294,14 @@ def build_mask(run: IngestRun) -> None:
 def build_dataset(run: IngestRun) -> None:
     """The tensors; image and signal were checked finite row by row as they were written (`pipelines.rowfiles`)."""
     assert run.image is not None and run.signal is not None
+    # provisional: features without a reference use every row's statistics until the silo refits on its
+    # training part (`pipelines.normalise.fit_on_training`)
     run.dataset = MultimodalDataset(
         ehr=torch.from_numpy(normalise_ehr(run.raw, run.features)), image=torch.from_numpy(run.image.open()),
         signal=torch.from_numpy(run.signal.open()), mask=torch.from_numpy(run.mask),
-        label=torch.from_numpy(run.labels), pseudonyms=run.pseudonyms, feature_names=[f.name for f in run.features],
-        signal_channels=tuple(run.cohort.signal_channels), checked=("image", "signal"))
+        label=torch.from_numpy(run.labels), pseudonyms=run.pseudonyms, feature_names=list(run.cohort.ehr_columns),
+        signal_channels=tuple(run.cohort.signal_channels), checked=("image", "signal"),
+        ehr_raw=torch.from_numpy(np.ascontiguousarray(run.raw, dtype=np.float64)))
 
 
 def count_modalities(run: IngestRun) -> None:

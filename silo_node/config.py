@@ -11,6 +11,10 @@
     dicom = ["/data/dicom"]
     wearables = ["/data/wearables"]
 
+    [[data.tables]]                     # a table as it comes (pipelines.ehr.table_source;
+    path = "/data/heart"                # examples/tabular-node.toml is a full one)
+    extensions = [".data"]
+
     [privacy]
     epsilon_cap = 10.0                  # across all studies on this dataset
     delta = 1e-5
@@ -39,6 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.api.study import SpecError, validate_toml_file
+from pipelines.ehr.table_source import TableSource
 
 Modality = Literal["ehr", "image", "signal"]
 
@@ -54,11 +59,12 @@ class DataConfig(_Strict):
     dicomweb: list[str] = []
     wearables: list[Path] = []
     tabular: list[Path] = []
+    tables: list[TableSource] = []  # the hospital's own tables, described column by column ([[data.tables]])
 
     @model_validator(mode="after")
     def _some_data(self) -> "DataConfig":
-        if not (self.fhir or self.dicom or self.dicomweb or self.wearables or self.tabular):
-            raise ValueError("name at least one data source (fhir, tabular, dicom, dicomweb or wearables)")
+        if not (self.fhir or self.dicom or self.dicomweb or self.wearables or self.tabular or self.tables):
+            raise ValueError("name at least one data source (fhir, tabular, tables, dicom, dicomweb or wearables)")
         return self
 
 
@@ -137,7 +143,8 @@ class NodeConfig(_Strict):
         def r(p: Path) -> Path:
             return p if p.is_absolute() else (base / p)
 
-        data = self.data.model_copy(update={k: [r(p) for p in getattr(self.data, k)] for k in ("fhir", "dicom", "wearables", "tabular")})
+        data = self.data.model_copy(update={k: [r(p) for p in getattr(self.data, k)] for k in ("fhir", "dicom", "wearables", "tabular")}
+                                    | {"tables": [t.resolved(base) for t in self.data.tables]})
         tls = None if self.tls is None else TLSConfig(ca_cert=r(self.tls.ca_cert), cert=r(self.tls.cert), key=r(self.tls.key))
         return self.model_copy(update={"state_dir": r(self.state_dir), "data": data, "tls": tls})
 

@@ -14,9 +14,11 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from pipelines.cohort import CohortLike
+from pipelines.ehr.table_source import TableSource
 from pipelines.ingest import IngestReport, ingest_silo
 
 log = logging.getLogger(__name__)
@@ -34,12 +36,12 @@ def load_or_create_key(path: Path) -> bytes:
 
 def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequence[str], wearables: Sequence[Path],
                tabular: Sequence[Path], out: Path, report: Path | None, cohort: CohortLike,
-               key_file: Path | None = None) -> IngestReport:
+               key_file: Path | None = None, tables: Sequence[TableSource] = ()) -> IngestReport:
     """Ingest, write cache/quarantine/report under `out`, return the report. `key_file` defaults to `out/pseudonym.key`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ingest_silo(fhir=list(fhir), tabular=list(tabular), dicom=list(dicom), wearables=list(wearables),
-                         dicomweb=list(dicomweb),
+                         dicomweb=list(dicomweb), tables=list(tables),
                          cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")
     result.quarantine.write_jsonl(out / "quarantine.jsonl")
@@ -65,4 +67,11 @@ def render_table(report: IngestReport) -> Table:
         linked += f" (images linked by ImagingStudy: {report.image_linked_by['imaging_study']})"
     excluded = ", ".join(f"{k}: {v}" for k, v in report.excluded.items()) or "-"
     table.add_row("linked", linked, "", "", "", str(report.patients), str(report.samples), f"excluded {excluded}", "")
+    ehr = report.modalities.get("ehr")
+    if ehr is not None and (ehr.mappings or ehr.warnings):
+        table.add_section()
+        for column, meaning in ehr.mappings.items():
+            table.add_row("column", escape(column), "", "", "", "", "", escape(meaning), "")
+        for warning in ehr.warnings:
+            table.add_row("warning", "", "", "", "", "", "", escape(warning), "")
     return table

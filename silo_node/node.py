@@ -29,6 +29,7 @@ from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import encode_tensors
 from pipelines.dataset import split_silo
 from pipelines.ingest import ingest_silo
+from pipelines.normalise import fit_on_training
 from privacy.dp import DPStep, epsilon_spent, noise_for_target, would_exceed
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
 from privacy.he.screening import decrypt_scalar
@@ -174,13 +175,14 @@ class SiloNode:
     def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
         d = self.config.data
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
-                             cohort=spec.cohort,
+                             tables=d.tables, cohort=spec.cohort,
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
         c = spec.cohort
         train, validation, test = split_silo(result.dataset, test_fraction=c.test_fraction, seed=spec.training.seed,
                                              validation_fraction=c.validation_fraction, stratify=c.stratify_split)
+        train, validation, test = fit_on_training(train, validation, test, features=c.features)  # no test row informs it
         if self.attack is not None:  # a deliberately malicious node, for robustness tests only
             log.warning("THIS NODE IS CONFIGURED TO ATTACK THE FEDERATION: %r", self.attack)
             self.audit.append("attack_configured", study=study_id, kind=self.config.attack.kind)

@@ -29,7 +29,10 @@ from ..quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 Codes = tuple[tuple[str, str], ...]
-#: An event: (kind "m" measurement / "d" diagnosis / "i" ImagingStudy, codes, value, unit, day, source)
+#: An event: (kind, codes, value, unit, day, source); kinds are the `KIND_*` constants
+KIND_MEASUREMENT, KIND_DIAGNOSIS, KIND_IMAGING_STUDY = "m", "d", "i"
+KIND_LABEL = "l"  # a label read from a table column (value 0/1, the study's rule already applied)
+KIND_INDEX = "x"  # the patient's index date read from a table column (its day)
 Event = tuple[str, Codes, float, str | None, int, str]
 
 _SCHEMA = """
@@ -69,6 +72,17 @@ class EhrPatient:
     measurements: list[Measurement] = field(default_factory=list)
     diagnoses: list[Diagnosis] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)  # remapped StudyInstanceUIDs from ImagingStudy
+    labels: list[tuple[int, float]] = field(default_factory=list)  # (day, 0/1) from a table's label column
+    index_days: list[int] = field(default_factory=list)  # from a table's index date column
+
+    def shifted(self, days: int) -> "EhrPatient":
+        """The same facts with days counted from `days` after the reference date (a per-patient index date)."""
+        if days == 0:
+            return self
+        return EhrPatient(self.pseudonym, self.age, self.gender,
+                          [Measurement(m.codes, m.value, m.unit, m.day - days, m.source) for m in self.measurements],
+                          [Diagnosis(d.codes, d.day - days, d.source) for d in self.diagnoses], set(self.studies),
+                          [(d - days, v) for d, v in self.labels], [d - days for d in self.index_days])
 
 
 class FactStore:
@@ -150,7 +164,8 @@ class FactStore:
         """Remapped StudyInstanceUID -> pseudonym, from ImagingStudy resources (first claim wins)."""
         self._require_resolved()
         out: dict[str, str] = {}
-        for pid, codes in self._db.execute("SELECT pid, codes FROM events WHERE kind = 'i' ORDER BY rowid"):
+        for pid, codes in self._db.execute("SELECT pid, codes FROM events WHERE kind = ? ORDER BY rowid",
+                                           (KIND_IMAGING_STUDY,)):
             out.setdefault(json.loads(codes)[0][0], pid)
         return out
 
@@ -184,11 +199,15 @@ class FactStore:
         for kind, codes, value, unit, day, source in self._db.execute(
                 "SELECT kind, codes, value, unit, day, source FROM events WHERE pid = ? ORDER BY rowid", (pid,)):
             c = tuple(tuple(x) for x in json.loads(codes))
-            if kind == "m":
+            if kind == KIND_MEASUREMENT:
                 p.measurements.append(Measurement(c, value, unit, day, source))
-            elif kind == "d":  # a diagnosis is a label candidate and, as presence (1.0), a feature
+            elif kind == KIND_DIAGNOSIS:  # a diagnosis is a label candidate and, as presence (1.0), a feature
                 p.diagnoses.append(Diagnosis(c, day, source))
                 p.measurements.append(Measurement(c, 1.0, None, day, source))
+            elif kind == KIND_LABEL:
+                p.labels.append((day, value))
+            elif kind == KIND_INDEX:
+                p.index_days.append(day)
             else:
                 p.studies.add(c[0][0])
         return p

@@ -1,11 +1,10 @@
-"""EHR features and the label, computed per patient from coded facts (FHIR, tabular) and the cohort.
+"""EHR features, computed per patient from coded facts (FHIR, tabular) and the cohort.
 
 Dates arrive as days relative to the index date (`pipelines.ehr.factstore`). Features are aggregated
 over days `(-window_days, 0]`, converted to the feature's
 UCUM unit (`pipelines.ehr.units`); demographics (`system = "fedcare"`) come from the Patient.
-The label is 1 when the label condition starts within `(index, index + label_window_days]`;
-a patient whose label condition started on or before the index date is a prevalent case and
-is excluded from the cohort (counted in the report), as incident-outcome studies do.
+A categorical feature (declared `categories`) is one-hot over them, the same columns at every
+silo; the label is read by `pipelines.ehr.labels`, the index date by `pipelines.ehr.timeline`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from __future__ import annotations
 import math
 import numpy as np
 
-from ..cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
+from ..cohort import DEMOGRAPHIC_SYSTEM, FeatureLike
 from ..errors import ConfigurationError, UnitError
 from .factstore import EhrPatient
 from ..quarantine import Quarantine
@@ -40,41 +39,48 @@ def _demographic(p: EhrPatient, code: str) -> float:
     return float(p.gender == code.removeprefix("sex-"))
 
 
-def ehr_values(p: EhrPatient, features: tuple[FeatureLike, ...], quarantine: Quarantine, refused: set[str]) -> np.ndarray:
-    """Raw feature values in cohort units, NaN where missing. `refused` collects quarantined sources."""
-    out = np.full(len(features), np.nan, dtype=np.float64)
-    for j, f in enumerate(features):
-        if f.system == DEMOGRAPHIC_SYSTEM:
-            out[j] = _demographic(p, f.code)
+def _aggregate(p: EhrPatient, f: FeatureLike, quarantine: Quarantine, refused: set[str]) -> float:
+    """The feature's aggregate over its look-back window in cohort units (a categorical: the category index)."""
+    hits: list[tuple[int, float]] = []
+    for m in p.measurements:
+        if (f.system, f.code) not in m.codes or not (-f.window_days < m.day <= 0) or m.source in refused:
             continue
-        hits: list[tuple[int, float]] = []
-        for m in p.measurements:
-            if (f.system, f.code) not in m.codes or not (-f.window_days < m.day <= 0) or m.source in refused:
-                continue
-            try:
-                hits.append((m.day, convert(m.value, m.unit, f.unit, code=f.code, source=m.source)))
-            except UnitError as e:
-                refused.add(m.source)
-                quarantine.add("ehr", e)
-        if f.aggregate == "count":
-            out[j] = float(len(hits))
-        elif hits:
-            values = [v for _, v in sorted(hits, key=lambda h: h[0])]
-            out[j] = {"last": values[-1], "mean": float(np.mean(values)), "min": min(values), "max": max(values)}[f.aggregate]
-    return out
+        if f.categories:  # the table reader stored the declared category's index; nothing to convert
+            hits.append((m.day, m.value))
+            continue
+        try:
+            hits.append((m.day, convert(m.value, m.unit, f.unit, code=f.code, source=m.source)))
+        except UnitError as e:
+            refused.add(m.source)
+            quarantine.add("ehr", e)
+    if f.aggregate == "count":
+        return float(len(hits))
+    if not hits:
+        return float("nan")
+    values = [v for _, v in sorted(hits, key=lambda h: h[0])]
+    return {"last": values[-1], "mean": float(np.mean(values)), "min": min(values), "max": max(values)}[f.aggregate]
 
 
-def label_of(p: EhrPatient, cohort: CohortLike) -> int | None:
-    """1/0, or None for a prevalent case (label condition on or before the index date, day <= 0)."""
-    key = (cohort.label_system, cohort.label_code)
-    onsets = [d.day for d in p.diagnoses if key in d.codes]
-    if any(o <= 0 for o in onsets):
-        return None
-    return int(any(o <= cohort.label_window_days for o in onsets))
+def ehr_values(p: EhrPatient, features: tuple[FeatureLike, ...], quarantine: Quarantine, refused: set[str]) -> np.ndarray:
+    """Raw values, one per EHR column (`cohort.ehr_columns`), in cohort units, NaN where missing.
+
+    A categorical feature is one-hot over its declared categories (all NaN when missing).
+    `refused` collects quarantined sources.
+    """
+    out: list[float] = []
+    for f in features:
+        value = _demographic(p, f.code) if f.system == DEMOGRAPHIC_SYSTEM else _aggregate(p, f, quarantine, refused)
+        if f.categories:
+            out.extend([float("nan")] * len(f.categories) if math.isnan(value)
+                       else [float(k == int(value)) for k in range(len(f.categories))])
+        else:
+            out.append(value)
+    return np.asarray(out, dtype=np.float64)
 
 
 def has_observed_ehr(values: np.ndarray, features: tuple[FeatureLike, ...]) -> bool:
     """The EHR modality is present when a coded feature (not only demographics) was observed."""
-    coded = [j for j, f in enumerate(features) if f.system != DEMOGRAPHIC_SYSTEM and f.aggregate != "count"]
-    idx = coded or range(len(features))
-    return any(not math.isnan(values[j]) for j in idx)
+    columns = [f for f in features for _ in range(len(f.categories) or 1)]
+    coded = [k for k, f in enumerate(columns) if f.system != DEMOGRAPHIC_SYSTEM and f.aggregate != "count"]
+    idx = coded or range(len(columns))
+    return any(not math.isnan(values[k]) for k in idx)

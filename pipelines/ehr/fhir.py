@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from ..cache import IngestCache, content_hash
 from ..deid import Deidentifier, age_years
 from ..errors import FhirError, InputError, SignalError
+from ..inputs import input_files
 from .factstore import FactStore
 from .observations import _date as as_date
 from .observations import facts_of
@@ -43,6 +44,7 @@ from ..wearables.sampled import segments_of
 
 log = logging.getLogger(__name__)
 
+FHIR_SUFFIXES = (".json", ".ndjson")
 PARSED_TYPES = ("Patient", "Observation", "Condition", "MedicationRequest", "MedicationStatement", "ImagingStudy")
 MRN_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
 
@@ -198,7 +200,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
     cache = cache or IngestCache(None, "")
     out = FhirRead()
     patients = 0
-    for path in iter_files(paths, (".json", ".ndjson")):
+    for path in input_files(paths, lambda p: p.suffix.lower() in FHIR_SUFFIXES, quarantine, "ehr"):
         out.files += 1
         errors: list[InputError] = []
         try:
@@ -229,12 +231,3 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
     log.info("FHIR: %d files (%d from cache), %d records, %d Patient resources", out.files, out.cached, out.records,
              patients)
     return out
-
-
-def iter_files(paths: Sequence[Path], suffixes: tuple[str, ...] | None) -> Iterator[Path]:
-    """Files given directly, and files under given folders (recursively, sorted)."""
-    for p in map(Path, paths):
-        if p.is_dir():
-            yield from (f for f in sorted(p.rglob("*")) if f.is_file() and (suffixes is None or f.suffix.lower() in suffixes))
-        else:
-            yield p

@@ -24,9 +24,9 @@ from ..cache import IngestCache
 from ..cohort import FeatureLike
 from ..deid import Deidentifier
 from ..errors import InputError, TabularError
+from ..inputs import input_files
 from .extracts import LongExtract, WideExtract, rows
 from .factstore import FactStore
-from .fhir import iter_files
 from .omop import ClinicalRows, check_vocabulary, concept_rows, is_clinical, person_row
 from ..quarantine import Quarantine
 from . import tables
@@ -52,7 +52,7 @@ def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deident
     cache = cache or IngestCache(None, "")
     out = TabularRead()
     found: list[tuple[Path, list[str], str, str]] = []
-    for path in iter_files(paths, SUFFIXES):
+    for path in input_files(paths, lambda p: p.suffix.lower() in SUFFIXES, quarantine, "ehr"):
         out.files += 1
         try:
             columns = columns_of(path)

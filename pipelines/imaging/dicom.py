@@ -28,6 +28,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from ..deid import Deidentifier
 from ..errors import DicomError
+from ..inputs import input_files
+from ..quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
@@ -54,12 +56,10 @@ class DicomHeader:
     spacing: tuple[float, float]  # row, column spacing in mm
 
 
-def file_inputs(paths: Sequence[Path]) -> Iterator[DicomInput]:
-    """Every regular file under the given paths, in any nesting; DICOM is recognised by content."""
-    for p in map(Path, paths):
-        files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
-        for f in files:
-            yield DicomInput(str(f), f.read_bytes, f)
+def file_inputs(paths: Sequence[Path], quarantine: Quarantine | None = None) -> Iterator[DicomInput]:
+    """Every regular file under the given paths, in any nesting (`pipelines.inputs`); DICOM is recognised by content."""
+    for f in input_files(paths, lambda _: True, quarantine, "image"):
+        yield DicomInput(str(f), f.read_bytes, f)
 
 
 def _parse(data: bytes, source: str) -> Dataset:

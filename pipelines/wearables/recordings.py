@@ -26,6 +26,8 @@ import pandas as pd
 import wfdb
 
 from ..errors import SignalError
+from ..inputs import input_files
+from ..quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +141,9 @@ def read_wfdb(header: Path, channels: Sequence[str]) -> Recording:
     return Recording(mrn, seconds, values, str(header))
 
 
-def wearable_files(paths: Sequence[Path]) -> list[Path]:
-    """CSV files and WFDB headers (`.hea`) given directly or under folders, in any nesting."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        out.extend(sorted(f for f in p.rglob("*") if f.suffix.lower() in (".csv", ".hea")) if p.is_dir() else [p])
-    return out
+def wearable_files(paths: Sequence[Path], quarantine: Quarantine | None = None) -> list[Path]:
+    """CSV files and WFDB headers (`.hea`) given directly or under folders, in any nesting (`pipelines.inputs`)."""
+    return list(input_files(paths, lambda f: f.suffix.lower() in (".csv", ".hea"), quarantine, "signal"))
 
 
 def record_bytes(path: Path) -> bytes:

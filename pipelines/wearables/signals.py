@@ -71,7 +71,7 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
     channels = tuple(cohort.signal_channels)
     cutoff = datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
     stats: Counter = Counter()
-    for path in wearable_files(paths):
+    for path in wearable_files(paths, quarantine):
         stats["inputs_read"] += 1
         try:
             digest = content_hash(record_bytes(path))

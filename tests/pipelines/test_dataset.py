@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from coordinator.api.study import DEFAULT_FEATURES, CohortSpec, FeatureSpec
-from pipelines.dataset import MultimodalDataset, normalise_ehr, split_train_test
+from pipelines.dataset import MultimodalDataset, split_train_test
+from pipelines.normalise import normalise_ehr
 from pipelines.errors import DatasetError, UnitError
 from pipelines.ehr.units import convert
 
