@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pipelines.models as models_pkg
+from compliance.phi import check_no_phi
 from coordinator.api.study import StudySpec
 from silo_node.config import ApprovalConfig, BudgetConfig
 
@@ -123,6 +124,8 @@ class ApprovalBook:
         return StudySpec.model_validate(json.loads(path.read_text())["spec"])
 
     def decide(self, study_id: str, *, approved: bool, reason: str, by: str | None = None) -> Decision:
+        # The reason goes to both audit logs and to the coordinator: refuse an identifier before it is stored.
+        check_no_phi({"reason": reason, "by": by or ""})
         spec = self.spec_of(study_id)
         decision = Decision(study_id=study_id, approved=approved, by=by or _operator(), at=time.time(), reason=reason,
                             spec_sha256=spec.sha256(), code_version=model_code_version())
