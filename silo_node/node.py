@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from compliance.node_log import open_node_log
@@ -102,7 +103,11 @@ class SiloNode:
         try:
             theirs = self.client.exchange_heads(pb.SignedHead(**SignedHead.of(self.audit).as_dict()))
             witness(self.audit, SignedHead.from_message(theirs))
-        except (CoordinatorRefusal, CoordinatorUnreachable, WitnessError) as e:
+        except CoordinatorRefusal as e:
+            if e.code == grpc.StatusCode.UNIMPLEMENTED:  # e.g. a regional aggregator: say so once, stop asking
+                self._heads_exchanged_at = math.inf
+            log.warning("audit heads not exchanged with the coordinator: %s", e)
+        except (CoordinatorUnreachable, WitnessError) as e:
             log.warning("audit heads not exchanged with the coordinator: %s", e)
 
     def handle(self, task: pb.Task) -> None:
