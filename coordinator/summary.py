@@ -11,18 +11,12 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from coordinator.outcome import RoundOutcome
+from coordinator.release import pooled_metrics
 from coordinator.store import MetricsRow, RoundRow, SkipRow, TrafficRow, UpdateRow
 
 if TYPE_CHECKING:
     from coordinator.federation import Federation
-
-
-def _weighted_metrics(rows: list[MetricsRow]) -> dict[str, float] | None:
-    if not rows:
-        return None
-    total = sum(max(r.samples, 1) for r in rows)
-    keys = set.intersection(*(set(json.loads(r.metrics_json)) for r in rows))
-    return {k: sum(json.loads(r.metrics_json)[k] * max(r.samples, 1) for r in rows) / total for k in sorted(keys)}
 
 
 def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
@@ -44,7 +38,7 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
         rnd = fed.store.get(RoundRow, study_id, r)
         entry: dict[str, Any] = {
             "round": r,
-            "metrics": _weighted_metrics(metrics_rows),
+            "metrics": pooled_metrics(metrics_rows),
             "metrics_per_silo": {m.silo: json.loads(m.metrics_json) for m in metrics_rows},
             "bytes_up": {s: sum(t.bytes_up for t in round_traffic if t.silo == s) for s in silos},
             "bytes_down": {s: sum(t.bytes_down for t in round_traffic if t.silo == s) for s in silos},
@@ -53,10 +47,14 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
             "skipped": {k.silo: k.reason for k in fed.store.all(SkipRow, study_id=study_id, round=r)},
         }
         if rnd is not None and rnd.outcome_json:
-            outcome = json.loads(rnd.outcome_json)
-            entry["aggregation"] = {k: outcome[k] for k in ("accepted", "refused") if k in outcome}
+            outcome = RoundOutcome.of(rnd.outcome_json)
+            entry["aggregation"] = {"accepted": outcome.accepted, "refused": outcome.refused}
         rounds.append(entry)
-    final_metrics = rounds[-1]["metrics"] if rounds and row.state == "done" else None
+    # The released version (coordinator/release.py): the best by the study's metric, or the last.
+    finalizing = fed.store.get(RoundRow, study_id, row.current_round) if row.state == "done" else None
+    release = RoundOutcome.of(finalizing.outcome_json).release if finalizing is not None else None
+    released = release.version if release is not None else len(rounds) - 1
+    final_metrics = rounds[released]["metrics"] if rounds and row.state == "done" and released < len(rounds) else None
     after_final = [t for t in traffic if t.round > last_version]
     took_part = Counter(u.silo for u in fed.store.all(UpdateRow, study_id=study_id))
     return {
@@ -69,6 +67,8 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
                     "encryption": spec.privacy.encryption},
         "aggregation": spec.aggregation.rule,
         "rounds": rounds,
+        "release": ({"round": release.version, "metric": release.metric, "value": release.value,
+                     "reason": release.reason} if release is not None else None),
         "final": {
             "auroc": (final_metrics or {}).get("auroc"),
             "accuracy": (final_metrics or {}).get("accuracy"),

@@ -9,8 +9,6 @@ deltas (optionally DP-noised and CKKS-encrypted), metrics and privacy accounting
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
 import time
@@ -21,11 +19,25 @@ from typing import Any
 import grpc
 import numpy as np
 
+from compliance.audit import Event
 from compliance.node_log import open_node_log
 from compliance.witness import SignedHead, WitnessError, witness
 from compliance.ledger import PrivacyLedger
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
+from coordinator.api.protocol import (
+    TENSORS,
+    KeyBundle,
+    PrivacyClaim,
+    ProtocolError,
+    ServerOptimizerName,
+    UpdateMetadata,
+    VersionKind,
+    VersionMetadata,
+    check_study_id,
+    decode_screening_scalars,
+)
+from coordinator.api.server_step import ServerOptimizer, build_server_optimizer
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import encode_tensors
 from pipelines.dataset import split_silo
@@ -36,7 +48,7 @@ from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
 from privacy.he.screening import decrypt_scalar
 from silo_node.approval import ApprovalBook, policy_decision
 from silo_node.attacks import malicious_delta
-from silo_node.client import CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
+from silo_node.client import WAITING_LOG_EVERY_S, CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
 from silo_node.ingest_command import KEY_FILE, load_or_create_key
 from silo_node.trainer import LocalTrainer, pick_device
@@ -57,6 +69,7 @@ class StudyState:
     secret_context: bytes | None = None
     feedback: ErrorFeedback | None = None  # residual of a sparse codec, kept across rounds and restarts
     link_bytes_per_s: float | None = None  # measured on the last update upload
+    server_step: ServerOptimizer | None = None  # CKKS + a server optimiser: the step every silo applies
 
 
 class SiloNode:
@@ -76,22 +89,66 @@ class SiloNode:
         self.finished: set[str] = set()
         self.device = pick_device(config.device)
         self.attack = config.attack.build() if config.attack is not None else None
+        self._refusals_seen: set[tuple[str, str, int, str]] = set()
+        self._idle_said_at = time.monotonic()
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, *, exit_after_studies: int | None = None) -> None:
-        self.client.join(sorted(self._modalities()), self.wrap_keys.public_bytes())
+        """Serve until `exit_after_studies` studies finished (None: for ever).
+
+        A coordinator refusal never ends the node: it is logged once with its reason, audited,
+        and the loop goes on (the next pull brings whatever the coordinator wants now). An
+        outage is waited out inside the client (silo_node.client); only a `max_retry_s` that
+        runs out ends the node, with CoordinatorUnreachable.
+        """
+        self._join()
         self.audit.append("node_configured", silo=self.config.name, dataset=self.config.data.dataset,
                           epsilon_cap=self.config.privacy.epsilon_cap, approval=self.config.approval.mode)
         log.info("silo %s joined the coordinator at %s", self.config.name, self.config.coordinator)
         while exit_after_studies is None or len(self.finished) < exit_after_studies:
             self._answer_decided_proposals()
-            task = self.client.pull_task(self.config.poll_wait_s, deferred=self._deferred())
+            task = self._pull()
+            if task is None:
+                continue
+            if task.kind == pb.TASK_WAIT:
+                self._say_what_we_wait_for()
+            else:
+                self._idle_said_at = time.monotonic()
             try:
                 self.handle(task)
                 self._witness_heads(now=task.kind == pb.TASK_FINALIZE)
             except CoordinatorRefusal as e:
                 # e.g. the round closed while we trained: the next pull brings the current task.
-                log.warning("task %s of study %s refused: %s", pb.TaskKind.Name(task.kind), task.study_id, e)
+                self._refused(e, what=f"task {pb.TaskKind.Name(task.kind)}", study=task.study_id, round_=task.round)
+
+    def _join(self) -> None:
+        self.client.join(sorted(self._modalities()), self.wrap_keys.public_bytes())
+
+    def _pull(self) -> pb.Task | None:
+        """The next task; None after a refused pull (the node joins again and goes on)."""
+        try:
+            return self.client.pull_task(self.config.poll_wait_s, deferred=self._deferred())
+        except CoordinatorRefusal as e:
+            # e.g. a coordinator restored from a backup that does not know this silo yet.
+            self._refused(e, what="pull task", study="", round_=0)
+            time.sleep(min(self.config.poll_wait_s, 5.0))
+            try:
+                self._join()
+            except CoordinatorRefusal as again:
+                self._refused(again, what="join", study="", round_=0)
+            return None
+
+    def _refused(self, e: CoordinatorRefusal, *, what: str, study: str, round_: int) -> None:
+        """A coordinator refusal: logged and audited once (a repeat is only a debug line); the node goes on."""
+        key = (what, study, round_, str(e))
+        if key in self._refusals_seen:
+            log.debug("%s refused again: %s", what, e)
+            return
+        self._refusals_seen.add(key)
+        where = f" (study {study}, round {round_})" if study else ""
+        log.warning("%s%s: %s; the node goes on", what, where, e)
+        self.audit.append(Event.REFUSAL_RECEIVED, study=study, round=round_, request=what, code=e.code.name,
+                          reason=str(e)[:500])
 
     def _witness_heads(self, *, now: bool = False) -> None:
         """Gossip signed audit heads with the coordinator, at most every WITNESS_EVERY_S (or `now`):
@@ -110,8 +167,20 @@ class SiloNode:
         except (CoordinatorUnreachable, WitnessError) as e:
             log.warning("audit heads not exchanged with the coordinator: %s", e)
 
+    def _say_what_we_wait_for(self) -> None:
+        """One log line every few minutes while there is no work: what this node is waiting for."""
+        if time.monotonic() - self._idle_said_at < WAITING_LOG_EVERY_S:
+            return
+        self._idle_said_at = time.monotonic()
+        undecided = self._deferred()
+        running = sorted(set(self.studies) - self.finished)
+        log.info("silo %s is waiting for work from the coordinator: %s%s", self.config.name,
+                 f"studies in progress here: {', '.join(running)}" if running else "no study in progress here",
+                 f"; awaiting your decision: {', '.join(f'fedcare silo approve|reject {s}' for s in undecided)}"
+                 if undecided else "")
+
     def handle(self, task: pb.Task) -> None:
-        handlers = {pb.TASK_PROPOSAL: self.on_proposal, pb.TASK_KEYGEN: self.on_keygen,
+        handlers = {pb.TASK_PROPOSAL: self.on_proposal, pb.TASK_KEYGEN: self.on_keygen, pb.TASK_WRAP_KEY: self.on_wrap_key,
                     pb.TASK_TRAIN: self.on_train, pb.TASK_SCREEN: self.on_screen, pb.TASK_FINALIZE: self.on_finalize}
         if task.kind not in handlers:
             return
@@ -137,13 +206,18 @@ class SiloNode:
 
     # --- proposals ---------------------------------------------------------------------------------
     def on_proposal(self, task: pb.Task) -> None:
+        """Record the proposal and decide (policy or person). A proposal this node cannot handle
+        (an id the protocol refuses, a spec that does not parse, a field the audit guard or the
+        approval store refuses) is answered with a refusal and the reason, never left to come
+        back at every poll."""
         try:
+            check_study_id(task.study_id)
             spec = StudySpec.from_json(task.spec_json)
-        except SpecError as e:
-            self._answer_msg(pb.ProposalAnswer(study_id=task.study_id, accept=False, reason=str(e)[:500]))
+            self.audit.append("study_received", study=task.study_id, spec_sha256=spec.sha256())
+            self.approvals.record_proposal(task.study_id, spec)
+        except (ProtocolError, SpecError, ValueError, OSError) as e:
+            self._refuse_proposal(task.study_id, f"silo cannot handle this proposal: {e}")
             return
-        self.audit.append("study_received", study=task.study_id, spec_sha256=spec.sha256())
-        self.approvals.record_proposal(task.study_id, spec)
         decision = self.approvals.valid_decision(task.study_id, spec)
         if decision is None and self.config.approval.mode == "auto":
             ok, reason = policy_decision(spec, self.config.approval, self.config.privacy)
@@ -153,13 +227,30 @@ class SiloNode:
             return
         self._answer(task.study_id, spec, decision.approved, decision.reason, decision.by)
 
+    def _refuse_proposal(self, study_id: str, reason: str) -> None:
+        """Decline a proposal the node cannot record. Audited first, as every message that leaves;
+        an id the audit log would not take is audited by its hash."""
+        log.warning("study %r refused: %s", study_id[:80], reason)
+        answer = pb.ProposalAnswer(study_id=study_id, accept=False, reason=reason[:500], silo=self.config.name)
+        wire = answer.SerializeToString(deterministic=True)
+        try:
+            check_study_id(study_id)
+            self.audit.append("study_rejected", study=study_id, by="node", reason=reason[:500])
+            self._audit_message("proposal_answer", study_id, 0, wire)
+        except (ProtocolError, ValueError):
+            self._audit_message("proposal_answer", f"unreadable-id-{sha256_hex(study_id.encode())[:16]}", 0, wire)
+        self.client.answer(answer)
+
     def _answer_decided_proposals(self) -> None:
         for p in self.approvals.proposals():
             sid = p["study_id"]
             if p["decision"] is not None and not p["answered"]:
                 spec = self.approvals.spec_of(sid)
                 if self.approvals.valid_decision(sid, spec) is not None:
-                    self._answer(sid, spec, p["decision"]["approved"], p["decision"]["reason"], p["decision"]["by"])
+                    try:
+                        self._answer(sid, spec, p["decision"]["approved"], p["decision"]["reason"], p["decision"]["by"])
+                    except CoordinatorRefusal as e:  # e.g. the study started meanwhile and takes no late silos
+                        self._refused(e, what="answer proposal", study=sid, round_=0)
 
     def _answer(self, study_id: str, spec: StudySpec, approved: bool, reason: str, by: str) -> None:
         self.audit.append("study_approved" if approved else "study_rejected", study=study_id, by=by, reason=reason,
@@ -167,20 +258,27 @@ class SiloNode:
         answer = pb.ProposalAnswer(study_id=study_id, accept=approved, reason=reason, spec_sha256=spec.sha256())
         if approved:
             try:
-                state = self._prepare(study_id, spec)
+                state = self.studies.get(study_id) or self._prepare(study_id, spec)  # prepared once, not per try
             except Exception as e:  # noqa: BLE001 - a study we cannot prepare is declined, with the reason
                 log.exception("cannot prepare study %s", study_id)
                 answer.accept, answer.reason = False, f"silo could not prepare its data: {e}"[:500]
             else:
                 self.studies[study_id] = state
                 answer.train_samples, answer.test_samples = state.trainer.n_train, len(state.trainer.test_set)
-        self._answer_msg(answer)
+        try:
+            self._answer_msg(answer)
+        except CoordinatorRefusal:
+            # The coordinator heard the answer and will not take it (the study no longer enrols):
+            # asking again cannot change that, so it counts as answered and the data is let go.
+            self.approvals.mark_answered(study_id)
+            self.studies.pop(study_id, None)
+            raise
         self.approvals.mark_answered(study_id)
 
     def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
         d = self.config.data
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
-                             tables=d.tables, cohort=spec.cohort,
+                             tables=d.tables, limits=d.limits, cohort=spec.cohort,
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
@@ -226,16 +324,25 @@ class SiloNode:
     # --- keys ----------------------------------------------------------------------------------------
     def on_keygen(self, task: pb.Task) -> None:
         state = self._state(task)
-        keys = StudyKeys.generate(state.spec.privacy.encryption.removeprefix("ckks-"))
+        keys = StudyKeys.generate(state.spec.protocol.encryption.he_mode)
         secret = keys.secret_context()
-        context = task.study_id.encode()
-        wrapped = {silo: base64.b64encode(wrap_secret(secret, pub, context=context)).decode()
-                   for silo, pub in task.participant_keys.items()}
-        bundle = json.dumps({"public_context": base64.b64encode(keys.public_context()).decode(), "wrapped": wrapped}).encode()
+        wrapped = _wrapped_for(secret, task)
+        bundle = KeyBundle(public_context=keys.public_context(), wrapped=wrapped).to_json()
         header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_KEY_BUNDLE))
         self._send(header, bundle, kind="key_bundle", study=task.study_id, round_=0)
         state.secret_context = secret
         log.info("study %s: generated the CKKS keys and wrapped them for %d silos", task.study_id, len(wrapped))
+
+    def on_wrap_key(self, task: pb.Task) -> None:
+        """Key holder, late join: wrap the study's existing secret for the silos that enrolled after
+        KEYGEN; the bundle carries the study's own public context, so the keys stay the same."""
+        self._state(task)
+        wrapped = _wrapped_for(self._secret_context(task.study_id), task)
+        _, public = self.client.fetch(task.study_id, pb.BLOB_PUBLIC_CONTEXT)
+        bundle = KeyBundle(public_context=bytes(public), wrapped=wrapped).to_json()
+        header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_KEY_BUNDLE), round=task.round)
+        self._send(header, bundle, kind="key_bundle", study=task.study_id, round_=task.round)
+        log.info("study %s: wrapped the CKKS secret for %s, who joined late", task.study_id, ", ".join(sorted(wrapped)))
 
     def _secret_context(self, study_id: str) -> bytes:
         state = self.studies[study_id]
@@ -246,12 +353,32 @@ class SiloNode:
 
     # --- rounds ------------------------------------------------------------------------------------
     def _model(self, study_id: str, version: int) -> tuple[list[str], list[np.ndarray]]:
+        """Weights of a model version. Under CKKS with a server optimiser each version is the
+        previous one plus the optimiser's step, whose state must be the one every other silo
+        has: when this node's optimiser is not at version - 1 (a restart, or the release of an
+        earlier version), it replays the study's versions from version 0."""
+        state = self.studies[study_id]
+        if version in state.versions:
+            return state.versions[version]
+        protocol = state.spec.protocol
+        if protocol.encrypted and protocol.server_optimizer is not ServerOptimizerName.NONE and version > 0:
+            if state.server_step is None or state.server_step.steps != version - 1:
+                a = state.spec.aggregation
+                state.server_step = build_server_optimizer(a.server_optimizer, a.server_learning_rate,
+                                                           a.server_momentum)
+                state.versions = {v: w for v, w in state.versions.items() if v == 0}
+                for v in range(1, version):
+                    self._fetch_version(study_id, v)
+        return self._fetch_version(study_id, version)
+
+    def _fetch_version(self, study_id: str, version: int) -> tuple[list[str], list[np.ndarray]]:
         state = self.studies[study_id]
         if version not in state.versions:
             header, data = self.client.fetch(study_id, pb.BLOB_MODEL, version=version)
-            if header.encoding == "seeded-init":  # only the hash travelled: rebuild version 0 here
+            kind = VersionKind.of(header.encoding)
+            if kind is VersionKind.SEEDED:  # only the hash travelled: rebuild version 0 here
                 names, weights = state.trainer.initial_weights()
-                if _weights_sha(names, weights) == json.loads(header.metadata_json or "{}").get("model_sha256"):
+                if _weights_sha(names, weights) == VersionMetadata.from_json(header.metadata_json or "{}").model_sha256:
                     state.versions[version] = (names, weights)
                     self.audit.append("model_received", study=study_id, version=version, size=0,
                                       sha256=_weights_sha(names, weights), rebuilt_from_seed=True)
@@ -259,11 +386,12 @@ class SiloNode:
                 raise ValueError(f"study {study_id}: version 0 rebuilt from the spec's seed at this silo differs from "
                                  "the coordinator's (a different torch build?); the study needs compression.downlink "
                                  "= 'none', which sends version 0 in full")
-            delta = header.encoding != "tensors"  # a delta over the previous version (compressed or CKKS)
-            base = self._model(study_id, version - 1) if delta else None
-            secret = self._secret_context(study_id) if header.encoding.startswith("ckks") else None
+            base = self._model(study_id, version - 1) if kind is not VersionKind.FULL else None
+            encrypted = kind is VersionKind.ENCRYPTED
+            secret = self._secret_context(study_id) if encrypted else None
+            step = state.server_step.step if encrypted and state.server_step is not None else None
             state.versions[version] = resolve_version(data, header.encoding, header.metadata_json, base=base,
-                                                      secret_context=secret)
+                                                      secret_context=secret, server_step=step)
             state.versions = {v: w for v, w in state.versions.items() if v >= version - 1}
             self.audit.append("model_received", study=study_id, version=version, sha256=header.sha256, size=len(data))
         return state.versions[version]
@@ -318,18 +446,18 @@ class SiloNode:
             privacy = {"enabled": True, "epsilon": eps, "delta": spec.privacy.delta,
                        "noise_multiplier": result.dp_step.noise_multiplier, "sample_rate": result.dp_step.sample_rate,
                        "steps": result.dp_step.steps, "accountant": spec.privacy.accountant}
-        secret = self._secret_context(task.study_id) if spec.privacy.encryption != "none" else None
+        secret = self._secret_context(task.study_id) if spec.protocol.encrypted else None
         encoded = encode_update(spec, names, result.delta, secret_context=secret, round_seed=task.round_seed,
                                 feedback=state.feedback)
         if state.feedback is not None:
             self._save_feedback(task.study_id, state.feedback)
         # Scalars for the coordinator's silo selection (coordinator/selection.py).
         norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in result.delta)))
-        meta = {"privacy": privacy, "train_loss": result.train_loss, "update_norm": norm,
-                "link_bytes_per_s": state.link_bytes_per_s}
+        meta = UpdateMetadata(privacy=PrivacyClaim(**privacy), train_loss=_finite_or_none(result.train_loss),
+                              update_norm=_finite_or_none(norm), link_bytes_per_s=state.link_bytes_per_s)
         header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
                                nonce=task.nonce, weight=result.weight, encoding=encoded.encoding,
-                               metadata_json=json.dumps(meta))
+                               metadata_json=meta.to_json())
         started = time.monotonic()
         self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
                    epsilon=privacy.get("epsilon"))
@@ -340,7 +468,7 @@ class SiloNode:
         self._state(task)
         _, blob = self.client.fetch(task.study_id, pb.BLOB_SCREEN_SCALARS)
         secret = self._secret_context(task.study_id)
-        values = [decrypt_scalar(secret, base64.b64decode(c)) for c in json.loads(bytes(blob))]
+        values = [decrypt_scalar(secret, c) for c in decode_screening_scalars(blob)]
         report = pb.ScreenReport(silo=self.config.name, study_id=task.study_id, round=task.round, nonce=task.nonce,
                                  values=values)
         self._audit_message("screen_scalars", task.study_id, task.round, report.SerializeToString(deterministic=True))
@@ -352,7 +480,7 @@ class SiloNode:
         names, weights = self._model(task.study_id, task.model_version)
         if task.publish_model:
             header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_FINAL_MODEL), round=task.round,
-                                   nonce=task.nonce, encoding="tensors")
+                                   nonce=task.nonce, encoding=TENSORS)
             self._send(header, encode_tensors(names, weights), kind="final_model", study=task.study_id, round_=task.round)
         metrics = state.trainer.evaluate(weights)
         self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
@@ -397,6 +525,16 @@ def _load_or_create_wrap_keys(path: Path) -> SiloKeyPair:
     tmp.chmod(0o600)
     tmp.replace(path)
     return keys
+
+
+def _wrapped_for(secret: bytes, task: pb.Task) -> dict[str, bytes]:
+    """The study secret wrapped (X25519 + AEAD, bound to the study id) for each of the task's participant keys."""
+    context = task.study_id.encode()
+    return {silo: wrap_secret(secret, pub, context=context) for silo, pub in task.participant_keys.items()}
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _weights_sha(names: list[str], weights: list[np.ndarray]) -> str:

@@ -14,17 +14,19 @@ the coordinator's weights bit for bit), or, under CKKS, the encrypted weighted-a
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from coordinator.api.codecs import CodecError, ErrorFeedback, build_codec, decode, randk_indices
+from coordinator.api.codecs import CodecError, ErrorFeedback, decode, randk_indices
+from coordinator.api.protocol import Codec, ProtocolError, VersionKind, VersionMetadata, check_finite_model
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from privacy.he import decrypt_average, encrypt_update
 
-DOWNLINK_PREFIX = "delta+"
+#: Under CKKS: (base weights, decrypted average delta) -> next weights, the study's server step.
+ServerStep = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
 
 @dataclass
@@ -53,29 +55,27 @@ def build_feedback(spec: StudySpec) -> ErrorFeedback | None:
     Stochastic quantisers (q8/q4) are unbiased and fp16 loses ~1e-3 relative, so they go
     without; top-k / random-k drop most of the update and need the residual carried over.
     """
-    c = spec.compression
-    return ErrorFeedback(build_codec(c.codec, c.fraction, c.zstd)) if c.codec in ("topk", "randk") else None
+    protocol = spec.protocol
+    return ErrorFeedback(protocol.uplink_codec()) if protocol.codec.sparse else None
 
 
 def encode_update(spec: StudySpec, names: list[str], delta: list[np.ndarray], *, secret_context: bytes | None,
                   round_seed: int | None = None, feedback: ErrorFeedback | None = None) -> EncodedUpdate:
     """The update as sent. `round_seed` (the task's) picks random-k coordinates; `feedback` carries
     what a sparse codec did not send into the next round (it is updated in place)."""
-    c = spec.compression
-    encoding = spec.update_encoding()
-    if spec.privacy.encryption == "none":
-        if c.codec == "none":
+    protocol = spec.protocol
+    encoding = protocol.update_encoding
+    if not protocol.encrypted:
+        if protocol.codec is Codec.NONE:
             return EncodedUpdate(encode_tensors(names, delta), encoding)
-        coder = feedback if feedback is not None else build_codec(c.codec, c.fraction, c.zstd)
+        coder = feedback if feedback is not None else protocol.uplink_codec()
         return EncodedUpdate(coder.encode(delta, seed=round_seed), encoding)
     if secret_context is None:
         raise ValueError("this study encrypts updates but the silo has no key yet")
-    mode = spec.privacy.encryption.removeprefix("ckks-")
-    clip = spec.privacy.update_clip
     values = flatten(delta)
-    if c.codec == "randk":
+    if protocol.codec is Codec.RANDK:
         values = _randk_values(spec, delta, round_seed, feedback)
-    data = encrypt_update(secret_context, values, mode=mode, clip=clip)
+    data = encrypt_update(secret_context, values, mode=protocol.encryption.he_mode, clip=spec.privacy.update_clip)
     return EncodedUpdate(data, encoding)
 
 
@@ -96,38 +96,63 @@ def _randk_values(spec: StudySpec, delta: list[np.ndarray], seed: int | None, fe
     return clipped.astype(np.float32)
 
 
+def resolve_version(data: bytes | bytearray, encoding: str, metadata_json: str, *,
+                    base: tuple[list[str], list[np.ndarray]] | None, secret_context: bytes | None,
+                    server_step: ServerStep | None = None) -> tuple[list[str], list[np.ndarray]]:
+    """Weights of a model version from its blob (and, for a delta, the base version).
+
+    Under CKKS the decrypted average delta goes through `server_step` (the study's server
+    optimiser, coordinator.api.server_step; None: base + delta), as at every other silo.
+    Whatever the encoding, the weights must be finite float32 (ValueError otherwise)."""
+    names, weights = _resolve(data, encoding, metadata_json, base=base, secret_context=secret_context,
+                              server_step=server_step)
+    try:
+        check_finite_model(weights, f"model version ({encoding})")
+    except ProtocolError as e:
+        raise ValueError(str(e)) from None
+    return names, weights
 
 
-def resolve_version(data: bytes | bytearray, encoding: str, metadata_json: str, *, base: tuple[list[str], list[np.ndarray]] | None,
-                    secret_context: bytes | None) -> tuple[list[str], list[np.ndarray]]:
-    """Weights of a model version from its blob (and, for an encrypted delta, the base version)."""
-    if encoding == "tensors":
+def _resolve(data: bytes | bytearray, encoding: str, metadata_json: str, *,
+             base: tuple[list[str], list[np.ndarray]] | None, secret_context: bytes | None,
+             server_step: ServerStep | None) -> tuple[list[str], list[np.ndarray]]:
+    kind = VersionKind.of(encoding)
+    if kind is VersionKind.FULL:
         names, arrays = decode_tensors(data)
         return names, [np.array(a) for a in arrays]
     if base is None:
         raise ValueError(f"model version encoded {encoding!r} needs the base version")
     names, base_arrays = base
     n_values = sum(a.size for a in base_arrays)
-    if encoding.startswith(DOWNLINK_PREFIX):
+    if kind is VersionKind.DELTA:
         delta = decode(data, max_values=n_values, max_arrays=len(base_arrays))
         if [d.shape for d in delta] != [b.shape for b in base_arrays]:
             raise ValueError("compressed model delta does not match the model's layout")
         return names, [np.add(b, d, dtype=np.float32) for b, d in zip(base_arrays, delta)]
+    if kind is not VersionKind.ENCRYPTED:
+        raise ValueError(f"model version encoded {encoding!r} cannot be resolved over a base version")
     if secret_context is None:
         raise ValueError(f"model version encoded {encoding!r} needs the study key")
-    meta = json.loads(metadata_json or "{}")
-    randk = meta.get("randk")
-    kept = n_values if randk is None else int(randk["kept"])
-    avg = np.asarray(decrypt_average(secret_context, bytes(data), n_values=kept, total_weight=float(meta["total_weight"])),
+    try:
+        meta = VersionMetadata.from_json(metadata_json or "{}")
+    except ProtocolError as e:
+        raise ValueError(str(e)) from None
+    if meta.total_weight is None:
+        raise ValueError("an encrypted model version's metadata lacks total_weight")
+    randk = meta.randk
+    kept = n_values if randk is None else randk.kept
+    avg = np.asarray(decrypt_average(secret_context, bytes(data), n_values=kept, total_weight=meta.total_weight),
                      dtype=np.float32)
     # A screened robust rule (norm bounding, multi-Krum) divides by its own denominator.
-    avg *= np.float32(meta.get("post_scale", 1.0))
+    avg *= np.float32(meta.post_scale if meta.post_scale is not None else 1.0)
     if randk is not None:  # scatter the kept coordinates back; the others did not move this round
-        idx = randk_indices(n_values, float(randk["fraction"]), int(randk["seed"]))
+        idx = randk_indices(n_values, randk.fraction, randk.seed)
         if idx.size != kept:
             raise ValueError(f"random-k: {kept} decrypted values for {idx.size} coordinates")
         full = np.zeros(n_values, dtype=np.float32)
         full[idx] = avg
         avg = full
     delta = unflatten(avg, base_arrays)
+    if server_step is not None:
+        return names, [np.asarray(w, dtype=np.float32) for w in server_step(base_arrays, delta)]
     return names, [(b + d).astype(np.float32) for b, d in zip(base_arrays, delta)]

@@ -313,7 +313,10 @@ class _Wire(BaseModel):
 
 
 class PrivacyClaim(_Wire):
-    """What a silo declares it spent on one update (the ledger entry's figures)."""
+    """What a silo declares it spent on one update (the ledger entry's figures; further DP knobs
+    of the ledger entry may ride along, within the metadata's size limit)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
 
     enabled: bool = False
     epsilon: float | None = Field(default=None, ge=0)
