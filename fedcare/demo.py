@@ -33,6 +33,7 @@ from fedcare.researcher import ResearcherClient, ResearcherError
 from pipelines.synthetic import generate_federation
 
 log = logging.getLogger(__name__)
+ENROLLMENT_TIMEOUT_S = 900.0
 
 
 @dataclass
@@ -70,7 +71,9 @@ def demo_spec(opts: DemoOptions) -> StudySpec:
         description="Synthetic multimodal heart-failure prediction across hospitals (fedcare demo).",
         training=TrainingSpec(rounds=opts.rounds, local_epochs=opts.local_epochs, batch_size=32, learning_rate=0.05,
                               min_silos=max(1, opts.silos - 1), expected_silos=opts.silos, seed=opts.seed,
-                              round_timeout_s=300.0),
+                              # every silo the demo started is waited for (a slow one on a loaded machine
+                              # too); one that dies ends the demo, one that is late joins the next round
+                              enrollment_timeout_s=ENROLLMENT_TIMEOUT_S, round_timeout_s=300.0),
         privacy=PrivacySpec(dp=opts.dp, target_epsilon=opts.epsilon if opts.dp else None, delta=1e-5,
                             max_grad_norm=1.0, encryption=opts.encryption),  # type: ignore[arg-type]
         aggregation=AggregationSpec(rule=opts.rule),  # type: ignore[arg-type]
@@ -141,7 +144,7 @@ class Demo:
             self.console.print(f"study spec written to {out / 'study.toml'}: edit it and `fedcare study submit` it "
                                "to a real coordinator (more specs in examples/)")
             study_id = client.submit(spec)
-            self._follow(client, study_id)
+            self._follow(client, study_id, silos=[h.name for h in hospitals])
             client.results(study_id, out)
             self._collect_logs(out, [h.name for h in hospitals])
             with self.console.status("writing the compliance report (HTML and PDF)…"):
@@ -165,7 +168,7 @@ class Demo:
             if code not in (None, 0):
                 raise ResearcherError(f"{name} exited with status {code}; see logs/{name}.log in the results folder")
 
-    def _follow(self, client: ResearcherClient, study_id: str) -> None:
+    def _follow(self, client: ResearcherClient, study_id: str, *, silos: list[str]) -> None:
         deadline = time.monotonic() + self.opts.timeout_s
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} rounds"),
                    TextColumn("{task.fields[metric]}"), TimeElapsedColumn()]
@@ -178,7 +181,13 @@ class Demo:
                 if summary.get("rounds") and summary["rounds"][-1].get("metrics"):
                     m = summary["rounds"][-1]["metrics"]
                     metric = f"AUROC {m.get('auroc', float('nan')):.3f}  acc {m.get('accuracy', float('nan')):.3f}"
-                progress.update(bar, completed=len(done_rounds), metric=metric, description=f"study {st.state}")
+                description = f"study {st.state}"
+                if st.state == "enrolling":  # say who is still being waited for, by name
+                    missing = sorted(set(silos) - set(st.silos))
+                    description = f"enrolling {len(silos) - len(missing)}/{len(silos)} silos"
+                    if missing:
+                        description += f", waiting for {', '.join(missing)}"
+                progress.update(bar, completed=len(done_rounds), metric=metric, description=description)
                 if st.state == "done":
                     return
                 if st.state == "failed":

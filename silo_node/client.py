@@ -3,11 +3,19 @@
 Only transient failures (coordinator unreachable, restarting, deadline) are retried; a
 refusal (wrong round, invalid update, permission) is raised at once as a CoordinatorRefusal
 with the coordinator's message, because retrying it cannot succeed.
+
+A hospital node is a service: when the coordinator stays away past the first burst of
+retries, a call keeps trying with capped exponential backoff, each pause jittered by ±50 % so
+that silos do not return in lockstep, for as long as it takes, unless the operator set
+`max_retry_s`, and says in one log line every few minutes what it is waiting for. The call
+then goes on where it stopped (an upload resumes), so nothing the node holds is lost.
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -20,6 +28,9 @@ from coordinator.api.transport import call_with_retries, open_channel  # noqa: F
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+MAX_BACKOFF_S = 60.0  # the longest pause between two tries while the coordinator is away
+WAITING_LOG_EVERY_S = 180.0  # how often a long outage is reported in the log
 
 _SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
 PUSH_BLOB_METHOD, FETCH_BLOB_METHOD = f"/{_SERVICE}/PushBlob", f"/{_SERVICE}/FetchBlob"
@@ -40,7 +51,12 @@ class CoordinatorRefusal(SiloError):
 
 
 class CoordinatorClient:
-    def __init__(self, channel: grpc.Channel, *, silo: str, max_retries: int = 8, base_delay_s: float = 0.5) -> None:
+    def __init__(self, channel: grpc.Channel, *, silo: str, max_retries: int = 8, base_delay_s: float = 0.5,
+                 max_retry_s: float | None = None, peer: str = "coordinator",
+                 max_backoff_s: float = MAX_BACKOFF_S, waiting_log_every_s: float = WAITING_LOG_EVERY_S) -> None:
+        """`max_retries`: quick retries of a failed call (each logged); after them the coordinator
+        counts as away and the call is retried with backoff up to `max_backoff_s`, forever, or
+        until `max_retry_s` seconds after the first failure, when CoordinatorUnreachable is raised."""
         self.stub = pb_grpc.FederationStub(channel)
         # PushBlob with pre-serialised chunks (no serializer: the bytes go out as they are).
         self._push_serialized = channel.stream_unary(PUSH_BLOB_METHOD, request_serializer=None,
@@ -52,13 +68,47 @@ class CoordinatorClient:
         self.silo = silo
         self.max_retries = max_retries
         self.base_delay_s = base_delay_s
+        self.max_retry_s = max_retry_s
+        self.peer = peer
+        self.max_backoff_s = max_backoff_s
+        self.waiting_log_every_s = waiting_log_every_s
         self.bytes_up = 0
         self.bytes_down = 0
 
+    def _try(self, what: str, fn: Callable[[], T], *, retries: int) -> T:
+        return call_with_retries(what, fn, peer=self.peer, max_retries=retries, base_delay_s=self.base_delay_s,
+                                 refused=CoordinatorRefusal, unreachable=CoordinatorUnreachable)
+
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        return call_with_retries(what, fn, peer="coordinator", max_retries=self.max_retries,
-                                 base_delay_s=self.base_delay_s, refused=CoordinatorRefusal,
-                                 unreachable=CoordinatorUnreachable)
+        started = time.monotonic()
+        try:
+            return self._try(what, fn, retries=self.max_retries)
+        except CoordinatorUnreachable as first:
+            last = first
+        said_at: float | None = None
+        attempt = 0
+        while True:
+            waited = time.monotonic() - started
+            if self.max_retry_s is not None and waited >= self.max_retry_s:
+                raise CoordinatorUnreachable(f"{last}; gave up after {waited:.0f} s (max_retry_s = {self.max_retry_s:g}; "
+                                             "leave it unset to wait for the coordinator as long as it takes)")
+            if said_at is None or time.monotonic() - said_at >= self.waiting_log_every_s:
+                log.warning("silo %s is waiting for the %s to %s: away for %.0f s (%s); retrying every %.0f s at most",
+                            self.silo, self.peer, what, waited, last, self.max_backoff_s)
+                said_at = time.monotonic()
+            delay = min(self.max_backoff_s, self.base_delay_s * 2 ** min(attempt, 30)) * (0.5 + random.random())
+            if self.max_retry_s is not None:
+                delay = min(delay, max(0.0, self.max_retry_s - waited))
+            time.sleep(delay)
+            attempt += 1
+            try:
+                result = self._try(what, fn, retries=0)
+            except CoordinatorUnreachable as e:
+                last = e
+                continue
+            log.info("silo %s reached the %s again after %.0f s (%s)", self.silo, self.peer,
+                     time.monotonic() - started, what)
+            return result
 
     def _counting(self, chunks: Iterator[bytes], *, up: bool) -> Iterator[bytes]:
         """Serialised chunks as they cross the wire, counted (as the coordinator counts them)."""

@@ -121,7 +121,9 @@ class NodeConfig(_Strict):
     approval: ApprovalConfig = ApprovalConfig()
     tls: TLSConfig | None = None
     poll_wait_s: float = Field(default=20.0, gt=0, le=60)
-    max_retries: int = Field(default=8, ge=0)
+    max_retries: int = Field(default=8, ge=0)  # quick retries of a failed call before the coordinator counts as away
+    # Give up (exit) when the coordinator stays away this long; None: wait and reconnect for as long as it takes.
+    max_retry_s: float | None = Field(default=None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attack: AttackConfig | None = None  # testing/benchmarking only, logged loudly when set
 

@@ -15,6 +15,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_TRAIN: _ClassVar[TaskKind]
     TASK_FINALIZE: _ClassVar[TaskKind]
     TASK_SCREEN: _ClassVar[TaskKind]
+    TASK_WRAP_KEY: _ClassVar[TaskKind]
 
 class BlobKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -32,6 +33,7 @@ TASK_KEYGEN: TaskKind
 TASK_TRAIN: TaskKind
 TASK_FINALIZE: TaskKind
 TASK_SCREEN: TaskKind
+TASK_WRAP_KEY: TaskKind
 BLOB_UNSPECIFIED: BlobKind
 BLOB_MODEL: BlobKind
 BLOB_UPDATE: BlobKind

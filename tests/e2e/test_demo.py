@@ -28,6 +28,7 @@ def demo_out(tmp_path_factory) -> Path:
 def test_summary_follows_the_contract(demo_out: Path) -> None:
     summary = json.loads((demo_out / "summary.json").read_text())
     assert len(summary["silos"]) == 3
+    assert summary["joined_round"] == {s: 1 for s in summary["silos"]}  # the demo waited for every silo it started
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
     for r in summary["rounds"]:
         assert set(r["metrics"]) >= {"auroc", "accuracy", "loss"}

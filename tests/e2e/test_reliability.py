@@ -92,3 +92,34 @@ def test_a_coordinator_killed_mid_round_resumes_without_losing_work(cluster) -> 
     assert {u[1] for u in updates if u[0] == 2} <= accepted_2
     after = _rows(db, f"SELECT round, silo, blob_sha, size FROM updates WHERE study_id='{study}'")
     assert set(updates) <= set(after)
+
+
+# Longer than a silo with max_retries = 1 used to wait (about a second) before it gave up and
+# exited; the default max_retries = 8 gave up after about 100 s. A parameter, so the test need
+# not sit through 100 s: what it checks is that waiting no longer ends.
+OUTAGE_S = 20.0
+
+
+def test_a_silo_waits_out_a_coordinator_outage_and_carries_on(cluster) -> None:
+    client = cluster.start_coordinator()
+    silos = [h.name for h in cluster.hospitals[:2]]
+    for h in cluster.hospitals[:2]:
+        cluster.start_silo(h, max_retries=1)  # the first burst of retries ends at once
+    spec = StudySpec(name="outage", training=TrainingSpec(rounds=2, local_epochs=1, learning_rate=0.1, min_silos=2,
+                                                          expected_silos=2, round_timeout_s=300),
+                     privacy=PrivacySpec(dp=False, encryption="none"))
+    study = client.submit(spec)
+    cluster.wait_for(client, study, lambda st, s: st.state == "running", timeout=240)
+    cluster.kill("coordinator", signal.SIGKILL)
+    for name in silos:
+        cluster.wait_for_log(name, "is waiting for the coordinator", timeout=120)
+    time.sleep(OUTAGE_S)
+    for name in silos:  # still serving, and saying what they wait for
+        assert cluster.procs[name].poll() is None, cluster.log(name)[-3000:]
+
+    client = cluster.start_coordinator()
+    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=600)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2]
+    assert all(set(r["aggregation"]["accepted"]) == set(silos) for r in summary["rounds"][1:]), summary["rounds"]
+    for name in silos:
+        assert "reached the coordinator" in cluster.log(name) and cluster.procs[name].poll() is None

@@ -90,7 +90,7 @@ def test_mutual_tls_roles_and_revocation(cluster, tmp_path: Path) -> None:
     cluster.wait_for(researcher, study, lambda st, s: good in st.silos and st.current_round >= 1, timeout=240)
 
     # A silo whose certificate comes from another CA: the TLS handshake fails, no call reaches the service.
-    cluster.start_silo(hospitals[foreign], insecure=False, max_retries=1, tls={
+    cluster.start_silo(hospitals[foreign], insecure=False, max_retries=1, max_retry_s=5, tls={
         "ca_cert": str(pki / "ca.pem"), "cert": str(rogue / "silo" / f"{foreign}.pem"),
         "key": str(rogue / "silo" / f"{foreign}.key")})
     assert wait_exit(cluster.procs[foreign], 180) == 2

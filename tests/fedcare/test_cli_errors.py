@@ -71,7 +71,9 @@ def test_unreachable_coordinator_for_a_researcher(tmp_path: Path) -> None:
 def test_unreachable_coordinator_for_a_silo(tmp_path: Path) -> None:
     (tmp_path / "fhir").mkdir()
     (tmp_path / "node.toml").write_text(NODE.format(port=free_port()))
-    _one_clear_line(_fedcare("silo", "run", "--config", "node.toml", cwd=tmp_path), "unreachable")
+    # A node waits for its coordinator as long as it takes; a script gives it a limit.
+    _one_clear_line(_fedcare("silo", "run", "--config", "node.toml", "--max-retry-s", "1", cwd=tmp_path), "unreachable",
+                    "gave up")
 
 
 def test_tampered_log_exits_non_zero_and_names_the_file(tmp_path: Path) -> None:

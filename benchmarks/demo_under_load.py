@@ -1,0 +1,78 @@
+"""The demo under load: `fedcare demo` run N times while CPU-bound processes run beside it.
+
+    python benchmarks/demo_under_load.py --runs 10 --hogs 2 [-- extra demo options]
+
+Issue #15's "done when": the demo (defaults: DP + CKKS, 3 hospitals, 5 rounds) passes 10
+times in a row while two other CPU-bound processes run beside it, as a new user on a busy
+2-core machine would run it. Each hog is a Python process spinning on arithmetic for the
+whole benchmark. A run passes when `fedcare demo` exits 0 and its summary.json says the
+study is done with a final AUROC. Failed runs keep their results folder (logs/) for a look.
+Prints one JSON object on its last line: runs, passed, each run's exit status and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _spin() -> None:
+    x = 0
+    while True:  # CPU-bound until terminated
+        x = (x * 1103515245 + 12345) % 2**31
+
+
+def _one_demo(out: Path, extra: list[str], timeout_s: float) -> dict:
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "fedcare", "demo", "--out", str(out), *extra], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout_s)
+        code, tail = proc.returncode, proc.stderr[-500:]
+    except subprocess.TimeoutExpired:
+        code, tail = None, f"timed out after {timeout_s:.0f} s"
+    seconds = time.monotonic() - started
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    passed = code == 0 and summary.get("state") == "done" and (summary.get("final") or {}).get("auroc") is not None
+    return {"exit_status": code, "seconds": round(seconds, 1), "passed": passed,
+            "final_auroc": (summary.get("final") or {}).get("auroc"), "joined_round": summary.get("joined_round"),
+            **({} if passed else {"out": str(out), "stderr_tail": tail})}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--hogs", type=int, default=2, help="CPU-bound processes beside the demo")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="per demo run")
+    parser.add_argument("--out", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("demo_args", nargs="*", help="extra `fedcare demo` options, after --")
+    args = parser.parse_args()
+    root = args.out or Path(tempfile.mkdtemp(prefix="demo-under-load-"))
+    hogs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.hogs)]
+    for h in hogs:
+        h.start()
+    runs = []
+    try:
+        for i in range(args.runs):
+            run = _one_demo(root / f"run-{i}", args.demo_args, args.timeout_s)
+            runs.append(run)
+            print(f"run {i}: {'pass' if run['passed'] else 'FAIL'} in {run['seconds']} s", file=sys.stderr, flush=True)
+    finally:
+        for h in hogs:
+            h.terminate()
+            h.join()
+    print(json.dumps({"benchmark": "demo_under_load", "runs": len(runs), "passed": sum(r["passed"] for r in runs),
+                      "hogs": args.hogs, "cpus": multiprocessing.cpu_count(), "demo_args": args.demo_args,
+                      "results": runs}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Late joining with real processes: a hospital that answers its proposal after the study
+started takes part from the next round (under CKKS once the key holder has wrapped the
+study's secret for it), and the study finishes with it. With `training.late_join = false`
+the late answer is refused, and the node logs, audits and goes on instead of exiting."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compliance.audit import Event
+from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
+
+pytestmark = pytest.mark.slow
+
+
+def _spec(*, encryption: str, late_join: bool = True) -> StudySpec:
+    return StudySpec(
+        name="late-join",
+        training=TrainingSpec(rounds=3, local_epochs=1, learning_rate=0.1, min_silos=2, expected_silos=2,
+                              round_timeout_s=240, late_join=late_join),
+        privacy=PrivacySpec(dp=False, encryption=encryption),  # type: ignore[arg-type]
+    )
+
+
+def _approve(cluster, cfg, study: str) -> None:
+    """Hospital IT approves the study by hand, after it started (`fedcare silo approve`)."""
+    proc = subprocess.run([sys.executable, "-m", "fedcare", "silo", "approve", study, "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=120, cwd=cluster.root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _events(path: Path, event: Event) -> list[dict]:
+    """The fields of every `event` entry of an audit log, read as a verifier would (read-only)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return [json.loads(f) for (f,) in conn.execute("SELECT fields FROM entries WHERE event = ? ORDER BY idx", (str(event),))]
+    finally:
+        conn.close()
+
+
+def _start_with_a_late_hospital(cluster, spec: StudySpec):
+    """Two hospitals that approve at once and a third whose IT has not decided yet; the study
+    runs round 1, held open (one early hospital paused) until the late answer has been given."""
+    client = cluster.start_coordinator()
+    early, late = cluster.hospitals[:2], cluster.hospitals[2]
+    for h in early:
+        cluster.start_silo(h)
+    late_cfg = cluster.start_silo(late, approval={"mode": "manual"})
+    study = client.submit(spec)
+    # The late hospital got the proposal while the study enrolled and left it undecided.
+    cluster.wait_for_log(late.name, f"study {study} awaits a decision", timeout=240)
+    cluster.wait_for(client, study, lambda st, s: st.state == "running" and st.current_round >= 1, timeout=300)
+    os.kill(cluster.procs[early[0].name].pid, signal.SIGSTOP)  # round 1 cannot close before its deadline
+    return client, study, late.name, late_cfg
+
+
+def _resume_round_1(cluster) -> None:
+    os.kill(cluster.procs[cluster.hospitals[0].name].pid, signal.SIGCONT)
+
+
+@pytest.mark.parametrize("encryption", ["none", "ckks-exact"])
+def test_a_silo_that_answers_after_the_start_joins_the_next_round(cluster, encryption: str) -> None:
+    client, study, late, late_cfg = _start_with_a_late_hospital(cluster, _spec(encryption=encryption))
+    _approve(cluster, late_cfg, study)
+    cluster.wait_for(client, study, lambda st, s: late in st.silos, timeout=300)
+    assert client.status(study)[0].current_round == 1  # it accepted while round 1 ran
+    _resume_round_1(cluster)
+    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=900)
+
+    assert cluster.procs[late].poll() is None, cluster.log(late)[-3000:]  # alive, no exit on a late answer
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, 3]
+    joined = summary["joined_round"]
+    assert joined[late] >= 2 and all(joined[h.name] == 1 for h in cluster.hospitals[:2]), joined
+    # Counted from then on: its update is aggregated in every round from the one it joined.
+    for r in summary["rounds"][joined[late]:]:
+        assert late in r["aggregation"]["accepted"], (r["round"], r["aggregation"])
+    assert all(late not in r["aggregation"]["accepted"] for r in summary["rounds"][1:joined[late]])
+    assert summary["final"]["auroc"] is not None and late in summary["rounds"][-1]["metrics_per_silo"]
+    # The coordinator's audit trail says when it took part first.
+    audit = cluster.root / "coordinator" / "audit.sqlite"
+    assert {"study": study, "silo": late, "round": joined[late]} in _events(audit, Event.SILO_JOINED)
+    if encryption != "none":  # the key holder wrapped the existing secret for it: one public context
+        received = [e for e in _events(audit, Event.MESSAGE_RECEIVED) if e["kind"] == "key_bundle"]
+        assert [e["wrapped_for"] for e in received][-1] == [late], received
+
+
+def test_a_late_answer_refused_by_the_study_does_not_end_the_node(cluster) -> None:
+    client, study, late, late_cfg = _start_with_a_late_hospital(cluster, _spec(encryption="none", late_join=False))
+    _approve(cluster, late_cfg, study)
+    cluster.wait_for_log(late, "no longer enrolling", timeout=240)
+    _resume_round_1(cluster)
+    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=900)
+
+    assert cluster.procs[late].poll() is None, cluster.log(late)[-3000:]
+    assert late not in summary["silos"]
+    assert cluster.log(late).count("no longer enrolling") == 1  # logged once, with the reason
+    refusals = _events(cluster.root / "silos" / late / "state" / "audit.sqlite", Event.REFUSAL_RECEIVED)
+    assert [(r["study"], r["request"], r["code"]) for r in refusals] == [(study, "answer proposal", "FAILED_PRECONDITION")]
+    assert "late_join = false" in refusals[0]["reason"]
