@@ -1,7 +1,8 @@
 """Render a compliance report (HTML or PDF) for a compliance officer, not an engineer.
 
-The summary comes first (is every log intact, which silos, how many rounds, how many bytes
-left the hospitals, how much privacy budget each silo spent); then one section per silo.
+A paragraph in plain words comes first (compliance.report_words), then the summary (is every
+log intact, which silos, how many training rounds, how many bytes left the hospitals, ε spent
+against each silo's cap, what each kind of message is); then one section per silo.
 HTML comes from a jinja2 template with autoescaping on (log fields are untrusted text);
 the PDF is WeasyPrint's rendering of that same HTML, so both always say the same thing.
 """
@@ -21,6 +22,7 @@ import jinja2
 from compliance.errors import ReportError
 from compliance.ledger import LedgerRow
 from compliance.report_data import ReportData, collect
+from compliance.report_words import MESSAGE_KINDS, human_bytes, plain_value, summary_paragraph
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +66,12 @@ def build_report(*, logs: Sequence[Path], out: Path, fmt: Literal["html", "pdf"]
 def render_html(data: ReportData) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(_TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["bytes"] = _human_bytes
+    env.filters["bytes"] = human_bytes
+    env.filters["num"] = plain_value
     env.filters["short"] = lambda h, n=16: f"{h[:n]}…" if isinstance(h, str) and len(h) > n else h
     plots = {s.name: epsilon_plot(s.ledger_rows) for s in data.silos if s.ledger_rows}
-    return env.get_template("report.html.j2").render(r=data, plots=plots)
+    return env.get_template("report.html.j2").render(r=data, plots=plots, summary=summary_paragraph(data),
+                                                     kinds=MESSAGE_KINDS)
 
 
 def epsilon_plot(rows: Sequence[LedgerRow]) -> str:
@@ -101,12 +105,3 @@ def _write_pdf(html: str, out: Path) -> None:
     except (ImportError, OSError) as exc:  # OSError: the Pango shared libraries are missing
         raise ReportError(f"{_PANGO_HINT} ({exc})") from exc
     weasyprint.HTML(string=html, base_url=str(_TEMPLATES)).write_pdf(out)
-
-
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{n:,} bytes" if unit == "bytes" else f"{value:,.1f} {unit} ({n:,} bytes)"
-        value /= 1024
-    raise AssertionError("unreachable")
