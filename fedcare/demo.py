@@ -135,7 +135,7 @@ class Demo:
             for i, h in enumerate(hospitals):
                 cfg = out / "silos" / h.name / "node.toml"
                 extra = {"attack": {"kind": o.attack}} if i < attackers else {}
-                write_node_config(cfg, name=h.name, coordinator=target, data=h, dataset=f"{h.name}-ehr", **extra)
+                write_node_config(cfg, name=h.name, coordinator=target, data=h, dataset=f"{h.name}-synthetic", **extra)
                 self.procs[h.name] = _spawn(["silo", "run", "--config", str(cfg), "--exit-after-studies", "1"],
                                             out / "logs" / f"{h.name}.log")
             client = ResearcherClient(channel, target=target)
