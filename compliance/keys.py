@@ -47,25 +47,41 @@ def public_key_hex(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     return public_key_bytes(key).hex()
 
 
-def _create(path: Path) -> None:
+def write_secret_file(path: Path, data: bytes, *, replace: bool = True) -> bool:
+    """Write a secret (a key, a residual, a study's wrapped keys) readable by its owner only.
+
+    The file is created 0600 (never world-readable, not even for an instant), written and
+    fsynced under a private temporary name, then moved into place, so a reader sees the old
+    file or the new one, never a part. With ``replace=False`` an existing file wins (two
+    processes creating the same key at once end up sharing one); returns whether ``data``
+    was written."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    pem = Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(pem)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+            return True
         try:
-            os.link(tmp, path)  # fails if another process created the key first: use theirs
-            log.info("created node signing key %s", path)
+            os.link(tmp, path)  # fails if another process created the file first: use theirs
+            return True
         except FileExistsError:
-            pass
+            return False
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _create(path: Path) -> None:
+    pem = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    if write_secret_file(path, pem, replace=False):
+        log.info("created node signing key %s", path)
 
 
 def _load(path: Path) -> Ed25519PrivateKey:

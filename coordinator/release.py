@@ -13,21 +13,26 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from coordinator.api.study import StudySpec
 from coordinator.outcome import Release
 from coordinator.store import MetricsRow, Store
 
 
-def pooled_metrics(rows: Sequence[MetricsRow]) -> dict[str, float] | None:
-    """Sample-weighted mean of every metric all the rows report (None without rows)."""
-    if not rows:
+def pool(reports: Iterable[tuple[Mapping[str, float], int]]) -> dict[str, float] | None:
+    """Sample-weighted mean of every metric all the (metrics, samples) reports have (None without any).
+    The coordinator pools its silos' reports so; a region pools its members' the same way."""
+    parsed = [(m, max(int(n), 1)) for m, n in reports]
+    if not parsed:
         return None
-    parsed = [(json.loads(r.metrics_json), max(r.samples, 1)) for r in rows]
     total = sum(w for _, w in parsed)
     keys = set.intersection(*(set(m) for m, _ in parsed))
     return {k: sum(m[k] * w for m, w in parsed) / total for k in sorted(keys)}
+
+
+def pooled_metrics(rows: Sequence[MetricsRow]) -> dict[str, float] | None:
+    return pool((json.loads(r.metrics_json), r.samples) for r in rows)
 
 
 def metric_by_version(store: Store, study_id: str, metric: str, versions: range) -> dict[int, float]:

@@ -17,8 +17,10 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from compliance.keys import write_secret_file
 from pipelines.cohort import CohortLike
 from pipelines.ehr.table_source import TableSource
+from pipelines.limits import DEFAULT_LIMITS, IngestLimits
 from pipelines.ingest import IngestReport, ingest_silo
 
 log = logging.getLogger(__name__)
@@ -28,20 +30,19 @@ KEY_FILE = "pseudonym.key"
 def load_or_create_key(path: Path) -> bytes:
     """The silo-local pseudonym secret (32 random bytes, mode 0600), created on first use."""
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(secrets.token_bytes(32))
-        path.chmod(0o600)
+        write_secret_file(path, secrets.token_bytes(32), replace=False)  # 0600 from creation, atomic
     return path.read_bytes()
 
 
 def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequence[str], wearables: Sequence[Path],
                tabular: Sequence[Path], out: Path, report: Path | None, cohort: CohortLike,
-               key_file: Path | None = None, tables: Sequence[TableSource] = ()) -> IngestReport:
+               key_file: Path | None = None, tables: Sequence[TableSource] = (),
+               limits: IngestLimits | None = None) -> IngestReport:
     """Ingest, write cache/quarantine/report under `out`, return the report. `key_file` defaults to `out/pseudonym.key`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ingest_silo(fhir=list(fhir), tabular=list(tabular), dicom=list(dicom), wearables=list(wearables),
-                         dicomweb=list(dicomweb), tables=list(tables),
+                         dicomweb=list(dicomweb), tables=list(tables), limits=limits or DEFAULT_LIMITS,
                          cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")
     result.quarantine.write_jsonl(out / "quarantine.jsonl")

@@ -22,6 +22,7 @@ import numpy as np
 from compliance.audit import Event
 from compliance.node_log import open_node_log
 from compliance.witness import SignedHead, WitnessError, witness
+from compliance.keys import write_secret_file
 from compliance.ledger import PrivacyLedger
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
@@ -311,12 +312,7 @@ class SiloNode:
 
     def _save_feedback(self, study_id: str, feedback: ErrorFeedback) -> None:
         """Atomically persist the residual: a restarted node carries on with it (nothing lost)."""
-        path = self._feedback_path(study_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(feedback.state_bytes())
-        tmp.chmod(0o600)
-        tmp.replace(path)
+        write_secret_file(self._feedback_path(study_id), feedback.state_bytes())
 
     def _pseudonym_key(self) -> bytes:
         return load_or_create_key(Path(self.config.state_dir) / KEY_FILE)
@@ -520,10 +516,8 @@ def _load_or_create_wrap_keys(path: Path) -> SiloKeyPair:
     if path.exists():
         return SiloKeyPair.from_private_bytes(path.read_bytes())
     keys = SiloKeyPair.generate()
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(keys.private_bytes())
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    if not write_secret_file(path, keys.private_bytes(), replace=False):  # another process made one first
+        return SiloKeyPair.from_private_bytes(path.read_bytes())
     return keys
 
 

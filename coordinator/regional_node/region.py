@@ -11,7 +11,6 @@ deadline and retry cover it).
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import threading
 import time
@@ -20,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from compliance.keys import write_secret_file
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
-from coordinator.api.codecs import ErrorFeedback, build_codec, keep_count
+from coordinator.api.codecs import ErrorFeedback
+from coordinator.api.protocol import Encryption
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
@@ -61,7 +62,7 @@ class RegionalStudy:
 
 def refusal_reason(spec: StudySpec) -> str | None:
     """Why this region cannot relay a study at all, or None."""
-    if spec.privacy.encryption == "ckks-screen":
+    if spec.protocol.encryption is Encryption.CKKS_SCREEN:
         return ("privacy.encryption = 'ckks-screen' is not relayed by a regional aggregator: the screened rules "
                 "decide on norms and distances of single silo updates, and upstream the region's update is a "
                 "ciphertext sum; connect these silos to the central coordinator directly")
@@ -181,7 +182,7 @@ class Region:
                 # Under CKKS the study secret is wrapped for each member ("<region>/<member>"), never
                 # for the region: upstream learns the members' wrap keys with the answer.
                 member_keys = ({s: self.silos[s].wrap_public_key for s in accepted if s in self.silos}
-                               if st.spec.privacy.encryption != "none" else {})
+                               if st.spec.protocol.encrypted else {})
                 out.append(pb.ProposalAnswer(
                     study_id=st.study_id, accept=bool(accepted), reason=reason[:2000], spec_sha256=st.spec.sha256(),
                     train_samples=sum(st.answers[s].train_samples for s in accepted),
@@ -192,9 +193,9 @@ class Region:
         with self._lock:
             st = self._study(study_id)
             st.answered_upstream = True
-            c = st.spec.compression
-            if st.spec.privacy.encryption == "none" and c.codec in ("topk", "randk"):
-                st.feedback = ErrorFeedback(build_codec(c.codec, c.fraction, c.zstd))
+            protocol = st.spec.protocol
+            if not protocol.encrypted and protocol.codec.sparse:
+                st.feedback = ErrorFeedback(protocol.uplink_codec())
             self._changed.notify_all()
 
     # --- upstream work ---------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class Region:
 
     def start_round(self, task: pb.Task, deadline: float) -> RoundWork:
         st = self._member_study_for_work(task)
-        n_values = self._he_values(st) if st.spec.privacy.encryption != "none" else 0
+        n_values = self._he_values(st) if st.spec.protocol.encrypted else 0
         with self._lock:
             work = RoundWork(task, st.spec, list(st.members), secrets.token_hex(16), deadline, keys=st.keys,
                              n_values=n_values, feedback=st.feedback)
@@ -251,9 +252,7 @@ class Region:
     def _he_values(self, st: RegionalStudy) -> int:
         """Values per encrypted update: the model's (from version 0), or the round's random-k share."""
         _, v0 = self.model(None, st.study_id, 0)
-        n = sum(a.size for a in decode_tensors(v0)[1])
-        c = st.spec.compression
-        return keep_count(n, c.fraction) if c.codec == "randk" else n
+        return st.spec.protocol.encrypted_values(sum(a.size for a in decode_tensors(v0)[1]))
 
     # --- silo inputs -------------------------------------------------------------------------------------
     def _work_of(self, silo: str, study_id: str, kind: type) -> Any:
@@ -298,11 +297,7 @@ class Region:
         context and its members' secrets, wrapped for silo keys it does not have."""
         if self.keys_dir is None:
             return
-        self.keys_dir.mkdir(parents=True, exist_ok=True)
-        path = self.keys_dir / f"{sha256_hex(study_id.encode())[:16]}.bundle.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(keys.to_json())
-        os.replace(tmp, path)
+        write_secret_file(self.keys_dir / f"{sha256_hex(study_id.encode())[:16]}.bundle.json", keys.to_json())
 
     def accept_final_model(self, silo: str, header: pb.BlobHeader, data: bytes) -> None:
         with self._lock:

@@ -19,7 +19,6 @@ deadline) before it answers upstream:
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Callable
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
+from coordinator.api.protocol import TENSORS, UpdateMetadata
 from coordinator.api.study import SpecError
 from coordinator.errors import CoordinatorError
 from coordinator.regional_node.config import RegionalConfig
@@ -158,7 +158,7 @@ class Relay:
         if self.region.studies.get(task.study_id) is None:
             raise UpstreamError(f"study {task.study_id} was not enrolled through this region process")
         spec = self.region.studies[task.study_id].spec
-        if spec.privacy.encryption == "none" or self.region.has_keys(task.study_id):
+        if not spec.protocol.encrypted or self.region.has_keys(task.study_id):
             return
         _, public = self.upstream.fetch(task.study_id, pb.BLOB_PUBLIC_CONTEXT, max_bytes=MAX_KEY_BUNDLE)
         _, wrapped = self.upstream.fetch(task.study_id, pb.BLOB_WRAPPED_KEY, max_bytes=MAX_KEY_BUNDLE)
@@ -174,7 +174,7 @@ class Relay:
         finally:
             self.region.end(work)
         self.audit("aggregation", study=task.study_id, round=task.round, rule=spec.aggregation.rule,
-                   accepted=forward.audit.get("accepted", []), refused={}, encrypted=spec.privacy.encryption != "none",
+                   accepted=forward.audit.get("accepted", []), refused={}, encrypted=spec.protocol.encrypted,
                    regional=True)
         if forward.metrics is not None:
             self._report(forward.metrics)
@@ -183,7 +183,7 @@ class Relay:
             return
         header, data = forward.update
         self._push("update", header, data, round_=task.round,
-                   epsilon=(json.loads(header.metadata_json).get("privacy") or {}).get("epsilon"))
+                   epsilon=UpdateMetadata.from_json(header.metadata_json).privacy.epsilon)
         log.info("study %s round %d: forwarded one update of weight %g from %s", task.study_id, task.round,
                  header.weight, ", ".join(forward.audit["accepted"]))
 
@@ -198,7 +198,7 @@ class Relay:
             if work.final_model is None:
                 raise UpstreamError(f"study {task.study_id}: {work.publisher} did not publish the final model in time")
             header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_FINAL_MODEL), round=task.round,
-                                   nonce=task.nonce, encoding="tensors")
+                                   nonce=task.nonce, encoding=TENSORS)
             self._push("final_model", header, work.final_model, round_=task.round)
         metrics = work.metrics.combined(task)
         if metrics is None:

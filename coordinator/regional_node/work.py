@@ -14,8 +14,6 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import math
 import time
@@ -26,14 +24,25 @@ import numpy as np
 
 from coordinator.aggregation import AggregationError
 from coordinator.api import federation_pb2 as pb
-from coordinator.api.codecs import CodecError, ErrorFeedback, build_codec
+from coordinator.api.codecs import ErrorFeedback
+from coordinator.api.protocol import (
+    Codec,
+    KeyBundle,
+    ProtocolError,
+    RegionMembers,
+    UpdateMetadata,
+    check_update_header,
+    decode_plain_update,
+    decode_wrapped_keys,
+)
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 from coordinator.errors import InvalidInput, Refused
 from coordinator.key_recipients import SEP
+from coordinator.keystore import parse_key_bundle, public_only
 from coordinator.regional import EncryptedRegionalAggregate, RegionalAggregate
+from coordinator.release import pool
 from privacy.errors import HEError
-from privacy.he import context_has_secret_key
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +102,7 @@ class MetricsBook:
         if not self.reports:
             return None
         reps = list(self.reports.values())
-        total = sum(max(r.samples, 1) for r in reps)
-        keys = set.intersection(*(set(r.metrics) for r in reps))
-        metrics = {k: sum(r.metrics[k] * max(r.samples, 1) for r in reps) / total for k in sorted(keys)}
+        metrics = pool((r.metrics, r.samples) for r in reps) or {}
         sha = next((r.model_sha256 for r in reps if r.model_sha256), "")
         return pb.MetricsReport(study_id=upstream.study_id, round=upstream.round, nonce=upstream.nonce,
                                 model_version=self.model_version, metrics=metrics,
@@ -111,34 +118,20 @@ class KeyMaterial:
     wrapped: dict[str, bytes]
 
     def to_json(self) -> bytes:
-        return json.dumps({"public_context": base64.b64encode(self.public_context).decode(),
-                           "wrapped": {s: base64.b64encode(w).decode() for s, w in sorted(self.wrapped.items())}},
-                          sort_keys=True).encode()
-
-
-def _public_only(public: bytes, where: str) -> bytes:
-    try:
-        has_secret = context_has_secret_key(public)
-    except HEError as e:
-        raise InvalidInput(f"{where}: the public context does not load: {e}") from None
-    if has_secret:
-        raise InvalidInput(f"{where}: the 'public' context carries a secret key; refused and not kept "
-                           "(a regional aggregator must never hold the study's secret key)")
-    return public
+        return KeyBundle(public_context=self.public_context, wrapped=self.wrapped).to_json()
 
 
 def keys_from_upstream(public: bytes, wrapped_blob: bytes, members: list[str]) -> KeyMaterial:
     """The region's keys as the central coordinator serves them when the key holder is outside the
     region: the public context, and its wrapped-key blob `{member: base64(wrapped)}`."""
     try:
-        inner = json.loads(wrapped_blob)
-        wrapped = {s: base64.b64decode(w, validate=True) for s, w in inner.items()}
-    except (ValueError, TypeError, AttributeError) as e:
-        raise InvalidInput(f"the region's wrapped keys from the central coordinator are malformed: {e}") from None
+        wrapped = decode_wrapped_keys(wrapped_blob)
+    except ProtocolError as e:
+        raise InvalidInput(f"from the central coordinator: {e}") from None
     missing = sorted(set(members) - set(wrapped))
     if missing:
         raise InvalidInput(f"the study's key holder wrapped no key for member(s) {', '.join(missing)} of this region")
-    return KeyMaterial(public_context=_public_only(public, "public context from the central coordinator"),
+    return KeyMaterial(public_context=public_only(public, "public context from the central coordinator"),
                        wrapped={s: wrapped[s] for s in members})
 
 
@@ -167,18 +160,14 @@ class KeygenWork(Work):
         refused and not kept."""
         if silo != self.key_holder or self.bundle is not None:
             raise Refused(f"silo {silo} is not expected to send keys for study {self.upstream.study_id}")
-        try:
-            bundle = json.loads(data)
-            public = base64.b64decode(bundle["public_context"], validate=True)
-            wrapped = {s: base64.b64decode(w, validate=True) for s, w in bundle["wrapped"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise InvalidInput(f"key bundle is malformed: {e}") from None
-        missing = sorted(set(self.participant_keys) - set(wrapped))
+        bundle = parse_key_bundle(data)
+        missing = sorted(set(self.participant_keys) - set(bundle.wrapped))
         if missing:
             raise InvalidInput(f"key bundle lacks the wrapped key of {', '.join(missing)}")
-        _public_only(public, "key bundle")
+        public_only(bundle.public_context, "key bundle")
         self.bundle = data
-        return KeyMaterial(public_context=public, wrapped={m: wrapped[f"{region}{SEP}{m}"] for m in members})
+        return KeyMaterial(public_context=bundle.public_context,
+                           wrapped={m: bundle.wrapped[f"{region}{SEP}{m}"] for m in members})
 
 
 # --- training rounds -----------------------------------------------------------------------------------
@@ -198,6 +187,7 @@ class RoundWork(Work):
     n_values: int = 0  # CKKS: values per encrypted update (the model, or the round's random-k share)
     feedback: ErrorFeedback | None = None  # top-k / random-k residual of the region's forwarded update
     updates: dict[str, pb.BlobHeader] = field(default_factory=dict)
+    metadata: dict[str, UpdateMetadata] = field(default_factory=dict)
     skips: dict[str, str] = field(default_factory=dict)
     metrics: MetricsBook = field(init=False)
     _plain: RegionalAggregate | None = field(default=None, init=False)
@@ -225,23 +215,20 @@ class RoundWork(Work):
     def add_update(self, silo: str, header: pb.BlobHeader, data: bytes) -> None:
         if self.answered(silo):
             raise Refused(f"silo {silo} already answered round {self.upstream.round}")
-        if not (0 < header.weight <= 1e9):
-            raise InvalidInput(f"update weight {header.weight} is not in (0, 1e9]")
-        expected = self.spec.update_encoding()
-        if header.encoding != expected:
-            raise InvalidInput(f"update encoding {header.encoding!r}; this study expects {expected!r}")
-        try:
-            json.loads(header.metadata_json or "{}")
-        except ValueError:
-            raise InvalidInput("update metadata is not valid JSON") from None
-        try:
-            if self.spec.privacy.encryption == "none":
+        try:  # the protocol's key-free checks, as at the central coordinator
+            meta = check_update_header(self.spec.protocol, weight=header.weight, encoding=header.encoding,
+                                       metadata_json=header.metadata_json, size=len(data),
+                                       limit=self.upstream.max_update_bytes or len(data))
+            if not self.spec.protocol.encrypted:
                 self._plain_aggregate().add(self._decode_plain(data), header.weight)
             else:
                 self._cipher_aggregate().add(data, header.weight)
+        except ProtocolError as e:
+            raise InvalidInput(str(e)) from None
         except (HEError, AggregationError) as e:
             raise InvalidInput(f"update refused: {e}") from None
         self.updates[silo] = header
+        self.metadata[silo] = meta
 
     def _plain_aggregate(self) -> RegionalAggregate:
         if self._plain is None:
@@ -253,29 +240,19 @@ class RoundWork(Work):
         if self._cipher is None:
             if self.keys is None:
                 raise Refused("the region holds no public context for this study")
-            mode = self.spec.privacy.encryption.removeprefix("ckks-")
-            self._cipher = EncryptedRegionalAggregate(self.keys.public_context, self.n_values, mode)
+            self._cipher = EncryptedRegionalAggregate(self.keys.public_context, self.n_values,
+                                                      self.spec.protocol.encryption.he_mode)
         return self._cipher
 
     def _decode_plain(self, data: bytes) -> list[np.ndarray]:
         """A plaintext update as float32 arrays; every member's must have the first one's layout
         (the central coordinator checks the forwarded update against the model's own layout)."""
-        c = self.spec.compression
-        try:
-            if c.codec == "none":
-                names, arrays = decode_tensors(data, expected=self._layout)
-                if self._layout is None:
-                    self._layout = [TensorSpec(n, tuple(a.shape), "float32") for n, a in zip(names, arrays)]
-                return [np.asarray(a, dtype=np.float32) for a in arrays]
-            arrays = build_codec(c.codec, c.fraction, c.zstd).decode(
-                bytes(data), max_values=max(1, self.upstream.max_update_bytes // 4))
-        except (TensorFormatError, CodecError) as e:
-            raise InvalidInput(f"update: {e}") from None
-        shapes = [TensorSpec(f"{i}", tuple(a.shape), "float32") for i, a in enumerate(arrays)]
+        protocol = self.spec.protocol
+        arrays = decode_plain_update(protocol, data, self._layout, max_values=max(1, self.upstream.max_update_bytes // 4))
         if self._layout is None:
-            self._layout = shapes
-        elif [s.shape for s in shapes] != [s.shape for s in self._layout]:
-            raise InvalidInput("update layout differs from the other silos' updates of this round")
+            names = (decode_tensors(data)[0] if protocol.codec is Codec.NONE
+                     else [f"{i}" for i in range(len(arrays))])
+            self._layout = [TensorSpec(n, tuple(a.shape), "float32") for n, a in zip(names, arrays)]
         return arrays
 
     def forward(self) -> Forward:
@@ -292,36 +269,32 @@ class RoundWork(Work):
             norm = float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays)))
         else:
             data, weight = self._cipher_aggregate().forward()
-            norm = max(float(json.loads(self.updates[s].metadata_json or "{}").get("update_norm") or 0.0)
-                       for s in accepted)
+            norm = max(self.metadata[s].update_norm or 0.0 for s in accepted)
         header = pb.BlobHeader(ref=pb.BlobRef(study_id=self.upstream.study_id, kind=pb.BLOB_UPDATE),
                                round=self.upstream.round, nonce=self.upstream.nonce, weight=weight,
-                               encoding=self.spec.update_encoding(), metadata_json=json.dumps(self._metadata(norm)))
+                               encoding=self.spec.update_encoding(), metadata_json=self._metadata(norm).to_json())
         return Forward(metrics, (header, data),
                        audit={"accepted": accepted, "skipped": sorted(self.skips), "weight": weight})
 
     def _encode_plain(self, arrays: list[np.ndarray]) -> bytes:
-        c = self.spec.compression
+        protocol = self.spec.protocol
         arrays = [np.asarray(a, dtype=np.float32) for a in arrays]
-        if c.codec == "none":
+        if protocol.codec is Codec.NONE:
             assert self._layout is not None
             return encode_tensors([t.name for t in self._layout], arrays)
         # Random-k of an aggregate of the same round's random-k updates keeps exactly their
         # coordinates (lossless); top-k carries what it drops to the next round (error feedback).
-        coder = self.feedback if self.feedback is not None else build_codec(c.codec, c.fraction, c.zstd)
+        coder = self.feedback if self.feedback is not None else protocol.uplink_codec()
         return coder.encode(arrays, seed=self.upstream.round_seed)
 
-    def _metadata(self, norm: float) -> dict[str, Any]:
+    def _metadata(self, norm: float) -> UpdateMetadata:
         """Per-silo accounting stays at the silos; upstream sees the region's worst ε and its mean loss."""
-        metas = {s: json.loads(h.metadata_json or "{}") for s, h in self.updates.items()}
-        privacies = [m.get("privacy") or {"enabled": False} for m in metas.values()]
-        worst = max(privacies, key=lambda p: p.get("epsilon") or 0.0)
-        weights = {s: h.weight for s, h in self.updates.items()}
-        losses = [(metas[s].get("train_loss"), w) for s, w in weights.items()]
-        losses = [(x, w) for x, w in losses if isinstance(x, (int, float)) and math.isfinite(x)]
+        worst = max((m.privacy for m in self.metadata.values()), key=lambda p: p.epsilon or 0.0)
+        losses = [(self.metadata[s].train_loss, h.weight) for s, h in self.updates.items()]
+        losses = [(x, w) for x, w in losses if x is not None and math.isfinite(x)]
         loss = sum(x * w for x, w in losses) / sum(w for _, w in losses) if losses else None
-        return {"privacy": worst, "train_loss": loss, "update_norm": norm, "link_bytes_per_s": None,
-                "region": {"silos": sorted(self.updates), "skipped": sorted(self.skips)}}
+        return UpdateMetadata(privacy=worst, train_loss=loss, update_norm=norm,
+                              region=RegionMembers(silos=sorted(self.updates), skipped=sorted(self.skips)))
 
 
 # --- finalization ----------------------------------------------------------------------------------------

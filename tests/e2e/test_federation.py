@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import AggregationSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 from silo_node.ingest_command import KEY_FILE
 
 pytestmark = pytest.mark.slow
@@ -91,3 +91,50 @@ def test_a_model_far_above_grpcs_message_limit_travels_in_chunks(cluster, tmp_pa
     round1 = summary["rounds"][1]
     assert all(v > model_bytes for v in round1["bytes_up"].values())
     assert all(v > model_bytes for v in round1["bytes_down"].values())
+
+
+def test_a_server_optimiser_under_ckks_runs_at_every_silo_and_equals_the_clear_run(cluster, tmp_path) -> None:
+    """#14 item 1 under CKKS: the coordinator never sees the aggregate, so each silo applies the same
+    FedAvgM step after decrypting; the coordinator's model-hash check passes (the study finishes)
+    and the released model equals the same study's in the clear, where the coordinator steps,
+    up to the CKKS error. Without the silos' step the two would differ by the momentum term."""
+    client = cluster.start_coordinator()
+    for h in cluster.hospitals:
+        cluster.start_silo(h)
+    models = {}
+    for encryption in ("ckks-exact", "none"):
+        spec = StudySpec(name=f"fedavgm {encryption}", modalities=("ehr",),
+                         training=TrainingSpec(rounds=3, local_epochs=1, learning_rate=0.05, min_silos=3,
+                                               expected_silos=3, round_timeout_s=120, release="last"),
+                         privacy=PrivacySpec(dp=False, encryption=encryption),
+                         aggregation=AggregationSpec(server_optimizer="fedavgm", server_learning_rate=1.0,
+                                                     server_momentum=0.9))
+        study_id = client.submit(spec)
+        summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=600)
+        assert summary["release"]["round"] == 3
+        models[encryption] = torch.load(client.results(study_id, tmp_path / encryption)["model"])
+    worst = max(float((models["ckks-exact"][k] - models["none"][k]).abs().max()) for k in models["none"])
+    assert worst <= 1e-5, f"CKKS + FedAvgM at the silos and FedAvgM at the coordinator differ by {worst}"
+
+
+def test_a_proposal_the_silo_cannot_handle_is_refused_not_looped(cluster) -> None:
+    """#16 item 2: a study id the silo cannot store (a leading '.', as an older coordinator let
+    through) used to be swallowed, never answered, and served again at every poll, so later
+    studies never reached the silo. Now the silo answers it with a refusal and the reason."""
+    from coordinator.server import STATE_DATABASE
+    from coordinator.store import EnrollmentRow, Store, StudyRow, open_engine
+
+    client = cluster.start_coordinator()
+    spec = StudySpec(name="unreadable", modalities=("ehr",), training=TrainingSpec(rounds=1, min_silos=1),
+                     privacy=PrivacySpec(dp=False, encryption="none"))
+    store = Store(open_engine(f"sqlite:///{cluster.root / 'coordinator' / STATE_DATABASE}"))
+    store.add(StudyRow(id=".hidden", name="unreadable", spec_json=spec.to_json(), spec_sha256=spec.sha256(),
+                       state="enrolling", created_at=0.0, current_round=0))
+    cluster.start_silo(cluster.hospitals[0])
+    good = client.submit(StudySpec(name="after it", modalities=("ehr",),
+                                   training=TrainingSpec(rounds=1, min_silos=1, expected_silos=1),
+                                   privacy=PrivacySpec(dp=False, encryption="none")))
+    cluster.wait_for(client, good, lambda st, s: st.state == "done", timeout=400)
+    refusal = store.get(EnrollmentRow, ".hidden", cluster.hospitals[0].name)
+    assert refusal is not None and not refusal.accepted and "study id" in refusal.reason
+    store.engine.dispose()
