@@ -299,11 +299,11 @@ def silo_ingest(
     from silo_node.ingest_command import render_table, run_ingest
 
     _logging(False)
-    tables = []  # described in node.toml only ([[data.tables]])
+    tables, limits = [], None  # described in node.toml only ([[data.tables]], [data.limits])
     if config is not None:
         d = _node_config(config).data
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
-        tabular, tables = [*tabular, *d.tabular], d.tables
+        tabular, tables, limits = [*tabular, *d.tabular], d.tables, d.limits
     if not (fhir or dicom or dicomweb or wearables or tabular or tables):
         raise UserError("name at least one input: --fhir, --tabular, --dicom, --dicomweb, --wearables (or --config node.toml)")
     for option, paths in (("--fhir", fhir), ("--dicom", dicom), ("--wearables", wearables), ("--tabular", tabular)):
@@ -315,7 +315,7 @@ def silo_ingest(
     cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
-                            report=report, cohort=cohort, tables=tables)
+                            report=report, cohort=cohort, tables=tables, limits=limits)
     Console().print(render_table(result))
 
 

@@ -31,6 +31,15 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def file_hash(path: Path, block: int = 1 << 20) -> str:
+    """SHA-256 of a file, read block by block (an export may not fit in memory); equals `content_hash` of its bytes."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while data := f.read(block):
+            h.update(data)
+    return h.hexdigest()
+
+
 def cohort_hash(cohort: Any, index_date: date, key_fingerprint: str) -> str:
     fields = ("label_system", "label_code", "label_window_days", "label_source", "label_column", "label_above",
               "label_values", "exclude_prevalent", "index_from", "index_column", "index_system", "index_code", "min_age",

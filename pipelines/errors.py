@@ -61,3 +61,13 @@ class DatasetError(PipelineError):
     """Tensors that do not form a valid `MultimodalDataset` (shape, dtype, NaN/Inf)."""
 
     reason = "invalid_dataset"
+
+
+def exhausted(error: MemoryError | RecursionError, source: str | Path) -> InputError:
+    """The quarantine entry for an input that exhausted memory or the interpreter's stack while being read."""
+    if isinstance(error, RecursionError):
+        return InputError("nests deeper than the reader can follow (RecursionError); expected a FHIR/JSON document of "
+                          "ordinary depth. The file is quarantined; re-export it from the source system",
+                          reason="too_deep", source=source)
+    return InputError("needs more memory than this machine has (MemoryError); the file is quarantined. Check it is what it "
+                      "claims to be, or lower its size at the source", reason="too_large", source=source)

@@ -38,6 +38,7 @@ from .ehr.features import check_features
 from .ehr.table_source import TableSource
 from .errors import ConfigurationError
 from .imaging.dicom import DicomInput
+from .limits import DEFAULT_LIMITS, IngestLimits
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .steps import (IngestRun, ModalityReport, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
@@ -104,11 +105,12 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
                 pseudonym_key: bytes, index_date: date | None = None, dicomweb: Sequence[str] = (),
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
                 tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (),
-                steps: Sequence[Step] = STEPS) -> IngestResult:
+                limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
 
     The inputs are those of `pipelines.steps.Sources`; `cache_dir`: the silo's cache; `index_date`: the
-    reference date relative dates count from (default: the cohort's, else `INDEX_DATE`).
+    reference date relative dates count from (default: the cohort's, else `INDEX_DATE`); `limits`: bounds on
+    what one input may make ingestion allocate (`pipelines.limits`).
     """
     index_date = index_date or cohort.index_date or INDEX_DATE
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
@@ -121,7 +123,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),
-                        quarantine=Quarantine(), store=store, files=files)
+                        quarantine=Quarantine(), store=store, files=files, limits=limits)
         for step in steps:
             step(run)
         assert run.dataset is not None, "the steps end with build_dataset"

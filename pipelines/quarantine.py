@@ -16,6 +16,7 @@ from pathlib import Path
 from .errors import InputError
 
 log = logging.getLogger(__name__)
+MAX_MESSAGE = 2000  # characters of one quarantine message (and its log line)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,10 @@ class Quarantine:
     entries: list[QuarantineEntry] = field(default_factory=list)
 
     def add(self, modality: str, error: InputError) -> None:
-        entry = QuarantineEntry(modality, error.source or "(unknown source)", error.reason, str(error))
+        message = str(error)
+        if len(message) > MAX_MESSAGE:  # a hostile input must not write megabyte log lines through its message
+            message = message[:MAX_MESSAGE] + f"... ({len(message) - MAX_MESSAGE} more characters)"
+        entry = QuarantineEntry(modality, (error.source or "(unknown source)")[:MAX_MESSAGE], error.reason, message)
         log.warning("quarantined (%s, %s): %s", modality, entry.reason, entry.message)
         self.entries.append(entry)
 

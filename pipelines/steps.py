@@ -38,6 +38,7 @@ from .ehr.timeline import index_day, no_index_reason
 from .errors import InputError
 from .imaging.dicom import DicomInput, file_inputs
 from .imaging.images import ChosenImage, read_images
+from .limits import DEFAULT_LIMITS, IngestLimits
 from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
@@ -86,6 +87,7 @@ class IngestRun:
     quarantine: Quarantine
     store: FactStore
     files: RowFiles
+    limits: IngestLimits = DEFAULT_LIMITS
     reports: dict[str, ModalityReport] = field(default_factory=lambda: {m: ModalityReport() for m in MODALITIES})
     ehr_unused: Counter = field(default_factory=Counter)
     fhir_sampled: int = 0  # Observations with valueSampledData for a study channel
@@ -152,19 +154,19 @@ class EhrReader:
 
 def _fhir(run: IngestRun) -> EhrRead:
     got = read_fhir(run.sources.fhir, run.quarantine, deid=run.deid, index_date=run.index_date, store=run.store,
-                    channels=tuple(run.cohort.signal_channels), cache=run.cache)
+                    channels=tuple(run.cohort.signal_channels), cache=run.cache, limits=run.limits)
     run.fhir_sampled += got.sampled
     return got
 
 
 def _tables(run: IngestRun) -> EhrRead:
     return read_tabular(run.sources.tabular, run.quarantine, deid=run.deid, index_date=run.index_date,
-                        features=run.features, store=run.store, cache=run.cache)
+                        features=run.features, store=run.store, cache=run.cache, limits=run.limits)
 
 
 def _own_tables(run: IngestRun) -> EhrRead:
     got = read_own_tables(run.sources.tables, run.quarantine, deid=run.deid, index_date=run.index_date,
-                          cohort=run.cohort, store=run.store)
+                          cohort=run.cohort, store=run.store, limits=run.limits)
     rep = run.reports["ehr"]
     rep.mappings.update(got.mappings)
     rep.warnings.extend(got.warnings)
@@ -237,7 +239,7 @@ def read_dicom(run: IngestRun) -> None:
                                     deid=run.deid, index_date=run.index_date, image_size=c.image_size, cache=run.cache,
                                     quarantine=run.quarantine, patients=run.known,
                                     study_owners=run.store.study_owners(), into=(run.row_of, run.image),
-                                    image_dims=c.image_dims, image_depth=c.image_depth)
+                                    image_dims=c.image_dims, image_depth=c.image_depth, limits=run.limits)
     _fill(run.reports["image"], stats)
     run.reports["image"].patients = len(run.images)
 

@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.api.study import SpecError, validate_toml_file
 from pipelines.ehr.table_source import TableSource
+from pipelines.limits import IngestLimits
 
 Modality = Literal["ehr", "image", "signal"]
 
@@ -60,6 +61,7 @@ class DataConfig(_Strict):
     wearables: list[Path] = []
     tabular: list[Path] = []
     tables: list[TableSource] = []  # the hospital's own tables, described column by column ([[data.tables]])
+    limits: IngestLimits = IngestLimits()  # what one input may make ingestion allocate ([data.limits])
 
     @model_validator(mode="after")
     def _some_data(self) -> "DataConfig":

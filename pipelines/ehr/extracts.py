@@ -64,7 +64,7 @@ class LongExtract:
         missing = [n for n, c in (("system", "system" if "system" in keys else None),
                                   (" or ".join(DATE_COLUMNS), self.date_col)) if c is None]
         if missing:
-            raise TabularError(f"has columns {columns} but lacks {missing}; a long extract (one row per event) needs "
+            raise TabularError(f"has columns {columns[:12]} but lacks {missing}; a long extract (one row per event) needs "
                                f"{ID_COLUMNS[0]}, code, system and date", reason="missing_column", source=path)
         self.path, self.index_date, self.deid = path, index_date, deid
 

@@ -27,15 +27,17 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import ijson
 import numpy as np
 
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from ..cache import IngestCache, content_hash
+from ..cache import IngestCache, file_hash
 from ..deid import Deidentifier, age_years
-from ..errors import FhirError, InputError, SignalError
+from ..errors import FhirError, InputError, SignalError, exhausted
 from ..inputs import input_files
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from .factstore import FactStore
 from .observations import _date as as_date
 from .observations import facts_of
@@ -79,50 +81,84 @@ def ref_key(ref: str) -> str:
     return "/".join(parts[-2:])
 
 
-def _documents(path: Path) -> Iterator[tuple[int, Any]]:
-    if path.suffix.lower() == ".ndjson":
-        with path.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        yield n, json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise FhirError(f"line {n} is not valid JSON ({e.msg}); expected one FHIR resource per line "
-                                        "(Bulk Data NDJSON)", reason="bad_json", source=path) from None
-        return
+def _ndjson(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
+    """One resource per line, streamed; a line longer than `max_document_bytes` refuses the file."""
+    with path.open("rb") as f:
+        n = 0
+        while line := f.readline(limits.max_document_bytes + 1):
+            n += 1
+            if len(line) > limits.max_document_bytes and not line.endswith(b"\n"):
+                raise FhirError(f"line {n} is longer than {limits.max_document_bytes} bytes (limits.max_document_bytes); "
+                                "expected one FHIR resource per line (Bulk Data NDJSON)", reason="too_large", source=path)
+            if line.strip():
+                try:
+                    yield "", json.loads(line)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise FhirError(f"line {n} is not valid JSON ({e}); expected one FHIR resource per line "
+                                    "(Bulk Data NDJSON)", reason="bad_json", source=path) from None
+
+
+def _top_level_type(path: Path) -> str | None:
+    """The document's top-level resourceType, read as a stream (a Bundle is never loaded whole)."""
+    with path.open("rb") as f:
+        for prefix, event, value in ijson.parse(f):
+            if prefix == "resourceType" and event == "string":
+                return str(value)
+    return None
+
+
+def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
+    """A Bundle streamed entry by entry (ijson), or one resource no larger than `max_document_bytes`."""
     try:
-        yield 0, json.loads(path.read_text(encoding="utf-8"))
+        rtype = _top_level_type(path)
+        if rtype == "Bundle":
+            with path.open("rb") as f:
+                for entry in ijson.items(f, "entry.item", use_float=True):
+                    res = entry.get("resource") if isinstance(entry, dict) else None
+                    if isinstance(res, dict):
+                        yield entry.get("fullUrl") or "", res
+            return
+    except ijson.JSONError as e:
+        raise FhirError(f"is not valid JSON ({' '.join(str(e).split())[:200]}); expected a FHIR Bundle or resource. "
+                        "Re-export the file from the source system", reason="bad_json", source=path) from None
+    if rtype is None:
+        raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
+    size = path.stat().st_size
+    if size > limits.max_document_bytes:
+        raise FhirError(f"is one {rtype} of {size} bytes, above limits.max_document_bytes ({limits.max_document_bytes}); "
+                        "expected a Bundle (streamed) or a resource of ordinary size", reason="too_large", source=path)
+    yield "", json.loads(path.read_bytes())
+
+
+def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict]]:
+    """(fullUrl or "", resource dict) for every resource of a JSON bundle/resource or an NDJSON file, streamed."""
+    try:
+        for full_url, doc in (_ndjson(path, limits) if path.suffix.lower() == ".ndjson" else _json(path, limits)):
+            if not isinstance(doc, dict) or "resourceType" not in doc:
+                raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
+            if doc["resourceType"] == "Bundle":  # a Bundle inside NDJSON or a nested one: small by the line bound
+                for entry in doc.get("entry") or []:
+                    res = entry.get("resource") if isinstance(entry, dict) else None
+                    if isinstance(res, dict):
+                        yield entry.get("fullUrl") or "", res
+            else:
+                yield full_url, doc
+    except (OSError, UnicodeDecodeError) as e:
+        raise FhirError(f"cannot be read as UTF-8 text ({e}); expected a FHIR JSON or NDJSON file",
+                        reason="unreadable", source=path) from None
     except json.JSONDecodeError as e:
         raise FhirError(f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); expected a FHIR "
                         "Bundle or resource. Re-export the file from the source system", reason="bad_json", source=path) from None
 
 
-def iter_resources(path: Path) -> Iterator[tuple[str, dict]]:
-    """(fullUrl or "", resource dict) for every resource of a JSON bundle/resource or an NDJSON file."""
-    try:
-        for _, doc in _documents(path):
-            if not isinstance(doc, dict) or "resourceType" not in doc:
-                raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
-            if doc["resourceType"] == "Bundle":
-                for i, entry in enumerate(doc.get("entry") or []):
-                    res = entry.get("resource") if isinstance(entry, dict) else None
-                    if isinstance(res, dict):
-                        yield entry.get("fullUrl") or "", res
-            else:
-                yield "", doc
-    except (OSError, UnicodeDecodeError) as e:
-        raise FhirError(f"cannot be read as UTF-8 text ({e}); expected a FHIR JSON or NDJSON file",
-                        reason="unreadable", source=path) from None
-
-
 def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[InputError],
-               channels: Sequence[str] = ()) -> FileFacts:
+               channels: Sequence[str] = (), limits: IngestLimits = DEFAULT_LIMITS) -> FileFacts:
     """De-identified facts of one file; refused records are appended to `errors` (the file may be partly used).
 
     `channels`: the study's wearable channels, read from Observations with valueSampledData.
     """
     out = FileFacts()
-    for full_url, raw in iter_resources(path):
+    for full_url, raw in iter_resources(path, limits):
         rtype = raw.get("resourceType")
         if rtype not in PARSED_TYPES:
             out.unused[f"resource_{rtype}"] += 1
@@ -191,7 +227,8 @@ def _store(store: FactStore, path: str, facts: FileFacts) -> None:
 
 
 def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date, store: FactStore,
-              channels: Sequence[str] = (), cache: IngestCache | None = None) -> FhirRead:
+              channels: Sequence[str] = (), cache: IngestCache | None = None,
+              limits: IngestLimits = DEFAULT_LIMITS) -> FhirRead:
     """Read FHIR files and folders (`*.json`, `*.ndjson`) into `store`, one file at a time.
 
     Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
@@ -204,7 +241,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         out.files += 1
         errors: list[InputError] = []
         try:
-            digest = content_hash(path.read_bytes())
+            digest = file_hash(path)  # streamed: a large bundle is never held whole
         except OSError as e:
             quarantine.add("ehr", FhirError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
@@ -214,9 +251,12 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
             facts = FileFacts.from_json(hit[0])
         else:
             try:
-                facts = parse_file(path, deid, index_date, errors, channels)
+                facts = parse_file(path, deid, index_date, errors, channels, limits)
             except FhirError as e:
                 quarantine.add("ehr", e)
+                continue
+            except (MemoryError, RecursionError) as e:  # one file never aborts the run
+                quarantine.add("ehr", exhausted(e, path))
                 continue
             out.parsed += 1
             if not errors:  # a file with refused records is re-read next time, so its entries are reported again

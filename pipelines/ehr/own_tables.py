@@ -29,13 +29,14 @@ import pandas as pd
 
 from ..cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
 from ..deid import MAX_AGE, Deidentifier, age_years
-from ..errors import InputError, TabularError
+from ..errors import InputError, TabularError, exhausted
 from ..inputs import input_files
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 from .factstore import KIND_INDEX, KIND_LABEL, KIND_MEASUREMENT, Event, FactStore
 from .labels import label_rule
 from .table_source import WHITESPACE, TableSource
-from .tables import CHUNK_ROWS, as_date, day, gender, header_key, identifier, number, text
+from .tables import CHUNK_ROWS, as_date, check_header, day, gender, header_key, identifier, number, text
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,12 @@ def _chunks(src: TableSource, path: Path) -> Iterator[tuple[int, pd.DataFrame]]:
                            reason="unreadable", source=path) from None
 
 
-def _header(src: TableSource, path: Path) -> list[str]:
+def _header(src: TableSource, path: Path, limits: IngestLimits) -> list[str]:
+    try:
+        check_header(path, None if src.delimiter == WHITESPACE else src.delimiter, limits)
+    except OSError as e:
+        raise TabularError(f"cannot be read ({e}); check the path and its permissions", reason="unreadable",
+                           source=path) from None
     if not src.header:
         return [header_key(c) for c in src.columns]
     for _, df in _chunks(src.model_copy(update={"columns": ()}), path):
@@ -215,7 +221,7 @@ def _row(src: TableSource, plan: _Plan, r: dict[str, Any], n: int, path: Path, c
 
 
 def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, deid: Deidentifier, index_date: date,
-                    cohort: CohortLike, store: FactStore) -> TableRead:
+                    cohort: CohortLike, store: FactStore, limits: IngestLimits = DEFAULT_LIMITS) -> TableRead:
     """Read every table the node config describes into `store`; see the module docstring."""
     out = TableRead()
     features_found: set[str] = set()
@@ -225,7 +231,7 @@ def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, d
             tag = f"table {t}"
             errors: list[TabularError] = []
             try:
-                columns = _header(src, path)
+                columns = _header(src, path, limits)
                 plan = _plan(src, columns, cohort, tag, out, errors, path)
                 for e in errors:
                     quarantine.add("ehr", e)
@@ -246,6 +252,9 @@ def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, d
                         out.records += 1
             except TabularError as e:
                 quarantine.add("ehr", e)
+                continue
+            except (MemoryError, RecursionError) as e:  # one file never aborts the run
+                quarantine.add("ehr", exhausted(e, path))
                 continue
             for column, seen in sorted(plan.seen.items()):
                 if plan.matched[column] == 0:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, model_validator
 
 #: The delimiter value for runs of spaces or tabs (whitespace-aligned exports).
 WHITESPACE = "whitespace"
@@ -47,7 +47,6 @@ class TableSource(BaseModel):
     codes: dict[str, dict[str, str]] = {}  # column -> {cell -> category or female/male}
     units: dict[str, str] = {}  # column -> UCUM unit of its values
     rename: dict[str, str] = {}  # column -> the study feature it holds, when the names differ
-    max_columns: int = Field(default=10_000, ge=1)  # a wider table is refused before it is parsed
 
     @model_validator(mode="after")
     def _readable(self) -> "TableSource":

@@ -30,15 +30,6 @@ from .factstore import Event, FactStore
 log = logging.getLogger(__name__)
 
 
-def file_hash(path: Path, block: int = 1 << 20) -> str:
-    """SHA-256 of a file, read block by block (a warehouse export may not fit in memory)."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while data := f.read(block):
-            h.update(data)
-    return h.hexdigest()
-
-
 def table_key(digest: str, chunk_rows: int, vocabulary: Sequence[str] = ()) -> str:
     """The cache key of a table: its content, the chunking and (OMOP clinical tables) the CONCEPT tables' digests."""
     return hashlib.sha256(f"{digest}:{chunk_rows}:{','.join(sorted(vocabulary))}".encode()).hexdigest()

@@ -14,7 +14,10 @@ column per feature).
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
 import math
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -24,6 +27,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import TabularError
+from ..limits import DEFAULT_LIMITS, IngestLimits
 
 log = logging.getLogger(__name__)
 CHUNK_ROWS = 20_000
@@ -48,8 +52,36 @@ def header_key(column: str) -> str:
     return column.split("[", 1)[0].strip().lower()
 
 
-def columns_of(path: Path) -> list[str]:
-    """The header of a table, without reading its rows."""
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def check_header(path: Path, sep: str | None, limits: IngestLimits) -> None:
+    """Refuse a table whose first line is longer than `limits.max_line_bytes` or holds more than
+    `limits.max_table_columns` columns, before pandas allocates anything for it (`sep` None: whitespace)."""
+    suffix = path.suffix.lower()
+    if suffix in PARQUET_SUFFIXES or suffix == ".zip":
+        return  # Parquet: the schema is read without rows and counted by the caller; zip: pandas reads one member
+    with _OPENERS.get(suffix, open)(path, "rb") as f:
+        line = f.readline(limits.max_line_bytes + 1)
+    if len(line) > limits.max_line_bytes:
+        raise TabularError(f"has a first line longer than {limits.max_line_bytes} bytes (limits.max_line_bytes); expected "
+                           "a header or row of a table. Check the delimiter, or raise the limit in the node config",
+                           reason="line_too_long", source=path)
+    n = len(line.split()) if sep is None else line.count(sep.encode()) + 1
+    if n > limits.max_table_columns:
+        raise TabularError(f"has {n} columns, above limits.max_table_columns ({limits.max_table_columns}); it is not "
+                           "parsed. Check the delimiter, or raise the limit in the node config", reason="too_many_columns",
+                           source=path)
+
+
+def columns_of(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> list[str]:
+    """The header of a table, without reading its rows (and within `limits`)."""
+    if path.suffix.lower() not in PARQUET_SUFFIXES:
+        try:
+            check_header(path, _sep(path), limits)
+        except OSError as e:
+            raise TabularError(f"cannot be read ({e}); check the path and its permissions", reason="unreadable",
+                               source=path) from None
     try:
         if path.suffix.lower() in PARQUET_SUFFIXES:
             import pyarrow.parquet as pq

@@ -23,14 +23,16 @@ import pandas as pd
 from ..cache import IngestCache
 from ..cohort import FeatureLike
 from ..deid import Deidentifier
-from ..errors import InputError, TabularError
+from ..errors import InputError, TabularError, exhausted
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..inputs import input_files
 from .extracts import LongExtract, WideExtract, rows
 from .factstore import FactStore
 from .omop import ClinicalRows, check_vocabulary, concept_rows, is_clinical, person_row
 from ..quarantine import Quarantine
 from . import tables
-from .tablefacts import ChunkFacts, TableCache, file_hash, table_key
+from ..cache import file_hash
+from .tablefacts import ChunkFacts, TableCache, table_key
 from .tables import SUFFIXES, chunks, columns_of, layout_of
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,8 @@ class TabularRead:
 
 
 def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date,
-                 features: Sequence[FeatureLike], store: FactStore, cache: IngestCache | None = None) -> TabularRead:
+                 features: Sequence[FeatureLike], store: FactStore, cache: IngestCache | None = None,
+                 limits: IngestLimits = DEFAULT_LIMITS) -> TabularRead:
     """Read every table under `paths` into `store`; see the module docstring."""
     cache = cache or IngestCache(None, "")
     out = TabularRead()
@@ -55,7 +58,7 @@ def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deident
     for path in input_files(paths, lambda p: p.suffix.lower() in SUFFIXES, quarantine, "ehr"):
         out.files += 1
         try:
-            columns = columns_of(path)
+            columns = columns_of(path, limits)
             digest = file_hash(path)
         except TabularError as e:
             quarantine.add("ehr", e)
@@ -82,6 +85,8 @@ def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deident
                        store=store, out=out, table_cache=TableCache(cache, key, path))
         except TabularError as e:  # the file (or what is left of it) cannot be read; rows before stay used
             quarantine.add("ehr", e)
+        except (MemoryError, RecursionError) as e:  # one file never aborts the run
+            quarantine.add("ehr", exhausted(e, path))
     log.info("tabular: %d files %s (%d from cache), %d rows used", out.files, dict(out.layouts), out.cached, out.records)
     return out
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -29,10 +30,12 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from ..deid import Deidentifier
 from ..errors import DicomError
 from ..inputs import input_files
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,61 @@ def file_inputs(paths: Sequence[Path], quarantine: Quarantine | None = None) -> 
         yield DicomInput(str(f), f.read_bytes, f)
 
 
-def _parse(data: bytes, source: str) -> Dataset:
+def _check_inflated_size(data: bytes, source: str, limits: IngestLimits) -> None:
+    """A Deflated Explicit VR Little Endian file (PS3.5 A.5) is inflated in bounded steps before pydicom reads it,
+    so a small file that inflates to gigabytes is refused, not allocated."""
+    head = data[:4096]
+    if DEFLATED.encode() not in head:
+        return
+    meta_end = _file_meta_end(data)
+    if meta_end is None:
+        return  # pydicom will say what is wrong with the header
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, view = 0, memoryview(data)[meta_end:]
+    try:
+        for i in range(0, len(view), 1 << 16):
+            total += len(inflater.decompress(view[i:i + (1 << 16)], limits.max_inflated_bytes + 1 - total))
+            while inflater.unconsumed_tail and total <= limits.max_inflated_bytes:
+                total += len(inflater.decompress(inflater.unconsumed_tail, limits.max_inflated_bytes + 1 - total))
+            if total > limits.max_inflated_bytes:
+                raise DicomError(f"is deflated and inflates beyond {limits.max_inflated_bytes} bytes "
+                                 "(limits.max_inflated_bytes); expected an image of ordinary size. Raise the limit in the "
+                                 "node config if this instance is genuine", reason="too_large", source=source)
+    except zlib.error:
+        return  # damaged: pydicom reports it
+
+
+def _file_meta_end(data: bytes) -> int | None:
+    """Offset after the File Meta Information group (0002), from its group length (PS3.10 7.1)."""
+    if data[128:132] != b"DICM" or data[132:136] != b"\x02\x00\x00\x00":
+        return None
+    try:
+        length = int.from_bytes(data[140:144], "little")
+    except IndexError:
+        return None
+    return 144 + length
+
+
+def _check_declared_size(ds: Dataset, source: str, limits: IngestLimits) -> None:
+    """Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated as the header declares them, before decoding."""
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        declared = (int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("SamplesPerPixel", 1) or 1)
+                    * frames * int(ds.get("BitsAllocated", 8) or 8)) // 8
+    except (TypeError, ValueError):
+        return  # reported by the pixel module check
+    if frames > limits.max_frames:
+        raise DicomError(f"declares {frames} frames, above limits.max_frames ({limits.max_frames}); expected an image "
+                         "series of ordinary length. Raise the limit in the node config if it is genuine",
+                         reason="too_large", source=source)
+    if declared > limits.max_pixel_bytes:
+        raise DicomError(f"declares {declared} bytes of pixels ({ds.get('Rows')} x {ds.get('Columns')} x {frames} frames), "
+                         f"above limits.max_pixel_bytes ({limits.max_pixel_bytes}); it is not decoded. Raise the limit "
+                         "in the node config if it is genuine", reason="too_large", source=source)
+
+
+def _parse(data: bytes, source: str, limits: IngestLimits = DEFAULT_LIMITS) -> Dataset:
+    _check_inflated_size(data, source, limits)
     try:
         return pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
@@ -125,9 +182,12 @@ def _check_pixel_data(ds: Dataset, source: str) -> None:
                          "is truncated. Re-export it from the PACS", reason="truncated", source=source)
 
 
-def read_header(data: bytes, source: str, deid: Deidentifier, index_date: date) -> DicomHeader:
-    """Parse one instance and de-identify its header; raise `DicomError` saying what is wrong."""
-    ds = _parse(data, source)
+def read_header(data: bytes, source: str, deid: Deidentifier, index_date: date,
+                limits: IngestLimits = DEFAULT_LIMITS) -> DicomHeader:
+    """Parse one instance and de-identify its header; raise `DicomError` saying what is wrong (a declared size
+    beyond `limits` among it, so no pixel of such an instance is ever decoded)."""
+    ds = _parse(data, source, limits)
+    _check_declared_size(ds, source, limits)
     mrn = str(ds.get("PatientID", "") or "").strip()
     if not mrn:
         raise DicomError("has no PatientID (0010,0020); expected the patient's MRN to link the image",

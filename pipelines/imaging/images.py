@@ -29,7 +29,8 @@ import numpy as np
 from ..cache import IngestCache, content_hash
 from ..deid import Deidentifier
 from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_header
-from ..errors import DicomError, InputError
+from ..errors import DicomError, InputError, exhausted
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
 from .series import Member, Series, SeriesIndex
@@ -48,7 +49,8 @@ class ChosenImage:
     linked_by: str = "patient_id"  # or "imaging_study": PatientID unknown, study named by a FHIR ImagingStudy
 
 
-def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: IngestCache, stats: Counter) -> tuple[DicomHeader, str]:
+def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: IngestCache, stats: Counter,
+            limits: IngestLimits) -> tuple[DicomHeader, str]:
     try:
         data = inp.read()
     except OSError as e:
@@ -60,7 +62,11 @@ def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: Ingest
         meta = hit[0]
         stats["cached"] += 1
         return DicomHeader(**{**meta, "spacing": tuple(meta["spacing"])}), digest
-    header = read_header(data, inp.source, deid, index_date)
+    try:
+        header = read_header(data, inp.source, deid, index_date, limits)
+    except (MemoryError, RecursionError) as e:  # one file never aborts the run
+        raise DicomError(str(exhausted(e, inp.source)).removeprefix(f"{inp.source}: "), reason="too_large",
+                         source=inp.source) from None
     stats["parsed"] += 1
     cache.put("dicom-header", digest, asdict(header))
     return header, digest
@@ -70,7 +76,7 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                 cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
                 study_owners: Mapping[str, str] | None = None,
                 into: tuple[Mapping[str, int], RowFile] | None = None, image_dims: int = 2,
-                image_depth: int = 16) -> tuple[dict[str, ChosenImage], Counter]:
+                image_depth: int = 16, limits: IngestLimits = DEFAULT_LIMITS) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
@@ -89,7 +95,7 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
         for k, inp in enumerate(inputs):
             stats["inputs_read"] += 1
             try:
-                header, digest = _header(inp, deid, index_date, cache, stats)
+                header, digest = _header(inp, deid, index_date, cache, stats, limits)
             except DicomError as e:
                 quarantine.add("image", e)
                 continue

@@ -19,7 +19,7 @@ import numpy as np
 from ..cache import IngestCache, content_hash
 from ..cohort import CohortLike
 from ..deid import Deidentifier
-from ..errors import SignalError
+from ..errors import SignalError, exhausted
 from ..ehr.factstore import FactStore
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
@@ -90,6 +90,9 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
                 w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
             except SignalError as e:
                 quarantine.add("signal", e)
+                continue
+            except (MemoryError, RecursionError) as e:  # one file never aborts the run
+                quarantine.add("signal", exhausted(e, path))
                 continue
             stats["parsed"] += 1
             pid = deid.pseudonym(rec.patient_id)

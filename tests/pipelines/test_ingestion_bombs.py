@@ -1,0 +1,155 @@
+"""Ingestion bombs (#16 item 7): declared sizes checked before decoding, one file never aborts the run, bundles
+streamed, no link followed out of an input folder, compressed files read or reported, wide tables refused early."""
+
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, RLELossless, generate_uid
+
+from coordinator.api.study import CohortSpec
+from pipelines.ehr.fhir import iter_resources
+from pipelines.errors import InputError
+from pipelines.ingest import ingest_silo
+from pipelines.limits import IngestLimits
+from pipelines.quarantine import MAX_MESSAGE, Quarantine
+
+from .fixtures import patient, quantity, write_bundle
+
+KEY = b"b" * 32
+
+
+def _reasons(result, modality: str) -> dict[str, int]:
+    return result.report.modalities[modality].quarantined
+
+
+def _ingest(tmp_path: Path, **kwargs):
+    (tmp_path / "ok").mkdir(exist_ok=True)
+    fhir = write_bundle(tmp_path / "ok" / "p.json", [patient("p1", "MRN-1")])
+    return ingest_silo(fhir=[fhir, *kwargs.pop("fhir", [])], dicom=kwargs.pop("dicom", []), wearables=[],
+                       cohort=CohortSpec(), pseudonym_key=KEY, **kwargs)
+
+
+def _dicom(path: Path, *, rows: int, cols: int, frames: int = 1, syntax=RLELossless, pixels: bytes | None = None) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "MRN-1", generate_uid(), generate_uid()
+    ds.Modality, ds.StudyDate = "CT", "20231201"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels if pixels is not None else encapsulate([b"\x00" * 64] * min(frames, 4))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_a_dicom_declaring_gigapixels_is_refused_before_decoding(tmp_path: Path):
+    bomb = _dicom(tmp_path / "dicom" / "bomb.dcm", rows=65535, cols=65535)
+    assert bomb.stat().st_size < 4096  # a tiny file declaring 8 GiB of pixels
+    frames = _dicom(tmp_path / "dicom" / "frames.dcm", rows=64, cols=64, frames=4000)
+    result = _ingest(tmp_path, dicom=[tmp_path / "dicom"])
+    assert _reasons(result, "image") == {"too_large": 2}
+    messages = {Path(e.source).name: e.message for e in result.quarantine.entries}
+    assert "declares 4000 frames, above limits.max_frames (2000)" in messages[frames.name]
+    assert "declares 8589672450 bytes of pixels" in messages[bomb.name]
+    assert result.report.samples == 1  # the run went on
+
+
+def test_a_deflated_dicom_that_inflates_past_the_limit_is_refused(tmp_path: Path):
+    pixels = np.zeros((4, 512, 512), np.uint16).tobytes()  # 2 MiB of zeros deflate to a few KiB
+    bomb = _dicom(tmp_path / "dicom" / "deflated.dcm", rows=512, cols=512, frames=4, syntax=DeflatedExplicitVRLittleEndian,
+                  pixels=pixels)
+    assert bomb.stat().st_size < 64 << 10
+    result = _ingest(tmp_path, dicom=[bomb], limits=IngestLimits(max_inflated_bytes=1 << 20))
+    assert _reasons(result, "image") == {"too_large": 1}
+    assert "inflates beyond 1048576 bytes" in result.quarantine.entries[0].message
+
+
+def test_json_nested_deeper_than_python_follows_is_quarantined_and_the_run_goes_on(tmp_path: Path):
+    deep = tmp_path / "fhir" / "deep.json"
+    deep.parent.mkdir()
+    deep.write_text('{"resourceType": "Observation", "note": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    result = _ingest(tmp_path, fhir=[deep])
+    assert _reasons(result, "ehr") == {"too_deep": 1} and result.report.samples == 1
+
+
+def test_a_large_bundle_is_streamed_not_loaded_whole(tmp_path: Path):
+    resources = [patient("p1", "MRN-1")] + [quantity("2345-7", 90.0 + i % 7, "mg/dL", "2023-10-01", "Patient/p1", f"o{i}",
+                                                    note=[{"text": "x" * 400}]) for i in range(20_000)]
+    bundle = write_bundle(tmp_path / "big.json", resources)
+    size = bundle.stat().st_size
+    assert size > 10 << 20
+    tracemalloc.start()
+    n = sum(1 for _ in iter_resources(bundle))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 20_001 and peak < size / 10, (peak, size)  # json.loads of the whole file peaks above its size
+
+
+def test_a_single_resource_above_the_document_limit_is_refused(tmp_path: Path):
+    big = tmp_path / "fhir" / "obs.json"
+    big.parent.mkdir()
+    big.write_text(json.dumps(quantity("2345-7", 90.0, "mg/dL", "2023-10-01", "Patient/p1", "o1", note=[{"text": "x" * 5000}])))
+    result = _ingest(tmp_path, fhir=[big], limits=IngestLimits(max_document_bytes=4096))
+    assert _reasons(result, "ehr") == {"too_large": 1}
+
+
+def test_links_out_of_an_input_folder_are_not_followed(tmp_path: Path):
+    secret = tmp_path / "outside" / "shadow.json"
+    secret.parent.mkdir()
+    write_bundle(secret, [patient("p9", "MRN-9")])
+    folder = tmp_path / "fhir"
+    folder.mkdir()
+    os.symlink(secret, folder / "innocent.json")
+    os.symlink(secret.parent, folder / "linked-folder")
+    write_bundle(folder / "inside.json", [patient("p2", "MRN-2")])
+    os.symlink(folder / "inside.json", folder / "alias.json")  # a link within the folder is fine
+    result = _ingest(tmp_path, fhir=[folder])
+    assert _reasons(result, "ehr") == {"link_outside_input": 2}
+    assert result.report.patients == 2  # MRN-1 and MRN-2, never MRN-9 from outside
+    assert {Path(e.source).name for e in result.quarantine.entries} == {"innocent.json", "linked-folder"}
+
+
+def test_compressed_files_are_read_or_reported_as_skipped(tmp_path: Path):
+    folder = tmp_path / "fhir"
+    folder.mkdir()
+    (folder / "export.ndjson.gz").write_bytes(b"\x1f\x8b not read")
+    (folder / "export.zip").write_bytes(b"PK not read")
+    result = _ingest(tmp_path, fhir=[folder])
+    assert _reasons(result, "ehr") == {"compressed_not_read": 2}
+    assert "Decompress it" in result.quarantine.entries[0].message
+
+
+def test_a_table_with_too_many_columns_is_refused_before_it_is_parsed(tmp_path: Path):
+    wide = tmp_path / "wide.csv"
+    wide.write_text("mrn," + ",".join(f"c{i}" for i in range(5000)) + "\nMRN-1," + ",".join("1" * 5000) + "\n")
+    result = _ingest(tmp_path, tabular=[wide], limits=IngestLimits(max_table_columns=1000))
+    assert _reasons(result, "ehr") == {"too_many_columns": 1}
+    endless = tmp_path / "endless.csv"
+    endless.write_text("mrn," + "x" * (2 << 20) + "\n")
+    result = _ingest(tmp_path, tabular=[endless])
+    assert _reasons(result, "ehr") == {"line_too_long": 1}
+
+
+def test_a_quarantine_message_is_bounded():
+    q = Quarantine()
+    q.add("ehr", InputError("has columns " + "c," * 1_000_000, reason="bad_row", source="x.csv"))
+    assert len(q.entries[0].message) < MAX_MESSAGE + 100
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_limits_are_positive(limit: int):
+    with pytest.raises(ValueError):
+        IngestLimits(max_frames=limit)
