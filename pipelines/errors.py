@@ -63,6 +63,15 @@ class DatasetError(PipelineError):
     reason = "invalid_dataset"
 
 
+#: What one hostile file can raise besides our own errors; caught per file, never aborting the run.
+EXHAUSTION = (MemoryError, RecursionError)
+
+
+def refusal(error: InputError | MemoryError | RecursionError, source: str | Path) -> InputError:
+    """The quarantine entry for a file refused with `error`: an `InputError` as it is, exhaustion explained."""
+    return error if isinstance(error, InputError) else exhausted(error, source)
+
+
 def exhausted(error: MemoryError | RecursionError, source: str | Path) -> InputError:
     """The quarantine entry for an input that exhausted memory or the interpreter's stack while being read."""
     if isinstance(error, RecursionError):

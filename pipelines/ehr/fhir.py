@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from ..cache import IngestCache, file_hash
 from ..deid import Deidentifier, age_years
-from ..errors import FhirError, InputError, SignalError, exhausted
+from ..errors import EXHAUSTION, FhirError, InputError, SignalError, refusal
 from ..inputs import input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from .factstore import FactStore
@@ -252,11 +252,8 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         else:
             try:
                 facts = parse_file(path, deid, index_date, errors, channels, limits)
-            except FhirError as e:
-                quarantine.add("ehr", e)
-                continue
-            except (MemoryError, RecursionError) as e:  # one file never aborts the run
-                quarantine.add("ehr", exhausted(e, path))
+            except (FhirError, *EXHAUSTION) as e:  # one file never aborts the run
+                quarantine.add("ehr", refusal(e, path))
                 continue
             out.parsed += 1
             if not errors:  # a file with refused records is re-read next time, so its entries are reported again

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..cohort import CohortLike
 from .factstore import EhrPatient
+from .tables import code_text, number, text
 
 #: Exclusion reasons (`IngestReport.excluded`).
 PREVALENT = "prevalent_label_condition"
@@ -30,24 +31,13 @@ def label_rule(cell: Any, cohort: CohortLike) -> float | None:
 
     `ValueError` naming the column when a threshold rule meets a cell that is no number.
     """
-    from .tables import number, text  # noqa: PLC0415 - tables imports pandas; labels are also read without it
-
     if cohort.label_above is not None:
         value = number(cell, cohort.label_column or "label")
         return None if value is None else float(value > cohort.label_above)
     value_text = text(cell)
     if value_text is None:
         return None
-    return float(value_text in cohort.label_values or _integral(value_text) in cohort.label_values)
-
-
-def _integral(value: str) -> str:
-    """'1.0' -> '1', so a rule written with codes matches cells exported as floats."""
-    try:
-        f = float(value)
-    except ValueError:
-        return value
-    return str(int(f)) if f.is_integer() else value
+    return float(value_text in cohort.label_values or code_text(value_text) in cohort.label_values)
 
 
 def label_of(p: EhrPatient, cohort: CohortLike) -> tuple[int | None, str | None]:

@@ -29,14 +29,14 @@ import pandas as pd
 
 from ..cohort import DEMOGRAPHIC_SYSTEM, CohortLike, FeatureLike
 from ..deid import MAX_AGE, Deidentifier, age_years
-from ..errors import InputError, TabularError, exhausted
+from ..errors import EXHAUSTION, InputError, TabularError, refusal
 from ..inputs import input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 from .factstore import KIND_INDEX, KIND_LABEL, KIND_MEASUREMENT, Event, FactStore
 from .labels import label_rule
 from .table_source import WHITESPACE, TableSource
-from .tables import CHUNK_ROWS, as_date, check_header, day, gender, header_key, identifier, number, text
+from .tables import CHUNK_ROWS, as_date, check_header, code_text, day, gender, header_key, identifier, number, text
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,6 @@ class TableRead:
     warnings: list[str] = field(default_factory=list)
 
 
-def _canonical(cell: str) -> str:
-    """'1.0' -> '1' so that code maps written with integers match cells exported as floats."""
-    try:
-        f = float(cell)
-    except ValueError:
-        return cell
-    return str(int(f)) if f.is_integer() else cell
-
-
 def _coded(cell: Any, code_map: dict[str, str] | None) -> tuple[str | None, bool]:
     """(value after the code map, whether the cell matched the map); blank -> (None, True)."""
     raw = text(cell)
@@ -68,7 +59,7 @@ def _coded(cell: Any, code_map: dict[str, str] | None) -> tuple[str | None, bool
         return None, True
     if code_map is None:
         return raw, True
-    for key in (raw, _canonical(raw)):
+    for key in (raw, code_text(raw)):
         if key in code_map:
             return code_map[key], True
     return raw, False
@@ -206,7 +197,7 @@ def _row(src: TableSource, plan: _Plan, r: dict[str, Any], n: int, path: Path, c
         if column in src.codes:
             plan.seen[column] += 1
             plan.matched[column] += ok
-        category = _canonical(category)
+        category = code_text(category)
         if category not in f.categories:
             unused[f"unknown_category_{f.name}"] += 1
             continue
@@ -250,11 +241,8 @@ def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, d
                         store.add_patient(pid, age, sex)
                         store.add_events((pid, None, e) for e in events)
                         out.records += 1
-            except TabularError as e:
-                quarantine.add("ehr", e)
-                continue
-            except (MemoryError, RecursionError) as e:  # one file never aborts the run
-                quarantine.add("ehr", exhausted(e, path))
+            except (TabularError, *EXHAUSTION) as e:  # one file never aborts the run
+                quarantine.add("ehr", refusal(e, path))
                 continue
             for column, seen in sorted(plan.seen.items()):
                 if plan.matched[column] == 0:

@@ -140,6 +140,15 @@ def text(value: Any) -> str | None:
     return None if is_blank(value) else str(value).strip()
 
 
+def code_text(value: str) -> str:
+    """'1.0' -> '1': a code cell exported as a float matches a code map or rule written with integers."""
+    try:
+        f = float(value)
+    except ValueError:
+        return value
+    return str(int(f)) if f.is_integer() else value
+
+
 def identifier(value: Any) -> str | None:
     """An id cell as text; integral floats (Parquet int columns with nulls arrive as float) without '.0'."""
     if isinstance(value, float) and not math.isnan(value) and value.is_integer():

@@ -23,7 +23,7 @@ import pandas as pd
 from ..cache import IngestCache
 from ..cohort import FeatureLike
 from ..deid import Deidentifier
-from ..errors import InputError, TabularError, exhausted
+from ..errors import EXHAUSTION, InputError, TabularError, refusal
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..inputs import input_files
 from .extracts import LongExtract, WideExtract, rows
@@ -83,10 +83,8 @@ def read_tabular(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deident
         try:
             _read_file(path, columns, layout, quarantine, deid=deid, index_date=index_date, features=features,
                        store=store, out=out, table_cache=TableCache(cache, key, path))
-        except TabularError as e:  # the file (or what is left of it) cannot be read; rows before stay used
-            quarantine.add("ehr", e)
-        except (MemoryError, RecursionError) as e:  # one file never aborts the run
-            quarantine.add("ehr", exhausted(e, path))
+        except (TabularError, *EXHAUSTION) as e:  # the file (or what is left of it) cannot be read; rows before stay used
+            quarantine.add("ehr", refusal(e, path))
     log.info("tabular: %d files %s (%d from cache), %d rows used", out.files, dict(out.layouts), out.cached, out.records)
     return out
 

@@ -29,7 +29,7 @@ import numpy as np
 from ..cache import IngestCache, content_hash
 from ..deid import Deidentifier
 from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_header
-from ..errors import DicomError, InputError, exhausted
+from ..errors import EXHAUSTION, DicomError, InputError, exhausted
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
@@ -64,9 +64,9 @@ def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: Ingest
         return DicomHeader(**{**meta, "spacing": tuple(meta["spacing"])}), digest
     try:
         header = read_header(data, inp.source, deid, index_date, limits)
-    except (MemoryError, RecursionError) as e:  # one file never aborts the run
-        raise DicomError(str(exhausted(e, inp.source)).removeprefix(f"{inp.source}: "), reason="too_large",
-                         source=inp.source) from None
+    except EXHAUSTION as e:  # one file never aborts the run
+        why = exhausted(e, inp.source)
+        raise DicomError(str(why).removeprefix(f"{inp.source}: "), reason=why.reason, source=inp.source) from None
     stats["parsed"] += 1
     cache.put("dicom-header", digest, asdict(header))
     return header, digest

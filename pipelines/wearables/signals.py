@@ -19,7 +19,7 @@ import numpy as np
 from ..cache import IngestCache, content_hash
 from ..cohort import CohortLike
 from ..deid import Deidentifier
-from ..errors import SignalError, exhausted
+from ..errors import EXHAUSTION, SignalError, refusal
 from ..ehr.factstore import FactStore
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
@@ -88,11 +88,8 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
             try:
                 rec = read_wfdb(path, channels) if path.suffix.lower() == ".hea" else read_recording(path, channels)
                 w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
-            except SignalError as e:
-                quarantine.add("signal", e)
-                continue
-            except (MemoryError, RecursionError) as e:  # one file never aborts the run
-                quarantine.add("signal", exhausted(e, path))
+            except (SignalError, *EXHAUSTION) as e:  # one file never aborts the run
+                quarantine.add("signal", refusal(e, path))
                 continue
             stats["parsed"] += 1
             pid = deid.pseudonym(rec.patient_id)
