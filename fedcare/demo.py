@@ -34,6 +34,7 @@ from pipelines.synthetic import generate_federation
 
 log = logging.getLogger(__name__)
 ENROLLMENT_TIMEOUT_S = 900.0
+STATUS_PATIENCE_S = 300.0  # how long the demo asks a running but slow coordinator for the study's status
 
 
 @dataclass
@@ -175,7 +176,7 @@ class Demo:
         with Progress(*columns, console=self.console) as progress:
             bar = progress.add_task(f"study {study_id}", total=self.opts.rounds, metric="")
             while True:
-                st, summary = client.status(study_id)
+                st, summary = self._status(client, study_id)
                 done_rounds = [r for r in summary.get("rounds", []) if r.get("metrics") and r["round"] > 0]
                 metric = ""
                 if summary.get("rounds") and summary["rounds"][-1].get("metrics"):
@@ -196,6 +197,20 @@ class Demo:
                 if time.monotonic() > deadline:
                     raise ResearcherError(f"study {study_id} did not finish within {self.opts.timeout_s:.0f} s")
                 time.sleep(1.0)
+
+    def _status(self, client: ResearcherClient, study_id: str) -> tuple[Any, dict[str, Any]]:
+        """The study's status; a slow answer from a coordinator that is still running (a loaded
+        machine) is asked again, for up to STATUS_PATIENCE_S, instead of ending the demo."""
+        patience = time.monotonic() + STATUS_PATIENCE_S
+        while True:
+            try:
+                return client.status(study_id)
+            except ResearcherError as e:
+                self._check_alive()
+                if time.monotonic() > patience:
+                    raise
+                log.warning("study status not read (%s); asking again", e)
+                time.sleep(2.0)
 
     def _collect_logs(self, out: Path, silos: list[str]) -> None:
         audit = out / "audit"
