@@ -3,7 +3,7 @@
 Bundles of any type (collection, transaction, batch, searchset, as Synthea and FHIR servers
 write them) and Bulk Data NDJSON exports (`Patient.ndjson`, `Observation.ndjson`, ...) are
 read; NDJSON is streamed line by line. Patient, Observation, Condition, MedicationRequest,
-MedicationStatement and ImagingStudy are validated with `fhir.resources` (R4B models,
+MedicationStatement, ImagingStudy and Encounter are validated with `fhir.resources` (R4B models,
 wire-compatible with R4 for these resources); other types are counted and skipped.
 
 Each file becomes `FileFacts`, already de-identified (`pipelines.deid`): the patient is its
@@ -47,7 +47,8 @@ from ..wearables.sampled import segments_of
 log = logging.getLogger(__name__)
 
 FHIR_SUFFIXES = (".json", ".ndjson")
-PARSED_TYPES = ("Patient", "Observation", "Condition", "MedicationRequest", "MedicationStatement", "ImagingStudy")
+PARSED_TYPES = ("Patient", "Observation", "Condition", "MedicationRequest", "MedicationStatement", "ImagingStudy",
+                "Encounter")
 MRN_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
 
 

@@ -10,6 +10,9 @@ StudyInstanceUID). Rules:
 - Condition: onset (or recordedDate); refuted / entered-in-error are skipped.
 - MedicationRequest (authoredOn) and MedicationStatement (effective[x], dateAsserted):
   a presence fact under the medication's codes (RxNorm, ATC).
+- Encounter: a presence fact on period.start under its type codes and class (AMB, IMP, ...);
+  ImagingStudy: its StudyInstanceUID, and a presence fact on `started` under its modalities,
+  so "the first inpatient encounter" or "the first CT" can be a patient's index date.
 Counts of what was skipped go to `unused`, problems raise `FhirError` (no source: the caller adds it).
 """
 
@@ -117,6 +120,23 @@ def _medication(res: Any, rtype: str, unused: Counter) -> Iterator[Fact]:
     yield "m", codes_of(concept), 1.0, None, when
 
 
+def _encounter(enc: Any, unused: Counter) -> Iterator[Fact]:
+    """A presence fact on the encounter's start, under its type codes and its class (v3 ActCode: AMB, IMP, EMER)."""
+    if enc.status in ("cancelled", "entered-in-error", "planned"):
+        unused[f"encounter_{enc.status}"] += 1
+        return
+    when = _date(enc.period.start if enc.period else None)
+    if when is None:
+        unused["encounter_without_period"] += 1
+        return
+    codes = tuple(c for concept in enc.type or [] for c in codes_of(concept))
+    cls = enc.class_fhir
+    if cls is not None and cls.system and cls.code:
+        codes += ((str(cls.system), str(cls.code)),)
+    if codes:
+        yield "m", codes, 1.0, None, when
+
+
 def facts_of(rtype: str, res: Any, unused: Counter) -> list[Fact]:
     if rtype == "Observation":
         return list(_observation(res, unused))
@@ -124,11 +144,18 @@ def facts_of(rtype: str, res: Any, unused: Counter) -> list[Fact]:
         return list(_condition(res, unused))
     if rtype in ("MedicationRequest", "MedicationStatement"):
         return list(_medication(res, rtype, unused))
+    if rtype == "Encounter":
+        return list(_encounter(res, unused))
     if rtype == "ImagingStudy":
         uid = next((str(i.value).removeprefix("urn:oid:") for i in res.identifier or []
                     if i.value and (i.system == "urn:dicom:uid" or str(i.value).startswith("urn:oid:"))), None)
         if uid is None:
             unused["imaging_study_without_uid"] += 1
             return []
-        return [("i", ((uid, ""),), 0.0, None, None)]
+        facts: list[Fact] = [("i", ((uid, ""),), 0.0, None, None)]
+        started = _date(res.started)
+        modalities = tuple((str(m.system), str(m.code)) for m in res.modality or [] if m.system and m.code)
+        if started is not None and modalities:  # dated by its modalities: an index event ("first CT") or a count
+            facts.append(("m", modalities, 1.0, None, started))
+        return facts
     return []

@@ -72,3 +72,26 @@ def test_prevalent_cases_are_an_explicit_choice(tmp_path: Path):
     kept = _ingest(tmp_path / "b", exclude_prevalent=False, **label).report
     assert excluded.samples == 0 and excluded.excluded == {"prevalent_label_condition": 3}
     assert kept.samples == 3 and kept.positives == 3
+
+
+def test_the_first_inpatient_encounter_or_imaging_study_as_index_date(tmp_path: Path):
+    act = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+    resources = [patient("p1", "MRN-1", birth="1950-01-01"), patient("p2", "MRN-2", birth="1950-01-01"),
+                 {"resourceType": "Encounter", "id": "e1", "status": "finished", "class": {"system": act, "code": "IMP"},
+                  "subject": {"reference": "Patient/p1"}, "period": {"start": "2016-02-01T08:00:00Z"}},
+                 {"resourceType": "Encounter", "id": "e2", "status": "finished", "class": {"system": act, "code": "AMB"},
+                  "subject": {"reference": "Patient/p2"}, "period": {"start": "2016-02-01T08:00:00Z"}},
+                 {"resourceType": "ImagingStudy", "id": "s2", "status": "available", "subject": {"reference": "Patient/p2"},
+                  "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}], "started": "2017-03-01",
+                  "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}]},
+                 quantity("2345-7", 95, "mg/dL", "2016-01-20", "Patient/p1", "g1"),
+                 quantity("2345-7", 105, "mg/dL", "2017-02-20", "Patient/p2", "g2")]
+    bundle = write_bundle(tmp_path / "b.json", resources)
+    inpatient = ingest_silo(fhir=[bundle], dicom=[], wearables=[], pseudonym_key=KEY,
+                            cohort=CohortSpec(features=FEATURES, index_from="first_event", index_system=act, index_code="IMP"))
+    assert inpatient.report.samples == 1 and inpatient.report.excluded == {"no_index_date_first_event": 1}
+    assert inpatient.dataset.ehr_raw[0, 1] == 95.0  # the glucose before that admission
+    ct = ingest_silo(fhir=[bundle], dicom=[], wearables=[], pseudonym_key=KEY,
+                     cohort=CohortSpec(features=FEATURES, index_from="first_event",
+                                       index_system="http://dicom.nema.org/resources/ontology/DCM", index_code="CT"))
+    assert ct.report.samples == 1 and ct.dataset.ehr_raw[0, 1] == 105.0  # p2's glucose before its CT
