@@ -14,8 +14,7 @@ from typing import Any
 
 import grpc
 
-from compliance.audit import AuditLog
-from compliance.keys import load_or_create_signing_key
+from compliance.node_log import open_node_log
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.transport import open_channel
@@ -50,8 +49,7 @@ class RegionalAggregator:
         self.config = config
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
-        self.audit_log = AuditLog.open(state / "audit.sqlite", node=config.name, role="coordinator",
-                                       signing_key=load_or_create_signing_key(state / "audit-signing-key.pem"))
+        self.audit_log = open_node_log(state, node=config.name, role="coordinator", state_files=("keys",))
         channel = open_channel(config.upstream, credentials=_upstream_credentials(config))
         self.upstream = UpstreamClient(channel, name=config.name, max_retries=config.max_retries)
         self.region = Region(config.name, fetch_model=self._fetch_model, audit=self.audit,
@@ -59,7 +57,7 @@ class RegionalAggregator:
                              keys_dir=state / "keys")
         self.relay = Relay(self.region, self.upstream, config, audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
-        auth = Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl)
+        auth = Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl, state_dir=state)
         pb_grpc.add_FederationServicer_to_server(RegionalService(self.region, auth, audit=self.audit), self.server)
         self.port = listen_on(self.server, config)
         self._stop = threading.Event()
