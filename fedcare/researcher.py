@@ -22,6 +22,12 @@ class ResearcherError(Exception):
     pass
 
 
+# Submission checks the spec and prepares the study's initial model at the coordinator; on a loaded
+# machine (the demo's coordinator shares 2 cores with three silos) that took over a minute.
+SUBMIT_TIMEOUT_S = 600.0
+STATUS_TIMEOUT_S = 30.0
+
+
 class ResearcherClient:
     def __init__(self, channel: grpc.Channel, *, target: str) -> None:
         self.stub = pb_grpc.FederationStub(channel)
@@ -31,16 +37,20 @@ class ResearcherClient:
         try:
             return fn(*args, **kw)
         except grpc.RpcError as e:
-            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
                 raise ResearcherError(f"coordinator at {self.target} is unreachable ({e.code().name}); "
                                       "is it running, and is the address right?") from None
+            if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ResearcherError(f"coordinator at {self.target} did not answer in time (DEADLINE_EXCEEDED): it is "
+                                      "running but slow or overloaded, or a firewall drops the connection; try again") from None
             raise ResearcherError(f"coordinator refused ({e.code().name}): {e.details()}") from None
 
     def submit(self, spec: StudySpec) -> str:
-        return self._call(self.stub.SubmitStudy, pb.SubmitStudyRequest(spec_json=spec.to_json()), timeout=60).study_id
+        return self._call(self.stub.SubmitStudy, pb.SubmitStudyRequest(spec_json=spec.to_json()),
+                          timeout=SUBMIT_TIMEOUT_S).study_id
 
     def status(self, study_id: str) -> tuple[pb.StudyStatus, dict[str, Any]]:
-        st = self._call(self.stub.GetStudyStatus, pb.StudyRef(study_id=study_id), timeout=30)
+        st = self._call(self.stub.GetStudyStatus, pb.StudyRef(study_id=study_id), timeout=STATUS_TIMEOUT_S)
         return st, json.loads(st.summary_json or "{}")
 
     def results(self, study_id: str, out: Path) -> dict[str, Path]:
