@@ -52,6 +52,7 @@ def run_silo(name: str, target: str) -> None:
     import numpy as np
 
     from coordinator.api import federation_pb2 as pb
+    from coordinator.api.protocol import TENSORS
     from coordinator.api.study import StudySpec
     from coordinator.api.tensors import decode_tensors, encode_tensors
     from silo_node.client import CoordinatorClient, open_channel
@@ -69,7 +70,7 @@ def run_silo(name: str, target: str) -> None:
             names, arrays = decode_tensors(data)
             delta = encode_tensors(names, [np.zeros_like(a) for a in arrays])
             header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
-                                   nonce=task.nonce, weight=100.0, encoding="tensors", metadata_json="{}")
+                                   nonce=task.nonce, weight=100.0, encoding=TENSORS, metadata_json="{}")
             client.push(header, delta)
         elif task.kind == pb.TASK_FINALIZE:
             client.report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,

@@ -38,6 +38,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, random_split
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator.aggregation import FedAvg  # noqa: E402
+from coordinator.api.protocol import MODALITIES  # noqa: E402
 from coordinator.api.study import StudySpec  # noqa: E402
 from pipelines.dataset import MultimodalDataset, split_train_test  # noqa: E402
 from pipelines.ingest import ingest_silo  # noqa: E402
@@ -46,7 +47,6 @@ from pipelines.synthetic import generate_federation  # noqa: E402
 from silo_node.trainer import LocalTrainer  # noqa: E402
 
 log = logging.getLogger("benchmarks.multimodal")
-MODALITIES = ("ehr", "image", "signal")
 VARIANTS = ("single_ehr", "single_image", "single_signal", "concat", "ours", "missing_30", "missing_60", "central")
 
 

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from coordinator.api import federation_pb2 as pb  # noqa: E402
+from coordinator.api.protocol import TENSORS  # noqa: E402
 from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec  # noqa: E402
 from coordinator.api.tensors import decode_tensors, encode_tensors  # noqa: E402
 from fedcare.demo import free_port  # noqa: E402
@@ -74,7 +75,7 @@ def silo_worker(target: str, name: str) -> None:
                 return
             delta = [np.full(a.shape, 1e-3, dtype=np.float32) for a in arrays]
             up = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
-                               nonce=task.nonce, weight=100.0, encoding="tensors", metadata_json="{}")
+                               nonce=task.nonce, weight=100.0, encoding=TENSORS, metadata_json="{}")
             client.push(up, encode_tensors(names, delta))
 
 

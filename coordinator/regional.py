@@ -33,6 +33,7 @@ from typing import Sequence
 import numpy as np
 
 from coordinator.aggregation import AggregationError, StreamingFedAvg, build_rule
+from coordinator.api.protocol import Rule
 from privacy.he import EncryptedSum
 
 
@@ -43,7 +44,7 @@ class RegionalAggregate:
         self.rule, self.params = rule, dict(params or {})
         self._updates: list[list[np.ndarray]] = []
         self._weights: list[float] = []
-        self._stream = StreamingFedAvg() if rule == "fedavg" else None
+        self._stream = StreamingFedAvg() if rule == Rule.FEDAVG else None
 
     def add(self, update: Sequence[np.ndarray], weight: float) -> None:
         if self._stream is not None:

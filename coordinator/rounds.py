@@ -27,6 +27,7 @@ from coordinator.aggregation.state import StudyAggregation
 from coordinator.api.codecs import build_codec
 from coordinator.api.protocol import (
     ProtocolError,
+    Rule,
     ServerOptimizerName,
     check_finite_model,
     check_update_header,
@@ -125,7 +126,7 @@ class RoundAggregator:
             elif protocol.encrypted:
                 self._running[key] = _Running(self._encrypted_sum(row, spec))
             else:
-                self._running[key] = _Running(StreamingFedAvg() if spec.aggregation.rule == "fedavg" else None)
+                self._running[key] = _Running(StreamingFedAvg() if spec.protocol.rule is Rule.FEDAVG else None)
         return self._running[key]
 
     def _encrypted_sum(self, row: StudyRow, spec: StudySpec) -> EncryptedSum:

@@ -20,6 +20,7 @@ from compliance.witness import SignedHead, WitnessError, witness
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, read_chunk, receive_blob_to, serialized_data_chunks
+from coordinator.api.protocol import TENSORS
 from coordinator.auth import Authenticator
 from compliance.errors import ComplianceError
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
@@ -130,7 +131,7 @@ class FederationService(pb_grpc.FederationServicer):
         if request.kind == pb.BLOB_FINAL_MODEL:  # the researcher (or auditor) downloads the released model
             self.auth.require(context, "researcher", "auditor")
             sha, data = self.fed.final_model(request.study_id)
-            return chunk_blob(pb.BlobHeader(ref=request, sha256=sha, encoding="tensors"), data)
+            return chunk_blob(pb.BlobHeader(ref=request, sha256=sha, encoding=TENSORS), data)
         silo = self.auth.silo(context, request.silo)
         if request.kind == pb.BLOB_MODEL:  # every silo fetches the same version: its chunks are built once
             header = self.fed.model_for(silo, request)

@@ -74,7 +74,7 @@ def policy_decision(spec: StudySpec, policy: ApprovalConfig, budget: BudgetConfi
         problems.append(f"modalities {extra} are not allowed here")
     if policy.require_dp and not spec.privacy.dp:
         problems.append("the study does not use differential privacy")
-    if policy.require_encryption and spec.privacy.encryption == "none":
+    if policy.require_encryption and not spec.protocol.encrypted:
         problems.append("the study does not encrypt updates")
     if policy.max_epsilon is not None and spec.privacy.dp:
         target = spec.privacy.target_epsilon

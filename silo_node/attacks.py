@@ -261,6 +261,24 @@ def build_attack(kind: str, **params: Any) -> Attack:
         raise AttackError(f"attack {kind!r}: {e}") from None
 
 
+class AttackingTrainer:
+    """A trainer whose rounds send `attack`'s poisoned delta: wrapped around the real trainer by the
+    attack bench and the demo's --attack only (a node configured with `attack`), never in the
+    production path. Everything but `train_round` is the wrapped trainer's."""
+
+    def __init__(self, trainer: Any, attack: Attack, *, benign_runs: int = 1) -> None:
+        self.inner, self.attack, self.benign_runs = trainer, attack, benign_runs
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def train_round(self, weights: list[np.ndarray], *, noise_multiplier: float | None, round_seed: int) -> Any:
+        result = self.inner.train_round(weights, noise_multiplier=noise_multiplier, round_seed=round_seed)
+        result.delta = malicious_delta(self.attack, self.inner, weights, result.delta, noise_multiplier=noise_multiplier,
+                                       round_seed=round_seed, benign_runs=self.benign_runs)
+        return result
+
+
 def malicious_delta(attack: Attack, trainer: Any, weights: list[np.ndarray], delta: list[np.ndarray], *,
                     noise_multiplier: float | None, round_seed: int, benign_runs: int = 1) -> Update:
     """The delta a malicious node sends (node hook). For ALIE/IPM with `benign_runs` > 1 the node

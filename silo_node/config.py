@@ -42,11 +42,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from coordinator.api.study import SpecError, validate_toml_file
+from coordinator.api.study import ALL_MODALITIES, Modality, SpecError, validate_toml_file
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import IngestLimits
-
-Modality = Literal["ehr", "image", "signal"]
 
 
 class _Strict(BaseModel):
@@ -77,7 +75,7 @@ class BudgetConfig(_Strict):
 
 class ApprovalConfig(_Strict):
     mode: Literal["manual", "auto"] = "manual"
-    allowed_modalities: list[Modality] = ["ehr", "image", "signal"]
+    allowed_modalities: list[Modality] = list(ALL_MODALITIES)
     max_epsilon: float | None = Field(default=None, gt=0)
     require_dp: bool = True
     require_encryption: bool = False

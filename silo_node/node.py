@@ -29,7 +29,6 @@ from coordinator.api.chunks import sha256_hex
 from coordinator.api.protocol import (
     TENSORS,
     KeyBundle,
-    PrivacyClaim,
     ProtocolError,
     ServerOptimizerName,
     UpdateMetadata,
@@ -44,14 +43,15 @@ from coordinator.api.tensors import encode_tensors
 from pipelines.dataset import split_silo
 from pipelines.ingest import ingest_silo
 from pipelines.normalise import fit_on_training
-from privacy.dp import DPStep, epsilon_spent, noise_for_target, would_exceed
+from privacy.dp import noise_for_target
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
 from privacy.he.screening import decrypt_scalar
 from silo_node.approval import ApprovalBook, policy_decision
-from silo_node.attacks import malicious_delta
+from silo_node.attacks import AttackingTrainer
 from silo_node.client import WAITING_LOG_EVERY_S, CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
 from silo_node.ingest_command import KEY_FILE, load_or_create_key
+from silo_node.private_round import BudgetRefused, PrivateRound
 from silo_node.trainer import LocalTrainer, pick_device
 from coordinator.api.codecs import ErrorFeedback
 from silo_node.update import build_feedback, encode_update, resolve_version
@@ -292,6 +292,8 @@ class SiloNode:
             self.audit.append("attack_configured", study=study_id, kind=self.config.attack.kind)
             train = self.attack.poison(train)
         trainer = LocalTrainer(spec, train, test, validation=validation, device=self.device)
+        if self.attack is not None:  # the attack wraps the trainer; nothing else in the node knows of it
+            trainer = AttackingTrainer(trainer, self.attack, benign_runs=self.config.attack.benign_runs)
         noise = spec.privacy.noise_multiplier
         if spec.privacy.dp and noise is None:
             noise = noise_for_target(target_epsilon=spec.privacy.target_epsilon, delta=spec.privacy.delta,
@@ -411,37 +413,20 @@ class SiloNode:
         self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
                                             model_version=task.model_version, metrics=metrics,
                                             samples=len(state.trainer.test_set), model_sha256=_weights_sha(names, weights)))
-        history = self._dp_history()
-        if spec.privacy.dp:
-            prospective = DPStep(noise_multiplier=state.noise_multiplier, sample_rate=state.trainer.sample_rate(),
-                                 steps=state.trainer.steps_per_round())
-            exceed, eps_after = would_exceed(history, prospective, cap_epsilon=self.config.privacy.epsilon_cap,
-                                             delta=spec.privacy.delta, accountant=spec.privacy.accountant)
-            if exceed:
-                reason = (f"privacy budget: this round would bring ε on dataset {self.config.data.dataset} to "
-                          f"{eps_after:.3f}, above the node's cap {self.config.privacy.epsilon_cap}")
-                self.audit.append("budget_refused", study=task.study_id, round=task.round, epsilon_after=eps_after,
-                                  cap=self.config.privacy.epsilon_cap)
-                self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
-                                                    model_version=task.model_version, skipped=True, skip_reason=reason))
-                log.warning("round %d skipped: %s", task.round, reason)
-                return
+        private = PrivateRound(state.trainer, spec=spec, ledger=self.ledger, silo=self.config.name,
+                               dataset=self.config.data.dataset, epsilon_cap=self.config.privacy.epsilon_cap,
+                               noise_multiplier=state.noise_multiplier)
+        try:
+            private.check_budget()
+        except BudgetRefused as e:
+            self.audit.append("budget_refused", study=task.study_id, round=task.round, epsilon_after=e.epsilon_after,
+                              cap=e.cap)
+            self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                          model_version=task.model_version, skipped=True, skip_reason=str(e)))
+            log.warning("round %d skipped: %s", task.round, e)
+            return
         self.audit.append("round_joined", study=task.study_id, round=task.round)
-        result = state.trainer.train_round(weights, noise_multiplier=state.noise_multiplier, round_seed=task.round_seed)
-        if self.attack is not None:
-            result.delta = malicious_delta(self.attack, state.trainer, weights, result.delta,
-                                           noise_multiplier=state.noise_multiplier, round_seed=task.round_seed,
-                                           benign_runs=self.config.attack.benign_runs)
-        privacy: dict[str, Any] = {"enabled": False}
-        if result.dp_step is not None:
-            eps = epsilon_spent([*history, result.dp_step], delta=spec.privacy.delta, accountant=spec.privacy.accountant)
-            self.ledger.record(silo=self.config.name, dataset=self.config.data.dataset, study=task.study_id, round=task.round,
-                               epsilon=eps, delta=spec.privacy.delta, noise_multiplier=result.dp_step.noise_multiplier,
-                               sample_rate=result.dp_step.sample_rate, steps=result.dp_step.steps,
-                               accountant=spec.privacy.accountant)
-            privacy = {"enabled": True, "epsilon": eps, "delta": spec.privacy.delta,
-                       "noise_multiplier": result.dp_step.noise_multiplier, "sample_rate": result.dp_step.sample_rate,
-                       "steps": result.dp_step.steps, "accountant": spec.privacy.accountant}
+        result = private.train(weights, study=task.study_id, round_=task.round, round_seed=task.round_seed)
         secret = self._secret_context(task.study_id) if spec.protocol.encrypted else None
         encoded = encode_update(spec, names, result.delta, secret_context=secret, round_seed=task.round_seed,
                                 feedback=state.feedback)
@@ -449,14 +434,14 @@ class SiloNode:
             self._save_feedback(task.study_id, state.feedback)
         # Scalars for the coordinator's silo selection (coordinator/selection.py).
         norm = float(np.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in result.delta)))
-        meta = UpdateMetadata(privacy=PrivacyClaim(**privacy), train_loss=_finite_or_none(result.train_loss),
+        meta = UpdateMetadata(privacy=result.privacy, train_loss=_finite_or_none(result.train_loss),
                               update_norm=_finite_or_none(norm), link_bytes_per_s=state.link_bytes_per_s)
         header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
                                nonce=task.nonce, weight=result.weight, encoding=encoded.encoding,
                                metadata_json=meta.to_json())
         started = time.monotonic()
         self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
-                   epsilon=privacy.get("epsilon"))
+                   epsilon=result.privacy.epsilon)
         state.link_bytes_per_s = len(encoded.data) / max(time.monotonic() - started, 1e-6)
 
     def on_screen(self, task: pb.Task) -> None:
@@ -484,10 +469,6 @@ class SiloNode:
                                             samples=len(state.trainer.test_set), model_sha256=_weights_sha(names, weights)))
         self.finished.add(task.study_id)
         log.info("study %s finished at this silo: AUROC %.3f", task.study_id, metrics.get("auroc", float("nan")))
-
-    def _dp_history(self) -> list[DPStep]:
-        return [DPStep(noise_multiplier=r.noise_multiplier, sample_rate=r.sample_rate, steps=r.steps)
-                for r in self.ledger.history(self.config.data.dataset)]
 
     def _report(self, report: pb.MetricsReport) -> None:
         """Metrics (and skips) leave the silo too: audited like every outgoing message."""

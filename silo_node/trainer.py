@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from coordinator.api.protocol import MODALITIES
 from coordinator.api.study import StudySpec
 from pipelines.models import (
     build_model,
@@ -33,7 +34,6 @@ from privacy.dp import AdaptiveClipping, DPStep, GradSampleMode, make_private
 from silo_node.evaluation import DEFAULT_THRESHOLD, VALIDATION_PREFIX, choose_threshold, clinical_metrics
 
 log = logging.getLogger(__name__)
-MODALITIES = ("ehr", "image", "signal")
 # How Opacus computes per-sample gradients; chosen by measurement (benchmarks/utility.py, "dp_cost").
 GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
