@@ -54,6 +54,8 @@ def _start_with_a_late_hospital(cluster, spec: StudySpec):
     for h in early:
         cluster.start_silo(h)
     late_cfg = cluster.start_silo(late, approval={"mode": "manual"})
+    for h in cluster.hospitals:  # started and joined (a loaded machine takes a while to import torch)
+        cluster.wait_for_log(h.name, "joined the coordinator", timeout=300)
     study = client.submit(spec)
     # The late hospital got the proposal while the study enrolled and left it undecided.
     cluster.wait_for_log(late.name, f"study {study} awaits a decision", timeout=240)

@@ -105,6 +105,8 @@ def test_a_silo_waits_out_a_coordinator_outage_and_carries_on(cluster) -> None:
     silos = [h.name for h in cluster.hospitals[:2]]
     for h in cluster.hospitals[:2]:
         cluster.start_silo(h, max_retries=1)  # the first burst of retries ends at once
+    for name in silos:
+        cluster.wait_for_log(name, "joined the coordinator", timeout=300)
     spec = StudySpec(name="outage", training=TrainingSpec(rounds=2, local_epochs=1, learning_rate=0.1, min_silos=2,
                                                           expected_silos=2, round_timeout_s=300),
                      privacy=PrivacySpec(dp=False, encryption="none"))
