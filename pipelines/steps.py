@@ -249,7 +249,7 @@ def read_wearable_files(run: IngestRun) -> None:
     assert run.latest is not None, "allocate_rows runs before read_wearable_files"
     run.signal_stats.update(read_signals(run.sources.wearables, cohort=run.cohort, deid=run.deid,
                                          index_date=run.index_date, cache=run.cache, quarantine=run.quarantine,
-                                         latest=run.latest))
+                                         latest=run.latest, limits=run.limits))
 
 
 def read_sampled_data(run: IngestRun) -> None:

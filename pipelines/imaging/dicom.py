@@ -29,7 +29,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from ..deid import Deidentifier
 from ..errors import DicomError
-from ..inputs import input_files
+from ..inputs import COMPRESSED, input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 
@@ -61,7 +61,7 @@ class DicomHeader:
 
 def file_inputs(paths: Sequence[Path], quarantine: Quarantine | None = None) -> Iterator[DicomInput]:
     """Every regular file under the given paths, in any nesting (`pipelines.inputs`); DICOM is recognised by content."""
-    for f in input_files(paths, lambda _: True, quarantine, "image"):
+    for f in input_files(paths, lambda f: not f.name.lower().endswith(COMPRESSED), quarantine, "image"):
         yield DicomInput(str(f), f.read_bytes, f)
 
 

@@ -26,7 +26,10 @@ import pandas as pd
 import wfdb
 
 from ..errors import SignalError
+from ..ehr.tables import check_header
+from ..errors import TabularError
 from ..inputs import input_files
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 
 log = logging.getLogger(__name__)
@@ -55,8 +58,12 @@ class Window:
     source: str
 
 
-def read_recording(path: Path, channels: Sequence[str]) -> Recording:
-    """Read `<MRN>.csv`; raise `SignalError` naming the file and what is missing."""
+def read_recording(path: Path, channels: Sequence[str], limits: IngestLimits = DEFAULT_LIMITS) -> Recording:
+    """Read `<MRN>.csv`; raise `SignalError` naming the file and what is missing (or which bound it breaks)."""
+    try:
+        check_header(path, ",", limits)
+    except TabularError as e:
+        raise SignalError(str(e).removeprefix(f"{path}: "), reason=e.reason, source=path) from None
     try:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:

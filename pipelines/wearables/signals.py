@@ -20,6 +20,7 @@ from ..cache import IngestCache, content_hash
 from ..cohort import CohortLike
 from ..deid import Deidentifier
 from ..errors import EXHAUSTION, SignalError, refusal
+from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..ehr.factstore import FactStore
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
@@ -65,7 +66,7 @@ class LatestWindows:
 
 
 def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifier, index_date: date, cache: IngestCache,
-                 quarantine: Quarantine, latest: LatestWindows) -> Counter:
+                 quarantine: Quarantine, latest: LatestWindows, limits: IngestLimits = DEFAULT_LIMITS) -> Counter:
     """Offer each CSV/WFDB recording's window to `latest`; counters (inputs_read, records, parsed, cached,
     unused_after_index_date; superseded windows are counted by `latest`)."""
     channels = tuple(cohort.signal_channels)
@@ -86,7 +87,7 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
             pid = meta["pseudonym"]
         else:
             try:
-                rec = read_wfdb(path, channels) if path.suffix.lower() == ".hea" else read_recording(path, channels)
+                rec = read_wfdb(path, channels) if path.suffix.lower() == ".hea" else read_recording(path, channels, limits)
                 w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
             except (SignalError, *EXHAUSTION) as e:  # one file never aborts the run
                 quarantine.add("signal", refusal(e, path))

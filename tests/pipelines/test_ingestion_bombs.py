@@ -33,7 +33,8 @@ def _reasons(result, modality: str) -> dict[str, int]:
 def _ingest(tmp_path: Path, **kwargs):
     (tmp_path / "ok").mkdir(exist_ok=True)
     fhir = write_bundle(tmp_path / "ok" / "p.json", [patient("p1", "MRN-1")])
-    return ingest_silo(fhir=[fhir, *kwargs.pop("fhir", [])], dicom=kwargs.pop("dicom", []), wearables=[],
+    return ingest_silo(fhir=[fhir, *kwargs.pop("fhir", [])], dicom=kwargs.pop("dicom", []),
+                       wearables=kwargs.pop("wearables", []),
                        cohort=CohortSpec(), pseudonym_key=KEY, **kwargs)
 
 
@@ -127,8 +128,11 @@ def test_compressed_files_are_read_or_reported_as_skipped(tmp_path: Path):
     folder.mkdir()
     (folder / "export.ndjson.gz").write_bytes(b"\x1f\x8b not read")
     (folder / "export.zip").write_bytes(b"PK not read")
-    result = _ingest(tmp_path, fhir=[folder])
+    (tmp_path / "dicom").mkdir()
+    (tmp_path / "dicom" / "series.tar.gz").write_bytes(b"\x1f\x8b not read")
+    result = _ingest(tmp_path, fhir=[folder], dicom=[tmp_path / "dicom"])
     assert _reasons(result, "ehr") == {"compressed_not_read": 2}
+    assert _reasons(result, "image") == {"compressed_not_read": 1}  # not "not_dicom": it was never opened
     assert "Decompress it" in result.quarantine.entries[0].message
 
 
@@ -141,6 +145,13 @@ def test_a_table_with_too_many_columns_is_refused_before_it_is_parsed(tmp_path: 
     endless.write_text("mrn," + "x" * (2 << 20) + "\n")
     result = _ingest(tmp_path, tabular=[endless])
     assert _reasons(result, "ehr") == {"line_too_long": 1}
+
+
+def test_a_wearable_export_with_too_many_columns_is_refused(tmp_path: Path):
+    (tmp_path / "wearables").mkdir()
+    (tmp_path / "wearables" / "MRN-1.csv").write_text("timestamp," + ",".join(f"c{i}" for i in range(3000)) + "\n")
+    result = _ingest(tmp_path, wearables=[tmp_path / "wearables"], limits=IngestLimits(max_table_columns=100))
+    assert _reasons(result, "signal") == {"too_many_columns": 1}
 
 
 def test_a_quarantine_message_is_bounded():
