@@ -666,7 +666,7 @@ class Federation:
         """What a silo may fetch: model versions, the public context, its own wrapped key, the final model."""
         if ref.kind == pb.BLOB_MODEL:
             header = self.model_for(silo, ref)
-            return header, (self.blobs.get(header.sha256) if header.size else b"")
+            return header, self.versions.body(header)
         with self._lock:
             row = self.study(ref.study_id)
             enrollment = self.store.get(EnrollmentRow, row.id, silo)

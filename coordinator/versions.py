@@ -88,7 +88,11 @@ class ModelVersions:
         return pb.BlobHeader(sha256=version.blob_sha, size=self.blobs.size(version.blob_sha),
                              encoding=version.encoding, metadata_json=meta.to_json())
 
+    def body(self, header: pb.BlobHeader) -> bytes:
+        """The bytes a version's header names (none for a seeded-init version 0)."""
+        return self.blobs.get(header.sha256) if header.size else b""
+
     def blob(self, study_id: str, spec: StudySpec, version: ModelVersionRow) -> tuple[pb.BlobHeader, bytes]:
         """`header` and the bytes it names."""
         header = self.header(study_id, spec, version)
-        return header, (self.blobs.get(header.sha256) if header.size else b"")
+        return header, self.body(header)
