@@ -69,7 +69,8 @@ STEPS: tuple[Step, ...] = (
 class IngestReport(BaseModel):
     """Counts only: safe to log and share (no identifiers, no file paths)."""
 
-    index_date: date
+    index_date: date  # the reference date; a patient's own index date is chosen by `index_from`
+    index_from: str = "fixed"  # "fixed" | "column" | "first_event" | "last_observation" (no index: `excluded`)
     modalities: dict[str, ModalityReport]  # keys: "ehr", "image", "signal"
     patients: int  # EHR patients: FHIR Patients with an MRN, OMOP persons, tabular patient rows (by pseudonym)
     samples: int
@@ -84,7 +85,7 @@ class IngestReport(BaseModel):
     def of(cls, run: IngestRun) -> "IngestReport":
         linked = Counter("+".join(m for k, m in enumerate(MODALITIES) if row[k]) or "none" for row in run.mask)
         image_links = Counter(img.linked_by for pid, img in run.images.items() if pid in run.known)
-        return cls(index_date=run.index_date, modalities=run.reports, patients=len(run.known), samples=len(run.pseudonyms),
+        return cls(index_date=run.index_date, index_from=run.cohort.index_from, modalities=run.reports, patients=len(run.known), samples=len(run.pseudonyms),
                    positives=int(run.labels.sum()), excluded=dict(run.excluded), linked=dict(sorted(linked.items())),
                    image_linked_by=dict(sorted(image_links.items())), quarantined_total=len(run.quarantine),
                    mean_signal_coverage=float(np.mean(run.coverage)) if run.coverage else None)

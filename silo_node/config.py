@@ -15,6 +15,9 @@
     path = "/data/heart"                # examples/tabular-node.toml is a full one)
     extensions = [".data"]
 
+    [data.limits]                       # what one input may make ingestion allocate (pipelines.limits)
+    max_pixel_bytes = 1073741824        # a DICOM instance's declared pixels; bigger ones are never decoded
+
     [privacy]
     epsilon_cap = 10.0                  # across all studies on this dataset
     delta = 1e-5

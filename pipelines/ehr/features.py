@@ -45,8 +45,9 @@ def _aggregate(p: EhrPatient, f: FeatureLike, quarantine: Quarantine, refused: s
     for m in p.measurements:
         if (f.system, f.code) not in m.codes or not (-f.window_days < m.day <= 0) or m.source in refused:
             continue
-        if f.categories:  # the table reader stored the declared category's index; nothing to convert
-            hits.append((m.day, m.value))
+        if f.categories:  # the table reader stored the declared category's index; anything else is no category
+            if m.unit is None and float(m.value).is_integer() and 0 <= m.value < len(f.categories):
+                hits.append((m.day, m.value))
             continue
         try:
             hits.append((m.day, convert(m.value, m.unit, f.unit, code=f.code, source=m.source)))
