@@ -81,6 +81,15 @@ def _plan(src: TableSource, columns: list[str], cohort: CohortLike, tag: str, ou
     rename = {k.lower(): v.lower() for k, v in src.rename.items()}
     by_feature = {rename.get(k, k): k for k in keys}
     plan = _Plan()
+    named = [c for c in (src.patient_id, src.age, src.birth_date, src.sex, src.date, *src.codes, *src.units, *src.rename) if c]
+    named += [c.lower() for c in (cohort.label_column if cohort.label_source == "column" else None,
+                                  cohort.index_column if cohort.index_from == "column" else None) if c]
+    for column in dict.fromkeys(named):
+        if column not in keys:
+            warning = (f"{tag}: column {column!r}, named in the node config or the study, is not in the table; its "
+                       f"columns are {list(keys)[:20]}. Fix the name (or the table's columns)")
+            if warning not in out.warnings:
+                out.warnings.append(warning)
     used: dict[str, str] = {}
     for role, column in (("patient id (pseudonymised)", src.patient_id), ("age in years", src.age),
                          ("birth date", src.birth_date), ("date of the row's values", src.date)):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 #: The delimiter value for runs of spaces or tabs (whitespace-aligned exports).
 WHITESPACE = "whitespace"
@@ -47,6 +47,16 @@ class TableSource(BaseModel):
     codes: dict[str, dict[str, str]] = {}  # column -> {cell -> category or female/male}
     units: dict[str, str] = {}  # column -> UCUM unit of its values
     rename: dict[str, str] = {}  # column -> the study feature it holds, when the names differ
+
+    @field_validator("patient_id", "age", "birth_date", "sex", "date")
+    @classmethod
+    def _column_name(cls, v: str | None) -> str | None:
+        return v.strip().lower() if v else v  # columns are matched case-insensitively (tables.header_key)
+
+    @field_validator("codes", "units", "rename")
+    @classmethod
+    def _column_keys(cls, v: dict) -> dict:
+        return {str(k).strip().lower(): val for k, val in v.items()}
 
     @model_validator(mode="after")
     def _readable(self) -> "TableSource":

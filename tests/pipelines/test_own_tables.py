@@ -65,6 +65,15 @@ def test_a_code_map_that_matches_nothing_is_a_warning(tmp_path: Path):
     assert not np.isfinite(result.dataset.ehr_raw.numpy()[:, 1]).any()  # sex_female: missing, and said so
 
 
+def test_a_column_the_config_names_that_the_table_lacks_is_a_warning(tmp_path: Path):
+    write_heart(tmp_path / "h.data", heart_rows(5, seed=4))
+    result = _ingest([TableSource(path=tmp_path / "h.data", **{**HEART, "age": "Age_Years", "sex": "SEX"})])
+    warnings = result.report.modalities["ehr"].warnings
+    assert len(warnings) == 1 and "column 'age_years', named in the node config or the study, is not in the table" in warnings[0]
+    assert result.report.excluded == {"below_min_age_or_unknown_age": 5}  # what the warning explains
+    assert result.report.modalities["ehr"].mappings["table 1: sex"].startswith("sex via codes")  # 'SEX' matched 'sex'
+
+
 def test_units_from_the_node_config_are_converted(tmp_path: Path):
     rows = heart_rows(10, seed=3)
     for row in rows:
