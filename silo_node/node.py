@@ -57,7 +57,8 @@ from coordinator.api.codecs import ErrorFeedback
 from silo_node.update import build_feedback, encode_update, resolve_version
 
 log = logging.getLogger(__name__)
-STATE_FILES = ("privacy-ledger.sqlite", "studies", "wrap-key.bin")  # written once the node has done something
+LEDGER_FILE = "privacy-ledger.sqlite"  # the node's privacy ledger in its state dir
+STATE_FILES = (LEDGER_FILE, "studies", "wrap-key.bin")  # written once the node has done something
 WITNESS_EVERY_S = 30.0  # how often the node's signed audit head is gossiped with the coordinator
 
 
@@ -83,7 +84,7 @@ class SiloNode:
         self.audit = open_node_log(state, node=config.name, role="silo",
                                    state_files=STATE_FILES)
         self._heads_exchanged_at = -math.inf
-        self.ledger = PrivacyLedger(state / "privacy-ledger.sqlite")
+        self.ledger = PrivacyLedger(state / LEDGER_FILE)
         self.approvals = ApprovalBook(state)
         self.wrap_keys = _load_or_create_wrap_keys(state / "wrap-key.bin")
         self.studies: dict[str, StudyState] = {}
