@@ -96,7 +96,7 @@ def test_mutual_tls_roles_and_revocation(cluster, tmp_path: Path) -> None:
     assert wait_exit(cluster.procs[foreign], 180) == 2
     assert "unreachable" in cluster.log(foreign) and "UNAVAILABLE" in cluster.log(foreign)
     rogue_client = CoordinatorClient(open_channel(cluster.target, credentials=credentials(
-        rogue, "silo", foreign, trust=pki / "ca.pem")), silo=foreign, max_retries=0)
+        rogue, "silo", foreign, trust=pki / "ca.pem")), silo=foreign, max_retries=0, max_retry_s=5)
     with pytest.raises(CoordinatorUnreachable):
         rogue_client.join(["ehr"], b"")
     no_cert = grpc.secure_channel(cluster.target, grpc.ssl_channel_credentials(root_certificates=(pki / "ca.pem").read_bytes()))
