@@ -9,6 +9,7 @@ when a call was accepted.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ METHODS = {  # name -> (kind, request type)
     "PushBlob": ("su", pb.Chunk), "ReportMetrics": ("uu", pb.MetricsReport),
     "SubmitStudy": ("uu", pb.SubmitStudyRequest), "GetStudyStatus": ("uu", pb.StudyRef),
 }
+OVERSIZED_METADATA = json.dumps({"update_norm": 1.0, "pad": "x" * 70_000})  # over the protocol's 64 KiB
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
 
 
@@ -143,6 +145,23 @@ def _push(live: Live, chunks: list[pb.Chunk]):
     return lambda: live.stub.PushBlob(iter(chunks), timeout=20)
 
 
+@pytest.mark.parametrize("what", ["float64", "oversized_metadata"])
+def test_dtype_mismatched_and_oversized_metadata_updates_are_refused(live: Live, what: str) -> None:
+    """#16: a float64 update holding 1e300 and 70 KB of metadata are INVALID_ARGUMENT and change nothing."""
+    if what == "float64":
+        data, metadata = _payload(live, "float64", b""), "{}"
+    else:
+        data, metadata = live.update, OVERSIZED_METADATA
+    header = _update_header(live, size=len(data), sha256=hashlib.sha256(data).hexdigest(), metadata_json=metadata)
+    if not header.nonce:
+        pytest.skip("the live study's round is no longer open for h1")
+    before = live.snapshot()
+    chunks = [pb.Chunk(header=header), *[pb.Chunk(data=data[i:i + 65536]) for i in range(0, len(data), 65536)]]
+    assert _code_of(_push(live, chunks)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert live.snapshot() == before
+    live.assert_alive()
+
+
 # --- undecodable and random protobufs ---------------------------------------------------------------
 @FUZZ
 @given(method=st.sampled_from(sorted(METHODS)), payloads=st.lists(st.binary(max_size=300), min_size=0, max_size=4))
@@ -216,9 +235,9 @@ def chunk_streams(draw) -> tuple[str, dict, list]:
         sha256=draw(st.one_of(st.none(), st.text(max_size=70))),
         weight=draw(st.one_of(st.just(1.0), st.floats())),
         encoding=draw(st.sampled_from(["tensors", "ckks-exact", "", "q8+zstd"])),
-        metadata_json=draw(st.sampled_from(["{}", "", "not json", '{"a": [1, 2]}'])),
+        metadata_json=draw(st.sampled_from(["{}", "", "not json", '{"a": [1, 2]}', OVERSIZED_METADATA])),
     )
-    payload = draw(st.sampled_from(["valid", "truncated", "flipped", "random", "nan"]))
+    payload = draw(st.sampled_from(["valid", "truncated", "flipped", "random", "nan", "float64"]))
     pieces = draw(st.integers(1, 4))
     return layout, header, [payload, pieces, draw(st.binary(max_size=500))]
 
@@ -235,6 +254,9 @@ def _payload(live: Live, kind: str, random: bytes) -> bytes:
     if kind == "nan":
         data[-4:] = np.float32("nan").tobytes()
         return bytes(data)
+    if kind == "float64":  # finite as float64, inf once cast to the model's float32 (#16 item 1)
+        names, arrays = decode_tensors(live.update)
+        return encode_tensors(names, [np.full(a.shape, 1e300, np.float64) for a in arrays])
     return bytes(data)
 
 
@@ -388,3 +410,4 @@ def test_streamed_aggregate_equals_the_plain_weighted_average(server) -> None:
     for b, n, d1, d2 in zip(base, new, deltas["w1"], deltas["w2"]):
         expected = b + (weights["w1"] * d1.astype(np.float64) + weights["w2"] * d2) / total
         np.testing.assert_allclose(n, expected, rtol=0, atol=1e-6)
+
