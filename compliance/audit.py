@@ -62,12 +62,21 @@ class Event(StrEnum):
     UPDATE_REFUSED = "update_refused"
     ATTACK_CONFIGURED = "attack_configured"  # a deliberately malicious node (robustness tests only)
     STUDY_FAILED = "study_failed"
+    # fields: study, round, min_cell_count, suppressed, mechanism, epsilon: an analysis study's statistics
+    # left the silo (its message_sent follows); at the coordinator: study, silos, suppressed (pooled)
+    STATISTICS_RELEASED = "statistics_released"
     # fields: study, round, request, code, reason: a silo told "no" by the coordinator (the node goes on)
     REFUSAL_RECEIVED = "refusal_received"
     # fields: study, silo, round: a silo takes part for the first time in a round after round 1 (late join)
     SILO_JOINED = "silo_joined"
     # fields: witnessed, public_key, count, hash, signature (+ conflict): a peer's signed head
     HEAD_WITNESSED = "head_witnessed"
+    # fields: user, role, client, outcome ("accepted"/"refused"), reason: a sign-in at a web console (console/)
+    CONSOLE_SIGN_IN = "console_sign_in"
+    # fields: user, role, client, path, reason: a console request refused (no session, wrong role, CSRF, remote)
+    CONSOLE_REFUSED = "console_refused"
+    # fields: study, approved, by, reason, spec_sha256: a site admin's decision taken in the site console
+    CONSOLE_DECISION = "console_decision"
 
 
 _SCHEMA = (
