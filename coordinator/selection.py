@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from coordinator.api.protocol import UpdateMetadata
 from coordinator.store import EnrollmentRow, RoundRow, Store, UpdateRow
 
 WEIGHTS = {"norm": 0.40, "staleness": 0.30, "link": 0.15, "data": 0.15}
@@ -80,18 +81,16 @@ def silo_stats(store: Store, study_id: str, number: int, silos: list[str]) -> li
             for s in json.loads(rnd.participants_json):
                 if s in last_selected:
                     last_selected[s] = max(last_selected[s], rnd.number)
-    last_meta: dict[str, tuple[int, dict]] = {}
+    last_meta: dict[str, tuple[int, UpdateMetadata]] = {}
     for u in store.all(UpdateRow, study_id=study_id):
-        if u.silo in last_selected and u.round < number and u.round >= last_meta.get(u.silo, (-1, {}))[0]:
-            last_meta[u.silo] = (u.round, json.loads(u.metadata_json or "{}"))
+        if u.silo in last_selected and u.round < number and u.round >= last_meta.get(u.silo, (-1, None))[0]:
+            last_meta[u.silo] = (u.round, UpdateMetadata.stored(u.metadata_json))
     samples = {e.silo: e.train_samples for e in store.all(EnrollmentRow, study_id=study_id)}
     out = []
     for s in silos:
-        meta = last_meta.get(s, (0, {}))[1]
-        norm, link = meta.get("update_norm"), meta.get("link_bytes_per_s")
-        out.append(SiloStats(name=s, update_norm=float(norm) if isinstance(norm, (int, float)) else None,
-                             rounds_unselected=number - 1 - last_selected[s],
-                             link_bytes_per_s=float(link) if isinstance(link, (int, float)) else None,
+        meta = last_meta.get(s, (0, UpdateMetadata()))[1]
+        out.append(SiloStats(name=s, update_norm=meta.update_norm, rounds_unselected=number - 1 - last_selected[s],
+                             link_bytes_per_s=meta.link_bytes_per_s,
                              train_samples=int(samples.get(s, 0))))
     return out
 

@@ -11,6 +11,8 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from coordinator.api.protocol import UpdateMetadata
+from coordinator.analysis import analysis_summary
 from coordinator.outcome import RoundOutcome
 from coordinator.release import pooled_metrics
 from coordinator.store import MetricsRow, RoundRow, SkipRow, TrafficRow, UpdateRow
@@ -34,7 +36,8 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
     for r in range(0, max(last_version, 0) + 1):
         metrics_rows = [m for m in fed.store.all(MetricsRow, study_id=study_id, model_version=r)]
         round_traffic = [t for t in traffic if t.round == r]
-        updates = {u.silo: json.loads(u.metadata_json) for u in fed.store.all(UpdateRow, study_id=study_id, round=r)}
+        updates = {u.silo: UpdateMetadata.stored(u.metadata_json).privacy
+                   for u in fed.store.all(UpdateRow, study_id=study_id, round=r)}
         rnd = fed.store.get(RoundRow, study_id, r)
         entry: dict[str, Any] = {
             "round": r,
@@ -42,8 +45,8 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
             "metrics_per_silo": {m.silo: json.loads(m.metrics_json) for m in metrics_rows},
             "bytes_up": {s: sum(t.bytes_up for t in round_traffic if t.silo == s) for s in silos},
             "bytes_down": {s: sum(t.bytes_down for t in round_traffic if t.silo == s) for s in silos},
-            "epsilon": {s: (updates.get(s, {}).get("privacy") or {}).get("epsilon") for s in silos},
-            "privacy": {s: updates[s].get("privacy") for s in silos if s in updates},
+            "epsilon": {s: updates[s].epsilon if s in updates else None for s in silos},
+            "privacy": {s: updates[s].model_dump(mode="json", exclude_none=True) for s in silos if s in updates},
             "skipped": {k.silo: k.reason for k in fed.store.all(SkipRow, study_id=study_id, round=r)},
         }
         if rnd is not None and rnd.outcome_json:
@@ -84,6 +87,8 @@ def summary_dict(fed: "Federation", study_id: str) -> dict[str, Any]:
                        "epsilon": next((r["epsilon"][s] for r in reversed(rounds) if r["epsilon"].get(s) is not None), None)}
                    for s in silos},
         "error": row.error,
+        "kind": spec.kind.value,
+        "analysis": analysis_summary(fed, study_id),  # an analysis study's pooled figures (coordinator/analysis.py)
     }
 
 
