@@ -22,10 +22,12 @@ from compliance.errors import PHIFieldError
 from compliance.phi import check_no_phi
 from coordinator.aggregation import AggregationError
 from coordinator.aggregation.state import StudyAggregation
+from coordinator.analysis import parse_release, pooled_statistics
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.protocol import (
     TENSORS,
     ProtocolError,
+    StudyKind,
     check_screening_values,
     check_study_id,
     decode_screening_scalars,
@@ -324,7 +326,7 @@ class Federation:
             ready = enough and (recent <= answered or waited_out)
         if not ready:
             return
-        if spec.protocol.encrypted:
+        if spec.protocol.encrypted and spec.kind is StudyKind.TRAINING:
             row.state, row.key_holder = "keygen", accepted[0]
             self.store.add(row)
             log.info("study %s: %d silos enrolled; %s generates the CKKS keys", row.id, len(accepted), accepted[0])
@@ -403,6 +405,9 @@ class Federation:
         all_answered = all(self._answered(row.id, rnd.number, s) for s in participants)
         if not (all_answered or timed_out):
             return
+        if spec.kind is StudyKind.ANALYSIS:
+            self._close_analysis(row, rnd, spec, updates)
+            return
         if len(updates) < spec.training.min_silos:
             retries = RoundOutcome.of(rnd.outcome_json).retries
             reason = f"round {rnd.number}: {len(updates)} updates, quorum is {spec.training.min_silos}"
@@ -440,6 +445,20 @@ class Federation:
                              outcome=RoundOutcome(early_stop=stop), closing=rnd)
             return
         self._open_round(row, rnd.number + 1, self._round_candidates(row, rnd), closing=rnd)
+
+    def _close_analysis(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow]) -> None:
+        """An analysis study's one round: with a quorum of releases, pool them and finish (coordinator/analysis.py)."""
+        if len(updates) < spec.training.min_silos:
+            self._fail(row, f"analysis: {len(updates)} silos released statistics, the quorum is "
+                            f"{spec.training.min_silos} (training.min_silos); no pooled figures are released")
+            return
+        pooled = pooled_statistics(spec, updates, self.blobs.get)
+        rnd.state, rnd.closed_at = "closed", self.clock()
+        row.state = "done"
+        self.store.add(rnd, row)
+        self.audit("statistics_released", study=row.id, silos=pooled.silos,
+                   suppressed={s: len(v) for s, v in pooled.suppressed.items()})
+        log.info("study %s: statistics of %d patients pooled from %s", row.id, pooled.patients.value, pooled.silos)
 
     def _round_candidates(self, row: StudyRow, closing: RoundRow) -> list[str]:
         """Who is asked to the round after `closing`: the accepted silos, under CKKS only those the
@@ -525,7 +544,10 @@ class Federation:
             # Checked and added to the round's running aggregate as it arrives (O(model) memory);
             # a refused update is audited with the reason (NaN, dtype, layout, weight, encoding).
             try:
-                self.rounds.add_update(row, rnd, spec, header, blob.view())
+                if spec.kind is StudyKind.ANALYSIS:  # released statistics, checked against the study
+                    parse_release(spec, header.encoding, blob.view())
+                else:
+                    self.rounds.add_update(row, rnd, spec, header, blob.view())
             except InvalidInput as e:
                 self.audit("update_refused", study=row.id, silo=silo, round=rnd.number, reason=str(e)[:500])
                 raise

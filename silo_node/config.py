@@ -27,6 +27,11 @@
     allowed_modalities = ["ehr", "image", "signal"]
     max_epsilon = 8.0
 
+    [disclosure]                        # analysis studies: what a released statistic may show
+    min_cell_count = 10                 # smaller counts suppressed (with complementary cells)
+    dp = "gaussian"                     # or "none"; epsilon/delta per analysis, charged to the ledger
+    epsilon = 1.0
+
     [tls]                               # omit only with insecure = true (local demos)
     ca_cert = "ca.pem"
     cert = "st-mary.pem"
@@ -45,6 +50,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from coordinator.api.protocol import DisclosureMechanism
 from coordinator.api.study import ALL_MODALITIES, Modality, SpecError, validate_toml_file
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import IngestLimits
@@ -85,6 +91,19 @@ class ApprovalConfig(_Strict):
     max_rounds: int | None = Field(default=None, ge=1)
 
 
+class DisclosureConfig(_Strict):
+    """What this hospital lets an analysis study release (privacy.disclosure): counts of 1 to
+    min_cell_count - 1 patients are suppressed, with complementary suppression; with dp = "gaussian"
+    every released statistic is noised so that one analysis spends at most (epsilon, delta),
+    charged to the privacy ledger on this dataset under the node's epsilon_cap."""
+
+    min_cell_count: int = Field(default=10, ge=1)
+    dp: DisclosureMechanism = DisclosureMechanism.NONE
+    epsilon: float = Field(default=1.0, gt=0)  # per analysis study, with dp = "gaussian"
+    delta: float = Field(default=1e-6, gt=0, lt=1)
+    per_silo: bool = True  # the coordinator may show this silo's own column next to the pooled figures
+
+
 class TLSConfig(_Strict):
     ca_cert: Path
     cert: Path
@@ -122,6 +141,7 @@ class NodeConfig(_Strict):
     data: DataConfig
     privacy: BudgetConfig = BudgetConfig()
     approval: ApprovalConfig = ApprovalConfig()
+    disclosure: DisclosureConfig = DisclosureConfig()  # analysis studies: what may be released
     tls: TLSConfig | None = None
     poll_wait_s: float = Field(default=20.0, gt=0, le=60)
     max_retries: int = Field(default=8, ge=0)  # quick retries of a failed call before the coordinator counts as away

@@ -31,6 +31,7 @@ from coordinator.api.protocol import (
     KeyBundle,
     ProtocolError,
     ServerOptimizerName,
+    StudyKind,
     UpdateMetadata,
     VersionKind,
     VersionMetadata,
@@ -41,11 +42,12 @@ from coordinator.api.server_step import ServerOptimizer, build_server_optimizer
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import encode_tensors
 from pipelines.dataset import split_silo
-from pipelines.ingest import ingest_silo
+from pipelines.ingest import IngestResult, ingest_silo
 from pipelines.normalise import fit_on_training
 from privacy.dp import noise_for_target
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
 from privacy.he.screening import decrypt_scalar
+from silo_node.analysis import is_analysis, run_analysis
 from silo_node.approval import ApprovalBook, policy_decision
 from silo_node.attacks import AttackingTrainer
 from silo_node.client import WAITING_LOG_EVERY_S, CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
@@ -258,7 +260,7 @@ class SiloNode:
         self.audit.append("study_approved" if approved else "study_rejected", study=study_id, by=by, reason=reason,
                           spec_sha256=spec.sha256())
         answer = pb.ProposalAnswer(study_id=study_id, accept=approved, reason=reason, spec_sha256=spec.sha256())
-        if approved:
+        if approved and spec.kind is StudyKind.TRAINING:  # an analysis reads its data at its one task
             try:
                 state = self.studies.get(study_id) or self._prepare(study_id, spec)  # prepared once, not per try
             except Exception as e:  # noqa: BLE001 - a study we cannot prepare is declined, with the reason
@@ -277,13 +279,18 @@ class SiloNode:
             raise
         self.approvals.mark_answered(study_id)
 
-    def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
+    def _ingest(self, study_id: str, spec: StudySpec) -> IngestResult:
+        """The study's cohort from this node's data (de-identified), the ingestion audited by its counts."""
         d = self.config.data
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
                              tables=d.tables, limits=d.limits, cohort=spec.cohort,
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
+        return result
+
+    def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
+        result = self._ingest(study_id, spec)
         c = spec.cohort
         train, validation, test = split_silo(result.dataset, test_fraction=c.test_fraction, seed=spec.training.seed,
                                              validation_fraction=c.validation_fraction, stratify=c.stratify_split)
@@ -407,6 +414,9 @@ class SiloNode:
         return self.studies[task.study_id]
 
     def on_train(self, task: pb.Task) -> None:
+        if is_analysis(task):  # an analysis study's one round: release statistics (silo_node/analysis.py)
+            run_analysis(self, task)
+            return
         state = self._state(task)
         spec = state.spec
         names, weights = self._model(task.study_id, task.model_version)

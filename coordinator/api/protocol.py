@@ -608,3 +608,90 @@ class CohortRelease(_Wire):
                 raise ProtocolError(f"released cohort statistics: column {c.name!r} has {len(c.quantiles)} quantiles; "
                                     f"the study asks for {len(a.quantiles)}")
         return self
+
+
+# --- analysis studies (federated statistics) ---------------------------------------------------------------
+class StudyKind(StrEnum):
+    """`StudySpec.kind`: a training study (rounds of model updates) or an analysis study (one round in
+    which each approved silo releases statistics of its cohort; the coordinator pools them)."""
+
+    TRAINING = "training"
+    ANALYSIS = "analysis"
+
+
+#: The `encoding` header of a silo's released statistics (a `CohortRelease` as JSON, in a BLOB_UPDATE).
+ANALYSIS_ENCODING = "cohort-statistics+json"
+MAX_RELEASE_BYTES = 4 * 1024 * 1024
+
+
+class DisclosureMechanism(StrEnum):
+    """The DP noise a silo adds to every released statistic (`[disclosure] dp` in node.toml)."""
+
+    NONE = "none"
+    GAUSSIAN = "gaussian"
+
+
+class ColumnRelease(_Wire):
+    """One EHR value column as a silo releases it. None = suppressed (said in `suppressed`, never hidden).
+
+    `mean` and `m2` (the sum of squared deviations from the mean) pool exactly across silos (Chan,
+    Golub, LeVeque 1979); `histogram` has one cell below the first edge, one per bin [e_i, e_i+1) and
+    one at or above the last edge, so its cells add up to `present`."""
+
+    name: str = Field(max_length=256)
+    present: int | None = Field(default=None, ge=0)
+    missing: int | None = Field(default=None, ge=0)
+    mean: float | None = None
+    m2: float | None = Field(default=None, ge=0)
+    histogram: list[int | None] | None = Field(default=None, max_length=10_001)
+    quantiles: list[float | None] | None = Field(default=None, max_length=101)
+
+
+class DisclosureClaim(_Wire):
+    """What the silo's disclosure control did to this release: its threshold, which cells it held
+    back (primary: below the threshold; complementary: so that no total reveals one), and the DP noise."""
+
+    min_cell_count: int = Field(ge=1)
+    suppressed: list[str] = Field(default_factory=list, max_length=100_000)
+    mechanism: DisclosureMechanism = DisclosureMechanism.NONE
+    epsilon: float | None = Field(default=None, ge=0)
+    delta: float | None = Field(default=None, ge=0, le=1)
+    noise_multiplier: float | None = Field(default=None, ge=0)
+    queries: int | None = Field(default=None, ge=0)
+    per_silo: bool = True  # the silo lets the coordinator show its own column next to the pooled figures
+
+
+class CohortRelease(_Wire):
+    """A silo's statistics of its de-identified cohort for an analysis study (the BLOB_UPDATE body)."""
+
+    patients: int | None = Field(default=None, ge=0)
+    label_positive: int | None = Field(default=None, ge=0)
+    label_negative: int | None = Field(default=None, ge=0)
+    modalities: dict[str, int | None] = Field(default_factory=dict)
+    columns: list[ColumnRelease] = Field(default_factory=list, max_length=10_000)
+    disclosure: DisclosureClaim
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "CohortRelease":
+        return cls.parse(text, what="released cohort statistics", limit=MAX_RELEASE_BYTES)
+
+    def check_against(self, spec: "StudySpec") -> "CohortRelease":
+        """The release answers this study: its columns, histogram cells and quantiles are the spec's."""
+        want = list(spec.cohort.ehr_columns)
+        got = [c.name for c in self.columns]
+        if got != want:
+            raise ProtocolError(f"released cohort statistics: columns {got[:5]}…; the study asks for {want[:5]}…")
+        unknown = sorted(set(self.modalities) - set(MODALITIES))
+        if unknown:
+            raise ProtocolError(f"released cohort statistics: unknown modality {unknown[0]!r}; expected {MODALITIES}")
+        a = spec.analysis
+        for c in self.columns:
+            edges = a.bins.get(c.name)
+            cells = None if edges is None else len(edges) + 1
+            if c.histogram is not None and len(c.histogram) != cells:
+                raise ProtocolError(f"released cohort statistics: column {c.name!r} has {len(c.histogram)} histogram "
+                                    f"cells; the study's bins give {cells}")
+            if c.quantiles is not None and len(c.quantiles) != len(a.quantiles):
+                raise ProtocolError(f"released cohort statistics: column {c.name!r} has {len(c.quantiles)} quantiles; "
+                                    f"the study asks for {len(a.quantiles)}")
+        return self

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -27,6 +28,7 @@ from coordinator.api.protocol import (
     Encryption,
     Rule,
     ServerOptimizerName,
+    StudyKind,
     StudyProtocol,
     compatibility_error,
 )
@@ -259,6 +261,28 @@ class CompressionSpec(_Strict):
     downlink: DownlinkCodec = DownlinkCodec.NONE
 
 
+class AnalysisSpec(_Strict):
+    """What an analysis study (`kind = "analysis"`) computes at each silo on its cohort: per EHR value
+    column the count present / missing, mean and standard deviation, and a histogram on the bins
+    fixed here (edges, in the column's unit, the same at every silo, so cells add up exactly across
+    silos); quantiles are read from the histogram. A column without bins gets no histogram."""
+
+    bins: dict[str, tuple[float, ...]] = Field(default_factory=dict)  # EHR value column -> increasing edges
+    quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
+
+    @model_validator(mode="after")
+    def _edges_and_quantiles(self) -> "AnalysisSpec":
+        for name, edges in self.bins.items():
+            if not edges or len(edges) > 10_000 or any(not b > a for a, b in zip(edges, edges[1:])) \
+                    or not all(math.isfinite(e) for e in edges):
+                raise ValueError(f"analysis.bins.{name}: expected 1-10000 finite, strictly increasing edges, "
+                                 f"got {list(edges)[:10]}")
+        if any(not 0 < q < 1 for q in self.quantiles) or len(self.quantiles) > 100:
+            raise ValueError(f"analysis.quantiles: expected at most 100 values strictly between 0 and 1, "
+                             f"got {list(self.quantiles)}")
+        return self
+
+
 class StudySpec(_Strict):
     name: str = Field(min_length=1, max_length=200, pattern=STUDY_NAME_PATTERN)
     description: str = ""
@@ -269,6 +293,17 @@ class StudySpec(_Strict):
     privacy: PrivacySpec = PrivacySpec()
     aggregation: AggregationSpec = AggregationSpec()
     compression: CompressionSpec = CompressionSpec()
+    # "analysis": one round of federated statistics (the `analysis` section) instead of training
+    kind: StudyKind = StudyKind.TRAINING
+    analysis: AnalysisSpec = AnalysisSpec()
+
+    @model_validator(mode="after")
+    def _bins_name_columns(self) -> "StudySpec":
+        unknown = sorted(set(self.analysis.bins) - set(self.cohort.ehr_columns))
+        if unknown:
+            raise ValueError(f"analysis.bins.{unknown[0]}: no such EHR value column; the cohort's columns are "
+                             f"{list(self.cohort.ehr_columns)}")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":

@@ -1,0 +1,190 @@
+"""The silo's part of an analysis study: statistics of its cohort, released under its own rules.
+
+An analysis study's one round arrives as a TASK_TRAIN whose spec has `kind = "analysis"`. The node
+checks the site's approval, ingests its data as for training, computes the exact statistics
+(pipelines.analytics), then applies the disclosure control that node.toml's `[disclosure]` sets
+(privacy.disclosure): DP noise first (its ε charged to the privacy ledger, refused above the
+node's cap), then small-cell suppression with complementary cells on what would be released.
+What was suppressed is listed in the release. The release is audited before it leaves, like
+every outgoing message, and travels as a BLOB_UPDATE with the `cohort-statistics+json` encoding.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api.protocol import (
+    ANALYSIS_ENCODING,
+    CohortRelease,
+    ColumnRelease,
+    DisclosureClaim,
+    DisclosureMechanism,
+    PrivacyClaim,
+    StudyKind,
+    UpdateMetadata,
+)
+from coordinator.api.study import StudySpec
+from pipelines.analytics import CohortStatistics, ColumnStatistics, dataset_statistics, quantiles_from_histogram
+from privacy.disclosure import (
+    DISCLOSURE_ACCOUNTANT,
+    GaussianNoise,
+    cells_to_suppress,
+    noise_multiplier_for,
+    release_epsilon,
+    release_step,
+)
+from privacy.dp import DPStep, epsilon_spent, would_exceed
+from silo_node.config import DisclosureConfig
+
+if TYPE_CHECKING:
+    from silo_node.node import SiloNode
+
+log = logging.getLogger(__name__)
+
+
+def is_analysis(task: pb.Task) -> bool:
+    return StudySpec.from_json(task.spec_json).kind is StudyKind.ANALYSIS
+
+
+def queries_of(stats: CohortStatistics) -> int:
+    """The statistics DP noises: patients, label positives, each modality, and per column the count
+    present, the histogram and (with bins, which bound their sensitivity) the sum and sum of squares."""
+    per_column = sum(1 + (3 if c.histogram is not None else 0) for c in stats.columns)
+    return 2 + len(stats.modalities) + per_column
+
+
+def disclose(stats: CohortStatistics, rules: DisclosureConfig, *, quantiles: tuple[float, ...],
+             noise: GaussianNoise | None = None) -> CohortRelease:
+    """What the silo releases: `stats` after DP noise (when `noise` is given) and suppression."""
+    k = rules.min_cell_count
+    suppressed: list[str] = []
+    count = noise.count if noise is not None else (lambda c: c)
+    patients = count(stats.patients)
+    positive = count(stats.label_positive)
+    negative = max(patients - positive, 0)
+    if 0 < patients < k:  # too small a cohort: nothing but the fact that it is small
+        return CohortRelease(modalities={m: None for m in stats.modalities},
+                             columns=[ColumnRelease(name=c.name) for c in stats.columns],
+                             disclosure=_claim(rules, [f"patients: fewer than {k}; nothing released"], noise))
+    label = [positive, negative]
+    if cells_to_suppress(label, k):
+        label = [None, None]
+        suppressed.append("label: positives and negatives")
+    modalities: dict[str, int | None] = {}
+    for m, n in stats.modalities.items():
+        with_m = min(count(n), patients)
+        hidden = bool(cells_to_suppress([with_m, patients - with_m], k))
+        modalities[m] = None if hidden else with_m
+        if hidden:
+            suppressed.append(f"modality {m}: with and without")
+    columns = [_column(c, k, patients, quantiles, noise, suppressed) for c in stats.columns]
+    return CohortRelease(patients=patients, label_positive=label[0], label_negative=label[1], modalities=modalities,
+                         columns=columns, disclosure=_claim(rules, suppressed, noise))
+
+
+def _column(c: ColumnStatistics, k: int, patients: int, quantiles: tuple[float, ...], noise: GaussianNoise | None,
+            suppressed: list[str]) -> ColumnRelease:
+    present = min(noise.count(c.present), patients) if noise is not None else c.present
+    if cells_to_suppress([present, patients - present], k):
+        suppressed.append(f"{c.name}: present and missing (and its histogram and moments)")
+        return ColumnRelease(name=c.name)
+    mean, m2, hist = c.mean, c.m2, list(c.histogram) if c.histogram is not None else None
+    if noise is not None:
+        if hist is not None:
+            hist = noise.histogram(hist)
+            bound = max(abs(c.edges[0]), abs(c.edges[-1]))
+            total = noise.value(c.clamped_sum, sensitivity=bound)
+            squares = noise.value(c.clamped_sum_squares, sensitivity=bound ** 2)
+            n = max(present, 1)
+            mean, m2 = total / n, max(squares - total * total / n, 0.0)
+        else:  # no bins: nothing bounds a value's influence on the moments, so they are not released
+            mean = m2 = None
+            suppressed.append(f"{c.name}: mean and sd (under DP the study must give bins to bound them)")
+    quants = None
+    if hist is not None:
+        hidden = cells_to_suppress(hist, k)
+        for i in sorted(hidden):
+            hist[i] = None
+        if hidden:
+            suppressed.append(f"{c.name}: histogram cells {sorted(hidden)}")
+        else:
+            quants = quantiles_from_histogram(hist, c.edges, quantiles)
+    return ColumnRelease(name=c.name, present=present, missing=patients - present, mean=mean, m2=m2, histogram=hist,
+                         quantiles=quants)
+
+
+def _claim(rules: DisclosureConfig, suppressed: list[str], noise: GaussianNoise | None) -> DisclosureClaim:
+    if noise is None:
+        return DisclosureClaim(min_cell_count=rules.min_cell_count, suppressed=suppressed, per_silo=rules.per_silo)
+    return DisclosureClaim(min_cell_count=rules.min_cell_count, suppressed=suppressed, per_silo=rules.per_silo,
+                           mechanism=DisclosureMechanism.GAUSSIAN, delta=rules.delta,
+                           noise_multiplier=noise.noise_multiplier, queries=noise.queries,
+                           epsilon=release_epsilon(noise_multiplier=noise.noise_multiplier, queries=noise.queries,
+                                                   delta=rules.delta))
+
+
+class AnalysisRefused(Exception):
+    """The release would exceed the node's privacy budget; the message is the reason sent."""
+
+
+def run_analysis(node: "SiloNode", task: pb.Task) -> None:
+    """The analysis round at this silo: compute, disclose, charge the ledger, audit, send."""
+    spec = StudySpec.from_json(task.spec_json)
+    decision = node.approvals.valid_decision(task.study_id, spec)
+    if decision is None or not decision.approved:
+        raise PermissionError(f"study {task.study_id} has no valid approval at this node")
+    result = node._ingest(task.study_id, spec)
+    stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins)
+    rules = node.config.disclosure
+    noise, claim = None, PrivacyClaim()
+    if rules.dp is DisclosureMechanism.GAUSSIAN:
+        queries = queries_of(stats)
+        multiplier = noise_multiplier_for(epsilon=rules.epsilon, delta=rules.delta, queries=queries)
+        try:
+            _check_budget(node, multiplier, queries)
+        except AnalysisRefused as e:
+            node.audit.append("budget_refused", study=task.study_id, round=task.round, reason=str(e)[:500])
+            node._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                         model_version=task.model_version, skipped=True, skip_reason=str(e)))
+            log.warning("analysis %s refused: %s", task.study_id, e)
+            return
+        noise = GaussianNoise(multiplier)
+    release = disclose(stats, rules, quantiles=spec.analysis.quantiles, noise=noise)
+    d = release.disclosure
+    if noise is not None:
+        total = epsilon_spent([*_history(node), release_step(noise_multiplier=noise.noise_multiplier,
+                                                             queries=noise.queries)],
+                              delta=rules.delta, accountant=DISCLOSURE_ACCOUNTANT)
+        node.ledger.record(silo=node.config.name, dataset=node.config.data.dataset, study=task.study_id,
+                           round=task.round, epsilon=d.epsilon, delta=rules.delta, noise_multiplier=noise.noise_multiplier,
+                           sample_rate=1.0, steps=noise.queries, accountant=DISCLOSURE_ACCOUNTANT)
+        claim = PrivacyClaim(enabled=True, epsilon=d.epsilon, delta=rules.delta, noise_multiplier=noise.noise_multiplier,
+                             sample_rate=1.0, steps=noise.queries, accountant=DISCLOSURE_ACCOUNTANT)
+        log.info("analysis %s: Gaussian noise, ε %.3g at δ %g for %d statistics (dataset now at ε %.3g)",
+                 task.study_id, d.epsilon, rules.delta, noise.queries, total)
+    node.audit.append("statistics_released", study=task.study_id, round=task.round, min_cell_count=d.min_cell_count,
+                      suppressed=d.suppressed[:200], mechanism=d.mechanism.value, epsilon=d.epsilon)
+    data = release.to_json().encode()
+    header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
+                           nonce=task.nonce, weight=float(max(release.patients or 0, 1)), encoding=ANALYSIS_ENCODING,
+                           metadata_json=UpdateMetadata(privacy=claim).to_json())
+    node._send(header, data, kind="statistics", study=task.study_id, round_=task.round, epsilon=d.epsilon)
+    node.finished.add(task.study_id)
+    log.info("analysis %s: released statistics of %s patients (%d cells suppressed)", task.study_id,
+             release.patients, len(d.suppressed))
+
+
+def _check_budget(node: "SiloNode", multiplier: float, queries: int) -> None:
+    rules, cap = node.config.disclosure, node.config.privacy.epsilon_cap
+    exceeds, after = would_exceed(_history(node), release_step(noise_multiplier=multiplier, queries=queries), cap_epsilon=cap,
+                                  delta=rules.delta, accountant=DISCLOSURE_ACCOUNTANT)
+    if exceeds:
+        raise AnalysisRefused(f"privacy budget: releasing these statistics would bring ε on dataset "
+                              f"{node.config.data.dataset} to {after:.3f}, above the node's cap {cap}")
+
+
+def _history(node: "SiloNode") -> list[DPStep]:
+    """Every DP release and training round on the node's dataset, as the ledger holds them."""
+    return [DPStep(r.noise_multiplier, r.sample_rate, r.steps) for r in node.ledger.history(node.config.data.dataset)]
