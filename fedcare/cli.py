@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from console.addresses import RESEARCHER_DEFAULT_LISTEN, SITE_DEFAULT_LISTEN
 from fedcare.listen import ListenError, check_listen
 from fedcare.pki import ROLES
 
@@ -361,6 +362,21 @@ def silo_reject(study: StudyArg, config: ConfigOpt,
     _decide(config, study, False, reason)
 
 
+@silo_app.command("console")
+def silo_console(config: ConfigOpt, listen: Annotated[str, typer.Option(
+        help="HOST:PORT to serve on (loopback by default: hospital IT opens it on the node itself)")] = SITE_DEFAULT_LISTEN,
+        allow_remote: Annotated[bool, typer.Option(
+            help="accept non-local clients (only behind the hospital's TLS proxy)")] = False) -> None:
+    """Serve the site console: proposals to approve or reject, ingestion, privacy ledger, audit log."""
+    from console.serve import serve
+    from console.site import create_app
+
+    _logging(False)
+    app_ = create_app(_node_config(config), allow_remote=allow_remote)
+    Console().print(f"site console at http://{listen}/ (add users with `fedcare console add-user --config {config}`)")
+    serve(app_, listen)
+
+
 # --- researcher --------------------------------------------------------------------------------------
 CoordOpt = Annotated[str, typer.Option("--coordinator", help="host:port of the coordinator")]
 
@@ -426,9 +442,10 @@ def study_status(study_id: StudyArg, coordinator: CoordOpt = DEFAULT_COORDINATOR
 @study_app.command("results")
 def study_results(study_id: StudyArg, out: Annotated[Path, typer.Option(help="folder for summary.json and final_model.pt")],
                   coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
-    """Download summary.json and the final model of a finished study."""
+    """Download summary.json and the final model of a finished study (an analysis study: its pooled
+    statistics as analysis.json, analysis.csv and analysis.html)."""
     paths = _researcher(coordinator).results(study_id, out)
-    Console().print(f"wrote {paths['summary']} and {paths['model']}")
+    Console().print(f"wrote {', '.join(str(p) for p in paths.values())}")
 
 
 # --- audit --------------------------------------------------------------------------------------------
@@ -591,6 +608,62 @@ def pki_revoke(cert: Annotated[Path, typer.Argument(help="the certificate (PEM) 
 
 
 # --- entry point ---------------------------------------------------------------------------------------
+# --- web consoles ------------------------------------------------------------------------------------
+console_app = typer.Typer(help="The researcher console (web), and console accounts.", rich_markup_mode=None)
+app.add_typer(console_app, name="console")
+
+
+@console_app.callback(invoke_without_command=True)
+def console_serve(
+    ctx: typer.Context,
+    coordinator: CoordOpt = DEFAULT_COORDINATOR,
+    state_dir: Annotated[Path, typer.Option(help="the console's accounts, audit log and followed studies")] = Path(
+        "fedcare-console"),
+    listen: Annotated[str, typer.Option(help="HOST:PORT to serve on")] = RESEARCHER_DEFAULT_LISTEN,
+    log: Annotated[list[Path], typer.Option("--log", help="an audit log auditors may read (repeatable)")] = [],
+    ledger: Annotated[list[Path], typer.Option("--ledger", help="a silo's privacy ledger (repeatable)")] = [],
+    public_key: Annotated[list[str], typer.Option(help="NODE=HEX registered signing key (repeatable)")] = [],
+    ca_cert: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_CA_CERT", help="the study CA (ca.pem)")] = None,
+    cert: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_CERT", help="the console's researcher certificate")] = None,
+    key: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_KEY", help="its key")] = None,
+    insecure: Annotated[bool, typer.Option(help="plain-text gRPC to a local demo coordinator")] = False,
+) -> None:
+    """Serve the researcher console for the coordinator at --coordinator (studies, live curves, submission, audit)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from console.researcher import create_app
+    from console.serve import serve
+    from console.audit_view import AuditSources
+
+    _logging(False)
+    _CONNECTION.update(ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
+    sources = AuditSources(logs=log, ledgers=ledger, keys=_public_keys(public_key, several=True))
+    app_ = create_app(_researcher(coordinator), state_dir=state_dir, coordinator=coordinator, audit_sources=sources)
+    Console().print(f"researcher console at http://{listen}/ (add users with `fedcare console add-user "
+                    f"--state-dir {state_dir}`)")
+    serve(app_, listen)
+
+
+@console_app.command("add-user")
+def console_add_user(
+    user: Annotated[str, typer.Argument(help="the sign-in name")],
+    role: Annotated[str, typer.Option(help="researcher, auditor or site-admin")],
+    state_dir: Annotated[Optional[Path], typer.Option(help="the researcher console's state dir")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="a node.toml: a site console user")] = None,
+    password: Annotated[str, typer.Option(envvar="FEDCARE_CONSOLE_PASSWORD", prompt=True, hide_input=True,
+                                          confirmation_prompt=True, help="asked when not given")] = "",
+) -> None:
+    """Add a console user (or set their password and role); the password is stored scrypt-hashed."""
+    from console.researcher import accounts_in
+    from console.site import accounts_of
+
+    if (state_dir is None) == (config is None):
+        raise UserError("give --state-dir (researcher console) or --config node.toml (site console), one of them")
+    store = accounts_in(state_dir) if state_dir is not None else accounts_of(_node_config(config))
+    account = store.add(user, password, role)
+    Console().print(f"console user {_escape(account.user)} ({account.role.value}) saved in {_escape(str(store.path))}")
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from coordinator.api.study import SpecError
     from fedcare.pki import PKIError
@@ -600,8 +673,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     from compliance import ComplianceError
 
+    from console.errors import ConsoleError
+
     return (UserError, SpecError, ResearcherError, SiloError, PKIError, ComplianceError, FileNotFoundError, ListenError,
-            StateError)
+            StateError, ConsoleError)
 
 
 def main() -> None:
