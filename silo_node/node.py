@@ -86,6 +86,7 @@ class SiloNode:
         self.audit = open_node_log(state, node=config.name, role="silo",
                                    state_files=STATE_FILES)
         self._heads_exchanged_at = -math.inf
+        self._count_after_exchange = -1  # this log's entry count right after the last exchange
         self.ledger = PrivacyLedger(state / LEDGER_FILE)
         self.approvals = ApprovalBook(state)
         self.wrap_keys = _load_or_create_wrap_keys(state / "wrap-key.bin")
@@ -157,13 +158,16 @@ class SiloNode:
     def _witness_heads(self, *, now: bool = False) -> None:
         """Gossip signed audit heads with the coordinator, at most every WITNESS_EVERY_S (or `now`):
         each side records the other's in its own log (compliance.witness), so neither log can
-        later be cut back or rewritten unseen. A failed exchange is logged; the next one retries."""
-        if not now and time.monotonic() - self._heads_exchanged_at < WITNESS_EVERY_S:
+        later be cut back or rewritten unseen. A failed exchange is logged; the next one retries.
+        Nothing new in this log since the last exchange: an idle node stays quiet (no entries)."""
+        mine = SignedHead.of(self.audit)
+        if not now and (time.monotonic() - self._heads_exchanged_at < WITNESS_EVERY_S
+                        or mine.count == self._count_after_exchange):
             return
         self._heads_exchanged_at = time.monotonic()
         try:
-            theirs = self.client.exchange_heads(pb.SignedHead(**SignedHead.of(self.audit).as_dict()))
-            witness(self.audit, SignedHead.from_message(theirs))
+            theirs = self.client.exchange_heads(pb.SignedHead(**mine.as_dict()))
+            self._count_after_exchange = witness(self.audit, SignedHead.from_message(theirs)).index
         except CoordinatorRefusal as e:
             if e.code == grpc.StatusCode.UNIMPLEMENTED:  # e.g. a regional aggregator: say so once, stop asking
                 self._heads_exchanged_at = math.inf
