@@ -45,8 +45,8 @@ SSE_POLL_S = 1.0
 FINISHED = ("done", "failed")
 # The form's fields: StudySpec paths (dotted) a researcher sets most; the rest keep their defaults
 # or come from an uploaded TOML file.
-FORM_FIELDS = ("name", "description", "training.rounds", "training.min_silos", "training.local_epochs",
-               "privacy.target_epsilon", "privacy.encryption", "aggregation.rule")
+FORM_FIELDS = ("name", "description", "training.rounds", "training.min_silos", "training.expected_silos",
+               "training.local_epochs", "privacy.target_epsilon", "privacy.encryption", "aggregation.rule")
 
 
 class StudyClient(Protocol):
