@@ -96,8 +96,10 @@ def routes(core: ConsoleCore, sources: AuditSources, roles: Iterable[Role] = (Ro
 
     async def report(request: Request, session: Session) -> Response:
         out = Path(tempfile.mkdtemp(prefix="fedcare-console-report-")) / "audit-report.html"
-        await run_in_threadpool(build_report, logs=list(sources.logs), out=out, fmt="html",
-                                ledger=list(sources.ledgers) or None, keys=sources.keys)
+        # A node that has not started yet has no log or ledger: the report covers those that exist.
+        await run_in_threadpool(build_report, logs=[p for p in sources.logs if Path(p).is_file()], out=out,
+                                fmt="html", ledger=[p for p in sources.ledgers if Path(p).is_file()] or None,
+                                keys=sources.keys)
         return FileResponse(out, media_type="text/html", filename="audit-report.html",
                             content_disposition_type="attachment")
 

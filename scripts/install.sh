@@ -4,7 +4,9 @@
 #
 #   bash scripts/install.sh            # for `fedcare demo`: Pango/HarfBuzz and fonts for the PDF report
 #   bash scripts/install.sh --test     # also the dev extras and the servers the tests start:
-#                                      # Orthanc PACS (+ DICOMweb), PostgreSQL, poppler (pdftotext)
+#                                      # Orthanc PACS (+ DICOMweb), PostgreSQL, poppler (pdftotext),
+#                                      # Debian's chromium for the console's browser tests (Playwright
+#                                      # drives /usr/bin/chromium; no browser is downloaded)
 #
 # The environment is the active one when VIRTUAL_ENV is set, else FEDCARE_VENV, else ./.venv
 # (created with PYTHON, default python3). Debian's own Python refuses `pip install` outside a
@@ -30,7 +32,7 @@ done
 # (without it every PDF report prints warnings).
 packages=(python3-venv libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 fonts-dejavu-core)
 if [ "$test_extras" = 1 ]; then
-    packages+=(orthanc orthanc-dicomweb postgresql poppler-utils)
+    packages+=(orthanc orthanc-dicomweb postgresql poppler-utils chromium)
 fi
 missing=()
 for p in "${packages[@]}"; do
