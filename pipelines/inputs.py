@@ -11,10 +11,14 @@ Every reader walks its inputs through `input_files`, so the same rules hold for 
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import logging
+import lzma
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import InputError
 from .quarantine import Quarantine
@@ -47,6 +51,21 @@ def input_files(paths: Sequence[Path], accept: Callable[[Path], bool], quarantin
                     "is compressed and this reader does not read compressed files; it was skipped. Decompress it into "
                     "the input folder (tables: name the extension, e.g. '.csv.gz', in the node config)",
                     reason="compressed_not_read", source=f))
+
+
+#: Compressions a reader can stream through (`open_input`); a name ending in another of `COMPRESSED` is not read.
+STREAMED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def open_input(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed as they are read when its name ends in a `STREAMED` suffix."""
+    return STREAMED.get(path.suffix.lower(), open)(path, "rb")  # type: ignore[return-value]
+
+
+def data_name(path: Path) -> str:
+    """The name without a `STREAMED` suffix: 'Observation.ndjson.gz' -> 'Observation.ndjson'."""
+    name = path.name.lower()
+    return name[: -len(path.suffix)] if path.suffix.lower() in STREAMED else name
 
 
 def _refuse(quarantine: Quarantine | None, modality: str, error: InputError) -> None:

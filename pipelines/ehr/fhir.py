@@ -2,9 +2,11 @@
 
 Bundles of any type (collection, transaction, batch, searchset, as Synthea and FHIR servers
 write them) and Bulk Data NDJSON exports (`Patient.ndjson`, `Observation.ndjson`, ...) are
-read; NDJSON is streamed line by line. Patient, Observation, Condition, MedicationRequest,
-MedicationStatement, ImagingStudy and Encounter are validated with `fhir.resources` (R4B models,
-wire-compatible with R4 for these resources); other types are counted and skipped.
+read, plain or compressed (.gz, .bz2, .xz); NDJSON is streamed line by line, a Bundle entry by
+entry (ijson), so memory does not grow with the file. Patient, Observation, Condition,
+MedicationRequest, MedicationStatement, ImagingStudy and Encounter are validated with
+`fhir.resources` (R4B models, wire-compatible with R4 for these resources); other types are
+counted and skipped.
 
 Each file becomes `FileFacts`, already de-identified (`pipelines.deid`): the patient is its
 keyed pseudonym (from the MRN: the identifier typed `MR`, HL7 v2 table 0203), references are
@@ -36,7 +38,7 @@ from pydantic import ValidationError
 from ..cache import IngestCache, file_hash
 from ..deid import Deidentifier, age_years
 from ..errors import EXHAUSTION, FhirError, InputError, SignalError, refusal
-from ..inputs import input_files
+from ..inputs import data_name, input_files, open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from .factstore import FactStore
 from .observations import _date as as_date
@@ -84,7 +86,7 @@ def ref_key(ref: str) -> str:
 
 def _ndjson(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
     """One resource per line, streamed; a line longer than `max_document_bytes` refuses the file."""
-    with path.open("rb") as f:
+    with open_input(path) as f:
         n = 0
         while line := f.readline(limits.max_document_bytes + 1):
             n += 1
@@ -101,7 +103,7 @@ def _ndjson(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
 
 def _top_level_type(path: Path) -> str | None:
     """The document's top-level resourceType, read as a stream (a Bundle is never loaded whole)."""
-    with path.open("rb") as f:
+    with open_input(path) as f:
         for prefix, event, value in ijson.parse(f):
             if prefix == "resourceType" and event == "string":
                 return str(value)
@@ -113,7 +115,7 @@ def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
     try:
         rtype = _top_level_type(path)
         if rtype == "Bundle":
-            with path.open("rb") as f:
+            with open_input(path) as f:
                 for entry in ijson.items(f, "entry.item", use_float=True):
                     res = entry.get("resource") if isinstance(entry, dict) else None
                     if isinstance(res, dict):
@@ -124,17 +126,19 @@ def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
                         "Re-export the file from the source system", reason="bad_json", source=path) from None
     if rtype is None:
         raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
-    size = path.stat().st_size
-    if size > limits.max_document_bytes:
-        raise FhirError(f"is one {rtype} of {size} bytes, above limits.max_document_bytes ({limits.max_document_bytes}); "
+    with open_input(path) as f:
+        data = f.read(limits.max_document_bytes + 1)
+    if len(data) > limits.max_document_bytes:
+        raise FhirError(f"is one {rtype} of more than limits.max_document_bytes ({limits.max_document_bytes}) bytes; "
                         "expected a Bundle (streamed) or a resource of ordinary size", reason="too_large", source=path)
-    yield "", json.loads(path.read_bytes())
+    yield "", json.loads(data)
 
 
 def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict]]:
     """(fullUrl or "", resource dict) for every resource of a JSON bundle/resource or an NDJSON file, streamed."""
     try:
-        for full_url, doc in (_ndjson(path, limits) if path.suffix.lower() == ".ndjson" else _json(path, limits)):
+        ndjson = data_name(path).endswith(".ndjson")
+        for full_url, doc in (_ndjson(path, limits) if ndjson else _json(path, limits)):
             if not isinstance(doc, dict) or "resourceType" not in doc:
                 raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
             if doc["resourceType"] == "Bundle":  # a Bundle inside NDJSON or a nested one: small by the line bound
@@ -144,7 +148,7 @@ def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Iterato
                         yield entry.get("fullUrl") or "", res
             else:
                 yield full_url, doc
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # OSError: also a damaged gzip/bz2/xz stream
         raise FhirError(f"cannot be read as UTF-8 text ({e}); expected a FHIR JSON or NDJSON file",
                         reason="unreadable", source=path) from None
     except json.JSONDecodeError as e:
@@ -238,7 +242,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
     cache = cache or IngestCache(None, "")
     out = FhirRead()
     patients = 0
-    for path in input_files(paths, lambda p: p.suffix.lower() in FHIR_SUFFIXES, quarantine, "ehr"):
+    for path in input_files(paths, lambda p: data_name(p).endswith(FHIR_SUFFIXES), quarantine, "ehr"):
         out.files += 1
         errors: list[InputError] = []
         try:

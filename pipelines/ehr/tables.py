@@ -14,10 +14,7 @@ column per feature).
 
 from __future__ import annotations
 
-import bz2
-import gzip
 import logging
-import lzma
 import math
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -27,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ..errors import TabularError
+from ..inputs import open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
 
 log = logging.getLogger(__name__)
@@ -52,16 +50,13 @@ def header_key(column: str) -> str:
     return column.split("[", 1)[0].strip().lower()
 
 
-_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
-
-
 def check_header(path: Path, sep: str | None, limits: IngestLimits) -> None:
     """Refuse a table whose first line is longer than `limits.max_line_bytes` or holds more than
     `limits.max_table_columns` columns, before pandas allocates anything for it (`sep` None: whitespace)."""
     suffix = path.suffix.lower()
     if suffix in PARQUET_SUFFIXES or suffix == ".zip":
         return  # Parquet: the schema is read without rows and counted by the caller; zip: pandas reads one member
-    with _OPENERS.get(suffix, open)(path, "rb") as f:
+    with open_input(path) as f:
         line = f.readline(limits.max_line_bytes + 1)
     if len(line) > limits.max_line_bytes:
         raise TabularError(f"has a first line longer than {limits.max_line_bytes} bytes (limits.max_line_bytes); expected "

@@ -3,6 +3,7 @@ streamed, no link followed out of an input folder, compressed files read or repo
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tracemalloc
@@ -126,14 +127,16 @@ def test_links_out_of_an_input_folder_are_not_followed(tmp_path: Path):
 def test_compressed_files_are_read_or_reported_as_skipped(tmp_path: Path):
     folder = tmp_path / "fhir"
     folder.mkdir()
-    (folder / "export.ndjson.gz").write_bytes(b"\x1f\x8b not read")
+    (folder / "Patient.ndjson.gz").write_bytes(gzip.compress(json.dumps(patient("p3", "MRN-3")).encode() + b"\n"))
     (folder / "export.zip").write_bytes(b"PK not read")
+    (folder / "broken.json.gz").write_bytes(b"\x1f\x8b not gzip")
     (tmp_path / "dicom").mkdir()
     (tmp_path / "dicom" / "series.tar.gz").write_bytes(b"\x1f\x8b not read")
     result = _ingest(tmp_path, fhir=[folder], dicom=[tmp_path / "dicom"])
-    assert _reasons(result, "ehr") == {"compressed_not_read": 2}
+    assert result.report.patients == 2  # MRN-1, and MRN-3 read from the gzipped NDJSON
+    assert _reasons(result, "ehr") == {"compressed_not_read": 1, "unreadable": 1}  # the zip; the damaged gzip, named
     assert _reasons(result, "image") == {"compressed_not_read": 1}  # not "not_dicom": it was never opened
-    assert "Decompress it" in result.quarantine.entries[0].message
+    assert any("Decompress it" in e.message for e in result.quarantine.entries)
 
 
 def test_a_table_with_too_many_columns_is_refused_before_it_is_parsed(tmp_path: Path):
