@@ -279,6 +279,32 @@ def dp_cost(patients: int = 600, repeats: int = 3) -> dict[str, float]:
         torch.set_num_threads(threads)
 
 
+def goals(rows: list[dict]) -> dict[str, dict[str, object]]:
+    """The issue's goals per data set, where the rows to judge them are present (AUROC means over seeds)."""
+    out: dict[str, dict[str, object]] = {}
+    for name in sorted({r["dataset"] for r in rows}):
+        def mean(method: str, epsilon: float | None, metric: str = "auroc") -> float | None:
+            hit = [r[metric]["mean"] for r in rows if r["dataset"] == name and r["method"] == method and r["epsilon"] == epsilon]
+            return hit[0] if hit else None
+
+        checks: dict[str, object] = {}
+        fed, pooled = mean("fedavg", None), mean("pooled", None)
+        if fed is not None and pooled is not None:
+            checks["fedavg_within_0.01_of_pooled"] = {"gap": round(pooled - fed, 4), "met": pooled - fed <= 0.01}
+        for epsilon, tolerance in ((1.0, 0.03), (8.0, 0.01)):
+            private = mean("fedavg", epsilon)
+            if fed is not None and private is not None:
+                checks[f"fedavg_eps{epsilon:g}_within_{tolerance}_of_no_dp"] = {
+                    "gap": round(fed - private, 4), "met": fed - private <= tolerance}
+        personal = mean("personal", None, "accuracy")
+        others = [mean("pooled", None, "accuracy"), mean("local", None, "accuracy")]
+        if personal is not None and None not in others:
+            checks["personal_accuracy_beats_pooled_and_local"] = {
+                "personal": personal, "pooled": others[0], "local": others[1], "met": personal > max(others)}  # type: ignore[type-var]
+        out[name] = checks
+    return out
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
 
@@ -333,6 +359,7 @@ def main() -> None:
         "rounds": rounds,
         "delta": DELTA,
         "rows": rows,
+        "goals": goals(rows),
         "dp_cost": {"seconds_per_epoch": cost, "fastest_mode": fastest,
                     "dp_sgd_over_sgd": round(cost[fastest] / cost["sgd"], 2),
                     "hooks_over_sgd": round(cost["hooks"] / cost["sgd"], 2)},

@@ -25,6 +25,9 @@ MESSAGE_KINDS: dict[str, str] = {
     "final_model": "the hospital's copy of the finished shared model, for the coordinator to check it is the "
                    "one all hospitals hold",
     "proposal_answer": "the hospital's yes or no to a proposed study",
+    "statistics": "counts, averages and histograms of the hospital's cohort for an analysis study; never records. "
+                  "Counts below the hospital's minimum cell count are held back (with a second cell so that no "
+                  "total reveals them), and DP-noised when the hospital's node says so",
     "screen_scalars": "a few numbers per round (sizes of and distances between encrypted updates) that let the "
                       "coordinator set aside suspicious updates without reading any",
     "global_model": "the shared model, sent by the coordinator to the hospitals",

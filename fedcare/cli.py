@@ -78,6 +78,8 @@ def demo(
     epsilon: Annotated[float, typer.Option(help="target ε per silo for the whole study")] = 8.0,
     attack: Annotated[Optional[str], typer.Option(help="robustness demo: sign_flip, scaling, gaussian_noise, label_flip, alie, ipm, backdoor")] = None,
     malicious: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of silos that attack")] = 0.0,
+    analysis: Annotated[bool, typer.Option("--analysis", help="first an analysis study: the cohort table across "
+                                                              "hospitals (results in OUT/analysis), then training")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a whole federation on this machine: coordinator + one process per hospital over gRPC."""
@@ -94,7 +96,8 @@ def demo(
     elif malicious > 0:
         raise UserError("--malicious needs --attack KIND (which attack the malicious silos run)")
     options = DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
-                          encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious)
+                          encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious,
+                          analysis=analysis)
     _demo_spec_or_refuse(options)  # before minutes of data generation
     summary = Demo(options, console).run()
     table = Table(title=f"study {summary['study']}")
@@ -415,12 +418,22 @@ def _researcher(coordinator: str):  # noqa: ANN202 - fedcare.researcher.Research
 
 @study_app.command("submit")
 def study_submit(spec: Annotated[Path, typer.Argument(help="the study spec (TOML); see examples/")],
-                 coordinator: CoordOpt = DEFAULT_COORDINATOR) -> None:
+                 coordinator: CoordOpt = DEFAULT_COORDINATOR,
+                 standardise_from: Annotated[Optional[str], typer.Option(
+                     help="a finished analysis study: its pooled means and sds become the features' standardisation")] = None,
+                 ) -> None:
     """Validate a study spec (TOML) and submit it; prints the study id."""
     from coordinator.api.study import StudySpec
+    from fedcare.standardise import StandardisationError, standardised_from
 
     parsed = StudySpec.from_toml(spec)  # refuse an invalid spec before connecting anywhere
-    study_id = _researcher(coordinator).submit(parsed)
+    client = _researcher(coordinator)
+    if standardise_from is not None:
+        try:
+            parsed = standardised_from(parsed, client.status(standardise_from)[1])
+        except StandardisationError as e:
+            raise UserError(f"--standardise-from: {e}") from None
+    study_id = client.submit(parsed)
     print(study_id)
 
 

@@ -26,9 +26,12 @@ import grpc
 import tomli_w
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from compliance import build_report
-from coordinator.api.study import AggregationSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.protocol import StudyKind
+from coordinator.api.study import AggregationSpec, AnalysisSpec, PrivacySpec, StudySpec, TrainingSpec
+from fedcare.analysis_report import cohort_rows
 from fedcare.researcher import ResearcherClient, ResearcherError
 from pipelines.synthetic import generate_federation
 
@@ -52,6 +55,7 @@ class DemoOptions:
     attack: str | None = None  # robustness demos: the first ceil(malicious × silos) silos attack
     malicious: float = 0.0
     timeout_s: float = 1800.0
+    analysis: bool = False  # first an analysis study: the cohort table across hospitals, before training
 
 
 def copy_sqlite(src: Path, dst: Path) -> None:
@@ -79,6 +83,16 @@ def demo_spec(opts: DemoOptions) -> StudySpec:
                             max_grad_norm=1.0, encryption=opts.encryption),  # type: ignore[arg-type]
         aggregation=AggregationSpec(rule=opts.rule),  # type: ignore[arg-type]
     )
+
+
+def demo_analysis_spec(opts: DemoOptions) -> StudySpec:
+    """The demo's cohort overview: the training study's cohort, with histograms of a few features."""
+    training = demo_spec(opts)
+    return training.model_copy(update={
+        "name": "demo-cohort-overview", "kind": StudyKind.ANALYSIS,
+        "description": "Who is in the cohort at each hospital, before training (fedcare demo --analysis).",
+        "analysis": AnalysisSpec(bins={"age": (30.0, 45.0, 60.0, 75.0, 90.0), "glucose": (70.0, 100.0, 126.0, 200.0),
+                                       "systolic_bp": (90.0, 120.0, 140.0, 160.0)})})
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -137,9 +151,12 @@ class Demo:
                 cfg = out / "silos" / h.name / "node.toml"
                 extra = {"attack": {"kind": o.attack}} if i < attackers else {}
                 write_node_config(cfg, name=h.name, coordinator=target, data=h, dataset=f"{h.name}-synthetic", **extra)
-                self.procs[h.name] = _spawn(["silo", "run", "--config", str(cfg), "--exit-after-studies", "1"],
+                studies = "2" if o.analysis else "1"
+                self.procs[h.name] = _spawn(["silo", "run", "--config", str(cfg), "--exit-after-studies", studies],
                                             out / "logs" / f"{h.name}.log")
             client = ResearcherClient(channel, target=target)
+            if o.analysis:
+                self._cohort_overview(client, out)
             spec = demo_spec(o)
             (out / "study.toml").write_text(tomli_w.dumps(spec.model_dump(mode="json", exclude_none=True)))
             self.console.print(f"study spec written to {out / 'study.toml'}: edit it and `fedcare study submit` it "
@@ -156,6 +173,27 @@ class Demo:
         finally:
             self._stop_all()
         return json.loads((out / "summary.json").read_text())
+
+    def _cohort_overview(self, client: ResearcherClient, out: Path) -> None:
+        """Run the analysis study, write its results to out/analysis and show the cohort table."""
+        study_id = client.submit(demo_analysis_spec(self.opts))
+        deadline = time.monotonic() + self.opts.timeout_s
+        with self.console.status("cohort overview: each hospital computes and releases its statistics…"):
+            while (st := self._status(client, study_id)[0]).state != "done":
+                if st.state == "failed":
+                    raise ResearcherError(f"analysis study {study_id} failed: {st.error}")
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise ResearcherError(f"analysis study {study_id} did not finish within {self.opts.timeout_s:.0f} s")
+                time.sleep(1.0)
+        paths = client.results(study_id, out / "analysis")
+        table = Table(title=f"cohort across hospitals (study {study_id})")
+        for col in ("figure", "pooled", "note"):
+            table.add_column(col)
+        for row in cohort_rows(json.loads(paths["json"].read_text())):
+            table.add_row(*row)
+        self.console.print(table)
+        self.console.print(f"cohort overview in {out / 'analysis'}: analysis.json, analysis.csv, analysis.html")
 
     def _wait_ready(self, channel: grpc.Channel, target: str) -> None:
         try:

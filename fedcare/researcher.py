@@ -14,8 +14,10 @@ import torch
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import receive_blob
+from coordinator.api.protocol import StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
+from fedcare.analysis_report import write_analysis
 
 
 class ResearcherError(Exception):
@@ -54,11 +56,15 @@ class ResearcherClient:
         return st, json.loads(st.summary_json or "{}")
 
     def results(self, study_id: str, out: Path) -> dict[str, Path]:
-        """Write summary.json and the final model (final_model.pt: a state dict of the shared layers)."""
+        """Write summary.json and the final model (final_model.pt: a state dict of the shared layers); for an
+        analysis study, summary.json and the pooled statistics as JSON, CSV and HTML (fedcare.analysis_report)."""
         st, summary = self.status(study_id)
         if st.state != "done":
             raise ResearcherError(f"study {study_id} is {st.state}; results are available once it is done")
         out.mkdir(parents=True, exist_ok=True)
+        if summary.get("kind") == StudyKind.ANALYSIS.value:  # pooled statistics, no model
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            return {"summary": out / "summary.json", **write_analysis(summary, out)}
         chunks = self._call(lambda: list(self.stub.FetchBlob(pb.BlobRef(study_id=study_id, kind=pb.BLOB_FINAL_MODEL),
                                                              timeout=600)))
         _, data = receive_blob(chunks, max_bytes=16 << 30)  # receive_blob checked the wire blob's declared SHA-256

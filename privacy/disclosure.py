@@ -30,13 +30,15 @@ def cells_to_suppress(cells: Sequence[int | None], min_cell_count: int) -> set[i
     """Indices of the cells of one table (whose total is released) to suppress.
 
     Primary: 0 < c < min_cell_count. Complementary: if exactly one cell is primary, also the smallest
-    other cell (the first one on a tie), so no cell is the total minus the released ones."""
+    other non-zero cell (the first one on a tie): hiding a zero would let a reader who guesses it is
+    zero take the primary cell as the total minus the released ones."""
     if min_cell_count < 1:
         raise DPError(f"min_cell_count is {min_cell_count}; expected 1 or more")
     primary = {i for i, c in enumerate(cells) if c is not None and 0 < c < min_cell_count}
     if len(primary) == 1 and len(cells) > 1:
-        others = [(c if c is not None else 0, i) for i, c in enumerate(cells) if i not in primary]
-        primary.add(min(others)[1])
+        others = [(c or 0, i) for i, c in enumerate(cells) if i not in primary]
+        nonzero = [o for o in others if o[0] > 0]
+        primary.add(min(nonzero or others)[1])
     return primary
 
 

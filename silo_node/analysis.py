@@ -188,3 +188,23 @@ def _check_budget(node: "SiloNode", multiplier: float, queries: int) -> None:
 def _history(node: "SiloNode") -> list[DPStep]:
     """Every DP release and training round on the node's dataset, as the ledger holds them."""
     return [DPStep(r.noise_multiplier, r.sample_rate, r.steps) for r in node.ledger.history(node.config.data.dataset)]
+
+
+def describe_analysis(spec: StudySpec) -> dict[str, object]:
+    """What an analysis study computes here and what leaves the hospital, for the site's decision
+    (`fedcare silo studies`); the node's own [disclosure] rules apply on top."""
+    c, a = spec.cohort, spec.analysis
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "kind": "analysis: statistics of the cohort, no model is trained",
+        "label": f"{c.label_system}|{c.label_code} within {c.label_window_days} days",
+        "computed": ["patients, label positives and negatives, patients with each modality (ehr, image, signal)",
+                     *(f"{col}: count present and missing, mean and standard deviation"
+                       + (f", histogram on edges {list(a.bins[col])}, quantiles {list(a.quantiles)} read from it"
+                          if col in a.bins else "") for col in c.ehr_columns)],
+        "what_is_sent": ("once: the figures above, after this node's disclosure control (counts below its "
+                         "min_cell_count suppressed with complementary cells, DP noise if [disclosure] dp is set, "
+                         "its ε charged to the privacy ledger); never records or identifiers"),
+        "spec_sha256": spec.sha256(),
+    }

@@ -20,7 +20,9 @@ from typing import Any
 
 import pipelines.models as models_pkg
 from compliance.phi import check_no_phi
+from coordinator.api.protocol import StudyKind
 from coordinator.api.study import StudySpec
+from silo_node.analysis import describe_analysis
 from silo_node.config import ApprovalConfig, BudgetConfig
 
 
@@ -36,6 +38,8 @@ def model_code_version() -> str:
 
 def describe(spec: StudySpec) -> dict[str, Any]:
     """What a study will do at this silo, in the words hospital IT needs to decide."""
+    if spec.kind is StudyKind.ANALYSIS:
+        return describe_analysis(spec)
     p = spec.privacy
     return {
         "name": spec.name,

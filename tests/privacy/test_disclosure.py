@@ -12,6 +12,10 @@ def test_a_single_small_cell_takes_the_smallest_other_cell_with_it() -> None:
     assert cells_to_suppress([40, 3, 12, 25], 10) == {1, 2}
 
 
+def test_the_complementary_cell_is_never_a_zero() -> None:
+    assert cells_to_suppress([40, 3, 0, 25], 10) == {1, 3}
+
+
 def test_two_small_cells_protect_each_other_and_zero_is_released() -> None:
     assert cells_to_suppress([40, 3, 0, 4], 10) == {1, 3}
     assert cells_to_suppress([40, 0, 25], 10) == set()

@@ -1,0 +1,65 @@
+"""The silo's release of cohort statistics: suppression said, DP noise counted, wire format typed."""
+
+import numpy as np
+
+from coordinator.analysis import pool, pool_moments
+from coordinator.api.protocol import CohortRelease
+from coordinator.api.study import AnalysisSpec, StudySpec
+from pipelines.analytics import cohort_statistics
+from privacy.disclosure import GaussianNoise
+from silo_node.analysis import disclose, queries_of
+from silo_node.config import DisclosureConfig
+
+SPEC = StudySpec(name="overview", kind="analysis", analysis=AnalysisSpec(bins={"age": (40.0, 60.0, 80.0, 95.0)}))
+
+
+def _stats(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    cols = SPEC.cohort.ehr_columns
+    ehr = np.full((n, len(cols)), np.nan)
+    ehr[:, 0] = rng.normal(62, 9, n)
+    ehr[: n // 2, 2] = rng.normal(110, 20, n // 2)
+    ehr[:3, 3] = 6.0  # hba1c: only 3 patients have it, a small cell
+    mask = np.ones((n, 3))
+    mask[:4, 1] = 0
+    label = (rng.random(n) < 0.3).astype(float)
+    return cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=cols, bins=SPEC.analysis.bins), ehr
+
+
+def test_small_cells_are_suppressed_with_their_complement_and_said() -> None:
+    stats, _ = _stats(120, 0)
+    release = CohortRelease.from_json(disclose(stats, DisclosureConfig(), quantiles=(0.5,)).to_json())
+    hba1c = release.columns[3]
+    assert hba1c.present is None and hba1c.missing is None and hba1c.mean is None  # 3 present: both cells hidden
+    assert release.modalities["image"] is None  # 4 patients without an image
+    assert any("hba1c" in s for s in release.disclosure.suppressed)
+    age = release.columns[0]
+    assert age.present == 120 and sum(c for c in age.histogram if c is not None) <= 120
+    assert [c is None for c in age.histogram].count(True) != 1
+
+
+def test_dp_noise_counts_every_released_statistic() -> None:
+    stats, _ = _stats(300, 1)
+    noise = GaussianNoise(0.5, rng=np.random.default_rng(0))
+    release = disclose(stats, DisclosureConfig(dp="gaussian"), quantiles=(0.5,), noise=noise)
+    assert release.disclosure.mechanism == "gaussian" and release.disclosure.epsilon > 0
+    assert noise.queries <= queries_of(stats)  # suppressed columns are not noised beyond their count
+    assert release.columns[0].mean != stats.columns[0].mean
+
+
+def test_pooled_moments_equal_the_moments_of_the_union() -> None:
+    rng = np.random.default_rng(2)
+    parts = [rng.normal(m, s, n) for m, s, n in ((0, 1, 50), (3, 2, 80), (-1, 0.5, 20))]
+    n, mean, m2 = pool_moments([(p.size, p.mean(), float(((p - p.mean()) ** 2).sum())) for p in parts])
+    union = np.concatenate(parts)
+    assert n == union.size and np.isclose(mean, union.mean()) and np.isclose(m2 / (n - 1), union.var(ddof=1))
+
+
+def test_pooled_cells_leave_out_a_suppressing_silo_and_name_it() -> None:
+    a, _ = _stats(120, 3)
+    b, _ = _stats(200, 4)
+    ra = disclose(a, DisclosureConfig(), quantiles=(0.5,))
+    rb = disclose(b, DisclosureConfig(min_cell_count=1), quantiles=(0.5,))
+    pooled = pool(SPEC, {"a": ra, "b": rb})
+    assert pooled.modalities["image"].value == 196 and pooled.modalities["image"].suppressed_at == ["a"]
+    assert pooled.patients.value == 320 and not pooled.patients.suppressed_at
