@@ -179,12 +179,7 @@ class Demo:
         study_id = client.submit(demo_analysis_spec(self.opts))
         deadline = time.monotonic() + self.opts.timeout_s
         with self.console.status("cohort overview: each hospital computes and releases its statistics…"):
-            while (st := self._status(client, study_id)[0]).state != "done":
-                if st.state == "failed":
-                    raise ResearcherError(f"analysis study {study_id} failed: {st.error}")
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    raise ResearcherError(f"analysis study {study_id} did not finish within {self.opts.timeout_s:.0f} s")
+            while not self._finished(self._status(client, study_id)[0], deadline):
                 time.sleep(1.0)
         paths = client.results(study_id, out / "analysis")
         table = Table(title=f"cohort across hospitals (study {study_id})")
@@ -227,14 +222,20 @@ class Demo:
                     if missing:
                         description += f", waiting for {', '.join(missing)}"
                 progress.update(bar, completed=len(done_rounds), metric=metric, description=description)
-                if st.state == "done":
+                if self._finished(st, deadline):
                     return
-                if st.state == "failed":
-                    raise ResearcherError(f"study {study_id} failed: {st.error}")
-                self._check_alive()
-                if time.monotonic() > deadline:
-                    raise ResearcherError(f"study {study_id} did not finish within {self.opts.timeout_s:.0f} s")
                 time.sleep(1.0)
+
+    def _finished(self, st: Any, deadline: float) -> bool:
+        """Whether the study is done; ResearcherError when it failed, a process died or time ran out."""
+        if st.state == "done":
+            return True
+        if st.state == "failed":
+            raise ResearcherError(f"study {st.study_id} failed: {st.error}")
+        self._check_alive()
+        if time.monotonic() > deadline:
+            raise ResearcherError(f"study {st.study_id} did not finish within {self.opts.timeout_s:.0f} s")
+        return False
 
     def _status(self, client: ResearcherClient, study_id: str) -> tuple[Any, dict[str, Any]]:
         """The study's status; a slow answer from a coordinator that is still running (a loaded

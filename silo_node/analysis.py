@@ -12,6 +12,7 @@ every outgoing message, and travels as a BLOB_UPDATE with the `cohort-statistics
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coordinator.api import federation_pb2 as pb
@@ -25,6 +26,7 @@ from coordinator.api.protocol import (
     StudyKind,
     UpdateMetadata,
 )
+from compliance.keys import write_secret_file
 from coordinator.api.study import StudySpec
 from pipelines.analytics import CohortStatistics, ColumnStatistics, dataset_statistics, quantiles_from_histogram
 from privacy.disclosure import (
@@ -135,10 +137,15 @@ def run_analysis(node: "SiloNode", task: pb.Task) -> None:
     decision = node.approvals.valid_decision(task.study_id, spec)
     if decision is None or not decision.approved:
         raise PermissionError(f"study {task.study_id} has no valid approval at this node")
+    kept = _release_path(node, task.study_id)
+    if kept.exists():  # released before (a restart or a retried upload): the same bytes, never fresh noise
+        release = CohortRelease.from_json(kept.read_bytes())
+        _send(node, task, release)
+        return
     result = node._ingest(task.study_id, spec)
     stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins)
     rules = node.config.disclosure
-    noise, claim = None, PrivacyClaim()
+    noise = None
     if rules.dp is DisclosureMechanism.GAUSSIAN:
         queries = queries_of(stats)
         multiplier = noise_multiplier_for(epsilon=rules.epsilon, delta=rules.delta, queries=queries)
@@ -160,16 +167,33 @@ def run_analysis(node: "SiloNode", task: pb.Task) -> None:
         node.ledger.record(silo=node.config.name, dataset=node.config.data.dataset, study=task.study_id,
                            round=task.round, epsilon=d.epsilon, delta=rules.delta, noise_multiplier=noise.noise_multiplier,
                            sample_rate=1.0, steps=noise.queries, accountant=DISCLOSURE_ACCOUNTANT)
-        claim = PrivacyClaim(enabled=True, epsilon=d.epsilon, delta=rules.delta, noise_multiplier=noise.noise_multiplier,
-                             sample_rate=1.0, steps=noise.queries, accountant=DISCLOSURE_ACCOUNTANT)
         log.info("analysis %s: Gaussian noise, ε %.3g at δ %g for %d statistics (dataset now at ε %.3g)",
                  task.study_id, d.epsilon, rules.delta, noise.queries, total)
+    write_secret_file(kept, release.to_json().encode())
+    _send(node, task, release)
+
+
+def _release_path(node: "SiloNode", study_id: str) -> Path:
+    return Path(node.config.state_dir) / "analysis" / f"{study_id}.json"
+
+
+def _claim_of(release: CohortRelease) -> PrivacyClaim:
+    d = release.disclosure
+    if d.mechanism is DisclosureMechanism.NONE:
+        return PrivacyClaim()
+    return PrivacyClaim(enabled=True, epsilon=d.epsilon, delta=d.delta, noise_multiplier=d.noise_multiplier,
+                        sample_rate=1.0, steps=d.queries, accountant=DISCLOSURE_ACCOUNTANT)
+
+
+def _send(node: "SiloNode", task: pb.Task, release: CohortRelease) -> None:
+    """Audit, then send the release as the round's upload; the study is finished at this silo."""
+    d = release.disclosure
     node.audit.append("statistics_released", study=task.study_id, round=task.round, min_cell_count=d.min_cell_count,
                       suppressed=d.suppressed[:200], mechanism=d.mechanism.value, epsilon=d.epsilon)
     data = release.to_json().encode()
     header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
                            nonce=task.nonce, weight=float(max(release.patients or 0, 1)), encoding=ANALYSIS_ENCODING,
-                           metadata_json=UpdateMetadata(privacy=claim).to_json())
+                           metadata_json=UpdateMetadata(privacy=_claim_of(release)).to_json())
     node._send(header, data, kind="statistics", study=task.study_id, round_=task.round, epsilon=d.epsilon)
     node.finished.add(task.study_id)
     log.info("analysis %s: released statistics of %s patients (%d cells suppressed)", task.study_id,
