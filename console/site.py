@@ -13,6 +13,7 @@ written to the node's own audit log.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote, urlencode
 from typing import Any
 
 from starlette.applications import Starlette
@@ -87,15 +88,14 @@ def create_app(config: NodeConfig, *, allow_remote: bool = False, session_ttl_s:
         form = await request.form()
         choice, reason = str(form.get("decision", "")), str(form.get("reason", "")).strip()[:MAX_REASON_CHARS]
         if choice not in ("approve", "reject") or not reason:
-            return RedirectResponse(f"/proposals/{study}?error=choose approve or reject and give a reason",
-                                    status_code=303)
+            return _back(study, "choose approve or reject and give a reason")
         try:
             d = await run_in_threadpool(book.decide, study, approved=choice == "approve", reason=reason,
                                         by=f"{session.user} (site console)")
         except KeyError as e:
             return core.page(request, "refused.html.j2", {"reason": str(e).strip("'\"")}, session=session, status=404)
         except (AuditFieldError, ValueError) as e:
-            return RedirectResponse(f"/proposals/{study}?error={e}", status_code=303)
+            return _back(study, str(e))
         audit.append(Event.CONSOLE_DECISION, study=study, approved=d.approved, by=d.by, reason=d.reason,
                      spec_sha256=d.spec_sha256)
         return RedirectResponse(f"/?done={study} {'approved' if d.approved else 'rejected'}", status_code=303)
@@ -112,6 +112,11 @@ def create_app(config: NodeConfig, *, allow_remote: bool = False, session_ttl_s:
               Route("/ledger", core.guarded(ledger, SITE_ROLES)),
               *audit_view.routes(core, sources, SITE_ROLES)]
     return core.app(routes)
+
+
+def _back(study: str, error: str) -> RedirectResponse:
+    """Back to the proposal's page, saying what was wrong."""
+    return RedirectResponse(f"/proposals/{quote(study)}?{urlencode({'error': error})}", status_code=303)
 
 
 def _last(audit: Any, event: str) -> Any:

@@ -80,6 +80,8 @@ def demo(
     malicious: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of silos that attack")] = 0.0,
     analysis: Annotated[bool, typer.Option("--analysis", help="first an analysis study: the cohort table across "
                                                               "hospitals (results in OUT/analysis), then training")] = False,
+    console_: Annotated[bool, typer.Option("--console", help="also serve the researcher console and a site console "
+                                                             "per hospital; they stay up after the study until Ctrl-C")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a whole federation on this machine: coordinator + one process per hospital over gRPC."""
@@ -97,7 +99,7 @@ def demo(
         raise UserError("--malicious needs --attack KIND (which attack the malicious silos run)")
     options = DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
                           encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious,
-                          analysis=analysis)
+                          analysis=analysis, console=console_)
     _demo_spec_or_refuse(options)  # before minutes of data generation
     summary = Demo(options, console).run()
     table = Table(title=f"study {summary['study']}")
@@ -376,7 +378,8 @@ def silo_console(config: ConfigOpt, listen: Annotated[str, typer.Option(
 
     _logging(False)
     app_ = create_app(_node_config(config), allow_remote=allow_remote)
-    Console().print(f"site console at http://{listen}/ (add users with `fedcare console add-user --config {config}`)")
+    Console().print(f"site console at http://{listen}/ (add users with `fedcare console add-user --config {config}`)",
+                    soft_wrap=True, highlight=False)
     serve(app_, listen)
 
 
@@ -653,7 +656,7 @@ def console_serve(
     sources = AuditSources(logs=log, ledgers=ledger, keys=_public_keys(public_key, several=True))
     app_ = create_app(_researcher(coordinator), state_dir=state_dir, coordinator=coordinator, audit_sources=sources)
     Console().print(f"researcher console at http://{listen}/ (add users with `fedcare console add-user "
-                    f"--state-dir {state_dir}`)")
+                    f"--state-dir {state_dir}`)", soft_wrap=True, highlight=False)
     serve(app_, listen)
 
 

@@ -32,6 +32,7 @@ from compliance import build_report
 from coordinator.api.protocol import StudyKind
 from coordinator.api.study import AggregationSpec, AnalysisSpec, PrivacySpec, StudySpec, TrainingSpec
 from fedcare.analysis_report import cohort_rows
+from fedcare.demo_console import DemoConsoles, open_consoles
 from fedcare.researcher import ResearcherClient, ResearcherError
 from pipelines.synthetic import generate_federation
 
@@ -55,6 +56,7 @@ class DemoOptions:
     attack: str | None = None  # robustness demos: the first ceil(malicious × silos) silos attack
     malicious: float = 0.0
     timeout_s: float = 1800.0
+    console: bool = False  # also serve the researcher and site consoles (fedcare.demo_console) until stopped
     analysis: bool = False  # first an analysis study: the cohort table across hospitals, before training
 
 
@@ -155,6 +157,7 @@ class Demo:
                 self.procs[h.name] = _spawn(["silo", "run", "--config", str(cfg), "--exit-after-studies", studies],
                                             out / "logs" / f"{h.name}.log")
             client = ResearcherClient(channel, target=target)
+            consoles = self._open_consoles(out, target, [h.name for h in hospitals]) if o.console else None
             if o.analysis:
                 self._cohort_overview(client, out)
             spec = demo_spec(o)
@@ -162,6 +165,8 @@ class Demo:
             self.console.print(f"study spec written to {out / 'study.toml'}: edit it and `fedcare study submit` it "
                                "to a real coordinator (more specs in examples/)")
             study_id = client.submit(spec)
+            if consoles is not None:
+                consoles.follow(study_id)
             self._follow(client, study_id, silos=[h.name for h in hospitals])
             client.results(study_id, out)
             self._collect_logs(out, [h.name for h in hospitals])
@@ -170,6 +175,8 @@ class Demo:
                 ledgers = sorted((out / "audit").glob("*.privacy-ledger.sqlite"))
                 for fmt in ("html", "pdf"):
                     build_report(logs=logs, out=out / "audit" / f"report.{fmt}", fmt=fmt, study=study_id, ledger=ledgers)
+            if consoles is not None:
+                self._hold(consoles)
         finally:
             self._stop_all()
         return json.loads((out / "summary.json").read_text())
@@ -189,6 +196,25 @@ class Demo:
             table.add_row(*row)
         self.console.print(table)
         self.console.print(f"cohort overview in {out / 'analysis'}: analysis.json, analysis.csv, analysis.html")
+
+    def _open_consoles(self, out: Path, target: str, silos: list[str]) -> DemoConsoles:
+        consoles = open_consoles(out, coordinator=target, spawn=_spawn, free_port=free_port,
+                                 silo_configs={s: out / "silos" / s / "node.toml" for s in silos})
+        self.procs.update(consoles.procs)
+        for line in consoles.lines():
+            self.console.print(line, highlight=False, soft_wrap=True)
+        return consoles
+
+    def _hold(self, consoles: DemoConsoles) -> None:
+        """Keep the consoles up after the study until Ctrl-C."""
+        for line in [*consoles.lines(), "the consoles stay up until you press Ctrl-C"]:
+            self.console.print(line, highlight=False, soft_wrap=True)
+        try:
+            while all(consoles.procs[name].poll() is None for name in consoles.procs):
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            return
+        self._check_alive()
 
     def _wait_ready(self, channel: grpc.Channel, target: str) -> None:
         try:

@@ -80,3 +80,14 @@ def test_roles_sessions_and_csrf_are_enforced_and_audited(app, console_dir, sign
     sign_in(auditor, "officer")
     assert auditor.get("/studies/new").status_code == 403
     assert "intact" in auditor.get("/audit").text
+
+
+def test_an_uploaded_toml_file_is_validated_like_the_form(app, sign_in, csrf_of):
+    client = TestClient(app)
+    sign_in(client, "dr-who")
+    token = csrf_of(client.get("/studies/new").text)
+    r = client.post("/studies/new", data={"csrf_token": token},
+                    files={"toml_file": ("study.toml", b'name = "hf"\n[privacy]\nencryption = "rot13"\n')})
+    assert r.status_code == 422 and "privacy.encryption: Input should be" in r.text
+    r = client.post("/studies/new", data={"csrf_token": token}, files={"toml_file": ("study.toml", b"name = ")})
+    assert r.status_code == 422 and "the TOML is not valid" in r.text

@@ -143,3 +143,15 @@ def test_auditor_reads_the_log_and_its_verification(app, node_config, sign_in):
     assert "console_sign_in" in entries.text
     report = client.get("/audit/report.html")
     assert report.status_code == 200 and "st-mary" in report.text
+
+
+def test_a_decision_without_reason_or_with_an_identifier_is_sent_back(app, node_config, sign_in, csrf_of):
+    client = local(app)
+    sign_in(client, "it-admin")
+    token = csrf_of(client.get("/proposals/hf-risk-1").text)
+    for reason in ("", "patient SSN 123-45-6789 consented"):
+        r = client.post("/proposals/hf-risk-1/decide", data={"decision": "approve", "reason": reason,
+                                                             "csrf_token": token})
+        assert r.status_code == 200 and "Approve" in r.text  # back on the proposal's page, with the error
+        assert ApprovalBook(node_config.state_dir).decision("hf-risk-1") is None
+    assert "SSN" in r.text or "identifier" in r.text.lower()
