@@ -33,6 +33,8 @@ SUPPRESSED = "suppressed"
 def cohort_rows(pooled: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, pooled value, note) rows of the cohort table, as `fedcare demo --analysis` prints them."""
     def shown(count: dict[str, Any]) -> tuple[str, str]:
+        if set(count["suppressed_at"]) >= set(pooled["silos"]):  # no hospital released it: no number at all
+            return SUPPRESSED, "held back at every hospital"
         note = f"{SUPPRESSED} at {', '.join(count['suppressed_at'])}" if count["suppressed_at"] else ""
         return str(count["value"]), note
 
