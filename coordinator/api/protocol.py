@@ -261,12 +261,22 @@ def compatibility_error(spec: "StudySpec") -> str | None:
 
 
 # --- names and ids -----------------------------------------------------------------------------------------
-#: A study's name: printable, no path separator, not starting with '.', at most 200 characters.
-STUDY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.,:;()+=#&'-]{0,199}$"
+#: A study's name: letters (any script), digits, spaces and common punctuation; no path separator,
+#: no control characters, not starting with '.', at most 200 characters.
+STUDY_NAME_PATTERN = r"^\w[\w .,:;()+=#&'-]{0,199}$"
+_STUDY_NAME = re.compile(STUDY_NAME_PATTERN)
 _STUDY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SLUG_DROP = re.compile(r"[^A-Za-z0-9_.-]+")
 SILO_NAME_MAX = 200
 NAME_SEP = "/"  # a region's members are "<region>/<member>" in key generation
+
+
+def check_study_name(name: str) -> str:
+    """A study's name as the researcher gives it (ProtocolError saying what a name may hold)."""
+    if not _STUDY_NAME.fullmatch(name):
+        raise ProtocolError(f"{name[:60]!r} is not a study name: use 1-200 letters, digits, spaces and .,:;()+=#&'-, "
+                            "starting with a letter or digit (no '/', no control characters)")
+    return name
 
 
 def study_id_for(name: str) -> str:

@@ -18,18 +18,19 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from coordinator.api.protocol import (
     MODALITIES,
-    STUDY_NAME_PATTERN,
     Codec,
     DownlinkCodec,
     Encryption,
     Rule,
     ServerOptimizerName,
     StudyKind,
+    ProtocolError,
     StudyProtocol,
+    check_study_name,
     compatibility_error,
 )
 
@@ -284,7 +285,7 @@ class AnalysisSpec(_Strict):
 
 
 class StudySpec(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=STUDY_NAME_PATTERN)
+    name: str = Field(min_length=1, max_length=200)
     description: str = ""
     modalities: tuple[Modality, ...] = ALL_MODALITIES
     cohort: CohortSpec = CohortSpec()
@@ -304,6 +305,14 @@ class StudySpec(_Strict):
             raise ValueError(f"analysis.bins.{unknown[0]}: no such EHR value column; the cohort's columns are "
                              f"{list(self.cohort.ehr_columns)}")
         return self
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        try:
+            return check_study_name(name)
+        except ProtocolError as e:
+            raise ValueError(str(e)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> "StudySpec":

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.slow
 def _spec(rounds: int, **privacy) -> StudySpec:
     return StudySpec(
         name="e2e",
+        # a generous enrollment window: on a loaded machine a silo's ingestion can outlast the default
+        # 60 s, and the study would then start without it (it joins late, with no traffic in round 1)
         training=TrainingSpec(rounds=rounds, local_epochs=3, learning_rate=0.05, min_silos=2, expected_silos=3,
-                              round_timeout_s=120),
+                              round_timeout_s=120, enrollment_timeout_s=600),
         privacy=PrivacySpec(**privacy),
     )
 
@@ -50,26 +52,27 @@ def test_study_learns_and_survives_a_coordinator_restart(cluster) -> None:
 
 
 def test_ckks_aggregate_equals_the_plaintext_weighted_average(cluster, tmp_path) -> None:
-    """The same DP study twice, once CKKS-encrypted, once in the clear: rounds are seeded from the
-    study seed, so every silo computes the same update in both runs and the released models may
-    differ only by the CKKS error of the encrypted weighted average (stated precision: 1e-6)."""
+    """A DP study under CKKS spends at most its target and says how; then the same study without DP
+    twice, once CKKS-encrypted, once in the clear: rounds are seeded from the study seed, so every
+    silo computes the same update in both runs and the released models may differ only by the CKKS
+    error of the encrypted weighted average (stated precision: 1e-6). (Two DP runs differ by design:
+    the noise comes from each silo's own CSPRNG, #16 item 0.)"""
     client = cluster.start_coordinator()
     for h in cluster.hospitals:
         cluster.start_silo(h)
-    models, spent = {}, []
+    study_id = client.submit(_spec(1, dp=True, target_epsilon=8.0, encryption="ckks-exact"))
+    summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
+    eps = [e for r in summary["rounds"][1:] for e in r["epsilon"].values()]
+    assert len(eps) == 3 and all(e is not None and 0 < e <= 8.0 + 1e-6 for e in eps)
+    privacy = summary["rounds"][1]["privacy"]
+    assert all(p["accountant"] == "rdp" and p["noise_multiplier"] > 0 and p["delta"] == 1e-5 for p in privacy.values())
+    models = {}
     for encryption in ("ckks-exact", "none"):
-        study_id = client.submit(_spec(1, dp=True, target_epsilon=8.0, encryption=encryption))
-        summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
-        eps = [e for r in summary["rounds"][1:] for e in r["epsilon"].values()]
-        assert len(eps) == 3 and all(e is not None and e > 0 for e in eps)
-        spent.append(max(eps))
-        privacy = summary["rounds"][1]["privacy"]
-        assert all(p["accountant"] == "rdp" and p["noise_multiplier"] > 0 and p["delta"] == 1e-5 for p in privacy.values())
+        study_id = client.submit(_spec(1, dp=False, encryption=encryption))
+        cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
         paths = client.results(study_id, tmp_path / encryption)
         assert json.loads(paths["summary"].read_text())["study"] == study_id
         models[encryption] = torch.load(paths["model"])
-    # The first study spends at most its target; the budget is per dataset, so the second adds to it.
-    assert spent[0] <= 8.0 + 1e-6 and spent[1] > spent[0]
     assert models["ckks-exact"].keys() == models["none"].keys()
     worst = max(float((models["ckks-exact"][k] - models["none"][k]).abs().max()) for k in models["none"])
     assert 0 < worst <= 1e-6, f"encrypted and plaintext aggregates differ by {worst}"
