@@ -20,6 +20,9 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -34,7 +37,21 @@ SESSION_COOKIE = "fedcare_session"
 LOGIN_CSRF_COOKIE = "fedcare_login_csrf"
 CSRF_FIELD = "csrf_token"
 DEFAULT_SESSION_TTL_S = 30 * 60
+# Password guessing: after this many failed sign-ins for one user within the window, that user's
+# sign-ins are refused until the oldest failure leaves the window (OWASP authentication cheat sheet).
+MAX_FAILED_SIGN_INS = 5
+LOCKOUT_WINDOW_S = 15 * 60
 LOCAL_CLIENTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# Every page: scripts, styles and images from the console itself only (no inline script), never framed
+# (an approve button must not be clickjacked), no referrer leaving with a study id.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 STATIC_DIR = Path(__file__).parent / "static"
 
 templates = Environment(loader=PackageLoader("console", "templates"), autoescape=select_autoescape(["html", "j2"]))
@@ -90,6 +107,7 @@ class ConsoleCore:
     allow_remote: bool = True  # the site console is built with False unless configured
     secure_cookies: bool = False
     nav: list[tuple[str, str, frozenset[Role]]] = field(default_factory=list)  # (label, path, roles)
+    failures: dict[str, list[float]] = field(default_factory=dict)  # user -> times of recent failed sign-ins
 
     # --- audit --------------------------------------------------------------------------------------
     def refuse(self, request: Request, reason: str, *, status: int, session: Session | None = None) -> Response:
@@ -160,14 +178,26 @@ class ConsoleCore:
         cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
         if not cookie or not hmac.compare_digest(str(form.get(CSRF_FIELD, "")), cookie):
             return self.refuse(request, "sign-in without its CSRF token: reload the sign-in page", status=403)
-        account = self.accounts.check(user, password)
         fields = {"user": user[:64], "client": _client(request)}
+        now = self.sessions.clock()
+        recent = [t for t in self.failures.get(user, []) if now - t < LOCKOUT_WINDOW_S]
+        if len(recent) >= MAX_FAILED_SIGN_INS:
+            why = (f"{len(recent)} failed sign-ins for this user in the last {LOCKOUT_WINDOW_S // 60} minutes; "
+                   "try again later or ask an administrator to reset the password")
+            self.audit.append(Event.CONSOLE_SIGN_IN, role=None, outcome="refused", reason=why, **fields)
+            return self.page(request, "login.html.j2", {"login_csrf": cookie, "reason": "", "error": why},
+                             session=None, status=429)
+        account = await run_in_threadpool(self.accounts.check, user, password)  # scrypt: off the event loop
         if account is None:
+            if len(self.failures) > 10_000:  # names tried at random: forget those outside the window
+                self.failures = {u: ts for u, ts in self.failures.items() if now - ts[-1] < LOCKOUT_WINDOW_S}
+            self.failures[user] = [*recent, now]
             self.audit.append(Event.CONSOLE_SIGN_IN, role=None, outcome="refused",
                               reason="unknown user or wrong password", **fields)
             return self.page(request, "login.html.j2", {"login_csrf": cookie, "reason": "",
                                                         "error": "unknown user or wrong password"},
                              session=None, status=401)
+        self.failures.pop(user, None)
         session = self.sessions.start(account.user, account.role)
         self.audit.append(Event.CONSOLE_SIGN_IN, role=account.role.value, outcome="accepted", reason="password",
                           **fields)
@@ -190,9 +220,30 @@ class ConsoleCore:
             Route("/logout", self.guarded(self.logout, Role), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]
-        app = Starlette(routes=base + routes)
+        app = Starlette(routes=base + routes, middleware=[Middleware(SecurityHeaders)])
         app.state.core = self
         return app
+
+
+class SecurityHeaders:
+    """ASGI middleware adding SECURITY_HEADERS to every HTTP response (streams included)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _client(request: Request) -> str:

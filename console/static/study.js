@@ -27,7 +27,7 @@
       label: n, stroke: n === "pooled" ? "#111" : COLORS[i % COLORS.length], width: n === "pooled" ? 3 : 2,
       points: { show: true }, spanGaps: true }))];
     const plot = new uPlot({ width: width, height: 260, series: series,
-      axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, { label: yLabel }],
+      axes: [{ label: "round", incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000] }, { label: yLabel, size: 70 }],
       scales: { x: { time: false } } }, data, box);
     charts[id] = { key: key, plot: plot };
   }

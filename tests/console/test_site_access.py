@@ -155,3 +155,21 @@ def test_a_decision_without_reason_or_with_an_identifier_is_sent_back(app, node_
         assert r.status_code == 200 and "Approve" in r.text  # back on the proposal's page, with the error
         assert ApprovalBook(node_config.state_dir).decision("hf-risk-1") is None
     assert "SSN" in r.text or "identifier" in r.text.lower()
+
+
+def test_pages_may_not_be_framed_or_load_anything_foreign(app):
+    r = local(app).get("/login")
+    assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["cache-control"] == "no-store"
+
+
+def test_password_guessing_locks_the_user_out_for_a_while(app, node_config, clock, sign_in):
+    client = local(app)
+    for _ in range(5):
+        assert sign_in(client, "it-admin", "guess guess guess").status_code == 401
+    r = sign_in(client, "it-admin")  # the right password, too late
+    assert r.status_code == 429 and "5 failed sign-ins" in r.text
+    assert "5 failed sign-ins" in events(node_config, Event.CONSOLE_SIGN_IN)[-1]["reason"]
+    assert sign_in(client, "officer").status_code == 303  # other users are not affected
+    clock.now += 15 * 60 + 1
+    assert sign_in(client, "it-admin").status_code == 303
