@@ -23,7 +23,7 @@ from compliance.keys import write_secret_file
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.chunks import sha256_hex
 from coordinator.api.codecs import ErrorFeedback
-from coordinator.api.protocol import Encryption
+from coordinator.api.protocol import Encryption, StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
@@ -62,6 +62,9 @@ class RegionalStudy:
 
 def refusal_reason(spec: StudySpec) -> str | None:
     """Why this region cannot relay a study at all, or None."""
+    if spec.kind is StudyKind.ANALYSIS:
+        return ("an analysis study (kind = 'analysis') is not relayed by a regional aggregator: each hospital's "
+                "released statistics go to the coordinator as they are; connect these silos to it directly")
     if spec.protocol.encryption is Encryption.CKKS_SCREEN:
         return ("privacy.encryption = 'ckks-screen' is not relayed by a regional aggregator: the screened rules "
                 "decide on norms and distances of single silo updates, and upstream the region's update is a "

@@ -152,3 +152,7 @@ def test_region_declines_screened_encryption() -> None:
                          aggregation=AggregationSpec(rule="krum", params={"f": 1}))
     assert "ckks-screen" in (refusal_reason(screened) or "")
     assert refusal_reason(StudySpec(name="ok", privacy=PrivacySpec(dp=False, encryption="ckks-exact"))) is None
+
+
+def test_region_declines_an_analysis_study_with_the_reason() -> None:
+    assert "analysis" in (refusal_reason(StudySpec(name="overview", kind="analysis")) or "")

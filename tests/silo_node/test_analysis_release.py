@@ -63,3 +63,28 @@ def test_pooled_cells_leave_out_a_suppressing_silo_and_name_it() -> None:
     pooled = pool(SPEC, {"a": ra, "b": rb})
     assert pooled.modalities["image"].value == 196 and pooled.modalities["image"].suppressed_at == ["a"]
     assert pooled.patients.value == 320 and not pooled.patients.suppressed_at
+
+
+def test_a_release_over_the_nodes_cap_is_refused_and_training_rounds_count(tmp_path) -> None:
+    """The budget check composes the release with what the ledger already holds on the dataset."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from compliance.ledger import PrivacyLedger
+    from privacy.disclosure import noise_multiplier_for
+    from silo_node.analysis import AnalysisRefused, _check_budget
+    from silo_node.config import NodeConfig
+
+    config = NodeConfig(name="h1", coordinator="localhost:1", state_dir=tmp_path, insecure=True,
+                        data={"dataset": "h1-ehr", "fhir": [tmp_path]}, privacy={"epsilon_cap": 2.0},
+                        disclosure={"dp": "gaussian", "epsilon": 1.0})
+    ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
+    node = SimpleNamespace(config=config, ledger=ledger)
+    z = noise_multiplier_for(epsilon=1.0, delta=1e-6, queries=40)
+    _check_budget(node, z, 40)  # an empty ledger: 1.0 of 2.0
+    # a DP-SGD study already spent most of the cap on the same dataset
+    ledger.record(silo="h1", dataset="h1-ehr", study="train-1", round=1, epsilon=1.8, delta=1e-5, noise_multiplier=0.9,
+                  sample_rate=0.1, steps=200, accountant="rdp")
+    with pytest.raises(AnalysisRefused, match="above the node's cap 2.0"):
+        _check_budget(node, z, 40)
