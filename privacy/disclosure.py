@@ -6,10 +6,11 @@ when a table's total is released and only one of its cells is suppressed, that c
 total minus the others, so a *complementary* cell (the smallest other one) is suppressed too.
 A count of zero reveals no person and is released.
 
-DP noise is the Gaussian mechanism (Dwork & Roth 2014, App. A) on every released count and sum,
-each with noise `noise_multiplier x` its L2 sensitivity: Q such releases are accounted as Q full-batch
-steps (sample rate 1) of the same mechanism DP-SGD uses, with the RDP accountant (Mironov 2017),
-so they compose exactly with the training rounds in the silo's privacy ledger.
+DP noise goes on every released count and sum. Gaussian (Dwork & Roth 2014, App. A): each with noise
+`noise_multiplier x` its L2 sensitivity, Q such releases accounted as Q full-batch steps (sample rate 1)
+of the same mechanism DP-SGD uses, with the RDP accountant (Mironov 2017), so they compose exactly with
+the training rounds in the silo's privacy ledger. Laplace: pure ε-DP, entered in the ledger as its
+zCDP-equivalent Gaussian step (`LaplaceNoise`).
 """
 
 from __future__ import annotations
@@ -60,27 +61,97 @@ def release_epsilon(*, noise_multiplier: float, queries: int, delta: float) -> f
                          accountant=DISCLOSURE_ACCOUNTANT)
 
 
-class GaussianNoise:
-    """Adds N(0, (multiplier x sensitivity)^2) to released values, drawn from a generator seeded from the
-    operating system's CSPRNG (never from the study seed: the coordinator knows that)."""
+class ReleaseNoise:
+    """DP noise on released values, drawn from a generator seeded from the operating system's CSPRNG
+    (never from the study seed: the coordinator knows that). `queries` counts the releases noised,
+    what the ledger is charged for; `step(queries)` is the ledger's (RDP) view of them."""
 
-    def __init__(self, noise_multiplier: float, *, rng: np.random.Generator | None = None) -> None:
-        if not (np.isfinite(noise_multiplier) and noise_multiplier > 0):
-            raise DPError(f"noise multiplier {noise_multiplier!r}; expected a finite number > 0")
-        self.noise_multiplier = noise_multiplier
+    mechanism = ""
+
+    def __init__(self, *, rng: np.random.Generator | None = None) -> None:
         self.rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
-        self.queries = 0  # releases noised so far: what the ledger is charged for
+        self.queries = 0
+
+    def _draw(self, scale: float, size: int | None = None) -> np.ndarray | float:  # scale: per unit of sensitivity
+        raise NotImplementedError
+
+    def step(self, queries: int) -> DPStep:
+        raise NotImplementedError
+
+    def epsilon(self, queries: int, *, delta: float) -> float:
+        raise NotImplementedError
+
+    @property
+    def unit_scale(self) -> float:
+        """The noise's scale for a sensitivity of 1 (σ for Gaussian, b for Laplace)."""
+        raise NotImplementedError
 
     def value(self, x: float, *, sensitivity: float) -> float:
         self.queries += 1
-        return float(x + self.rng.normal(0.0, self.noise_multiplier * sensitivity))
+        return float(x + self._draw(self.unit_scale * sensitivity))
 
     def count(self, c: int) -> int:
         """A noisy count, rounded and at least 0 (post-processing, free under DP)."""
         return max(0, int(round(self.value(float(c), sensitivity=1.0))))
 
     def histogram(self, cells: Sequence[int]) -> list[int]:
-        """A histogram is one release: a patient moves one cell by one (L2 sensitivity 1)."""
+        """A histogram is one release: a patient moves one cell by one (L1 and L2 sensitivity 1)."""
         self.queries += 1
-        noisy = np.asarray(cells, dtype=np.float64) + self.rng.normal(0.0, self.noise_multiplier, size=len(cells))
+        noisy = np.asarray(cells, dtype=np.float64) + self._draw(self.unit_scale, len(cells))
         return [max(0, int(round(v))) for v in noisy]
+
+
+class GaussianNoise(ReleaseNoise):
+    """N(0, (multiplier x sensitivity)^2) on each release; Q releases are Q full-batch Gaussian steps."""
+
+    mechanism = "gaussian"
+
+    def __init__(self, noise_multiplier: float, *, rng: np.random.Generator | None = None) -> None:
+        if not (np.isfinite(noise_multiplier) and noise_multiplier > 0):
+            raise DPError(f"noise multiplier {noise_multiplier!r}; expected a finite number > 0")
+        super().__init__(rng=rng)
+        self.noise_multiplier = noise_multiplier
+
+    @property
+    def unit_scale(self) -> float:
+        return self.noise_multiplier
+
+    def _draw(self, scale: float, size: int | None = None) -> np.ndarray | float:
+        return self.rng.normal(0.0, scale, size=size)
+
+    def step(self, queries: int) -> DPStep:
+        return release_step(noise_multiplier=self.noise_multiplier, queries=queries)
+
+    def epsilon(self, queries: int, *, delta: float) -> float:
+        return release_epsilon(noise_multiplier=self.noise_multiplier, queries=queries, delta=delta)
+
+
+class LaplaceNoise(ReleaseNoise):
+    """Laplace(sensitivity / epsilon_per_query) on each release (Dwork, McSherry, Nissim & Smith 2006): Q
+    releases are (Q x epsilon_per_query)-DP by sequential composition, with δ = 0.
+
+    In the ledger, whose accountant composes Gaussian steps with RDP, the release is entered as one
+    full-batch Gaussian step of multiplier 1/ε: an ε-DP mechanism is (ε²/2)-zCDP (Bun & Steinke 2016,
+    Prop. 1.4), whose RDP curve ε²α/2 is exactly that Gaussian step's, so the composition with
+    training rounds on the same dataset stays an upper bound."""
+
+    mechanism = "laplace"
+
+    def __init__(self, epsilon_per_query: float, *, rng: np.random.Generator | None = None) -> None:
+        if not (np.isfinite(epsilon_per_query) and epsilon_per_query > 0):
+            raise DPError(f"ε per statistic {epsilon_per_query!r}; expected a finite number > 0")
+        super().__init__(rng=rng)
+        self.epsilon_per_query = epsilon_per_query
+
+    @property
+    def unit_scale(self) -> float:
+        return 1.0 / self.epsilon_per_query
+
+    def _draw(self, scale: float, size: int | None = None) -> np.ndarray | float:
+        return self.rng.laplace(0.0, scale, size=size)
+
+    def step(self, queries: int) -> DPStep:
+        return DPStep(noise_multiplier=1.0 / self.epsilon(queries, delta=0.0), sample_rate=1.0, steps=1)
+
+    def epsilon(self, queries: int, *, delta: float) -> float:
+        return queries * self.epsilon_per_query

@@ -32,10 +32,10 @@ from pipelines.analytics import CohortStatistics, ColumnStatistics, dataset_stat
 from privacy.disclosure import (
     DISCLOSURE_ACCOUNTANT,
     GaussianNoise,
+    LaplaceNoise,
+    ReleaseNoise,
     cells_to_suppress,
     noise_multiplier_for,
-    release_epsilon,
-    release_step,
 )
 from privacy.dp import DPStep, epsilon_spent, would_exceed
 from silo_node.config import DisclosureConfig
@@ -58,7 +58,7 @@ def queries_of(stats: CohortStatistics) -> int:
 
 
 def disclose(stats: CohortStatistics, rules: DisclosureConfig, *, quantiles: tuple[float, ...],
-             noise: GaussianNoise | None = None) -> CohortRelease:
+             noise: ReleaseNoise | None = None) -> CohortRelease:
     """What the silo releases: `stats` after DP noise (when `noise` is given) and suppression."""
     k = rules.min_cell_count
     suppressed: list[str] = []
@@ -86,7 +86,7 @@ def disclose(stats: CohortStatistics, rules: DisclosureConfig, *, quantiles: tup
                          columns=columns, disclosure=_claim(rules, suppressed, noise))
 
 
-def _column(c: ColumnStatistics, k: int, patients: int, quantiles: tuple[float, ...], noise: GaussianNoise | None,
+def _column(c: ColumnStatistics, k: int, patients: int, quantiles: tuple[float, ...], noise: ReleaseNoise | None,
             suppressed: list[str]) -> ColumnRelease:
     present = min(noise.count(c.present), patients) if noise is not None else c.present
     if cells_to_suppress([present, patients - present], k):
@@ -117,14 +117,30 @@ def _column(c: ColumnStatistics, k: int, patients: int, quantiles: tuple[float, 
                          quantiles=quants)
 
 
-def _claim(rules: DisclosureConfig, suppressed: list[str], noise: GaussianNoise | None) -> DisclosureClaim:
+def _claim(rules: DisclosureConfig, suppressed: list[str], noise: ReleaseNoise | None) -> DisclosureClaim:
     if noise is None:
         return DisclosureClaim(min_cell_count=rules.min_cell_count, suppressed=suppressed, per_silo=rules.per_silo)
+    delta = rules.delta if isinstance(noise, GaussianNoise) else 0.0  # Laplace: pure ε-DP
     return DisclosureClaim(min_cell_count=rules.min_cell_count, suppressed=suppressed, per_silo=rules.per_silo,
-                           mechanism=DisclosureMechanism.GAUSSIAN, delta=rules.delta,
-                           noise_multiplier=noise.noise_multiplier, queries=noise.queries,
-                           epsilon=release_epsilon(noise_multiplier=noise.noise_multiplier, queries=noise.queries,
-                                                   delta=rules.delta))
+                           mechanism=DisclosureMechanism(noise.mechanism), delta=delta,
+                           noise_multiplier=noise.unit_scale, queries=noise.queries,
+                           epsilon=noise.epsilon(noise.queries, delta=rules.delta))
+
+
+def build_noise(rules: DisclosureConfig, queries: int) -> ReleaseNoise | None:
+    """The node's DP noise for a release of `queries` statistics that may spend (epsilon, delta), or None."""
+    if rules.dp is DisclosureMechanism.GAUSSIAN:
+        return GaussianNoise(noise_multiplier_for(epsilon=rules.epsilon, delta=rules.delta, queries=queries))
+    if rules.dp is DisclosureMechanism.LAPLACE:
+        return LaplaceNoise(rules.epsilon / queries)
+    return None
+
+
+def ledger_step(d: DisclosureClaim) -> DPStep:
+    """The release as the privacy ledger composes it (privacy.disclosure: Laplace as its zCDP-equivalent step)."""
+    if d.mechanism is DisclosureMechanism.LAPLACE:
+        return LaplaceNoise(1.0 / d.noise_multiplier).step(d.queries)
+    return GaussianNoise(d.noise_multiplier).step(d.queries)
 
 
 class AnalysisRefused(Exception):
@@ -145,30 +161,27 @@ def run_analysis(node: "SiloNode", task: pb.Task) -> None:
     result = node._ingest(task.study_id, spec)
     stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins)
     rules = node.config.disclosure
-    noise = None
-    if rules.dp is DisclosureMechanism.GAUSSIAN:
-        queries = queries_of(stats)
-        multiplier = noise_multiplier_for(epsilon=rules.epsilon, delta=rules.delta, queries=queries)
+    queries = queries_of(stats)
+    noise = build_noise(rules, queries)
+    if noise is not None:
         try:
-            _check_budget(node, multiplier, queries)
+            _check_budget(node, noise.step(queries))
         except AnalysisRefused as e:
             node.audit.append("budget_refused", study=task.study_id, round=task.round, reason=str(e)[:500])
             node._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
                                          model_version=task.model_version, skipped=True, skip_reason=str(e)))
             log.warning("analysis %s refused: %s", task.study_id, e)
             return
-        noise = GaussianNoise(multiplier)
     release = disclose(stats, rules, quantiles=spec.analysis.quantiles, noise=noise)
     d = release.disclosure
     if noise is not None:
-        total = epsilon_spent([*_history(node), release_step(noise_multiplier=noise.noise_multiplier,
-                                                             queries=noise.queries)],
-                              delta=rules.delta, accountant=DISCLOSURE_ACCOUNTANT)
+        step = ledger_step(d)
+        total = epsilon_spent([*_history(node), step], delta=rules.delta, accountant=DISCLOSURE_ACCOUNTANT)
         node.ledger.record(silo=node.config.name, dataset=node.config.data.dataset, study=task.study_id,
-                           round=task.round, epsilon=d.epsilon, delta=rules.delta, noise_multiplier=noise.noise_multiplier,
-                           sample_rate=1.0, steps=noise.queries, accountant=DISCLOSURE_ACCOUNTANT)
-        log.info("analysis %s: Gaussian noise, ε %.3g at δ %g for %d statistics (dataset now at ε %.3g)",
-                 task.study_id, d.epsilon, rules.delta, noise.queries, total)
+                           round=task.round, epsilon=d.epsilon, delta=d.delta, noise_multiplier=step.noise_multiplier,
+                           sample_rate=step.sample_rate, steps=step.steps, accountant=DISCLOSURE_ACCOUNTANT)
+        log.info("analysis %s: %s noise, ε %.3g at δ %g for %d statistics (dataset now at ε %.3g)",
+                 task.study_id, d.mechanism.value, d.epsilon, d.delta, noise.queries, total)
     write_secret_file(kept, release.to_json().encode())
     _send(node, task, release)
 
@@ -181,8 +194,9 @@ def _claim_of(release: CohortRelease) -> PrivacyClaim:
     d = release.disclosure
     if d.mechanism is DisclosureMechanism.NONE:
         return PrivacyClaim()
-    return PrivacyClaim(enabled=True, epsilon=d.epsilon, delta=d.delta, noise_multiplier=d.noise_multiplier,
-                        sample_rate=1.0, steps=d.queries, accountant=DISCLOSURE_ACCOUNTANT)
+    step = ledger_step(d)
+    return PrivacyClaim(enabled=True, epsilon=d.epsilon, delta=d.delta, noise_multiplier=step.noise_multiplier,
+                        sample_rate=step.sample_rate, steps=step.steps, accountant=DISCLOSURE_ACCOUNTANT)
 
 
 def _send(node: "SiloNode", task: pb.Task, release: CohortRelease) -> None:
@@ -200,10 +214,10 @@ def _send(node: "SiloNode", task: pb.Task, release: CohortRelease) -> None:
              release.patients, len(d.suppressed))
 
 
-def _check_budget(node: "SiloNode", multiplier: float, queries: int) -> None:
+def _check_budget(node: "SiloNode", prospective: DPStep) -> None:
     rules, cap = node.config.disclosure, node.config.privacy.epsilon_cap
-    exceeds, after = would_exceed(_history(node), release_step(noise_multiplier=multiplier, queries=queries), cap_epsilon=cap,
-                                  delta=rules.delta, accountant=DISCLOSURE_ACCOUNTANT)
+    exceeds, after = would_exceed(_history(node), prospective, cap_epsilon=cap, delta=rules.delta,
+                                  accountant=DISCLOSURE_ACCOUNTANT)
     if exceeds:
         raise AnalysisRefused(f"privacy budget: releasing these statistics would bring ε on dataset "
                               f"{node.config.data.dataset} to {after:.3f}, above the node's cap {cap}")

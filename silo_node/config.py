@@ -29,7 +29,7 @@
 
     [disclosure]                        # analysis studies: what a released statistic may show
     min_cell_count = 10                 # smaller counts suppressed (with complementary cells)
-    dp = "gaussian"                     # or "none"; epsilon/delta per analysis, charged to the ledger
+    dp = "gaussian"                     # or "laplace", "none"; epsilon/delta per analysis, charged to the ledger
     epsilon = 1.0
 
     [tls]                               # omit only with insecure = true (local demos)
@@ -94,8 +94,8 @@ class ApprovalConfig(_Strict):
 class DisclosureConfig(_Strict):
     """What this hospital lets an analysis study release (privacy.disclosure): counts of 1 to
     min_cell_count - 1 patients are suppressed, with complementary suppression; with dp = "gaussian"
-    every released statistic is noised so that one analysis spends at most (epsilon, delta),
-    charged to the privacy ledger on this dataset under the node's epsilon_cap."""
+    (or "laplace", pure ε-DP) every released statistic is noised so that one analysis spends at most
+    (epsilon, delta), charged to the privacy ledger on this dataset under the node's epsilon_cap."""
 
     min_cell_count: int = Field(default=10, ge=1)
     dp: DisclosureMechanism = DisclosureMechanism.NONE

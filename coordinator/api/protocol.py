@@ -552,6 +552,7 @@ class DisclosureMechanism(StrEnum):
 
     NONE = "none"
     GAUSSIAN = "gaussian"
+    LAPLACE = "laplace"
 
 
 class ColumnRelease(_Wire):

@@ -82,9 +82,24 @@ def test_a_release_over_the_nodes_cap_is_refused_and_training_rounds_count(tmp_p
     ledger = PrivacyLedger(tmp_path / "ledger.sqlite")
     node = SimpleNamespace(config=config, ledger=ledger)
     z = noise_multiplier_for(epsilon=1.0, delta=1e-6, queries=40)
-    _check_budget(node, z, 40)  # an empty ledger: 1.0 of 2.0
+    _check_budget(node, GaussianNoise(z).step(40))  # an empty ledger: 1.0 of 2.0
     # a DP-SGD study already spent most of the cap on the same dataset
     ledger.record(silo="h1", dataset="h1-ehr", study="train-1", round=1, epsilon=1.8, delta=1e-5, noise_multiplier=0.9,
                   sample_rate=0.1, steps=200, accountant="rdp")
     with pytest.raises(AnalysisRefused, match="above the node's cap 2.0"):
-        _check_budget(node, z, 40)
+        _check_budget(node, GaussianNoise(z).step(40))
+
+
+def test_laplace_noise_spends_its_epsilon_over_the_statistics_it_noised() -> None:
+    from silo_node.analysis import build_noise, ledger_step
+
+    stats, _ = _stats(300, 5)
+    rules = DisclosureConfig(dp="laplace", epsilon=2.0)
+    noise = build_noise(rules, queries_of(stats))
+    release = disclose(stats, rules, quantiles=(0.5,), noise=noise)
+    d = release.disclosure
+    assert d.mechanism == "laplace" and d.delta == 0.0
+    assert 0 < d.epsilon <= 2.0 + 1e-12 and d.epsilon == noise.queries * noise.epsilon_per_query
+    step = ledger_step(d)  # the ledger's Gaussian-equivalent (zCDP) step: multiplier 1/ε, one full batch
+    assert (step.noise_multiplier, step.sample_rate, step.steps) == (1.0 / d.epsilon, 1.0, 1)
+    assert release.columns[0].mean != stats.columns[0].mean
