@@ -173,3 +173,19 @@ def test_password_guessing_locks_the_user_out_for_a_while(app, node_config, cloc
     assert sign_in(client, "officer").status_code == 303  # other users are not affected
     clock.now += 15 * 60 + 1
     assert sign_in(client, "it-admin").status_code == 303
+
+
+def test_ledger_and_proposal_show_epsilon_against_what_remains(app, node_config, sign_in):
+    from compliance.ledger import PrivacyLedger
+    from silo_node.node import LEDGER_FILE
+
+    with PrivacyLedger(node_config.state_dir / LEDGER_FILE) as ledger:
+        for rnd, eps in ((1, 2.5), (2, 4.25)):
+            ledger.record(silo="st-mary", dataset="st-mary-2026", study="earlier", round=rnd, epsilon=eps,
+                          delta=1e-6, noise_multiplier=1.1, sample_rate=0.05, steps=20 * rnd, accountant="rdp")
+    client = local(app)
+    sign_in(client, "officer")
+    page = " ".join(client.get("/ledger").text.split())
+    assert "ε 4.250 spent of the cap 10.000" in page and "5.750 remaining" in page and "2.5000" in page
+    # the proposal's target ε 8.0 is more than the 5.75 left: said before anyone approves
+    assert "exceeds what remains" in client.get("/proposals/hf-risk-1").text
