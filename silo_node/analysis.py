@@ -12,6 +12,7 @@ every outgoing message, and travels as a BLOB_UPDATE with the `cohort-statistics
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,6 +161,8 @@ def run_analysis(node: "SiloNode", task: pb.Task) -> None:
         return
     result = node._ingest(task.study_id, spec)
     stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins)
+    # only the modalities the study names (and the site approved) are counted in the release
+    stats = replace(stats, modalities={m: n for m, n in stats.modalities.items() if m in spec.modalities})
     rules = node.config.disclosure
     queries = queries_of(stats)
     noise = build_noise(rules, queries)

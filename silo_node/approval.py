@@ -76,6 +76,9 @@ def policy_decision(spec: StudySpec, policy: ApprovalConfig, budget: BudgetConfi
     extra = sorted(set(spec.modalities) - set(policy.allowed_modalities))
     if extra:
         problems.append(f"modalities {extra} are not allowed here")
+    if spec.kind is StudyKind.ANALYSIS:  # no training: what leaves is set by this node's [disclosure] rules
+        return (not problems, "; ".join(problems) or "an analysis study within the node's allowed modalities; "
+                "its figures leave under this node's [disclosure] rules")
     if policy.require_dp and not spec.privacy.dp:
         problems.append("the study does not use differential privacy")
     if policy.require_encryption and not spec.protocol.encrypted:

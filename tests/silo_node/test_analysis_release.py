@@ -103,3 +103,15 @@ def test_laplace_noise_spends_its_epsilon_over_the_statistics_it_noised() -> Non
     step = ledger_step(d)  # the ledger's Gaussian-equivalent (zCDP) step: multiplier 1/ε, one full batch
     assert (step.noise_multiplier, step.sample_rate, step.steps) == (1.0 / d.epsilon, 1.0, 1)
     assert release.columns[0].mean != stats.columns[0].mean
+
+
+def test_auto_approval_of_an_analysis_checks_its_modalities_not_training_limits() -> None:
+    from silo_node.approval import describe, policy_decision
+    from silo_node.config import ApprovalConfig, BudgetConfig
+
+    strict = ApprovalConfig(mode="auto", allowed_modalities=["ehr"], require_encryption=True, max_rounds=1)
+    ehr_only = StudySpec(name="overview", kind="analysis", modalities=["ehr"], privacy={"dp": False, "encryption": "none"})
+    assert policy_decision(ehr_only, strict, BudgetConfig())[0]
+    ok, reason = policy_decision(StudySpec(name="overview", kind="analysis"), strict, BudgetConfig())
+    assert not ok and "modalities" in reason
+    assert "disclosure control" in describe(ehr_only)["what_is_sent"]
