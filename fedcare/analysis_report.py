@@ -3,7 +3,7 @@
 `write_analysis(summary, out)` takes `summary.json` of a finished analysis study (its "analysis"
 section: coordinator/analysis.py `PooledStatistics`) and writes `analysis.json` (the pooled figures
 as received), `analysis.csv` (one row per figure: pooled value, the silos that held theirs back,
-then one column per hospital that lets its own figures be shown) and `analysis.html` (the cohort
+then one column per hospital that lets its own figures be shown) and `analysis.html` and `analysis.pdf` (the cohort
 table, per-feature histograms per hospital, a missingness heat map and label prevalence per
 hospital; plots drawn with matplotlib and embedded). Pooled quantiles are read from the pooled
 histogram with the silos' own grouped-data rule (pipelines.analytics). A suppressed figure is
@@ -17,6 +17,7 @@ import csv
 import html
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from pipelines.analytics import quantiles_from_histogram  # noqa: E402
 
 SUPPRESSED = "suppressed"
+log = logging.getLogger(__name__)
 
 
 def cohort_rows(pooled: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -128,14 +130,14 @@ def _plots(pooled: dict[str, Any]) -> list[str]:
     return out
 
 
-def _html(summary: dict[str, Any], pooled: dict[str, Any], path: Path) -> None:
+def _html(summary: dict[str, Any], pooled: dict[str, Any]) -> str:
     rows = "".join(f"<tr><td>{html.escape(a)}</td><td>{html.escape(b)}</td><td>{html.escape(c)}</td></tr>"
                    for a, b, c in cohort_rows(pooled))
     held = "".join(f"<li>{html.escape(s)}: {html.escape('; '.join(v) or 'nothing')}</li>" for s, v in pooled["suppressed"].items())
     dp = "".join(f"<li>{html.escape(s)}: {html.escape(d['mechanism'])} noise, ε {d['epsilon']:.3g} at δ {d['delta']:g} "
                  f"over {d['queries']} statistics</li>" for s, d in pooled["dp"].items()) or "<li>none</li>"
     withheld = ", ".join(pooled["withheld_per_silo"]) or "none"
-    path.write_text(
+    return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Cohort overview</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td{padding:2px 8px}</style></head><body>"
         f"<h1>Cohort overview: {html.escape(str(summary.get('name', '')))}</h1>"
@@ -145,7 +147,7 @@ def _html(summary: dict[str, Any], pooled: dict[str, Any], path: Path) -> None:
         f"count. Hospitals not shown individually: {html.escape(withheld)}.</p>"
         f"<table><tr><th>figure</th><th>pooled</th><th>note</th></tr>{rows}</table>"
         f"<h2>Held back at each hospital</h2><ul>{held}</ul><h2>Differential privacy</h2><ul>{dp}</ul>"
-        f"<h2>Plots</h2>{''.join(_plots(pooled))}</body></html>", encoding="utf-8")
+        f"<h2>Plots</h2>{''.join(_plots(pooled))}</body></html>")
 
 
 def write_analysis(summary: dict[str, Any], out: Path) -> dict[str, Path]:
@@ -158,5 +160,13 @@ def write_analysis(summary: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"json": out / "analysis.json", "csv": out / "analysis.csv", "html": out / "analysis.html"}
     paths["json"].write_text(json.dumps(pooled, indent=2, sort_keys=True))
     _csv(pooled, paths["csv"])
-    _html(summary, pooled, paths["html"])
+    page = _html(summary, pooled)
+    paths["html"].write_text(page, encoding="utf-8")
+    try:  # the PDF needs Pango (scripts/install.sh installs it); without it the HTML is the report
+        import weasyprint
+
+        weasyprint.HTML(string=page).write_pdf(out / "analysis.pdf")
+        paths["pdf"] = out / "analysis.pdf"
+    except (ImportError, OSError) as e:
+        log.warning("analysis.pdf not written (%s); analysis.html holds the same report", e)
     return paths
