@@ -113,6 +113,7 @@ def test_analysis_pools_exactly_suppresses_small_cells_and_charges_dp(cluster, t
     paths = write_analysis(summary, tmp_path / "results")
     assert json.loads(paths["json"].read_text())["patients"]["value"] == pooled["patients"]["value"]
     assert "age" in paths["csv"].read_text() and "<img" in paths["html"].read_text()
+    assert paths["pdf"].read_bytes().startswith(b"%PDF")
 
     # The last hospital turns on DP noise for released statistics; the next analysis charges its ledger.
     noisy = names[-1]
