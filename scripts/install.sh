@@ -77,17 +77,12 @@ if { [ "$done_before" = "$installed .[dev]" ] || [ "$done_before" = "$installed 
         && "$venv/bin/python" -c 'import fedcare' 2>/dev/null; then
     echo "fedcare already installed in $venv (pyproject.toml unchanged)"
 else
-    # PyPI's Linux torch wheel is the CUDA build (gigabytes of nvidia-* wheels); PyTorch's CPU index
-    # serves torch==2.13.0 as 2.13.0+cpu, which pip then prefers. FEDCARE_TORCH_INDEX="" skips it.
-    torch_index="${FEDCARE_TORCH_INDEX-https://download.pytorch.org/whl/cpu}"
+    # PyPI's Linux torch wheel is the CUDA build (gigabytes of nvidia-* wheels). Where pip's own
+    # configuration does not already provide the CPU build, point FEDCARE_TORCH_INDEX at PyTorch's
+    # CPU wheel index (see README); it is used only when set, nothing is contacted otherwise.
     index_args=()
-    if [ -n "$torch_index" ]; then
-        if "$venv/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=10)' \
-                "$torch_index" 2>/dev/null; then
-            index_args=(--extra-index-url "$torch_index")
-        else
-            echo "note: $torch_index is unreachable; pip takes torch from its configured sources (pip config list)"
-        fi
+    if [ -n "${FEDCARE_TORCH_INDEX:-}" ]; then
+        index_args=(--extra-index-url "$FEDCARE_TORCH_INDEX")
     fi
     echo "installing fedcare$([ "$test_extras" = 1 ] && echo ' with its dev extras') into $venv (pip)…"
     "$venv/bin/python" -m pip install -q "${index_args[@]}" -e "$target"

@@ -159,3 +159,14 @@ def test_the_container_image_runs_unprivileged_with_a_health_check() -> None:
     assert inspect["User"] == user and inspect["Healthcheck"]["Test"]
     run = subprocess.run(["docker", "run", "--rm", image, "--help"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and "coordinator" in run.stdout
+
+
+def test_the_container_image_copies_every_package_fedcare_installs() -> None:
+    """The image installs from COPYed folders: a package added to pyproject.toml but not copied would
+    install nothing and fail at `import` in the container (checked here without a container engine)."""
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.rstrip("*") for p in include}
+    copied = set(re.findall(r"^COPY (\S+) \1$", (DEPLOY / "Dockerfile").read_text(), flags=re.M))
+    assert packages <= copied, f"deploy/Dockerfile does not COPY {sorted(packages - copied)}"
