@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
@@ -52,27 +53,41 @@ def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequenc
     return result.report
 
 
-def render_table(report: IngestReport) -> Table:
-    """Per modality: inputs read (parsed / from cache), records, patients, samples, quarantined by reason."""
-    table = Table(title=f"Ingestion at index date {report.index_date}: {report.samples} samples, "
-                        f"{report.positives} positive, {report.quarantined_total} quarantined")
-    for column in ("modality", "inputs read", "parsed", "cached", "records", "patients", "samples", "quarantined", "unused"):
-        table.add_column(column, justify="left" if column in ("modality", "quarantined", "unused") else "right")
+def render_table(report: IngestReport) -> Group:
+    """The report for people, readable at 80 columns: a narrow table of counts per modality, then
+    one wrapped line each for what was quarantined, unused, linked and excluded, the column mappings
+    and the warnings."""
+    counts = Table(title=f"Ingestion at index date {report.index_date}: {report.samples} samples, "
+                         f"{report.positives} positive, {report.quarantined_total} quarantined")
+    for column in ("modality", "inputs", "parsed", "cached", "records", "patients", "samples"):
+        counts.add_column(column, justify="left" if column == "modality" else "right")
     for name, m in report.modalities.items():
-        table.add_row(name, str(m.inputs_read), str(m.parsed), str(m.cached), str(m.records), str(m.patients), str(m.samples),
-                      ", ".join(f"{k}: {v}" for k, v in m.quarantined.items()) or "-",
-                      ", ".join(f"{k}: {v}" for k, v in m.unused.items()) or "-")
-    table.add_section()
-    linked = ", ".join(f"{k}: {v}" for k, v in report.linked.items()) or "-"
+        counts.add_row(name, str(m.inputs_read), str(m.parsed), str(m.cached), str(m.records), str(m.patients),
+                       str(m.samples))
+    counts.add_section()
+    counts.add_row("linked", "", "", "", "", str(report.patients), str(report.samples))
+
+    details = Table.grid(padding=(0, 1))
+    details.add_column(style="bold", no_wrap=True)
+    details.add_column(overflow="fold")
+    for name, m in report.modalities.items():
+        if m.quarantined:
+            details.add_row(f"{name} quarantined", escape(_listing(m.quarantined)))
+        if m.unused:
+            details.add_row(f"{name} unused", escape(_listing(m.unused)))
+    linked = _listing(report.linked) or "-"
     if report.image_linked_by.get("imaging_study"):
         linked += f" (images linked by ImagingStudy: {report.image_linked_by['imaging_study']})"
-    excluded = ", ".join(f"{k}: {v}" for k, v in report.excluded.items()) or "-"
-    table.add_row("linked", linked, "", "", "", str(report.patients), str(report.samples), f"excluded {excluded}", "")
+    details.add_row("linked", escape(linked))
+    details.add_row("excluded", escape(_listing(report.excluded) or "-"))
     ehr = report.modalities.get("ehr")
-    if ehr is not None and (ehr.mappings or ehr.warnings):
-        table.add_section()
+    if ehr is not None:
         for column, meaning in ehr.mappings.items():
-            table.add_row("column", escape(column), "", "", "", "", "", escape(meaning), "")
+            details.add_row(f"column {escape(column)}", escape(meaning))
         for warning in ehr.warnings:
-            table.add_row("warning", "", "", "", "", "", "", escape(warning), "")
-    return table
+            details.add_row("warning", escape(warning))
+    return Group(counts, details)
+
+
+def _listing(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items())

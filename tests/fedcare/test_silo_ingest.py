@@ -39,3 +39,31 @@ def test_tabular_from_the_command_line_and_from_node_toml(tmp_path: Path):
     assert done.exit_code == 0, done.output
     again = json.loads((root / "out2" / "ingest-report.json").read_text())
     assert again["modalities"]["ehr"] == report["modalities"]["ehr"]
+
+
+def test_the_ingest_table_reads_at_80_columns(tmp_path: Path):
+    """Every header and count whole, every line within 80 columns, long reasons wrapped, not cut."""
+    import io
+
+    from rich.console import Console
+
+    from pipelines.ingest import IngestReport
+    from silo_node.ingest_command import render_table
+
+    root = _write(tmp_path)
+    done = CliRunner().invoke(app, ["silo", "ingest", "--tabular", str(root / "warehouse"), "--tabular",
+                                    str(root / "events.csv"), "--out", str(root / "out")])
+    assert done.exit_code == 0, done.output
+    report = IngestReport.model_validate_json((root / "out" / "ingest-report.json").read_text())
+    report.excluded = {"below_min_age_or_unknown_age": 12, "prevalent_case_before_index_date": 3,
+                       "no_index_date_first_event": 7}
+    screen = io.StringIO()
+    Console(file=screen, width=80, color_system=None).print(render_table(report))
+    lines = screen.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    text = screen.getvalue()
+    for header in ("modality", "inputs", "parsed", "cached", "records", "patients", "samples"):
+        assert header in text
+    assert "bad_row: 1" in text
+    flat = "".join(line.strip() for line in lines)
+    assert "no_index_date_first_event: 7" in flat.replace(" ", "") or "no_index_date_first_event:7" in flat.replace(" ", "")
