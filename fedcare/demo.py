@@ -140,8 +140,13 @@ class Demo:
         (out / "logs").mkdir(parents=True)
         self.console.print(f"[bold]fedcare demo[/]: {o.silos} hospitals, {o.rounds} rounds, "
                            f"DP {'on' if o.dp else 'off'}, encryption {o.encryption}, rule {o.rule}")
-        with self.console.status("generating synthetic hospitals (FHIR, DICOM, wearable CSV)…"):
-            hospitals = generate_federation(out / "data", n_hospitals=o.silos, patients_per_hospital=o.patients, seed=o.seed)
+        with Progress(TextColumn("generating synthetic hospitals (FHIR, DICOM, wearable CSV): {task.description}"),
+                      BarColumn(), TextColumn("{task.completed}/{task.total} patients"), TimeElapsedColumn(),
+                      console=self.console) as progress:
+            task = progress.add_task("", total=o.silos * o.patients)
+            hospitals = generate_federation(out / "data", n_hospitals=o.silos, patients_per_hospital=o.patients,
+                                            seed=o.seed,
+                                            on_patient=lambda name: progress.update(task, advance=1, description=name))
         target = f"127.0.0.1:{free_port()}"
         try:
             self.procs["coordinator"] = _spawn(["coordinator", "serve", "--state-dir", str(out / "coordinator"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -256,8 +257,11 @@ def _wearable_csv(rng, h: _Profile, z_sig: float, n: int, start: datetime) -> st
 
 
 def generate_federation(out_dir: Path, *, n_hospitals: int = 3, patients_per_hospital: int = 300, seed: int = 0,
-                        missing_fraction: float = 0.15, image_size: int = 32, signal_length: int = 128) -> list[HospitalFiles]:
-    """Write `n_hospitals` hospitals under `out_dir/<name>/{fhir,dicom,wearables}`; deterministic in `seed`."""
+                        missing_fraction: float = 0.15, image_size: int = 32, signal_length: int = 128,
+                        on_patient: Callable[[str], None] | None = None) -> list[HospitalFiles]:
+    """Write `n_hospitals` hospitals under `out_dir/<name>/{fhir,dicom,wearables}`; deterministic in `seed`.
+
+    `on_patient(hospital)` is called after each patient's files are written (progress for a CLI)."""
     if not 0.0 <= missing_fraction <= 1.0:
         raise ValueError(f"missing_fraction must be in [0, 1], got {missing_fraction}")
     out_dir = Path(out_dir)
@@ -292,6 +296,8 @@ def generate_federation(out_dir: Path, *, n_hospitals: int = 3, patients_per_hos
             csv = _wearable_csv(rng, h, z_sig, int(signal_length * 1.25), start + timedelta(hours=int(rng.integers(7, 20))))
             if missing != "signal":
                 (dirs[2] / f"{mrn}.csv").write_text(csv, encoding="utf-8")
+            if on_patient is not None:
+                on_patient(h.name)
         log.info("hospital %s: %d patients, %d positive", h.name, patients_per_hospital, positives)
         hospitals.append(HospitalFiles(h.name, root, *dirs, n_patients=patients_per_hospital))
     return hospitals

@@ -83,3 +83,9 @@ def test_deterministic(tmp_path: Path):
         files_a = sorted(p.relative_to(a.root) for p in (a.root / sub).iterdir())
         assert files_a == sorted(p.relative_to(b.root) for p in (b.root / sub).iterdir())
         assert all((a.root / f).read_bytes() == (b.root / f).read_bytes() for f in files_a)
+
+
+def test_generation_reports_each_patient_for_progress(tmp_path):
+    seen: list[str] = []
+    hospitals = generate_federation(tmp_path, n_hospitals=2, patients_per_hospital=3, seed=0, on_patient=seen.append)
+    assert seen == [h.name for h in hospitals for _ in range(3)]
