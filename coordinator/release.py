@@ -2,7 +2,8 @@
 
 Every round's version is kept. Round r's silos evaluate version r - 1 and report metrics; the
 pooled metric of a version is the sample-weighted mean of its silos' values (as in the summary).
-The study names the metric (`training.selection_metric`, default AUROC; `selection_goal` max or
+The study names the metric (`training.selection_metric`, default `val_auroc`: AUROC on each silo's
+validation split, never its test split; `selection_goal` max or
 min) and whether it releases the best or the last version; with `early_stopping_patience` = P
 it stops training once the best version is P evaluated versions old (a plateau), as in
 Prechelt 1998, "Early Stopping - But When?". A metric no silo reports falls back to the last

@@ -199,7 +199,9 @@ class TrainingSpec(_Strict):
     max_rounds_unselected: int = Field(default=3, ge=1)  # fairness: a silo left out this long is forced in
     # The released model (coordinator/release.py): the version with the best pooled value of this
     # metric in the silos' reports ("best"), or the last one; None patience: no early stopping.
-    selection_metric: str = Field(default="auroc", min_length=1, max_length=64)
+    # A validation metric (silo_node/evaluation.py reports val_*): choosing on the test split would
+    # make the test figures of the released model optimistic.
+    selection_metric: str = Field(default="val_auroc", min_length=1, max_length=64)
     selection_goal: Literal["max", "min"] = "max"
     release: Literal["best", "last"] = "best"
     early_stopping_patience: int | None = Field(default=None, ge=1)

@@ -62,7 +62,7 @@ def test_the_key_holder_publishes_the_best_version_after_the_others_report(tmp_p
             t = fed.next_task(s, 0)
             assert (t.kind, t.round) == (pb.TASK_TRAIN, r)
             fed.report_metrics(s, pb.MetricsReport(study_id=study, round=r, nonce=t.nonce, model_version=r - 1,
-                                                   samples=5, metrics={"auroc": auroc[r - 1]}))
+                                                   samples=5, metrics={"val_auroc": auroc[r - 1], "auroc": auroc[r - 1]}))
             data = encrypt_update(secret, np.full(n, 0.01 * r, np.float32), mode="exact", clip=10.0)
             _push(fed, s, pb.BLOB_UPDATE, study, data, t, encoding="ckks-exact")
     # Finalizing: h2 evaluates version 2; the key holder waits for it, then publishes version 1.
@@ -70,14 +70,14 @@ def test_the_key_holder_publishes_the_best_version_after_the_others_report(tmp_p
     t2 = fed.next_task("h2", 0)
     assert (t2.kind, t2.model_version, t2.publish_model) == (pb.TASK_FINALIZE, 2, False)
     fed.report_metrics("h2", pb.MetricsReport(study_id=study, round=t2.round, nonce=t2.nonce, model_version=2,
-                                              samples=5, metrics={"auroc": auroc[2]}))
+                                              samples=5, metrics={"val_auroc": auroc[2], "auroc": auroc[2]}))
     t1 = fed.next_task("h1", 0)
     assert (t1.kind, t1.model_version, t1.publish_model) == (pb.TASK_FINALIZE, 1, True)
     final = encode_tensors(names, [np.asarray(a) + np.float32(0.01) for a in v0])  # what h1 decrypted for version 1
     _push(fed, "h1", pb.BLOB_FINAL_MODEL, study, final, t1, encoding="tensors")
     assert store.get(StudyRow, study).state == "finalizing"  # h1's evaluation of the release is still due
     fed.report_metrics("h1", pb.MetricsReport(study_id=study, round=t1.round, nonce=t1.nonce, model_version=1,
-                                              samples=5, metrics={"auroc": auroc[1]}))
+                                              samples=5, metrics={"val_auroc": auroc[1], "auroc": auroc[1]}))
     row = store.get(StudyRow, study)
     assert row.state == "done" and row.final_model_sha == hashlib.sha256(final).hexdigest()
     summary = summary_dict(fed, study)
