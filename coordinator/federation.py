@@ -547,6 +547,7 @@ class Federation:
                 if spec.kind is StudyKind.ANALYSIS:  # released statistics, checked against the study
                     parse_release(spec, header.encoding, blob.view())
                 else:
+                    self._check_weight(row.id, silo, header.weight)
                     self.rounds.add_update(row, rnd, spec, header, blob.view())
             except InvalidInput as e:
                 self.audit("update_refused", study=row.id, silo=silo, round=rnd.number, reason=str(e)[:500])
@@ -560,6 +561,15 @@ class Federation:
             self._tick_locked()
             self._notify()
             return pb.PushReply(accepted=True, sha256=sha, size=header.size)
+
+    def _check_weight(self, study_id: str, silo: str, weight: float) -> None:
+        """A silo weighs in with at most the training samples it declared at enrollment (a region: its
+        accepting silos' sum), so no participant can make FedAvg its own by declaring a huge weight."""
+        enrollment = self.store.get(EnrollmentRow, study_id, silo)
+        declared = enrollment.train_samples if enrollment is not None else 0
+        if declared > 0 and weight > declared:
+            raise InvalidInput(f"update weight {weight:g} exceeds the {declared} training samples silo {silo!r} "
+                               "declared when it accepted the study; an update weighs at most its declared samples")
 
     def accept_key_bundle(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         with self._lock:

@@ -175,3 +175,13 @@ def test_early_stopping_on_a_plateau(tmp_path: Path) -> None:
             break
     row = run.store.get(StudyRow, run.study)
     assert row.state == "finalizing" and row.current_round == 5  # after round 4: versions 2 and 3 did not improve
+
+
+def test_a_weight_above_the_declared_training_samples_is_refused_and_audited(tmp_path: Path) -> None:
+    """A silo that declared 10 training samples cannot weigh in with 1e9 and make FedAvg its own (#16 item 6)."""
+    run = Run(tmp_path, _spec())
+    task = run.fed.next_task("h1", 0)
+    with pytest.raises(InvalidInput, match="declared"):
+        run.push("h1", task, encode_tensors(run.names, _delta(run, 0.01)), weight=1e9)
+    assert any(e == "update_refused" and "declared" in f["reason"] for e, f in run.events)
+    assert run.push("h1", task, encode_tensors(run.names, _delta(run, 0.01)), weight=10.0).accepted
