@@ -35,6 +35,11 @@ def _main() -> None:
     from pipelines.models import build_model, get_shared_weights, shared_parameter_names
 
     spec = StudySpec.from_json(sys.stdin.buffer.read())
+    with torch.device("meta"):  # count first, allocating nothing
+        size = sum(p.numel() for p in build_model(**spec.model_arguments()).parameters())
+    if size > spec.model.max_parameters:
+        sys.exit(f"the model has {size:,} parameters, above model.max_parameters = {spec.model.max_parameters:,}; "
+                 "choose smaller model dimensions")
     torch.manual_seed(spec.training.seed)
     model = build_model(**spec.model_arguments())
     personal = spec.model.personal_layers

@@ -165,9 +165,9 @@ class ModelSpec(_Strict):
     """Architecture of the multimodal model (pipelines.models builds it from this)."""
 
     embed_dim: int = Field(default=16, ge=2, le=1024)
-    ehr_hidden: int = Field(default=64, ge=4)
+    ehr_hidden: int = Field(default=64, ge=4, le=8192)
     image_channels: tuple[int, ...] = (8, 16)
-    signal_hidden: int = Field(default=32, ge=4)
+    signal_hidden: int = Field(default=32, ge=4, le=4096)
     signal_encoder: Literal["cnn", "gru"] = "cnn"  # gru: Opacus DPGRU after a strided Conv1d
     fusion: Literal["moe", "concat"] = "moe"
     kl_weight: float = Field(default=1e-3, ge=0)
@@ -177,6 +177,9 @@ class ModelSpec(_Strict):
     # "linear" / "mlp" (ehr_hidden units): a model sized to a tabular-only study (modalities = ["ehr"]),
     # which keeps its utility under DP at small ε where the multimodal model's noise grows with its size
     architecture: Literal["multimodal", "linear", "mlp"] = "multimodal"
+    # Refused at submission above this many parameters (counted without allocating them): a spec
+    # must not make the coordinator and every silo build a model of gigabytes.
+    max_parameters: int = Field(default=20_000_000, ge=1, le=500_000_000)
 
 
 class TrainingSpec(_Strict):

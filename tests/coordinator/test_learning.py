@@ -185,3 +185,15 @@ def test_a_weight_above_the_declared_training_samples_is_refused_and_audited(tmp
         run.push("h1", task, encode_tensors(run.names, _delta(run, 0.01)), weight=1e9)
     assert any(e == "update_refused" and "declared" in f["reason"] for e, f in run.events)
     assert run.push("h1", task, encode_tensors(run.names, _delta(run, 0.01)), weight=10.0).accepted
+
+
+def test_a_model_above_the_parameter_cap_is_refused_at_submission(tmp_path: Path) -> None:
+    """ehr_hidden = 8192 would make the coordinator and every silo build tens of millions of parameters:
+    counted on torch's meta device and refused before anything is allocated (#16 item 6)."""
+    store = Store(open_engine(f"sqlite:///{tmp_path / 'c.sqlite'}"))
+    fed = Federation(store, BlobStore(tmp_path / "blobs"), audit=lambda e, **f: None)
+    big = StudySpec(name="big", modalities=("ehr",), model=ModelSpec(ehr_hidden=8192, embed_dim=4),
+                    privacy=PrivacySpec(dp=False, encryption="none"))
+    with pytest.raises(InvalidInput, match=r"parameters, above model\.max_parameters = 20,000,000"):
+        fed.submit_study(big.to_json())
+    store.engine.dispose()
