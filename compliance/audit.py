@@ -49,6 +49,8 @@ class Event(StrEnum):
     STUDY_APPROVED = "study_approved"
     STUDY_REJECTED = "study_rejected"
     DATA_INGESTED = "data_ingested"
+    # fields: study, by ("hash"/"column"), sizes (train/validation/test), assigned (samples by the part their data names)
+    DATA_SPLIT = "data_split"
     ROUND_JOINED = "round_joined"
     ROUND_SKIPPED = "round_skipped"
     # fields: kind, size, sha256, round, study (+ silo, the peer, at the coordinator)

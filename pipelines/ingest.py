@@ -41,9 +41,10 @@ from .imaging.dicom import DicomInput
 from .limits import DEFAULT_LIMITS, IngestLimits
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
+from .splits import NO_PART
 from .steps import (IngestRun, ModalityReport, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
-                    quarantine_unlinked, read_dicom, read_fhir_resources, read_hospital_tables, read_sampled_data, read_tables,
-                    read_wearable_files, resolve_references, select_cohort)
+                    quarantine_unlinked, read_dicom, read_fhir_resources, read_hospital_tables, read_sampled_data,
+                    read_split_assignments, read_tables, read_wearable_files, resolve_references, select_cohort)
 
 log = logging.getLogger(__name__)
 MIN_KEY_BYTES = 16
@@ -53,6 +54,7 @@ STEPS: tuple[Step, ...] = (
     read_fhir_resources,  # EHR readers fill the fact store; FHIR first (its demographics win)
     read_tables,
     read_hospital_tables,  # tables as they come, described in the node config
+    read_split_assignments,  # the split file, after the tables' split columns
     resolve_references,
     select_cohort,  # the rows: cohort criteria, label, EHR values
     allocate_rows,
@@ -80,6 +82,8 @@ class IngestReport(BaseModel):
     image_linked_by: dict[str, int] = Field(default_factory=dict)  # EHR patients with an image, by "patient_id" / "imaging_study"
     quarantined_total: int
     mean_signal_coverage: float | None = None
+    # samples by the part their data names (pipelines.splits), "none": no part, the hash split decides
+    split_assigned: dict[str, int] = Field(default_factory=dict)
 
     @classmethod
     def of(cls, run: IngestRun) -> "IngestReport":
@@ -88,7 +92,8 @@ class IngestReport(BaseModel):
         return cls(index_date=run.index_date, index_from=run.cohort.index_from, modalities=run.reports, patients=len(run.known), samples=len(run.pseudonyms),
                    positives=int(run.labels.sum()), excluded=dict(run.excluded), linked=dict(sorted(linked.items())),
                    image_linked_by=dict(sorted(image_links.items())), quarantined_total=len(run.quarantine),
-                   mean_signal_coverage=float(np.mean(run.coverage)) if run.coverage else None)
+                   mean_signal_coverage=float(np.mean(run.coverage)) if run.coverage else None,
+                   split_assigned=dict(sorted(Counter(str(run.splits.get(p, NO_PART)) for p in run.pseudonyms).items())))
 
 
 @dataclass
@@ -105,7 +110,7 @@ def pseudonym(mrn: str, key: bytes) -> str:
 def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Sequence[Path], cohort: CohortLike,
                 pseudonym_key: bytes, index_date: date | None = None, dicomweb: Sequence[str] = (),
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
-                tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (),
+                tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (), split_file: Path | None = None,
                 limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
 
@@ -120,7 +125,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     check_features(tuple(cohort.features))
     deid = Deidentifier(pseudonym_key)
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
-                      wearables=wearables, tables=tables)
+                      wearables=wearables, tables=tables, split_file=split_file)
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),

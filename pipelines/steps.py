@@ -42,6 +42,7 @@ from .limits import DEFAULT_LIMITS, IngestLimits
 from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
+from .splits import SplitPart, read_split_file
 from .wearables.signals import ChosenSignal, LatestWindows, read_signals, sampled_signals
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Sources:
     dicom_inputs: Iterable[DicomInput] = ()  # further DICOM instances from elsewhere
     wearables: Sequence[Path] = ()
     tables: Sequence[TableSource] = ()  # a hospital's own tables, described in the node config
+    split_file: Path | None = None  # mrn,split per patient, kept at the silo (pipelines.splits.read_split_file)
 
 
 @dataclass
@@ -94,6 +96,7 @@ class IngestRun:
     known: set[str] = field(default_factory=set)  # pseudonyms of EHR patients
     excluded: Counter = field(default_factory=Counter)  # cohort criteria, by reason
     pseudonyms: list[str] = field(default_factory=list)  # one per row of the dataset
+    splits: dict[str, SplitPart] = field(default_factory=dict)  # pseudonym -> the part its data names
     raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [N, F] EHR values in cohort units, NaN missing
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     image: RowFile | None = None
@@ -170,6 +173,7 @@ def _own_tables(run: IngestRun) -> EhrRead:
     rep = run.reports["ehr"]
     rep.mappings.update(got.mappings)
     rep.warnings.extend(got.warnings)
+    run.splits.update(got.splits)
     return got
 
 
@@ -177,6 +181,12 @@ def _own_tables(run: IngestRun) -> EhrRead:
 read_fhir_resources = EhrReader("fhir", _fhir, lambda r: {"fhir": r.files})
 read_tables = EhrReader("tabular", _tables, lambda r: {f"tabular_{k}": v for k, v in sorted(r.layouts.items())})
 read_hospital_tables = EhrReader("tables", _own_tables, lambda r: {"tables": r.files})
+
+
+def read_split_assignments(run: IngestRun) -> None:
+    """The split file of the node config, if any: its part wins over a table's split column for the same patient."""
+    if run.sources.split_file is not None:
+        run.splits.update(read_split_file(run.sources.split_file, run.deid, unused=run.ehr_unused))
 
 
 def resolve_references(run: IngestRun) -> None:
@@ -303,7 +313,8 @@ def build_dataset(run: IngestRun) -> None:
         signal=torch.from_numpy(run.signal.open()), mask=torch.from_numpy(run.mask),
         label=torch.from_numpy(run.labels), pseudonyms=run.pseudonyms, feature_names=list(run.cohort.ehr_columns),
         signal_channels=tuple(run.cohort.signal_channels), checked=("image", "signal"),
-        ehr_raw=torch.from_numpy(np.ascontiguousarray(run.raw, dtype=np.float64)))
+        ehr_raw=torch.from_numpy(np.ascontiguousarray(run.raw, dtype=np.float64)),
+        assigned=[run.splits.get(pid) for pid in run.pseudonyms])
 
 
 def count_modalities(run: IngestRun) -> None:

@@ -68,6 +68,7 @@ class DataConfig(_Strict):
     wearables: list[Path] = []
     tabular: list[Path] = []
     tables: list[TableSource] = []  # the hospital's own tables, described column by column ([[data.tables]])
+    split_file: Path | None = None  # CSV mrn,split: each patient's part for studies with cohort.split = "column"
     limits: IngestLimits = IngestLimits()  # what one input may make ingestion allocate ([data.limits])
 
     @model_validator(mode="after")
@@ -169,7 +170,8 @@ class NodeConfig(_Strict):
             return p if p.is_absolute() else (base / p)
 
         data = self.data.model_copy(update={k: [r(p) for p in getattr(self.data, k)] for k in ("fhir", "dicom", "wearables", "tabular")}
-                                    | {"tables": [t.resolved(base) for t in self.data.tables]})
+                                    | {"tables": [t.resolved(base) for t in self.data.tables]}
+                                    | {"split_file": None if self.data.split_file is None else r(self.data.split_file)})
         tls = None if self.tls is None else TLSConfig(ca_cert=r(self.tls.ca_cert), cert=r(self.tls.cert), key=r(self.tls.key))
         return self.model_copy(update={"state_dir": r(self.state_dir), "data": data, "tls": tls})
 

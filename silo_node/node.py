@@ -287,7 +287,7 @@ class SiloNode:
         """The study's cohort from this node's data (de-identified), the ingestion audited by its counts."""
         d = self.config.data
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
-                             tables=d.tables, limits=d.limits, cohort=spec.cohort,
+                             tables=d.tables, split_file=d.split_file, limits=d.limits, cohort=spec.cohort,
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
@@ -297,7 +297,12 @@ class SiloNode:
         result = self._ingest(study_id, spec)
         c = spec.cohort
         train, validation, test = split_silo(result.dataset, test_fraction=c.test_fraction, seed=spec.training.seed,
-                                             validation_fraction=c.validation_fraction, stratify=c.stratify_split)
+                                             validation_fraction=c.validation_fraction, stratify=c.stratify_split,
+                                             by_column=c.split == "column")
+        sizes = {"train": len(train), "validation": len(validation), "test": len(test)}
+        log.info("study %s: split by %s: %s (data named a part for %s)", study_id, c.split, sizes,
+                 result.report.split_assigned)
+        self.audit.append("data_split", study=study_id, by=c.split, sizes=sizes, assigned=result.report.split_assigned)
         train, validation, test = fit_on_training(train, validation, test, features=c.features)  # no test row informs it
         if self.attack is not None:  # a deliberately malicious node, for robustness tests only
             log.warning("THIS NODE IS CONFIGURED TO ATTACK THE FEDERATION: %r", self.attack)

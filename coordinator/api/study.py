@@ -127,6 +127,9 @@ class CohortSpec(_Strict):
     # each silo's validation part (threshold and best-round choice; pipelines.dataset.split_silo)
     validation_fraction: float = Field(default=0.2, ge=0, lt=1)
     stratify_split: bool = True  # exact label shares in each part (small, imbalanced silos)
+    # "hash": by study seed and keyed pseudonym; "column": the part each silo's data names (a table's split_column
+    # or the node's split_file, pipelines.splits), patients without one taking the hash split
+    split: Literal["hash", "column"] = "hash"
 
     @model_validator(mode="after")
     def _unique_feature_names(self) -> "CohortSpec":

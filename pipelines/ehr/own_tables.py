@@ -33,6 +33,7 @@ from ..errors import EXHAUSTION, InputError, TabularError, refusal
 from ..inputs import input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
+from ..splits import SplitPart, split_part
 from .factstore import KIND_INDEX, KIND_LABEL, KIND_MEASUREMENT, Event, FactStore
 from .labels import label_rule
 from .table_source import WHITESPACE, TableSource
@@ -50,6 +51,7 @@ class TableRead:
     unused: Counter = field(default_factory=Counter)
     mappings: dict[str, str] = field(default_factory=dict)  # "table N: column" -> what fedcare read it as
     warnings: list[str] = field(default_factory=list)
+    splits: dict[str, SplitPart] = field(default_factory=dict)  # pseudonym -> the part its split column names
 
 
 def _coded(cell: Any, code_map: dict[str, str] | None) -> tuple[str | None, bool]:
@@ -81,7 +83,7 @@ def _plan(src: TableSource, columns: list[str], cohort: CohortLike, tag: str, ou
     rename = {k.lower(): v.lower() for k, v in src.rename.items()}
     by_feature = {rename.get(k, k): k for k in keys}
     plan = _Plan()
-    named = [c for c in (src.patient_id, src.age, src.birth_date, src.sex, src.date, *src.codes, *src.units, *src.rename) if c]
+    named = [c for c in (src.patient_id, src.age, src.birth_date, src.sex, src.date, src.split_column, *src.codes, *src.units, *src.rename) if c]
     named += [c.lower() for c in (cohort.label_column if cohort.label_source == "column" else None,
                                   cohort.index_column if cohort.index_from == "column" else None) if c]
     for column in dict.fromkeys(named):
@@ -92,7 +94,8 @@ def _plan(src: TableSource, columns: list[str], cohort: CohortLike, tag: str, ou
                 out.warnings.append(warning)
     used: dict[str, str] = {}
     for role, column in (("patient id (pseudonymised)", src.patient_id), ("age in years", src.age),
-                         ("birth date", src.birth_date), ("date of the row's values", src.date)):
+                         ("birth date", src.birth_date), ("date of the row's values", src.date),
+                         ("split part (train/validation/test)", src.split_column)):
         if column:
             used[column.lower()] = role
     if src.sex:
@@ -166,7 +169,7 @@ def _header(src: TableSource, path: Path, limits: IngestLimits) -> list[str]:
 
 
 def _row(src: TableSource, plan: _Plan, r: dict[str, Any], n: int, path: Path, cohort: CohortLike, deid: Deidentifier,
-         index_date: date, unused: Counter) -> tuple[str, float | None, str | None, list[Event]]:
+         index_date: date, unused: Counter) -> tuple[str, float | None, str | None, list[Event], SplitPart | None]:
     source = f"{path}#row={n}"
     mrn = identifier(r.get(src.patient_id.lower())) if src.patient_id else f"{path.name}#row={n}"
     if not mrn:
@@ -217,7 +220,12 @@ def _row(src: TableSource, plan: _Plan, r: dict[str, Any], n: int, path: Path, c
             events.append((KIND_LABEL, (), label, None, when, source))
     if index is not None:
         events.append((KIND_INDEX, (), 0.0, None, index, source))
-    return deid.pseudonym(mrn), age, sex, events
+    part = None
+    if src.split_column:
+        part = split_part(r.get(src.split_column), src.split_values or None)
+        if part is None and text(r.get(src.split_column)) is not None:
+            unused["unknown_split_value"] += 1  # the patient takes the hash split
+    return deid.pseudonym(mrn), age, sex, events, part
 
 
 def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, deid: Deidentifier, index_date: date,
@@ -241,7 +249,7 @@ def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, d
                     for i, r in enumerate(df.to_dict("records")):
                         n = first + i
                         try:
-                            pid, age, sex, events = _row(src, plan, r, n, path, cohort, deid, index_date, out.unused)
+                            pid, age, sex, events, part = _row(src, plan, r, n, path, cohort, deid, index_date, out.unused)
                         except (InputError, ValueError, TypeError) as e:
                             quarantine.add("ehr", TabularError(f"{e}; fix the row at the source or name the token "
                                                                "among the table's missing values", reason="bad_row",
@@ -249,6 +257,8 @@ def read_own_tables(sources: Sequence[TableSource], quarantine: Quarantine, *, d
                             continue
                         store.add_patient(pid, age, sex)
                         store.add_events((pid, None, e) for e in events)
+                        if part is not None:
+                            out.splits[pid] = part
                         out.records += 1
             except (TabularError, *EXHAUSTION) as e:  # one file never aborts the run
                 quarantine.add("ehr", refusal(e, path))

@@ -16,6 +16,8 @@ each column is, and `pipelines.ehr.own_tables` reads the table by it and reports
     sex = "sex"
     codes = { sex = { "0" = "female", "1" = "male" } }
     units = { trestbps = "mm[Hg]", chol = "mg/dL" }
+    split_column = "split"                # train / validation / test per patient (pipelines.splits)
+    split_values = { "0" = "train", "1" = "test" }   # optional; default train|training, validation|val|valid, test
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+from ..splits import SplitPart
 
 #: The delimiter value for runs of spaces or tabs (whitespace-aligned exports).
 WHITESPACE = "whitespace"
@@ -47,8 +51,10 @@ class TableSource(BaseModel):
     codes: dict[str, dict[str, str]] = {}  # column -> {cell -> category or female/male}
     units: dict[str, str] = {}  # column -> UCUM unit of its values
     rename: dict[str, str] = {}  # column -> the study feature it holds, when the names differ
+    split_column: str | None = None  # the part each patient is in, used when the study says cohort.split = "column"
+    split_values: dict[str, SplitPart] = {}  # cell -> part; empty: pipelines.splits.DEFAULT_SPLIT_VALUES
 
-    @field_validator("patient_id", "age", "birth_date", "sex", "date")
+    @field_validator("patient_id", "age", "birth_date", "sex", "date", "split_column")
     @classmethod
     def _column_name(cls, v: str | None) -> str | None:
         return v.strip().lower() if v else v  # columns are matched case-insensitively (tables.header_key)
@@ -57,6 +63,11 @@ class TableSource(BaseModel):
     @classmethod
     def _column_keys(cls, v: dict) -> dict:
         return {str(k).strip().lower(): val for k, val in v.items()}
+
+    @field_validator("split_values")
+    @classmethod
+    def _split_cells(cls, v: dict[str, SplitPart]) -> dict[str, SplitPart]:
+        return {str(k).strip().lower(): part for k, part in v.items()}  # cells are matched case-insensitively
 
     @model_validator(mode="after")
     def _readable(self) -> "TableSource":
