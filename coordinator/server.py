@@ -24,6 +24,7 @@ from coordinator.auth import Authenticator
 from coordinator.blobs import PARTIAL_MAX_AGE_S, BlobStore
 from coordinator.errors import StateError
 from coordinator.federation import Federation
+from coordinator.inbound import InboundLimits
 from coordinator.service import FederationService, add_to_server
 from coordinator.store import Store, open_engine
 
@@ -93,6 +94,7 @@ class CoordinatorConfig(BaseModel):
     crl: Path | None = None
     workers: int = Field(default=32, ge=4)
     partial_upload_max_age_s: float = Field(default=PARTIAL_MAX_AGE_S, gt=0)
+    inbound: InboundLimits = InboundLimits()  # sizes of names, reasons and metric maps a silo may send
 
 
 class Coordinator:
@@ -114,7 +116,7 @@ class Coordinator:
         self.federation = Federation(self.store, BlobStore(state / BLOB_DIR), audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
         add_to_server(self.server, FederationService(self.federation, self._authenticator(state), audit=self.audit,
-                                                     audit_log=self.audit_log))
+                                                     audit_log=self.audit_log, limits=config.inbound))
         self.port = listen_on(self.server, config)
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_forever, name="coordinator-ticker", daemon=True)

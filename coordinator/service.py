@@ -24,7 +24,7 @@ from coordinator.api.protocol import TENSORS
 from coordinator.auth import Authenticator
 from compliance.errors import ComplianceError
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
-from coordinator.inbound import MAX_NAME_CHARS, check_metrics, check_text
+from coordinator.inbound import InboundLimits, check_answer, check_report, check_silo_name
 from coordinator.federation import Federation, kind_name
 from coordinator.store import SiloRow
 from coordinator.summary import build_summary
@@ -84,8 +84,9 @@ def _audit_refusal(servicer: Any, event: str, method: str, context: grpc.Service
 
 class FederationService(pb_grpc.FederationServicer):
     def __init__(self, federation: Federation, auth: Authenticator, *, audit: Callable[..., None],
-                 audit_log: AuditLog | None = None) -> None:
+                 audit_log: AuditLog | None = None, limits: InboundLimits | None = None) -> None:
         self.fed = federation
+        self.limits = limits or InboundLimits()  # sizes of what a silo may have stored
         self.auth = auth
         self.audit = audit
         self.audit_log = audit_log  # where silos' signed heads are witnessed
@@ -106,7 +107,7 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         silo = self.auth.silo(context, request.silo)
-        check_text("silo", silo, limit=MAX_NAME_CHARS)
+        check_silo_name(silo, self.limits)
         self.fed.join(silo, list(request.modalities), request.wrap_public_key)
         return pb.JoinReply(coordinator="fedcare")
 
@@ -121,7 +122,7 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def AnswerProposal(self, request: pb.ProposalAnswer, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
-        check_text("reason", request.reason)
+        check_answer(request, self.limits)
         self.fed.answer_proposal(silo, request)
         self._count(request.study_id, silo, up=request.ByteSize())
         return pb.Ack(ok=True)
@@ -231,8 +232,7 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
-        check_text("skip_reason", request.skip_reason)
-        check_metrics(request.metrics)
+        check_report(request, self.limits)
         round_ = self._round_now(request.study_id)
         self.fed.report_metrics(silo, request)
         self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)

@@ -144,6 +144,31 @@ def _demo_spec_or_refuse(options):  # noqa: ANN001, ANN202 - fedcare.demo.DemoOp
 
 
 # --- coordinator ------------------------------------------------------------------------------------
+LimitOpt = Annotated[Optional[list[str]], typer.Option(
+    metavar="NAME=VALUE", help="a size limit on what silos may send, e.g. reason_chars=500 or metrics=32; "
+                               "repeat for more; an unknown NAME is answered with the list")]
+
+
+def _inbound_limits(pairs: Optional[list[str]]):  # noqa: ANN202 - coordinator.inbound.InboundLimits
+    """`--limit NAME=VALUE ...` as InboundLimits; an unknown name, a bad value or one past its ceiling in one line."""
+    from pydantic import ValidationError
+
+    from coordinator.api.study import describe_validation_error
+    from coordinator.inbound import InboundLimits
+
+    values: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in InboundLimits.model_fields:
+            raise UserError(f"--limit {pair}: expected NAME=VALUE with NAME one of "
+                            f"{', '.join(InboundLimits.model_fields)}")
+        values[name] = value
+    try:
+        return InboundLimits.model_validate(values)
+    except ValidationError as e:
+        raise UserError(f"--limit: {describe_validation_error(e)}") from None
+
+
 @coordinator_app.command("serve")
 def coordinator_serve(
     state_dir: Annotated[Path, typer.Option(help="where studies, models and the audit log are kept")],
@@ -155,6 +180,7 @@ def coordinator_serve(
     cert: Annotated[Optional[Path], typer.Option(help="this coordinator's server certificate (pki issue --coordinator)")] = None,
     key: Annotated[Optional[Path], typer.Option(help="its private key")] = None,
     crl: Annotated[Optional[Path], typer.Option(help="certificate revocation list (PEM)")] = None,
+    limit: LimitOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Serve the federation's gRPC API until interrupted."""
@@ -166,7 +192,8 @@ def coordinator_serve(
     _check_files(("--ca-cert", ca_cert), ("--cert", cert), ("--key", key), ("--crl", crl))
     check_listen(listen)
     config = CoordinatorConfig(state_dir=state_dir, listen=listen, database=database, insecure=insecure,
-                               ca_cert=ca_cert, server_cert=cert, server_key=key, crl=crl)
+                               ca_cert=ca_cert, server_cert=cert, server_key=key, crl=crl,
+                               inbound=_inbound_limits(limit))
     with _bind_errors(listen):
         coordinator = Coordinator(config).start()
     try:
@@ -190,6 +217,7 @@ def coordinator_regional(
     crl: Annotated[Optional[Path], typer.Option(help="certificate revocation list (PEM)")] = None,
     expected_silos: Annotated[Optional[int], typer.Option(min=1, help="answer a proposal upstream once this many silos answered")] = None,
     enrollment_timeout: Annotated[float, typer.Option(help="seconds to wait for the region's silos to answer a proposal")] = 60.0,
+    limit: LimitOpt = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a regional aggregator: one participant upstream for the silos that dial in to it."""
@@ -207,7 +235,7 @@ def coordinator_regional(
         config = RegionalConfig(name=name, upstream=upstream, listen=listen, state_dir=state_dir, insecure=insecure,
                                 ca_cert=ca_cert, server_cert=cert, server_key=key, upstream_cert=upstream_cert,
                                 upstream_key=upstream_key, crl=crl, expected_silos=expected_silos,
-                                enrollment_timeout_s=enrollment_timeout)
+                                enrollment_timeout_s=enrollment_timeout, inbound=_inbound_limits(limit))
     except ValidationError as e:
         raise UserError(f"regional aggregator: {describe_validation_error(e)}") from None
     with _bind_errors(listen):

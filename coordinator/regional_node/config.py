@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from coordinator.inbound import InboundLimits
+
 
 class RegionalConfig(BaseModel):
     """One regional aggregator: a name upstream, an address downstream, and how long to wait for its silos."""
@@ -34,6 +36,7 @@ class RegionalConfig(BaseModel):
     poll_wait_s: float = Field(default=10.0, gt=0, le=60)
     max_retries: int = Field(default=8, ge=0)
     workers: int = Field(default=32, ge=4)
+    inbound: InboundLimits = InboundLimits()  # sizes of names, reasons and metric maps its silos may send
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> "RegionalConfig":

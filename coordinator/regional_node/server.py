@@ -58,7 +58,7 @@ class RegionalAggregator:
         self.relay = Relay(self.region, self.upstream, config, audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
         auth = Authenticator(insecure=config.insecure, ca_cert=config.ca_cert, crl=config.crl, state_dir=state)
-        pb_grpc.add_FederationServicer_to_server(RegionalService(self.region, auth, audit=self.audit), self.server)
+        pb_grpc.add_FederationServicer_to_server(RegionalService(self.region, auth, audit=self.audit, limits=config.inbound), self.server)
         self.port = listen_on(self.server, config)
         self._stop = threading.Event()
         self._relay_thread = threading.Thread(target=self.relay.run, args=(self._stop,), name="regional-relay", daemon=True)

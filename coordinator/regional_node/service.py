@@ -17,6 +17,7 @@ from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import chunk_blob, receive_blob
 from coordinator.auth import Authenticator
 from coordinator.errors import InvalidInput, Refused
+from coordinator.inbound import InboundLimits, check_answer, check_report, check_silo_name
 from coordinator.regional_node.region import Region
 from coordinator.service import rpc_errors
 
@@ -28,14 +29,17 @@ _rpc = rpc_errors("the regional aggregator's log")
 
 
 class RegionalService(pb_grpc.FederationServicer):
-    def __init__(self, region: Region, auth: Authenticator, *, audit: Callable[..., None]) -> None:
+    def __init__(self, region: Region, auth: Authenticator, *, audit: Callable[..., None],
+                 limits: InboundLimits | None = None) -> None:
         self.region = region
+        self.limits = limits or InboundLimits()  # checked here too: what the region keeps and relays upstream
         self.auth = auth
         self.audit = audit
 
     @_rpc
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         silo = self.auth.silo(context, request.silo)
+        check_silo_name(silo, self.limits)
         self.region.join(silo, list(request.modalities), request.wrap_public_key)
         return pb.JoinReply(coordinator=f"fedcare regional aggregator {self.region.name}")
 
@@ -47,6 +51,7 @@ class RegionalService(pb_grpc.FederationServicer):
     @_rpc
     def AnswerProposal(self, request: pb.ProposalAnswer, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
+        check_answer(request, self.limits)
         self.region.answer_proposal(silo, request)
         return pb.Ack(ok=True)
 
@@ -105,6 +110,7 @@ class RegionalService(pb_grpc.FederationServicer):
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
         silo = self.auth.silo(context, request.silo)
+        check_report(request, self.limits)
         self.region.report_metrics(silo, request, request.SerializeToString(deterministic=True))
         return pb.Ack(ok=True)
 

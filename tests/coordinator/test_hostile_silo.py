@@ -1,12 +1,13 @@
 """An authenticated but hostile silo against a real coordinator (#16 items 4 and 6).
 
 Text that looks like PHI, or is too long, and oversized metric maps are refused before any
-state changes; every refused message (bad hash, replay, NaN, PHI) is in the coordinator's
+state changes, with the limits the coordinator's configuration sets; every refused message (bad hash, replay, NaN, PHI) is in the coordinator's
 audit log; partial uploads are kept only for a round's participants and expire.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -15,11 +16,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from pydantic import ValidationError
 
 from compliance import read_log
 from coordinator.api import federation_pb2 as pb
 from coordinator.blobs import BlobStore
-from coordinator.inbound import MAX_METRICS, MAX_REASON_CHARS
+from coordinator.inbound import InboundLimits
 from coordinator.server import Coordinator, CoordinatorConfig
 
 from .test_fuzz import Live, _code_of, _enrol, _push, _update_header
@@ -27,15 +29,26 @@ from .test_fuzz import Live, _code_of, _enrol, _push, _update_header
 SSN = "123-45-6789"
 
 
+DEFAULTS = InboundLimits()
+
+
+@contextlib.contextmanager
+def _serving(state: Path, limits: InboundLimits = DEFAULTS) -> Iterator[tuple[Coordinator, grpc.Channel]]:
+    coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=state, workers=8,
+                                                inbound=limits)).start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{coordinator.port}")
+    try:
+        yield coordinator, channel
+    finally:
+        channel.close()
+        coordinator.stop(0)
+
+
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[Coordinator, grpc.Channel]]:
     """A fresh coordinator per test: a silo joining later would be offered the other tests' studies."""
-    state = tmp_path / "coordinator"
-    coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=state, workers=8)).start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{coordinator.port}")
-    yield coordinator, channel
-    channel.close()
-    coordinator.stop(0)
+    with _serving(tmp_path / "coordinator") as served:
+        yield served
 
 
 def _refusals(live: Live) -> list[dict]:
@@ -75,7 +88,7 @@ def test_long_reasons_and_metric_maps_are_refused_and_audited(server) -> None:
                                  skip_reason="x" * (7 << 20))
     assert _code_of(lambda: stub.ReportMetrics(long_skip, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
     many = pb.MetricsReport(silo="c1", study_id=live.study, round=rnd, nonce=nonce, model_version=rnd - 1,
-                            metrics={f"m{i}": 0.5 for i in range(MAX_METRICS + 1)})
+                            metrics={f"m{i}": 0.5 for i in range(DEFAULTS.metrics + 1)})
     assert _code_of(lambda: stub.ReportMetrics(many, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
     nan = pb.MetricsReport(silo="c1", study_id=live.study, round=rnd, nonce=nonce, model_version=rnd - 1,
                            metrics={"auroc": float("nan")})
@@ -83,9 +96,43 @@ def test_long_reasons_and_metric_maps_are_refused_and_audited(server) -> None:
     assert live.snapshot() == before
     assert os.path.getsize(live.coordinator.audit_log.path) - log_size < 1 << 20  # no 7 MiB reason stored
     reasons = [f["reason"] for f in _refusals(live)]
-    assert any(f"the limit is {MAX_REASON_CHARS:,}" in r for r in reasons)
-    assert any(f"the limit is {MAX_METRICS}" in r for r in reasons)
+    assert any(f"the limit is {DEFAULTS.reason_chars:,}" in r for r in reasons)
+    assert any(f"the limit is {DEFAULTS.metrics:,}" in r for r in reasons)
     assert any("not a finite number" in r for r in reasons)
+
+
+def test_lowered_limits_refuse_what_the_defaults_accept(tmp_path: Path) -> None:
+    lowered = InboundLimits(name_chars=8, reason_chars=20, metrics=2)
+    reason, metrics = "x" * 40, {"auroc": 0.5, "accuracy": 0.5, "loss": 0.7}
+    assert len(reason) <= DEFAULTS.reason_chars and len(metrics) <= DEFAULTS.metrics
+    with _serving(tmp_path / "lowered", lowered) as served:
+        live = _enrol(*served, ("g1", "g2"))
+        rnd, nonce = live.round_and_nonce("g1")
+        before = live.snapshot()
+        report = pb.MetricsReport(silo="g1", study_id=live.study, round=rnd, nonce=nonce, model_version=rnd - 1,
+                                  metrics=metrics)
+        skip = pb.MetricsReport(silo="g1", study_id=live.study, round=rnd, nonce=nonce, skipped=True,
+                                skip_reason=reason)
+        for message in (report, skip):
+            assert _code_of(lambda: live.stub.ReportMetrics(message, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+        assert _code_of(lambda: live.stub.Join(pb.JoinRequest(silo="a-long-name", modalities=["ehr"]), timeout=10)) \
+            == grpc.StatusCode.INVALID_ARGUMENT
+        assert live.snapshot() == before
+        reasons = [f["reason"] for f in _refusals(live)]
+        assert any("metrics: 3 values, the limit is 2" in r for r in reasons), reasons
+        assert any("skip_reason: 40 characters, the limit is 20" in r for r in reasons), reasons
+    with _serving(tmp_path / "defaults") as served:
+        live = _enrol(*served, ("g1", "g2"))
+        rnd, nonce = live.round_and_nonce("g1")
+        live.stub.ReportMetrics(pb.MetricsReport(silo="g1", study_id=live.study, round=rnd, nonce=nonce,
+                                                 model_version=rnd - 1, metrics=metrics), timeout=10)
+        live.stub.Join(pb.JoinRequest(silo="a-long-name", modalities=["ehr"]), timeout=10)
+
+
+def test_a_limit_cannot_be_configured_away() -> None:
+    for limits in ({"metrics": 0}, {"reason_chars": 10**9}, {"metric_name_chars": -1}, {"max_reasons": 3}):
+        with pytest.raises(ValidationError):
+            CoordinatorConfig(state_dir=Path("unused"), inbound=limits)
 
 
 def test_every_refused_update_is_audited(server) -> None:

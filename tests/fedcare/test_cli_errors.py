@@ -107,6 +107,16 @@ def test_regional_listen_on_an_address_not_of_this_machine(tmp_path: Path) -> No
     _one_clear_line(proc, "192.0.2.1 is not an address of this machine")
 
 
+def test_a_limit_past_its_ceiling_is_refused_at_start(tmp_path: Path) -> None:
+    proc = _fedcare("coordinator", "serve", "--state-dir", "state", "--listen", f"127.0.0.1:{free_port()}",
+                    "--insecure", "--limit", "reason_chars=500", "--limit", "metrics=5000", cwd=tmp_path)
+    _one_clear_line(proc, "--limit", "metrics", "less than or equal to 1000")
+    assert not (tmp_path / "state").exists()
+    proc = _fedcare("coordinator", "regional", "--name", "east", "--upstream", "127.0.0.1:1", "--state-dir", "s",
+                    "--listen", f"127.0.0.1:{free_port()}", "--insecure", "--limit", "reasons=5", cwd=tmp_path)
+    _one_clear_line(proc, "--limit reasons=5", "reason_chars")
+
+
 def test_public_key_that_is_not_one(tmp_path: Path) -> None:
     _one_clear_line(_fedcare("audit", "verify", "--public-key", "00ff", _a_log(tmp_path, "st-mary"), cwd=tmp_path),
                     "--public-key 00ff", "64 hex digits")
