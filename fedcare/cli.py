@@ -333,11 +333,11 @@ def silo_ingest(
     from silo_node.ingest_command import render_table, run_ingest
 
     _logging(False)
-    tables, limits = [], None  # described in node.toml only ([[data.tables]], [data.limits])
+    tables, limits, split_file = [], None, None  # described in node.toml only ([[data.tables]], [data.limits], split_file)
     if config is not None:
         d = _node_config(config).data
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
-        tabular, tables, limits = [*tabular, *d.tabular], d.tables, d.limits
+        tabular, tables, limits, split_file = [*tabular, *d.tabular], d.tables, d.limits, d.split_file
     if not (fhir or dicom or dicomweb or wearables or tabular or tables):
         raise UserError("name at least one input: --fhir, --tabular, --dicom, --dicomweb, --wearables (or --config node.toml)")
     for option, paths in (("--fhir", fhir), ("--dicom", dicom), ("--wearables", wearables), ("--tabular", tabular)):
@@ -349,7 +349,7 @@ def silo_ingest(
     cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
-                            report=report, cohort=cohort, tables=tables, limits=limits)
+                            report=report, cohort=cohort, tables=tables, limits=limits, split_file=split_file)
     Console().print(render_table(result))
 
 
