@@ -12,6 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -20,8 +21,12 @@ from pydantic import ValidationError
 
 from compliance import read_log
 from coordinator.api import federation_pb2 as pb
+from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.auth import Authenticator
 from coordinator.blobs import BlobStore
 from coordinator.inbound import InboundLimits
+from coordinator.regional_node.region import Region
+from coordinator.regional_node.service import RegionalService
 from coordinator.server import Coordinator, CoordinatorConfig
 
 from .test_fuzz import Live, _code_of, _enrol, _push, _update_header
@@ -185,3 +190,29 @@ def test_partial_uploads_expire(tmp_path: Path) -> None:
     assert store.expire_partials(3600) == 2
     assert not partial.exists() and not stale_incoming.exists() and fresh.exists()
     assert hashlib.sha256(fresh.read_bytes()).hexdigest()  # untouched
+
+
+def test_a_regional_aggregator_applies_its_own_limits() -> None:
+    """The region checks what its silos send before keeping or relaying it, with its configured limits."""
+    events: list[tuple[str, dict]] = []
+    region = Region("region-east", fetch_model=lambda study, version: (pb.BlobHeader(), b""),
+                    audit=lambda event, **fields: events.append((event, fields)))
+    service = RegionalService(region, Authenticator(insecure=True), audit=region.audit,
+                              limits=InboundLimits(name_chars=8, reason_chars=20))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    pb_grpc.add_FederationServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.FederationStub(channel)
+            stub.Join(pb.JoinRequest(silo="h1", modalities=["ehr"]), timeout=10)
+            assert _code_of(lambda: stub.Join(pb.JoinRequest(silo="a-long-name", modalities=["ehr"]), timeout=10)) \
+                == grpc.StatusCode.INVALID_ARGUMENT
+            answer = pb.ProposalAnswer(silo="h1", study_id="s", accept=False, reason="x" * 40)
+            assert _code_of(lambda: stub.AnswerProposal(answer, timeout=10)) == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        server.stop(0)
+    refused = [f["reason"] for e, f in events if e == "update_refused"]
+    assert any("reason: 40 characters, the limit is 20" in r for r in refused), events
+    assert "a-long-name" not in region.silos
