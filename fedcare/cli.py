@@ -333,11 +333,11 @@ def silo_ingest(
     from silo_node.ingest_command import render_table, run_ingest
 
     _logging(False)
-    tables, limits, split_file = [], None, None  # described in node.toml only ([[data.tables]], [data.limits], split_file)
+    tables, limits, split_file, mrn_system = [], None, None, None  # in node.toml only ([[data.tables]], [data.limits], ...)
     if config is not None:
         d = _node_config(config).data
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
-        tabular, tables, limits, split_file = [*tabular, *d.tabular], d.tables, d.limits, d.split_file
+        tabular, tables, limits, split_file, mrn_system = [*tabular, *d.tabular], d.tables, d.limits, d.split_file, d.fhir_mrn_system
     if not (fhir or dicom or dicomweb or wearables or tabular or tables):
         raise UserError("name at least one input: --fhir, --tabular, --dicom, --dicomweb, --wearables (or --config node.toml)")
     for option, paths in (("--fhir", fhir), ("--dicom", dicom), ("--wearables", wearables), ("--tabular", tabular)):
@@ -349,7 +349,8 @@ def silo_ingest(
     cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
-                            report=report, cohort=cohort, tables=tables, limits=limits, split_file=split_file)
+                            report=report, cohort=cohort, tables=tables, limits=limits, split_file=split_file,
+                            fhir_mrn_system=mrn_system)
     Console().print(render_table(result))
 
 

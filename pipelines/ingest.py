@@ -111,6 +111,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
                 pseudonym_key: bytes, index_date: date | None = None, dicomweb: Sequence[str] = (),
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
                 tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (), split_file: Path | None = None,
+                fhir_mrn_system: str | None = None,
                 limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
 
@@ -125,7 +126,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     check_features(tuple(cohort.features))
     deid = Deidentifier(pseudonym_key)
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
-                      wearables=wearables, tables=tables, split_file=split_file)
+                      wearables=wearables, tables=tables, split_file=split_file, fhir_mrn_system=fhir_mrn_system)
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),

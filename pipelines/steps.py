@@ -74,6 +74,7 @@ class Sources:
     dicom_inputs: Iterable[DicomInput] = ()  # further DICOM instances from elsewhere
     wearables: Sequence[Path] = ()
     tables: Sequence[TableSource] = ()  # a hospital's own tables, described in the node config
+    fhir_mrn_system: str | None = None  # the identifier system of the MRN where no identifier is typed MR
     split_file: Path | None = None  # mrn,split per patient, kept at the silo (pipelines.splits.read_split_file)
 
 
@@ -157,7 +158,8 @@ class EhrReader:
 
 def _fhir(run: IngestRun) -> EhrRead:
     got = read_fhir(run.sources.fhir, run.quarantine, deid=run.deid, index_date=run.index_date, store=run.store,
-                    channels=tuple(run.cohort.signal_channels), cache=run.cache, limits=run.limits)
+                    channels=tuple(run.cohort.signal_channels), cache=run.cache, limits=run.limits,
+                    mrn_system=run.sources.fhir_mrn_system)
     run.fhir_sampled += got.sampled
     return got
 

@@ -68,6 +68,7 @@ class DataConfig(_Strict):
     wearables: list[Path] = []
     tabular: list[Path] = []
     tables: list[TableSource] = []  # the hospital's own tables, described column by column ([[data.tables]])
+    fhir_mrn_system: str | None = None  # identifier.system of the MRN for Patients with no identifier typed MR
     split_file: Path | None = None  # CSV mrn,split: each patient's part for studies with cohort.split = "column"
     limits: IngestLimits = IngestLimits()  # what one input may make ingestion allocate ([data.limits])
 

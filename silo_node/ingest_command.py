@@ -38,12 +38,14 @@ def load_or_create_key(path: Path) -> bytes:
 def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequence[str], wearables: Sequence[Path],
                tabular: Sequence[Path], out: Path, report: Path | None, cohort: CohortLike,
                key_file: Path | None = None, tables: Sequence[TableSource] = (),
-               limits: IngestLimits | None = None, split_file: Path | None = None) -> IngestReport:
+               limits: IngestLimits | None = None, split_file: Path | None = None,
+               fhir_mrn_system: str | None = None) -> IngestReport:
     """Ingest, write cache/quarantine/report under `out`, return the report. `key_file` defaults to `out/pseudonym.key`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ingest_silo(fhir=list(fhir), tabular=list(tabular), dicom=list(dicom), wearables=list(wearables),
-                         dicomweb=list(dicomweb), tables=list(tables), split_file=split_file, limits=limits or DEFAULT_LIMITS,
+                         dicomweb=list(dicomweb), tables=list(tables), split_file=split_file,
+                         fhir_mrn_system=fhir_mrn_system, limits=limits or DEFAULT_LIMITS,
                          cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")
     result.quarantine.write_jsonl(out / "quarantine.jsonl")

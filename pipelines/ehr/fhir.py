@@ -20,6 +20,7 @@ Observations with `valueSampledData` for a study channel become wearable segment
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -157,10 +158,13 @@ def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Iterato
 
 
 def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[InputError],
-               channels: Sequence[str] = (), limits: IngestLimits = DEFAULT_LIMITS) -> FileFacts:
+               channels: Sequence[str] = (), limits: IngestLimits = DEFAULT_LIMITS,
+               mrn_system: str | None = None) -> FileFacts:
     """De-identified facts of one file; refused records are appended to `errors` (the file may be partly used).
 
     `channels`: the study's wearable channels, read from Observations with valueSampledData.
+    `mrn_system`: the identifier system that holds the MRN when a Patient has no identifier typed MR
+    (many exports leave `identifier.type` out); named by hospital IT in the node config.
     """
     out = FileFacts()
     for full_url, raw in iter_resources(path, limits):
@@ -181,9 +185,14 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
         if rtype == "Patient":
             mrn = next((str(i.value) for i in res.identifier or [] if i.value and i.type is not None
                         and any((c.system, c.code) == MRN_TYPE for c in i.type.coding or [])), None)
+            if mrn is None and mrn_system:
+                mrn = next((str(i.value) for i in res.identifier or [] if i.value and i.system == mrn_system), None)
             if mrn is None:
-                errors.append(FhirError("has no identifier of type MR (medical record number); expected one so the "
-                                        "patient can be linked to images and wearables", reason="no_mrn",
+                systems = sorted({str(i.system) for i in res.identifier or [] if i.system})[:3]
+                wanted = f" or of system {mrn_system!r}" if mrn_system else ""
+                errors.append(FhirError(f"has no identifier of type MR (medical record number){wanted}; its identifier "
+                                        f"systems are {systems}. Name the one holding the MRN as "
+                                        "fhir_mrn_system in [data] of the node config", reason="no_mrn",
                                         source=f"{path}#{label}"))
                 continue
             refs = {ref_key(r) for r in (full_url, f"Patient/{res.id}") if r and not r.endswith("/None")}
@@ -233,7 +242,7 @@ def _store(store: FactStore, path: str, facts: FileFacts) -> None:
 
 def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date, store: FactStore,
               channels: Sequence[str] = (), cache: IngestCache | None = None,
-              limits: IngestLimits = DEFAULT_LIMITS) -> FhirRead:
+              limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None) -> FhirRead:
     """Read FHIR files and folders (`*.json`, `*.ndjson`) into `store`, one file at a time.
 
     Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
@@ -247,6 +256,8 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         errors: list[InputError] = []
         try:
             digest = file_hash(path)  # streamed: a large bundle is never held whole
+            if mrn_system:  # which Patients are read depends on it: another key
+                digest = hashlib.sha256(f"{digest}\x00{mrn_system}".encode()).hexdigest()
         except OSError as e:
             quarantine.add("ehr", FhirError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
@@ -256,7 +267,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
             facts = FileFacts.from_json(hit[0])
         else:
             try:
-                facts = parse_file(path, deid, index_date, errors, channels, limits)
+                facts = parse_file(path, deid, index_date, errors, channels, limits, mrn_system)
             except (FhirError, *EXHAUSTION) as e:  # one file never aborts the run
                 quarantine.add("ehr", refusal(e, path))
                 continue
