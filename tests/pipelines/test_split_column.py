@@ -131,3 +131,10 @@ def test_stratification_still_holds_for_the_patients_the_hash_split_places():
     assert int(test.label.sum()) == 5 and int(validation.label.sum()) == 4
     assert len(test) == 5 + 20 and len(validation) == 4 + 16 and len(train) == 100 + 11 + 44
     assert np.all([a is SplitPart.TRAIN or a is None for a in train.assigned])
+
+
+def test_the_node_config_split_file_is_taken_relative_to_the_config(tmp_path: Path):
+    _table(tmp_path, n=4)
+    text = (tmp_path / "node.toml").read_text().replace("[data]\n", '[data]\nsplit_file = "split.csv"\n', 1)
+    (tmp_path / "node.toml").write_text(text)
+    assert NodeConfig.load(tmp_path / "node.toml").data.split_file == tmp_path / "split.csv"
