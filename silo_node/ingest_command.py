@@ -23,6 +23,7 @@ from pipelines.cohort import CohortLike
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import DEFAULT_LIMITS, IngestLimits
 from pipelines.ingest import IngestReport, ingest_silo
+from pipelines.splits import NO_PART
 
 log = logging.getLogger(__name__)
 KEY_FILE = "pseudonym.key"
@@ -82,6 +83,8 @@ def render_table(report: IngestReport) -> Group:
         linked += f" (images linked by ImagingStudy: {report.image_linked_by['imaging_study']})"
     details.add_row("linked", escape(linked))
     details.add_row("excluded", escape(_listing(report.excluded) or "-"))
+    if set(report.split_assigned) - {NO_PART}:  # the data names parts: show what a column split would use
+        details.add_row("split named", escape(_listing(report.split_assigned)))
     ehr = report.modalities.get("ehr")
     if ehr is not None:
         for column, meaning in ehr.mappings.items():

@@ -4,13 +4,16 @@ are counted; normalisation statistics still come from training rows only."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from coordinator.api.study import StudySpec
+from fedcare.cli import app
 from pipelines.dataset import MultimodalDataset, split_silo
 from pipelines.deid import Deidentifier
 from pipelines.errors import DatasetError
@@ -133,8 +136,21 @@ def test_stratification_still_holds_for_the_patients_the_hash_split_places():
     assert np.all([a is SplitPart.TRAIN or a is None for a in train.assigned])
 
 
-def test_the_node_config_split_file_is_taken_relative_to_the_config(tmp_path: Path):
-    _table(tmp_path, n=4)
+def test_silo_ingest_reads_the_split_column_and_the_split_file_named_in_node_toml(tmp_path: Path):
+    """`fedcare silo ingest --config`: the split file is taken relative to node.toml, wins over the column for the
+    patients it names, and the report shows the parts the data names."""
+    _, cells = _table(tmp_path, n=16)
     text = (tmp_path / "node.toml").read_text().replace("[data]\n", '[data]\nsplit_file = "split.csv"\n', 1)
-    (tmp_path / "node.toml").write_text(text)
+    text = text.replace('"thal", "num"]', '"thal", "num", "mrn", "split"]').replace('# patient_id = "mrn"', 'patient_id = "mrn"')
+    (tmp_path / "node.toml").write_text(text.replace('# split_column = "split"', 'split_column = "split"'))
+    (tmp_path / "split.csv").write_text("mrn,split\nMRN00000,test\nMRN00001,test\n")  # rows 0, 1 say train, val
     assert NodeConfig.load(tmp_path / "node.toml").data.split_file == tmp_path / "split.csv"
+    done = CliRunner().invoke(app, ["silo", "ingest", "--config", str(tmp_path / "node.toml"), "--spec",
+                                    str(EXAMPLES / "tabular-heart.toml"), "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    report = json.loads((tmp_path / "out" / "ingest-report.json").read_text())
+    named = [PART.get(c.lower()) for c in cells]
+    named[0] = named[1] = "test"
+    want = {k: named.count(k) for k in ("train", "validation", "test")} | {"none": named.count(None)}
+    assert report["split_assigned"] == dict(sorted(want.items()))
+    assert "split named" in done.output
