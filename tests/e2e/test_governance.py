@@ -60,4 +60,4 @@ def test_a_manual_node_touches_no_data_before_it_approves(cluster) -> None:
     summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
     assert manual.name in summary["silos"]
     events = _events(cluster, manual.name)
-    assert events.index("study_approved") < events.index("data_ingested")
+    assert events.index("study_approved") < events.index("data_ingested") < events.index("data_split")
