@@ -14,10 +14,10 @@ from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
 pytestmark = pytest.mark.slow
 
 
-def _spec(round_timeout_s: float) -> StudySpec:
+def _spec(round_timeout_s: float, rounds: int = 3) -> StudySpec:
     return StudySpec(
         name="reliability",
-        training=TrainingSpec(rounds=3, local_epochs=1, learning_rate=0.1, min_silos=2, expected_silos=3,
+        training=TrainingSpec(rounds=rounds, local_epochs=1, learning_rate=0.1, min_silos=2, expected_silos=3,
                               round_timeout_s=round_timeout_s),
         privacy=PrivacySpec(dp=False, encryption="none"),
     )
@@ -46,20 +46,34 @@ def test_a_silo_killed_mid_round_is_dropped_then_rejoins(cluster) -> None:
     for h in cluster.hospitals:
         cluster.start_silo(h)
     victim = cluster.hospitals[-1].name
-    study = client.submit(_spec(round_timeout_s=20))
+    survivors = [h.name for h in cluster.hospitals[:-1]]
+    study = client.submit(_spec(round_timeout_s=60, rounds=4))
     cluster.wait_for(client, study, lambda st, s: st.state == "running" and st.current_round == 1, timeout=240)
     cluster.kill(victim, signal.SIGKILL)  # mid round 1: the silo is training or about to
-    # Round 1 closes at its deadline with the quorum of the two survivors...
-    cluster.wait_for(client, study, lambda st, s: st.current_round >= 2, timeout=120)
+    # Round 1 closes at its deadline with the quorum of the two survivors, and the next round asks
+    # only them: a silo not seen since round 1 opened is dropped from the quorum ...
+    cluster.wait_for(client, study, lambda st, s: st.current_round >= 2, timeout=180)
     _, summary = client.status(study)
     accepted_1 = summary["rounds"][1]["aggregation"]["accepted"]
     assert len(accepted_1) >= 2, summary["rounds"][1]  # (the victim's update may have left before the kill)
-    # ... and the restarted silo takes part again (resuming the study from its approval on disk).
-    cluster.start_silo(cluster.hospitals[-1])
-    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=300)
+    # ... until it comes back. The survivors are paused while it restarts, so that the study cannot
+    # run out of rounds first (without the victim, a round takes the survivors a second or two).
+    for name in survivors:
+        cluster.procs[name].send_signal(signal.SIGSTOP)
+    try:
+        joined_before = cluster.log(victim).count("joined the coordinator")  # the log is appended to
+        cluster.start_silo(cluster.hospitals[-1])
+        _wait(lambda: cluster.log(victim).count("joined the coordinator") > joined_before, timeout=180,
+              what="the restarted silo to join")
+    finally:
+        for name in survivors:
+            cluster.procs[name].send_signal(signal.SIGCONT)
+    # The restarted silo resumes the study from its approval on disk and takes part again.
+    summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=400)
     rounds = summary["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
-    assert any(victim in r["aggregation"]["accepted"] for r in rounds[2:]), [r["aggregation"] for r in rounds[1:]]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3, 4]
+    assert victim not in rounds[2]["aggregation"]["accepted"]  # dropped while it was away
+    assert any(victim in r["aggregation"]["accepted"] for r in rounds[3:]), [r["aggregation"] for r in rounds[1:]]
     assert summary["final"]["auroc"] is not None
 
 
