@@ -80,13 +80,20 @@ def _enrol(coordinator: Coordinator, channel: grpc.Channel, silos: tuple[str, st
     spec = StudySpec(name="fuzz", training=TrainingSpec(rounds=3, min_silos=2, expected_silos=2, round_timeout_s=3600,
                                                         late_join=False),
                      privacy=PrivacySpec(dp=False, encryption="none"))
-    study = stub.SubmitStudy(pb.SubmitStudyRequest(spec_json=spec.to_json()), timeout=60).study_id
+    study = stub.SubmitStudy(pb.SubmitStudyRequest(spec_json=spec.to_json()), timeout=300).study_id
     for silo in silos:
         stub.Join(pb.JoinRequest(silo=silo, modalities=["ehr"]), timeout=10)
-        task = stub.PullTask(pb.PullTaskRequest(silo=silo, wait_s=0), timeout=10)
-        assert (task.kind, task.study_id) == (pb.TASK_PROPOSAL, study)
-        sha = StudySpec.from_json(task.spec_json).sha256()
-        stub.AnswerProposal(pb.ProposalAnswer(silo=silo, study_id=study, accept=True, spec_sha256=sha), timeout=10)
+        for _ in range(10):  # another test's study still enrolling is declined, as a hospital would
+            task = stub.PullTask(pb.PullTaskRequest(silo=silo, wait_s=0), timeout=10)
+            assert task.kind == pb.TASK_PROPOSAL, task
+            sha = StudySpec.from_json(task.spec_json).sha256()
+            mine = task.study_id == study
+            stub.AnswerProposal(pb.ProposalAnswer(silo=silo, study_id=task.study_id, accept=mine, spec_sha256=sha),
+                                timeout=10)
+            if mine:
+                break
+        else:
+            pytest.fail(f"{silo} was never proposed study {study}")
     ref = pb.BlobRef(study_id=study, kind=pb.BLOB_MODEL, version=0, silo=silos[0])
     names, arrays = decode_tensors(receive_blob(list(stub.FetchBlob(ref, timeout=30)), max_bytes=1 << 30)[1])
     update = encode_tensors(names, [np.zeros_like(a) for a in arrays])
