@@ -29,8 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from compliance import build_report
-from coordinator.api.protocol import StudyKind
-from coordinator.api.study import AggregationSpec, AnalysisSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import AggregationSpec, AnalysisSpec, PrivacySpec, StudySpec, TrainingSpec, analysis_study
 from fedcare.analysis_report import cohort_rows
 from fedcare.demo_console import DemoConsoles, open_consoles
 from fedcare.researcher import ResearcherClient, ResearcherError
@@ -89,12 +88,11 @@ def demo_spec(opts: DemoOptions) -> StudySpec:
 
 def demo_analysis_spec(opts: DemoOptions) -> StudySpec:
     """The demo's cohort overview: the training study's cohort, with histograms of a few features."""
-    training = demo_spec(opts)
-    return training.model_copy(update={
-        "name": "demo-cohort-overview", "kind": StudyKind.ANALYSIS,
-        "description": "Who is in the cohort at each hospital, before training (fedcare demo --analysis).",
-        "analysis": AnalysisSpec(bins={"age": (30.0, 45.0, 60.0, 75.0, 90.0), "glucose": (70.0, 100.0, 126.0, 200.0),
-                                       "systolic_bp": (90.0, 120.0, 140.0, 160.0)})})
+    return analysis_study(
+        demo_spec(opts), name="demo-cohort-overview",
+        description="Who is in the cohort at each hospital, before training (fedcare demo --analysis).",
+        analysis=AnalysisSpec(bins={"age": (30.0, 45.0, 60.0, 75.0, 90.0), "glucose": (70.0, 100.0, 126.0, 200.0),
+                                    "systolic_bp": (90.0, 120.0, 140.0, 160.0)}))
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:

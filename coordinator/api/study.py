@@ -27,8 +27,10 @@ from coordinator.api.protocol import (
     Encryption,
     Rule,
     ServerOptimizerName,
+    Staleness,
     StudyKind,
     ProtocolError,
+    TrainingMode,
     StudyProtocol,
     check_study_name,
     compatibility_error,
@@ -214,6 +216,13 @@ class TrainingSpec(_Strict):
     # A silo that accepts after the study started takes part from the next round (under CKKS once
     # the key holder has wrapped the study's secret for it); False: such an answer is refused.
     late_join: bool = True
+    # "async": buffered asynchronous aggregation (FedBuff, coordinator/buffer.py): a version is built
+    # from every buffer_size updates, each scaled by its staleness weight; `rounds` counts versions.
+    mode: TrainingMode = TrainingMode.SYNC
+    buffer_size: int = Field(default=3, ge=1)  # K: updates per version
+    staleness: Staleness = Staleness.POLYNOMIAL
+    staleness_exponent: float = Field(default=0.5, ge=0, le=10)  # a in (1 + s) ** -a
+    max_staleness: int = Field(default=4, ge=0)  # an update trained on an older version is refused
 
 
 class PrivacySpec(_Strict):
@@ -292,6 +301,35 @@ class AnalysisSpec(_Strict):
         return self
 
 
+#: The `training` fields an analysis study uses (its enrolment and its one round); every other
+#: training-only setting is refused in an analysis spec rather than silently ignored.
+ANALYSIS_TRAINING_FIELDS = frozenset({"min_silos", "expected_silos", "enrollment_timeout_s", "round_timeout_s", "late_join"})
+#: Sections an analysis study does not read at all (DP on released figures is each hospital's node.toml [disclosure]).
+TRAINING_ONLY_SECTIONS = ("model", "privacy", "aggregation", "compression")
+
+
+def training_setting_in_analysis(spec: "StudySpec") -> str | None:
+    """The first training-only field an analysis spec sets away from its default, as `section.field`, else None.
+    (Compared with the defaults, not with what a file named: the spec travels as full JSON.)"""
+    for section in (*TRAINING_ONLY_SECTIONS, "training"):
+        value = getattr(spec, section)
+        default = type(value)()
+        for field in type(value).model_fields:
+            if section == "training" and field in ANALYSIS_TRAINING_FIELDS:
+                continue
+            if getattr(value, field) != getattr(default, field):
+                return f"{section}.{field}"
+    return None
+
+
+def analysis_study(training: "StudySpec", *, name: str, description: str = "",
+                   analysis: AnalysisSpec | None = None) -> "StudySpec":
+    """An analysis study of `training`'s cohort and modalities, keeping only the training settings it uses."""
+    kept = {f: getattr(training.training, f) for f in ANALYSIS_TRAINING_FIELDS}
+    return StudySpec(name=name, description=description, kind=StudyKind.ANALYSIS, modalities=training.modalities,
+                     cohort=training.cohort, training=TrainingSpec(**kept), analysis=analysis or AnalysisSpec())
+
+
 class StudySpec(_Strict):
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
@@ -312,6 +350,15 @@ class StudySpec(_Strict):
         if unknown:
             raise ValueError(f"analysis.bins.{unknown[0]}: no such EHR value column; the cohort's columns are "
                              f"{list(self.cohort.ehr_columns)}")
+        if self.kind is StudyKind.ANALYSIS:
+            field = training_setting_in_analysis(self)
+            if field is not None:
+                section, name = field.split(".")
+                uses = (f"of [training] it uses only {', '.join(sorted(ANALYSIS_TRAINING_FIELDS))}"
+                        if section == "training" else f"it does not read [{section}] at all")
+                raise ValueError(f"{field}: an analysis study (kind = \"analysis\") computes statistics in one round "
+                                 f"and would ignore {field} = {getattr(getattr(self, section), name)!r}; {uses}. "
+                                 "Remove it, or set kind = \"training\"")
         return self
 
     @field_validator("name")

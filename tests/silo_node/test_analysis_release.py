@@ -110,7 +110,7 @@ def test_auto_approval_of_an_analysis_checks_its_modalities_not_training_limits(
     from silo_node.config import ApprovalConfig, BudgetConfig
 
     strict = ApprovalConfig(mode="auto", allowed_modalities=["ehr"], require_encryption=True, max_rounds=1)
-    ehr_only = StudySpec(name="overview", kind="analysis", modalities=["ehr"], privacy={"dp": False, "encryption": "none"})
+    ehr_only = StudySpec(name="overview", kind="analysis", modalities=["ehr"])
     assert policy_decision(ehr_only, strict, BudgetConfig())[0]
     ok, reason = policy_decision(StudySpec(name="overview", kind="analysis"), strict, BudgetConfig())
     assert not ok and "modalities" in reason
