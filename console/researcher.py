@@ -56,11 +56,14 @@ class StudyClient(Protocol):
 
     def status(self, study_id: str) -> tuple[Any, dict[str, Any]]: ...
 
+    def studies(self) -> Any: ...  # a StudyList: every study at the coordinator, newest first
+
     def results(self, study_id: str, out: Path) -> dict[str, Path]: ...
 
 
 class FollowedStudies:
-    """The studies this console lists: those submitted through it and those a user added by id."""
+    """Studies submitted through this console or opened by id: listed even when the coordinator's
+    list cannot be read (it is then said on the page)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -121,17 +124,31 @@ def create_app(client: StudyClient, *, state_dir: Path, coordinator: str, audit_
                             ("New study", "/studies/new", frozenset({Role.RESEARCHER})),
                             ("Audit", "/audit", frozenset({Role.AUDITOR}))])
 
+    def row_of(st: Any) -> dict[str, Any]:
+        return {"study_id": st.study_id, "name": st.name, "state": st.state, "round": st.current_round,
+                "rounds": st.rounds, "silos": list(st.silos), "error": st.error}
+
     def status_row(study_id: str) -> dict[str, Any]:
         try:
             st, _ = client.status(study_id)
         except Exception as e:  # noqa: BLE001 - shown in the row: one study's error must not hide the others
             return {"study_id": study_id, "name": "", "state": "unknown", "error": str(e)}
-        return {"study_id": study_id, "name": st.name, "state": st.state, "round": st.current_round,
-                "rounds": st.rounds, "silos": list(st.silos), "error": st.error}
+        return row_of(st)
+
+    def all_rows() -> tuple[list[dict[str, Any]], str]:
+        """The coordinator's studies (ListStudies), newest first; if it cannot be asked, the followed ones
+        one by one and the reason."""
+        try:
+            listed = client.studies()
+        except Exception as e:  # noqa: BLE001 - said on the page, with the studies this console knows
+            return [status_row(s) for s in followed.ids()], f"the coordinator's study list could not be read: {e}"
+        rows = [row_of(st) for st in listed.studies]
+        note = f"the newest {len(rows)} studies are shown" if listed.truncated else ""
+        return rows, note
 
     async def studies(request: Request, session: Session) -> Response:
-        rows = [await run_in_threadpool(status_row, s) for s in followed.ids()]
-        return core.page(request, "studies.html.j2", {"rows": rows}, session=session)
+        rows, note = await run_in_threadpool(all_rows)
+        return core.page(request, "studies.html.j2", {"rows": rows, "note": note}, session=session)
 
     async def follow(request: Request, session: Session) -> Response:
         study_id = str((await request.form()).get("study_id", "")).strip()

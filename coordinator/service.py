@@ -27,7 +27,7 @@ from coordinator.errors import CoordinatorError, InvalidInput, NotFound, Permiss
 from coordinator.inbound import InboundLimits, check_answer, check_report, check_silo_name
 from coordinator.federation import Federation, kind_name
 from coordinator.store import SiloRow
-from coordinator.summary import build_summary
+from coordinator.study_list import list_studies, study_status
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +271,12 @@ class FederationService(pb_grpc.FederationServicer):
     @_rpc
     def GetStudyStatus(self, request: pb.StudyRef, context: grpc.ServicerContext) -> pb.StudyStatus:
         self.auth.require(context, "researcher", "auditor")
-        row = self.fed.study(request.study_id)
-        spec = self.fed.spec(row.id)
-        return pb.StudyStatus(
-            study_id=row.id, name=row.name, state=row.state, current_round=min(row.current_round, spec.training.rounds),
-            rounds=spec.training.rounds, silos=self.fed.accepted_silos(row.id),
-            summary_json=build_summary(self.fed, row.id), error=row.error or "")
+        return study_status(self.fed, self.fed.study(request.study_id), with_summary=True)
+
+    @_rpc
+    def ListStudies(self, request: pb.ListStudiesRequest, context: grpc.ServicerContext) -> pb.StudyList:
+        self.auth.require(context, "researcher", "auditor")
+        return list_studies(self.fed, request.limit)
 
 
 def _prepend_header(header: pb.BlobHeader, body: list[bytes]) -> Iterator[bytes]:

@@ -55,6 +55,10 @@ class ResearcherClient:
         st = self._call(self.stub.GetStudyStatus, pb.StudyRef(study_id=study_id), timeout=STATUS_TIMEOUT_S)
         return st, json.loads(st.summary_json or "{}")
 
+    def studies(self) -> pb.StudyList:
+        """Every study the coordinator holds, newest first (ListStudies; without summaries)."""
+        return self._call(self.stub.ListStudies, pb.ListStudiesRequest(), timeout=STATUS_TIMEOUT_S)
+
     def results(self, study_id: str, out: Path) -> dict[str, Path]:
         """Write summary.json and the final model (final_model.pt: a state dict of the shared layers); for an
         analysis study, summary.json and the pooled statistics as JSON, CSV and HTML (fedcare.analysis_report)."""

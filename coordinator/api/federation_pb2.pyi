@@ -294,6 +294,20 @@ class StudyStatus(_message.Message):
     error: str
     def __init__(self, study_id: _Optional[str] = ..., name: _Optional[str] = ..., state: _Optional[str] = ..., current_round: _Optional[int] = ..., rounds: _Optional[int] = ..., silos: _Optional[_Iterable[str]] = ..., summary_json: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
+class ListStudiesRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class StudyList(_message.Message):
+    __slots__ = ("studies", "truncated")
+    STUDIES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    studies: _containers.RepeatedCompositeFieldContainer[StudyStatus]
+    truncated: bool
+    def __init__(self, studies: _Optional[_Iterable[_Union[StudyStatus, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
 class SignedHead(_message.Message):
     __slots__ = ("node", "public_key", "count", "hash", "signature")
     NODE_FIELD_NUMBER: _ClassVar[int]

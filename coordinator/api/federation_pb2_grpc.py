@@ -89,6 +89,11 @@ class FederationStub:
                 request_serializer=coordinator_dot_api_dot_federation__pb2.StudyRef.SerializeToString,
                 response_deserializer=coordinator_dot_api_dot_federation__pb2.StudyStatus.FromString,
                 _registered_method=True)
+        self.ListStudies = channel.unary_unary(
+                '/fedcare.v1.Federation/ListStudies',
+                request_serializer=coordinator_dot_api_dot_federation__pb2.ListStudiesRequest.SerializeToString,
+                response_deserializer=coordinator_dot_api_dot_federation__pb2.StudyList.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -168,6 +173,14 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListStudies(self, request, context):
+        """Every study the coordinator holds, newest first (researcher and auditor roles): what the
+        console's study list shows. `summary_json` is left empty; GetStudyStatus gives it per study.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +238,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetStudyStatus,
                     request_deserializer=coordinator_dot_api_dot_federation__pb2.StudyRef.FromString,
                     response_serializer=coordinator_dot_api_dot_federation__pb2.StudyStatus.SerializeToString,
+            ),
+            'ListStudies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListStudies,
+                    request_deserializer=coordinator_dot_api_dot_federation__pb2.ListStudiesRequest.FromString,
+                    response_serializer=coordinator_dot_api_dot_federation__pb2.StudyList.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -524,6 +542,33 @@ class Federation:
             '/fedcare.v1.Federation/GetStudyStatus',
             coordinator_dot_api_dot_federation__pb2.StudyRef.SerializeToString,
             coordinator_dot_api_dot_federation__pb2.StudyStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListStudies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedcare.v1.Federation/ListStudies',
+            coordinator_dot_api_dot_federation__pb2.ListStudiesRequest.SerializeToString,
+            coordinator_dot_api_dot_federation__pb2.StudyList.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,6 +116,8 @@ def test_mutual_tls_roles_and_revocation(cluster, tmp_path: Path) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED and f"may not act as silo {good!r}" in details
     auditor = pb_grpc.FederationStub(grpc.secure_channel(cluster.target, credentials(pki, "auditor", "audrey")))
     assert auditor.GetStudyStatus(pb.StudyRef(study_id=study), timeout=10).study_id == study
+    assert study in [s.study_id for s in auditor.ListStudies(pb.ListStudiesRequest(), timeout=10).studies]
+    assert refusal(lambda: as_silo.ListStudies(pb.ListStudiesRequest(), timeout=10))[0] == grpc.StatusCode.PERMISSION_DENIED
     assert refusal(lambda: auditor.SubmitStudy(pb.SubmitStudyRequest(spec_json=spec.to_json()), timeout=10))[0] \
         == grpc.StatusCode.PERMISSION_DENIED
 

@@ -1,0 +1,45 @@
+"""The coordinator's ListStudies over real gRPC, and the researcher console's study list built from it:
+studies submitted elsewhere (another console, the CLI) are listed too, newest first."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from starlette.testclient import TestClient
+
+from console.audit_view import AuditSources
+from console.researcher import accounts_in, create_app
+from coordinator.api.study import StudySpec
+from coordinator.server import Coordinator, CoordinatorConfig
+from fedcare.researcher import ResearcherClient
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def researcher(tmp_path):
+    coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=tmp_path / "coordinator",
+                                                workers=4)).start()
+    target = f"127.0.0.1:{coordinator.port}"
+    channel = grpc.insecure_channel(target)
+    yield ResearcherClient(channel, target=target)
+    channel.close()
+    coordinator.stop(0)
+
+
+def test_list_studies_names_every_study_newest_first(researcher, tmp_path, sign_in) -> None:
+    first = researcher.submit(StudySpec(name="overview-a", kind="analysis"))
+    second = researcher.submit(StudySpec(name="overview-b", kind="analysis"))
+    listed = researcher.studies()
+    assert [s.study_id for s in listed.studies] == [second, first] and not listed.truncated
+    assert [s.state for s in listed.studies] == ["enrolling", "enrolling"] and not listed.studies[0].summary_json
+
+    # a console that submitted nothing lists both, from the coordinator
+    console_dir = tmp_path / "console"
+    accounts_in(console_dir).add("dr-who", PASSWORD, "researcher")
+    app = create_app(researcher, state_dir=console_dir, coordinator=researcher.target, audit_sources=AuditSources(logs=[]))
+    client = TestClient(app)
+    sign_in(client, "dr-who")
+    page = client.get("/").text
+    assert page.index(f"/studies/{second}") < page.index(f"/studies/{first}") and "overview-a" in page
+    assert "could not be read" not in page
