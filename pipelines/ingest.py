@@ -42,6 +42,7 @@ from .limits import DEFAULT_LIMITS, IngestLimits
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .splits import NO_PART
+from .wearables.mapping import WearableMapping
 from .steps import (IngestRun, ModalityReport, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
                     quarantine_unlinked, read_dicom, read_fhir_resources, read_hospital_tables, read_sampled_data,
                     read_split_assignments, read_tables, read_wearable_files, resolve_references, select_cohort)
@@ -111,13 +112,14 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
                 pseudonym_key: bytes, index_date: date | None = None, dicomweb: Sequence[str] = (),
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
                 tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (), split_file: Path | None = None,
-                fhir_mrn_system: str | None = None,
+                fhir_mrn_system: str | None = None, wearable_mapping: WearableMapping = WearableMapping(),
                 limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
 
     The inputs are those of `pipelines.steps.Sources`; `cache_dir`: the silo's cache; `index_date`: the
     reference date relative dates count from (default: the cohort's, else `INDEX_DATE`); `limits`: bounds on
-    what one input may make ingestion allocate (`pipelines.limits`).
+    what one input may make ingestion allocate (`pipelines.limits`); `wearable_mapping`: the node's `[wearables]`
+    (`pipelines.wearables.mapping`).
     """
     index_date = index_date or cohort.index_date or INDEX_DATE
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
@@ -126,7 +128,8 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     check_features(tuple(cohort.features))
     deid = Deidentifier(pseudonym_key)
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
-                      wearables=wearables, tables=tables, split_file=split_file, fhir_mrn_system=fhir_mrn_system)
+                      wearables=wearables, tables=tables, split_file=split_file, fhir_mrn_system=fhir_mrn_system,
+                      wearable_mapping=wearable_mapping)
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),

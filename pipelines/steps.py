@@ -43,6 +43,7 @@ from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
 from .splits import SplitPart, read_split_file
+from .wearables.mapping import WearableMapping, WearableNotes
 from .wearables.signals import ChosenSignal, LatestWindows, read_signals, sampled_signals
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,8 @@ class ModalityReport(BaseModel):
     cached: int = 0  # inputs taken from the silo's cache (not parsed again)
     series: int = 0  # DICOM series (image only)
     sources: dict[str, int] = Field(default_factory=dict)  # inputs by format, e.g. {"fhir": 12, "tabular_measurement": 1}
-    mappings: dict[str, str] = Field(default_factory=dict)  # EHR: "table N: column" -> what it was read as
-    warnings: list[str] = Field(default_factory=list)  # EHR: columns that map to nothing, features no table holds
+    mappings: dict[str, str] = Field(default_factory=dict)  # EHR: "table N: column", signal: "device: channel" -> what it was read as
+    warnings: list[str] = Field(default_factory=list)  # columns and channels that map to nothing, features no table holds
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Sources:
     tables: Sequence[TableSource] = ()  # a hospital's own tables, described in the node config
     fhir_mrn_system: str | None = None  # the identifier system of the MRN where no identifier is typed MR
     split_file: Path | None = None  # mrn,split per patient, kept at the silo (pipelines.splits.read_split_file)
+    wearable_mapping: WearableMapping = WearableMapping()  # [wearables] of the node config
 
 
 @dataclass
@@ -105,6 +107,7 @@ class IngestRun:
     images: dict[str, ChosenImage] = field(default_factory=dict)
     latest: LatestWindows | None = None
     signal_stats: Counter = field(default_factory=Counter)
+    wearable_notes: WearableNotes = field(default_factory=WearableNotes)  # devices, mapping used, channels left out
     mask: np.ndarray = field(default_factory=lambda: np.zeros((0, len(MODALITIES)), np.float32))
     coverage: list[float] = field(default_factory=list)
     dataset: MultimodalDataset | None = None
@@ -257,11 +260,12 @@ def read_dicom(run: IngestRun) -> None:
 
 
 def read_wearable_files(run: IngestRun) -> None:
-    """CSV and WFDB recordings: each patient's latest window offered to its row."""
+    """Wearable files of every known device (`pipelines.wearables.registry`): each patient's latest window offered to its row."""
     assert run.latest is not None, "allocate_rows runs before read_wearable_files"
     run.signal_stats.update(read_signals(run.sources.wearables, cohort=run.cohort, deid=run.deid,
                                          index_date=run.index_date, cache=run.cache, quarantine=run.quarantine,
-                                         latest=run.latest, limits=run.limits))
+                                         latest=run.latest, limits=run.limits, mapping=run.sources.wearable_mapping,
+                                         notes=run.wearable_notes))
 
 
 def read_sampled_data(run: IngestRun) -> None:
@@ -276,7 +280,9 @@ def read_sampled_data(run: IngestRun) -> None:
     stats["unused_after_index_date"] += sampled["unused_after_index_date"]
     rep = run.reports["signal"]
     _fill(rep, stats)
-    rep.sources = {k: v for k, v in (("files", stats["inputs_read"]), ("fhir_sampled_data", run.fhir_sampled)) if v}
+    notes = run.wearable_notes
+    rep.sources = {k: v for k, v in (*sorted(notes.devices.items()), ("fhir_sampled_data", run.fhir_sampled)) if v}
+    rep.mappings, rep.warnings = dict(sorted(notes.mappings.items())), notes.warnings()
     rep.patients = len(run.latest.chosen)
 
 

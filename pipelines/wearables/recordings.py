@@ -1,11 +1,10 @@
-"""Wearable ingestion: CSV and WFDB recordings -> fixed-length, normalised multichannel windows.
+"""fedcare's own wearable CSV layout, and the window every wearable recording is cut to.
 
-A recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one column per channel,
-or a WFDB record (`.hea` + signal files, PhysioNet format, read with the wfdb package) whose
-header has a base date/time and whose comments may name the patient (`MRN: X`; the record
-name otherwise); WFDB signal names are matched to channels case-insensitively.
+A fedcare recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one column per channel
+(the other device exports have their own readers, `pipelines.wearables.registry`).
 The window is the last `signal_length / signal_rate_hz` seconds recorded on or before the
-index date, resampled onto a regular grid. Gaps are handled explicitly: samples are linearly
+index date (for a relative-time recording, `Recording.relative`: its last seconds), resampled
+onto a regular grid. Gaps are handled explicitly: samples are linearly
 interpolated across gaps up to `MAX_GAP_S`; grid points inside longer gaps (or outside the
 recording) are set to the channel's reference level, i.e. 0 after normalisation; a window
 with less than `MIN_COVERAGE` real coverage is refused. Channels are normalised with fixed
@@ -16,21 +15,19 @@ sites); a channel without a reference is z-scored within its window.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import wfdb
 
 from ..errors import SignalError
 from ..ehr.tables import check_header
 from ..errors import TabularError
-from ..inputs import input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from ..quarantine import Quarantine
+from .device import DeviceRecording, Wants, series
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +42,10 @@ MIN_COVERAGE = 0.5
 @dataclass(frozen=True)
 class Recording:
     patient_id: str  # the MRN, from the file name
-    seconds: np.ndarray  # float64 [n], POSIX seconds, sorted, unique
+    seconds: np.ndarray  # float64 [n], POSIX seconds (relative: from the recording's start), sorted, unique
     values: np.ndarray  # float64 [C, n], NaN where a value is missing
     source: str
+    relative: bool = False  # no calendar time (`pipelines.wearables.device`): the window is the recording's end
 
 
 @dataclass(frozen=True)
@@ -58,8 +56,8 @@ class Window:
     source: str
 
 
-def read_recording(path: Path, channels: Sequence[str], limits: IngestLimits = DEFAULT_LIMITS) -> Recording:
-    """Read `<MRN>.csv`; raise `SignalError` naming the file and what is missing (or which bound it breaks)."""
+def _table(path: Path, limits: IngestLimits) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The CSV, its rows' POSIX seconds and which rows have a parseable timestamp."""
     try:
         check_header(path, ",", limits)
     except TabularError as e:
@@ -68,11 +66,11 @@ def read_recording(path: Path, channels: Sequence[str], limits: IngestLimits = D
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as e:
         raise SignalError(f"cannot be read as CSV ({type(e).__name__}: {e}); expected a header row "
-                          f"'timestamp,{','.join(channels)}' and one row per sample", reason="bad_csv", source=path) from None
-    missing = [c for c in ("timestamp", *channels) if c not in df.columns]
-    if missing:
-        raise SignalError(f"has columns {list(df.columns)} but lacks {missing}; expected 'timestamp' and the study's "
-                          "signal channels. Export the recording with all channels", reason="missing_column", source=path)
+                          "'timestamp,<channel>,...' and one row per sample", reason="bad_csv", source=path) from None
+    if "timestamp" not in df.columns:
+        raise SignalError(f"has columns {list(df.columns)[:20]} but lacks ['timestamp']; expected 'timestamp' and the "
+                          "study's signal channels (or a device export a wearable reader knows: docs/wearables.md)",
+                          reason="missing_column", source=path)
     ts = pd.to_datetime(df["timestamp"], utc=True, errors="coerce", format="ISO8601")
     ok = ts.notna().to_numpy()
     if not ok.any():
@@ -81,6 +79,16 @@ def read_recording(path: Path, channels: Sequence[str], limits: IngestLimits = D
     if not ok.all():
         log.warning("%s: %d rows without a parseable timestamp are treated as gaps", path, int((~ok).sum()))
     seconds = (ts[ok] - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+    return df, seconds, ok
+
+
+def read_recording(path: Path, channels: Sequence[str], limits: IngestLimits = DEFAULT_LIMITS) -> Recording:
+    """Read `<MRN>.csv`; raise `SignalError` naming the file and what is missing (or which bound it breaks)."""
+    df, seconds, ok = _table(path, limits)
+    missing = [c for c in channels if c not in df.columns]
+    if missing:
+        raise SignalError(f"has columns {list(df.columns)} but lacks {missing}; expected 'timestamp' and the study's "
+                          "signal channels. Export the recording with all channels", reason="missing_column", source=path)
     values = np.stack([pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)[ok] for c in channels])
     values[~np.isfinite(values)] = np.nan
     order = np.argsort(seconds, kind="stable")
@@ -89,9 +97,24 @@ def read_recording(path: Path, channels: Sequence[str], limits: IngestLimits = D
     return Recording(path.stem, seconds[keep], values[:, keep], str(path))
 
 
+def input_of(path: Path) -> Path | None:
+    """Any .csv no device reader claimed is fedcare's own layout (`pipelines.wearables.registry` order)."""
+    return path if path.suffix.lower() == ".csv" else None
+
+
+def read(path: Path, wants: Wants, limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[DeviceRecording]:
+    """`<MRN>.csv` as a device recording: every column but `timestamp` is a native channel."""
+    df, seconds, ok = _table(path, limits)
+    names = [str(c) for c in df.columns if c != "timestamp"]
+    chans = {n: series(seconds, pd.to_numeric(df[n], errors="coerce").to_numpy(dtype=np.float64)[ok])
+             for n in names if wants(n)}
+    yield DeviceRecording(path.stem, chans, str(path), unused=tuple(n for n in names if n not in chans))
+
+
 def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: int, index_date: date) -> Window | None:
-    """The normalised window ending at the last sample on or before `index_date`; None if none is."""
-    cutoff = datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
+    """The normalised window ending at the last sample on or before `index_date` (a relative recording: its last
+    sample); None if none is."""
+    cutoff = np.inf if rec.relative else datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
     before = rec.seconds < cutoff
     if not before.any():
         return None
@@ -122,43 +145,3 @@ def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: i
     return Window(out.astype(np.float32), float(coverage), end, rec.source)
 
 
-def read_wfdb(header: Path, channels: Sequence[str]) -> Recording:
-    """Read a WFDB record given its `.hea`; raise `SignalError` naming the file and what is missing."""
-    try:
-        rec = wfdb.rdrecord(str(header.with_suffix("")))
-    except Exception as e:  # wfdb raises many types for damaged records; the record is quarantined
-        raise SignalError(f"cannot be read as a WFDB record ({type(e).__name__}: {e}); expected a .hea header and "
-                          "its signal files side by side", reason="bad_wfdb", source=header) from None
-    names = {str(n).strip().lower().replace(" ", "_"): i for i, n in enumerate(rec.sig_name or [])}
-    missing = [c for c in channels if c.lower() not in names]
-    if missing:
-        raise SignalError(f"has signals {rec.sig_name} but lacks {missing}; expected the study's signal channels",
-                          reason="missing_column", source=header)
-    start = rec.base_datetime if rec.base_date is not None else None
-    if start is None:
-        raise SignalError("has no base date and time in its header; expected one to place the recording before the "
-                          "index date", reason="bad_timestamp", source=header)
-    start = start.replace(tzinfo=timezone.utc) if start.tzinfo is None else start
-    n = rec.p_signal.shape[0]
-    seconds = start.timestamp() + np.arange(n) / float(rec.fs)
-    values = np.stack([rec.p_signal[:, names[c.lower()]] for c in channels]).astype(np.float64)
-    values[~np.isfinite(values)] = np.nan
-    mrn = next((c.split(":", 1)[1].strip() for c in rec.comments or [] if c.lower().replace(" ", "").startswith(("mrn:", "patient_id:"))),
-               rec.record_name)
-    return Recording(mrn, seconds, values, str(header))
-
-
-def wearable_files(paths: Sequence[Path], quarantine: Quarantine | None = None) -> list[Path]:
-    """CSV files and WFDB headers (`.hea`) given directly or under folders, in any nesting (`pipelines.inputs`)."""
-    return list(input_files(paths, lambda f: f.suffix.lower() in (".csv", ".hea"), quarantine, "signal"))
-
-
-def record_bytes(path: Path) -> bytes:
-    """What the cache hashes: the file, or a WFDB header and every signal file it names."""
-    data = path.read_bytes()
-    if path.suffix.lower() == ".hea":
-        for name in sorted({ln.split()[0] for ln in data.decode("latin-1").splitlines()[1:]
-                            if ln.strip() and not ln.startswith("#")}):
-            sibling = path.parent / name
-            data += sibling.read_bytes() if sibling.is_file() else b""
-    return data

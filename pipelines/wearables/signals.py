@@ -1,6 +1,7 @@
 """Wearable recordings -> one normalised window per patient (the latest before the index date).
 
-Each recording (CSV or WFDB, `pipelines.wearables.recordings`; FHIR valueSampledData, `pipelines.wearables.sampled`) is read once, its patient replaced by the
+Each recording (device exports, WFDB, DICOM waveforms: `pipelines.wearables.registry`; FHIR valueSampledData,
+`pipelines.wearables.sampled`) is read once, mapped onto the study's channels (`pipelines.wearables.mapping`), its patient replaced by the
 keyed pseudonym, windowed and normalised; the cache keeps the window with its end time
 relative to the index date (no calendar time is stored).
 """
@@ -24,10 +25,14 @@ from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..ehr.factstore import FactStore
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
+from .mapping import WearableMapping, WearableNotes, to_recording
+from .recordings import window
+from .registry import WearableReader, input_digest, wearable_inputs
 from .sampled import cutoff, sampled_window
-from .recordings import read_recording, read_wfdb, record_bytes, wearable_files, window
 
 log = logging.getLogger(__name__)
+#: `ChosenSignal.end` of a relative-time recording: it cannot be placed in time, so any dated window of the patient wins.
+RELATIVE_END = -1e12
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,45 +71,81 @@ class LatestWindows:
 
 
 def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifier, index_date: date, cache: IngestCache,
-                 quarantine: Quarantine, latest: LatestWindows, limits: IngestLimits = DEFAULT_LIMITS) -> Counter:
-    """Offer each CSV/WFDB recording's window to `latest`; counters (inputs_read, records, parsed, cached,
-    unused_after_index_date; superseded windows are counted by `latest`)."""
+                 quarantine: Quarantine, latest: LatestWindows, limits: IngestLimits = DEFAULT_LIMITS,
+                 mapping: WearableMapping = WearableMapping(), notes: WearableNotes | None = None) -> Counter:
+    """Offer each patient's window of each wearable input (any reader of `pipelines.wearables.registry`) to
+    `latest`; counters (inputs_read, records, parsed, cached, unused_after_index_date; superseded windows are
+    counted by `latest`); the devices, the mapping used and the channels left out go to `notes`."""
     channels = tuple(cohort.signal_channels)
-    cutoff = datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
+    notes = notes if notes is not None else WearableNotes()
     stats: Counter = Counter()
-    for path in wearable_files(paths, quarantine):
+    for reader, path in wearable_inputs(paths, quarantine, mapping.device_for):
         stats["inputs_read"] += 1
+        notes.devices[reader.device] += 1
         try:
-            digest = content_hash(record_bytes(path))
+            digest = content_hash((input_digest(reader, path) + mapping.model_dump_json()).encode())
         except OSError as e:
             quarantine.add("signal", SignalError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
-        hit = cache.get("signal", digest)
+        hit = cache.get("wearable", digest)
         if hit is not None:
             stats["cached"] += 1
             meta, arrays = hit
-            found = None if meta["pseudonym"] is None else ChosenSignal(arrays["values"], meta["coverage"], meta["end"], str(path))
-            pid = meta["pseudonym"]
+            found = [(w["pseudonym"], ChosenSignal(arrays[f"values_{k}"], w["coverage"], w["end"], str(path)))
+                     for k, w in enumerate(meta["windows"])]
+            notes.add(reader.device, meta["used"], meta["unused"])
+            stats["records"] += meta["records"]
+            stats["unused_after_index_date"] += meta["records"] - len(found)
         else:
             try:
-                rec = read_wfdb(path, channels) if path.suffix.lower() == ".hea" else read_recording(path, channels, limits)
-                w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
+                found, meta, clean = _read_input(reader, path, channels, cohort=cohort, deid=deid, index_date=index_date,
+                                                 quarantine=quarantine, limits=limits, mapping=mapping)
             except (SignalError, *EXHAUSTION) as e:  # one file never aborts the run
                 quarantine.add("signal", refusal(e, path))
                 continue
             stats["parsed"] += 1
-            pid = deid.pseudonym(rec.patient_id)
-            found = None if w is None else ChosenSignal(w.values, w.coverage, w.end - cutoff, str(path))
-            cache.put("signal", digest, {"pseudonym": pid if found else None, "coverage": found.coverage if found else 0.0,
-                                         "end": found.end if found else 0.0},
-                      {"values": found.values} if found else {})
-        stats["records"] += 1
-        if found is None:
-            stats["unused_after_index_date"] += 1
-            continue
-        latest.offer(pid, found)
+            notes.add(reader.device, meta["used"], meta["unused"])
+            stats["records"] += meta["records"]
+            stats["unused_after_index_date"] += meta["records"] - len(found)
+            if clean:  # an input with a refused patient record is read again next time, so the refusal is reported again
+                cache.put("wearable", digest, meta, {f"values_{k}": c.values for k, (_, c) in enumerate(found)})
+        for pid, chosen in found:
+            latest.offer(pid, chosen)
     log.info("wearables: %d recordings, %d patients with a window", stats["records"], len(latest.chosen))
     return stats
+
+
+def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *, cohort: CohortLike,
+                deid: Deidentifier, index_date: date, quarantine: Quarantine, limits: IngestLimits,
+                mapping: WearableMapping) -> tuple[list[tuple[str, ChosenSignal]], dict, bool]:
+    """Each patient recording of one input, windowed: ([(pseudonym, window)], cache meta, no record refused)."""
+    zero = cutoff(index_date)
+    found: list[tuple[str, ChosenSignal]] = []
+    used: dict[str, str] = {}
+    unused: set[str] = set()
+    records, clean = 0, True
+    for dev in reader.read(path, lambda n: mapping.study_channel(n, channels) is not None, limits):
+        unused.update(dev.unused)
+        for note in dev.notes:
+            log.info("%s: %s", dev.source, note)
+        try:
+            rec, mapped = to_recording(dev, channels, mapping)
+            w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
+        except SignalError as e:  # one patient's record of a multi-patient file; the others go on
+            quarantine.add("signal", e)
+            clean = False
+            continue
+        used.update(mapped)
+        records += 1
+        if w is not None:
+            end = RELATIVE_END if rec.relative else w.end - zero
+            found.append((deid.pseudonym(rec.patient_id), ChosenSignal(w.values, w.coverage, end, str(path))))
+    if not records and clean:
+        raise SignalError(f"holds no patient recording {reader.device} exports; expected one (docs/wearables.md)",
+                          reason="no_samples", source=path)
+    meta = {"device": reader.device, "used": used, "unused": sorted(unused), "records": records,
+            "windows": [{"pseudonym": pid, "coverage": c.coverage, "end": c.end} for pid, c in found]}
+    return found, meta, clean
 
 
 def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, quarantine: Quarantine,

@@ -12,7 +12,8 @@ import wfdb
 
 from coordinator.api.study import CohortSpec, FeatureSpec
 from pipelines.ingest import ingest_silo
-from pipelines.wearables.recordings import read_wfdb, window
+from pipelines.wearables.recordings import window
+from pipelines.wearables.wfdb_records import read_wfdb
 
 from .fixtures import LOINC, RXNORM, SNOMED, patient, quantity, write_bundle
 

@@ -79,7 +79,7 @@ def test_sampled_data_matches_csv_and_broken_streams_are_quarantined(tmp_path: P
     assert d.signal[a, 0, -40].item() == np.float32((LOW - 75) / 15) and d.signal[a, 0, -30].item() == np.float32((HIGH - 75) / 15)
     assert d.signal[a, 2].abs().max() == 0 and np.allclose(d.signal[a, 3].numpy(), 0.0, atol=1e-3)  # ~1 g = reference (0.01 m/s2 steps)
     # Observations read with a study channel (as FHIR records: before their subject is resolved)
-    assert r.modalities["signal"].sources == {"files": 1, "fhir_sampled_data": 3}
+    assert r.modalities["signal"].sources == {"fedcare_csv": 1, "fhir_sampled_data": 3}
     assert r.modalities["signal"].records == 4
     entries = {e.source: (e.modality, e.reason, e.message) for e in result.quarantine.entries}
     assert entries.keys() == {f"{bundle}#Observation/{i}" for i in ("bad-token", "bad-dims", "bad-unit", "nobody")}
