@@ -69,11 +69,11 @@ class DeviceRecording:
 
 
 def series(seconds: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One channel as float64 (seconds, values), sorted by time, non-finite values as NaN, duplicate times dropped."""
+    """One channel as float64 (seconds, values), sorted by time; samples without a finite time or value (a missing
+    value, NaN, Inf) are left out, so they are gaps; duplicate times: the first one wins."""
     t = np.asarray(seconds, dtype=np.float64)
-    v = np.asarray(values, dtype=np.float64).copy()
-    v[~np.isfinite(v)] = np.nan
-    ok = np.isfinite(t)
+    v = np.asarray(values, dtype=np.float64)
+    ok = np.isfinite(t) & np.isfinite(v)
     t, v = t[ok], v[ok]
     order = np.argsort(t, kind="stable")
     t, v = t[order], v[order]

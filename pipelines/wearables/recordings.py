@@ -5,7 +5,8 @@ A fedcare recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one 
 The window is the last `signal_length / signal_rate_hz` seconds recorded on or before the
 index date (for a relative-time recording, `Recording.relative`: its last seconds), resampled
 onto a regular grid. Gaps are handled explicitly: samples are linearly
-interpolated across gaps up to `MAX_GAP_S`; grid points inside longer gaps (or outside the
+interpolated across gaps up to `max_gap` (`MAX_GAP_S`, or 1.5 sample periods of a slower channel:
+a minute-level step count has no gap every minute); grid points inside longer gaps (or outside the
 recording) are set to the channel's reference level, i.e. 0 after normalisation; a window
 with less than `MIN_COVERAGE` real coverage is refused. Channels are normalised with fixed
 physiological references (so resting heart rate stays comparable across patients and
@@ -111,6 +112,11 @@ def read(path: Path, wants: Wants, limits: IngestLimits = DEFAULT_LIMITS) -> Ite
     yield DeviceRecording(path.stem, chans, str(path), unused=tuple(n for n in names if n not in chans))
 
 
+def max_gap(seconds: np.ndarray) -> float:
+    """The longest pause bridged by interpolation: `MAX_GAP_S`, or 1.5 times the channel's median sample spacing."""
+    return max(MAX_GAP_S, 1.5 * float(np.median(np.diff(seconds)))) if seconds.size > 2 else MAX_GAP_S
+
+
 def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: int, index_date: date) -> Window | None:
     """The normalised window ending at the last sample on or before `index_date` (a relative recording: its last
     sample); None if none is."""
@@ -131,7 +137,7 @@ def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: i
         i = np.clip(np.searchsorted(tv, grid), 1, max(tv.size - 1, 1))
         left, right = tv[i - 1], tv[np.minimum(i, tv.size - 1)]
         near = np.minimum(np.abs(grid - left), np.abs(grid - right)) <= 0.5 / rate_hz
-        ok = near | ((grid >= tv[0]) & (grid <= tv[-1]) & (right - left <= MAX_GAP_S))
+        ok = near | ((grid >= tv[0]) & (grid <= tv[-1]) & (right - left <= max_gap(tv)))
         x = np.interp(grid, tv, xv)
         level, scale = SIGNAL_REFERENCE.get(name, (float(x[ok].mean()) if ok.any() else 0.0,
                                                    float(x[ok].std()) or 1.0 if ok.any() else 1.0))
