@@ -27,7 +27,7 @@ from coordinator.errors import CoordinatorError, InvalidInput, NotFound, Permiss
 from coordinator.inbound import InboundLimits, check_answer, check_report, check_silo_name
 from coordinator.federation import Federation, kind_name
 from coordinator.store import SiloRow
-from coordinator.study_list import list_studies, study_status
+from coordinator.study_list import list_studies, other_participants, study_status
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,8 @@ class FederationService(pb_grpc.FederationServicer):
     def PullTask(self, request: pb.PullTaskRequest, context: grpc.ServicerContext) -> pb.Task:
         silo = self.auth.silo(context, request.silo)
         task = self.fed.next_task(silo, request.wait_s, frozenset(request.deferred_studies[:1000]))
+        if task.kind == pb.TASK_PROPOSAL:
+            task.other_silos.extend(other_participants(self.fed, task.study_id, silo))
         self._count(task.study_id, silo, up=request.ByteSize(), down=task.ByteSize(),
                     round_=task.round if task.kind == pb.TASK_TRAIN else None)
         return task

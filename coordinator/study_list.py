@@ -1,5 +1,6 @@
-"""What the coordinator tells a researcher or auditor about its studies: one study's status
-(GetStudyStatus) and the list of all of them, newest first (ListStudies), built in one place."""
+"""What the coordinator tells about its studies: to a researcher or auditor one study's status
+(GetStudyStatus) and the list of all of them, newest first (ListStudies); to a silo proposed a
+study, which other silos have accepted it (Task.other_silos), and nothing more about them."""
 
 from __future__ import annotations
 
@@ -31,3 +32,8 @@ def list_studies(fed: "Federation", limit: int = 0) -> pb.StudyList:
     rows = sorted(fed.store.all(StudyRow), key=lambda r: r.created_at, reverse=True)
     return pb.StudyList(studies=[study_status(fed, r, with_summary=False) for r in rows[:limit]],
                         truncated=len(rows) > limit)
+
+
+def other_participants(fed: "Federation", study_id: str, silo: str) -> list[str]:
+    """The silos that have accepted `study_id`, other than `silo`: names only (a region counts as one)."""
+    return [s for s in fed.accepted_silos(study_id) if s != silo]

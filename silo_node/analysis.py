@@ -239,6 +239,7 @@ def describe_analysis(spec: StudySpec) -> dict[str, object]:
         "name": spec.name,
         "description": spec.description,
         "kind": "analysis: statistics of the cohort, no model is trained",
+        "modalities": list(spec.modalities),
         "label": f"{c.label_system}|{c.label_code} within {c.label_window_days} days",
         "computed": ["patients, label positives and negatives, patients with each modality (ehr, image, signal)",
                      *(f"{col}: count present and missing, mean and standard deviation"

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from coordinator.api.protocol import StudyKind
 from coordinator.api.study import StudySpec
 from silo_node.analysis import describe_analysis
 from silo_node.config import ApprovalConfig, BudgetConfig
+
+MAX_OTHERS = 1000  # names of other silos kept with a proposal
 
 
 def model_code_version() -> str:
@@ -108,10 +111,12 @@ class ApprovalBook:
         d.mkdir(exist_ok=True)
         return d
 
-    def record_proposal(self, study_id: str, spec: StudySpec) -> None:
+    def record_proposal(self, study_id: str, spec: StudySpec, *, others: Sequence[str] = ()) -> None:
+        """`others`: the silos that had accepted the study when the coordinator proposed it (Task.other_silos)."""
         path = self._dir(study_id) / "proposal.json"
         path.write_text(json.dumps({"study_id": study_id, "received_at": time.time(), "spec": json.loads(spec.to_json()),
-                                    "summary": describe(spec)}, indent=2))
+                                    "summary": describe(spec), "others": [str(o)[:200] for o in others[:MAX_OTHERS]]},
+                                   indent=2))
 
     def proposals(self) -> list[dict[str, Any]]:
         out = []

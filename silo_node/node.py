@@ -222,7 +222,7 @@ class SiloNode:
             check_study_id(task.study_id)
             spec = StudySpec.from_json(task.spec_json)
             self.audit.append("study_received", study=task.study_id, spec_sha256=spec.sha256())
-            self.approvals.record_proposal(task.study_id, spec)
+            self.approvals.record_proposal(task.study_id, spec, others=list(task.other_silos))
         except (ProtocolError, SpecError, ValueError, OSError) as e:
             self._refuse_proposal(task.study_id, f"silo cannot handle this proposal: {e}")
             return
@@ -447,6 +447,8 @@ class SiloNode:
             return
         self.audit.append("round_joined", study=task.study_id, round=task.round)
         result = private.train(weights, study=task.study_id, round_=task.round, round_seed=task.round_seed)
+        if self.config.train_delay_s:  # node config train_delay_s: a slow hospital, for benchmarks and tests only
+            time.sleep(self.config.train_delay_s)
         secret = self._secret_context(task.study_id) if spec.protocol.encrypted else None
         encoded = encode_update(spec, names, result.delta, secret_context=secret, round_seed=task.round_seed,
                                 feedback=state.feedback)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import grpc
 import pytest
 
 from compliance.node_log import open_node_log
 from coordinator.api.study import StudySpec
+from coordinator.server import Coordinator, CoordinatorConfig
 from silo_node.approval import ApprovalBook
 from silo_node.config import NodeConfig
 from silo_node.node import STATE_FILES
@@ -48,3 +50,15 @@ def csrf_of():
 def sign_in():
     """Sign ``user`` in through the sign-in form (with its CSRF token); the response of the POST."""
     return _sign_in
+
+
+@pytest.fixture
+def coordinator_channel(tmp_path: Path):
+    """A real coordinator (in this process, plaintext gRPC on loopback) and a channel to it: (target, channel)."""
+    coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=tmp_path / "coordinator",
+                                                workers=4)).start()
+    target = f"127.0.0.1:{coordinator.port}"
+    channel = grpc.insecure_channel(target)
+    yield target, channel
+    channel.close()
+    coordinator.stop(0)

@@ -3,28 +3,21 @@ studies submitted elsewhere (another console, the CLI) are listed too, newest fi
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from starlette.testclient import TestClient
 
 from console.audit_view import AuditSources
 from console.researcher import accounts_in, create_app
 from coordinator.api.study import StudySpec
-from coordinator.server import Coordinator, CoordinatorConfig
 from fedcare.researcher import ResearcherClient
 
 PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
-def researcher(tmp_path):
-    coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=tmp_path / "coordinator",
-                                                workers=4)).start()
-    target = f"127.0.0.1:{coordinator.port}"
-    channel = grpc.insecure_channel(target)
-    yield ResearcherClient(channel, target=target)
-    channel.close()
-    coordinator.stop(0)
+def researcher(coordinator_channel):
+    target, channel = coordinator_channel
+    return ResearcherClient(channel, target=target)
 
 
 def test_list_studies_names_every_study_newest_first(researcher, tmp_path, sign_in) -> None:
