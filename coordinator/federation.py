@@ -37,6 +37,7 @@ from coordinator.api.server_step import ServerStepError
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import TensorFormatError, decode_tensors
 from coordinator.blobs import BlobStore, Incoming
+from coordinator.buffer import UpdateBuffer, is_async, staleness_weight
 from coordinator.errors import InvalidInput, NotFound, Refused
 from privacy.errors import HEError
 from coordinator.key_recipients import (
@@ -48,8 +49,9 @@ from coordinator.key_recipients import (
 )
 from coordinator.model_layout import build_initial_model
 from coordinator.keystore import KeyStore
-from coordinator.outcome import Release, RoundOutcome
-from coordinator.release import choose_release, plateau
+from coordinator.finalizing import Finalization
+from coordinator.outcome import RoundOutcome
+from coordinator.release import plateau
 from coordinator.rounds import RoundAggregator
 from coordinator.versions import ModelVersions
 from coordinator.selection import choose_participants
@@ -94,6 +96,8 @@ class Federation:
         self.versions = ModelVersions(store, blobs)
         self.keys = KeyStore(blobs)
         self.rounds = RoundAggregator(self.versions, audit=audit)
+        self.buffer = UpdateBuffer(store, audit=audit)
+        self.finalization = Finalization(store, self.versions, spec=self.spec, audit=audit, clock=clock)
 
     # --- helpers --------------------------------------------------------------------------
     def spec(self, study_id: str) -> StudySpec:
@@ -225,7 +229,9 @@ class Federation:
                     return pb.Task(kind=pb.TASK_WRAP_KEY, study_id=row.id, round=row.current_round,
                                    participant_keys=self._key_recipients(row.id, only=late), spec_json=row.spec_json)
             rnd = self.store.get(RoundRow, row.id, row.current_round)
-            if rnd is None or rnd.state != "open" or silo not in json.loads(rnd.participants_json):
+            if rnd is None or rnd.state != "open" or (silo not in json.loads(rnd.participants_json) and not (
+                    row.state == "running" and self.buffer.enlist(self.spec(row.id), rnd, silo,
+                                                                  keyed=silo not in self._awaiting_key(row.id)))):
                 continue
             if row.state == "running" and silo == row.key_holder:
                 outcome = RoundOutcome.of(rnd.outcome_json)
@@ -237,45 +243,10 @@ class Federation:
                                spec_json=row.spec_json, model_version=rnd.number - 1, round_seed=rnd.seed,
                                max_update_bytes=self.versions.max_update_bytes(row.id, self.spec(row.id)))
             if row.state == "finalizing":
-                task = self._finalize_task(row, rnd, silo)
+                task = self.finalization.task(row, rnd, silo)
                 if task is not None:
                     return task
         return None
-
-    def _finalize_task(self, row: StudyRow, rnd: RoundRow, silo: str) -> pb.Task | None:
-        """The finalizing round: every participant evaluates the last version; under CKKS the key
-        holder, once the others have reported, publishes the version to release (the best one,
-        coordinator/release.py) and evaluates that one instead."""
-        final_version = rnd.number - 1
-        if self.spec(row.id).protocol.encrypted and silo == row.key_holder:
-            if row.final_model_sha:
-                return None
-            participants = json.loads(rnd.participants_json)
-            others = [s for s in participants if s != silo]
-            reported = [s for s in others if self.store.get(MetricsRow, row.id, final_version, s)]
-            if len(reported) < len(others) and not (self.clock() >= rnd.deadline - self._publish_margin(row)):
-                return None  # the release is chosen once the others' metrics of the last version are in
-            release = self._release(row, rnd)
-            return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
-                           spec_json=row.spec_json, model_version=release.version, publish_model=True)
-        if self.store.get(MetricsRow, row.id, final_version, silo) is None:
-            return pb.Task(kind=pb.TASK_FINALIZE, study_id=row.id, round=rnd.number, nonce=rnd.nonce,
-                           spec_json=row.spec_json, model_version=final_version, publish_model=False)
-        return None
-
-    def _publish_margin(self, row: StudyRow) -> float:
-        """How long before the finalizing deadline the key holder publishes without the stragglers."""
-        return self.spec(row.id).training.round_timeout_s / 2
-
-    def _release(self, row: StudyRow, rnd: RoundRow) -> Release:
-        """The version this study releases, chosen once (kept in the finalizing round's outcome)."""
-        outcome = RoundOutcome.of(rnd.outcome_json)
-        if outcome.release is None:
-            outcome.release = choose_release(self.store, row.id, self.spec(row.id), rnd.number - 1)
-            rnd.outcome_json = outcome.to_json()
-            self.store.add(rnd)
-            log.info("study %s releases version %d: %s", row.id, outcome.release.version, outcome.release.reason)
-        return outcome.release
 
     def _awaiting_key(self, study_id: str) -> list[str]:
         """Under CKKS once the keys exist: the accepted silos the secret was not yet wrapped for (late joiners)."""
@@ -383,26 +354,12 @@ class Federation:
         participants = json.loads(rnd.participants_json)
         timed_out = self.clock() >= rnd.deadline
         if row.state == "finalizing":
-            encrypted = spec.protocol.encrypted
-            # Under CKKS the key holder's answer is the published model (and its evaluation of it).
-            reported = [s for s in participants if self.store.get(MetricsRow, row.id, rnd.number - 1, s)
-                        or (encrypted and s == row.key_holder and RoundOutcome.of(rnd.outcome_json).release_evaluated)]
-            needs_model = encrypted and not row.final_model_sha
-            if (len(reported) == len(participants) or (timed_out and reported)) and not needs_model:
-                release = self._release(row, rnd)
-                if not encrypted:
-                    row.final_model_sha = self.versions.sha(row.id, release.version)
-                rnd.state, rnd.closed_at = "closed", self.clock()
-                row.state = "done"
-                self.store.add(rnd, row)
-                self.audit("model_released", study=row.id, version=release.version, model_sha256=row.final_model_sha,
-                           metric=release.metric, value=release.value)
-                log.info("study %s: done; released version %d (%s)", row.id, release.version, release.reason)
-            elif timed_out:
-                self._fail(row, "finalization timed out without a published final model")
+            failure = self.finalization.close(row, rnd)
+            if failure is not None:
+                self._fail(row, failure)
             return
         updates = self.store.all(UpdateRow, study_id=row.id, round=rnd.number)
-        all_answered = all(self._answered(row.id, rnd.number, s) for s in participants)
+        all_answered = all(self._answered(row.id, rnd.number, s) for s in participants) or self.buffer.full(spec, updates)
         if not (all_answered or timed_out):
             return
         if spec.kind is StudyKind.ANALYSIS:
@@ -532,10 +489,7 @@ class Federation:
     def accept_update(self, silo: str, header: pb.BlobHeader, blob: Incoming) -> pb.PushReply:
         blob.view()  # flushed and fsynced before the lock: uploads reach the disk in parallel
         with self._lock:
-            row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
-            if row.state != "running":
-                raise Refused(f"study {row.id} is {row.state}; no updates are taken now")
-            existing = self.store.get(UpdateRow, row.id, rnd.number, silo)
+            row, rnd, staleness, existing = self._buffer_or_round(silo, header)
             if existing is not None:
                 if existing.blob_sha == header.sha256:  # a retried upload: idempotent
                     return pb.PushReply(accepted=True, sha256=existing.blob_sha, size=existing.size, reason="duplicate")
@@ -548,19 +502,40 @@ class Federation:
                     parse_release(spec, header.encoding, blob.view())
                 else:
                     self._check_weight(row.id, silo, header.weight)
-                    self.rounds.add_update(row, rnd, spec, header, blob.view())
+                    self.rounds.add_update(row, rnd, spec, header, blob.view(),
+                                           scale=staleness_weight(spec, staleness) if staleness is not None else 1.0)
             except InvalidInput as e:
                 self.audit("update_refused", study=row.id, silo=silo, round=rnd.number, reason=str(e)[:500])
                 raise
             sha = blob.commit(header.sha256)
+            if staleness is not None:
+                self.buffer.record(rnd, silo, staleness)
             self.store.add(UpdateRow(study_id=row.id, round=rnd.number, silo=silo, blob_sha=sha, size=header.size,
                                      weight=header.weight, encoding=header.encoding,
-                                     metadata_json=header.metadata_json or "{}", received_at=self.clock()))
+                                     metadata_json=header.metadata_json or "{}", received_at=self.clock()),
+                           *([rnd] if staleness is not None else []))
             self.audit("message_received", study=row.id, silo=silo, kind="update", round=rnd.number,
-                       size=header.size, sha256=sha)
+                       size=header.size, sha256=sha, **({"staleness": staleness} if staleness is not None else {}))
             self._tick_locked()
             self._notify()
             return pb.PushReply(accepted=True, sha256=sha, size=header.size)
+
+    def _buffer_or_round(self, silo: str, header: pb.BlobHeader) -> tuple[StudyRow, RoundRow, int | None, UpdateRow | None]:
+        """The round an update goes to, its staleness (asynchronous studies: the buffer, coordinator/buffer.py)
+        and the update the silo already stored there, if any."""
+        spec = self.spec(header.ref.study_id)
+        staleness = None
+        if is_async(spec):
+            row = self.study(header.ref.study_id)
+            retried = self.buffer.taken(row, silo, header)
+            if retried is not None:
+                return row, self.store.get(RoundRow, row.id, retried.round), None, retried
+            rnd, staleness = self.buffer.place(row, spec, silo, header)
+        else:
+            row, rnd = self.check_round(header.ref.study_id, silo, header.round, header.nonce)
+            if row.state != "running":
+                raise Refused(f"study {row.id} is {row.state}; no updates are taken now")
+        return row, rnd, staleness, self.store.get(UpdateRow, row.id, rnd.number, silo)
 
     def _check_weight(self, study_id: str, silo: str, weight: float) -> None:
         """A silo weighs in with at most the training samples it declared at enrollment (a region: its

@@ -1,7 +1,8 @@
 """What became of one round, typed: stored in `RoundRow.outcome_json`, read by the round's
 closing, the version headers, the summary and the release of the best version.
 
-A round goes open -> (screening, under ckks-screen) -> closed; a round reopened after a missed
+A round goes open -> (screening, under ckks-screen) -> closed (an asynchronous study's round is
+its buffer: it closes with training.buffer_size updates); a round reopened after a missed
 quorum carries `retries`, and the finalizing round carries `early_stop` and `release`.
 """
 
@@ -40,6 +41,9 @@ class RoundOutcome(BaseModel):
     model_sha256: str | None = None
     downlink: Downlink | None = None
     state_sha: str | None = None  # the rule's and server optimiser's state after this round (blob)
+    # training.mode = "async" (coordinator/buffer.py): each buffered update's staleness, versions
+    # built since the one its silo trained on; stored as it arrives, so a restart resumes the buffer
+    staleness: dict[str, int] = Field(default_factory=dict)
     # reopening and finishing
     retries: int = 0
     last_failure: str | None = None

@@ -38,6 +38,7 @@ from coordinator.api.server_step import ServerStepError
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorSpec, allocate_tensors, decode_tensors
 from coordinator.blobs import BlobStore
+from coordinator.buffer import staleness_scales
 from coordinator.errors import InvalidInput
 from coordinator.outcome import Downlink, RoundOutcome
 from coordinator.store import ModelVersionRow, RoundRow, StudyRow, UpdateRow
@@ -87,9 +88,11 @@ class RoundAggregator:
         self._aggregation[study_id] = aggregation
 
     # --- checks as an update arrives -----------------------------------------------------------
-    def add_update(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, header, data: bytes | memoryview) -> None:
+    def add_update(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, header, data: bytes | memoryview, *,
+                   scale: float = 1.0) -> None:
         """Check an update (protocol checks: size, weight, encoding, metadata, layout, dtype,
-        finiteness) and, for sum-based rules, add it to the round's running aggregate.
+        finiteness) and, for sum-based rules, add it to the round's running aggregate, weighted by
+        its sample weight × `scale` (an asynchronous update's staleness weight, coordinator/buffer.py).
         InvalidInput says why it was refused."""
         protocol = spec.protocol
         try:
@@ -98,11 +101,11 @@ class RoundAggregator:
                                 limit=self.versions.max_update_bytes(row.id, spec))
             running = self._accumulator(row, rnd, spec)
             if isinstance(running.sum, EncryptedSum):
-                running.sum.add(data, header.weight)
+                running.sum.add(data, header.weight * scale)
             elif not protocol.encrypted:
                 arrays = self.decode_plain(row.id, spec, data)
                 if running.sum is not None:
-                    running.sum.add(arrays, header.weight)
+                    running.sum.add(arrays, header.weight * scale)
         except ProtocolError as e:
             raise InvalidInput(str(e)) from None
         except (HEError, AggregationError) as e:
@@ -145,15 +148,17 @@ class RoundAggregator:
         running = kept.sum if kept is not None and kept.count == len(updates) else None
         protocol = spec.protocol
         previous = RoundOutcome.of(rnd.outcome_json)
+        scales = staleness_scales(spec, previous)
         if protocol.screened:
             outcome, data = self._close_screened(row, spec, updates, previous.screen_values or [])
             base = rnd.number - 1
         elif not protocol.encrypted:
-            outcome, data = self._close_plain(row, rnd, spec, updates, running)
+            outcome, data = self._close_plain(row, rnd, spec, updates, running, scales)
             base = None
         else:
-            outcome, data = self._close_encrypted(row, spec, updates, running)
+            outcome, data = self._close_encrypted(row, spec, updates, running, scales)
             base = rnd.number - 1
+        outcome.staleness = previous.staleness  # the version's contributors, with how stale each was
         before = self.versions.get(row.id, rnd.number - 1)
         sha = self.blobs.put(data, serve=protocol.downlink_encoding is None,  # silos fetch it, or its delta
                              replaces=before.blob_sha if before is not None else None)
@@ -161,23 +166,30 @@ class RoundAggregator:
                                        encoding=protocol.version_encoding, base_version=base))
         outcome.model_sha256 = sha
         self.audit("aggregation", study=row.id, round=rnd.number, rule=spec.aggregation.rule,
-                   accepted=outcome.accepted, refused=outcome.refused, encrypted=protocol.encrypted)
+                   accepted=outcome.accepted, refused=outcome.refused, encrypted=protocol.encrypted,
+                   **({"staleness": outcome.staleness} if scales else {}))
         return outcome
 
     def _close_plain(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow],
-                     running: StreamingFedAvg | EncryptedSum | None) -> tuple[RoundOutcome, bytes | bytearray]:
+                     running: StreamingFedAvg | EncryptedSum | None,
+                     scales: dict[str, float]) -> tuple[RoundOutcome, bytes | bytearray]:
         weights = [u.weight for u in updates]
         agg = self.aggregation(row.id, spec)
+        # Σ wᵢsᵢΔᵢ / Σ wᵢ: the running sum weighed each update by wᵢsᵢ, so its mean is rescaled by
+        # Σ wᵢsᵢ / Σ wᵢ; a rule over all updates aggregates the staleness-scaled sᵢΔᵢ (coordinator/buffer.py).
+        shrink = sum(w * scales.get(u.silo, 1.0) for u, w in zip(updates, weights)) / sum(weights)
         if isinstance(running, StreamingFedAvg):
             result = running.result(release=True)  # the float64 sums go before the new version is built
         else:
-            deltas = [self.decode_plain(row.id, spec, self.blobs.get(u.blob_sha)) for u in updates]
+            shrink = 1.0
+            deltas = [self._scaled(self.decode_plain(row.id, spec, self.blobs.get(u.blob_sha)), scales.get(u.silo, 1.0))
+                      for u in updates]
             result = agg.rule.aggregate(deltas, weights)
             del deltas
         outcome = RoundOutcome(accepted=[updates[i].silo for i in result.accepted],
                                refused={updates[i].silo: why for i, why in result.refused.items()},
                                total_weight=float(sum(weights[i] for i in result.accepted)))
-        delta = [np.asarray(d, dtype=np.float32) for d in result.update]
+        delta = [np.asarray(d if shrink == 1.0 else np.multiply(d, shrink), dtype=np.float32) for d in result.update]
         del result
         base_names, base = decode_tensors(self.blobs.get(self.versions.sha(row.id, rnd.number - 1)))
         if spec.aggregation.server_optimizer != ServerOptimizerName.NONE:
@@ -204,22 +216,31 @@ class RoundAggregator:
         outcome.state_sha = self.blobs.put(agg.state_bytes())
         return outcome, data
 
+    @staticmethod
+    def _scaled(delta: list[np.ndarray], scale: float) -> list[np.ndarray]:
+        return delta if scale == 1.0 else [np.multiply(d, scale, dtype=np.float32) for d in delta]
+
     def _close_encrypted(self, row: StudyRow, spec: StudySpec, updates: list[UpdateRow],
-                         running: StreamingFedAvg | EncryptedSum | None) -> tuple[RoundOutcome, bytes]:
+                         running: StreamingFedAvg | EncryptedSum | None,
+                         scales: dict[str, float]) -> tuple[RoundOutcome, bytes]:
         acc = running
         refused: dict[str, str] = {}
         if not isinstance(acc, EncryptedSum):
             acc = self._encrypted_sum(row, spec)
             for u in updates:
                 try:
-                    acc.add(self.blobs.get(u.blob_sha), u.weight)
+                    acc.add(self.blobs.get(u.blob_sha), u.weight * scales.get(u.silo, 1.0))
                 except HEError as e:
                     refused[u.silo] = f"ciphertext refused: {e}"
-        accepted = [u.silo for u in updates if u.silo not in refused]
-        if not accepted:
+        kept = [u for u in updates if u.silo not in refused]
+        if not kept:
             raise InvalidInput("no update of the round could be summed")
-        outcome = RoundOutcome(accepted=accepted, refused=refused,
-                               total_weight=float(sum(u.weight for u in updates if u.silo in accepted)))
+        # The silos divide by the weights the ciphertexts were scaled by (Σ wᵢsᵢ) and, with stale
+        # updates, multiply by Σ wᵢsᵢ / Σ wᵢ: the same Σ wᵢsᵢΔᵢ / Σ wᵢ as in the clear.
+        scaled = float(sum(u.weight * scales.get(u.silo, 1.0) for u in kept))
+        samples = float(sum(u.weight for u in kept))
+        outcome = RoundOutcome(accepted=[u.silo for u in kept], refused=refused, total_weight=scaled,
+                               post_scale=scaled / samples if scaled != samples else None)
         return outcome, acc.result()
 
     # --- robust rules under encryption ------------------------------------------------------------

@@ -114,6 +114,29 @@ class ServerOptimizerName(StrEnum):
     FEDYOGI = "fedyogi"
 
 
+class TrainingMode(StrEnum):
+    """`training.mode`: synchronous rounds, or buffered asynchronous aggregation (FedBuff: Nguyen
+    et al., "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022)."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+
+
+class Staleness(StrEnum):
+    """`training.staleness`: the weight of an update trained on a version `s` versions older than the
+    newest (FedBuff's s(τ)); it scales the update before the study's rule aggregates the buffer."""
+
+    POLYNOMIAL = "polynomial"  # (1 + s) ** -training.staleness_exponent (Nguyen et al. 2022, §5: exponent 0.5)
+    CONSTANT = "constant"  # 1: stale updates count in full (only training.max_staleness bounds them)
+
+    def weight(self, staleness: int, exponent: float) -> float:
+        if staleness < 0:
+            raise ProtocolError(f"staleness {staleness} is negative: an update cannot be trained on a future version")
+        if self is Staleness.CONSTANT:
+            return 1.0
+        return float((1.0 + staleness) ** -exponent)
+
+
 #: Robust rules that run under encryption by deciding on decrypted norms / distances (ckks-screen).
 SCREENED_RULES: tuple[Rule, ...] = (Rule.NORM_BOUNDING, Rule.KRUM)
 
@@ -253,10 +276,35 @@ def compatibility_error(spec: "StudySpec") -> str | None:
     if p.encryption is Encryption.CKKS_SCREEN and not p.screened:
         return (f"privacy.encryption: 'ckks-screen' is for the screened rules "
                 f"({', '.join(r.value for r in SCREENED_RULES)}); use ckks-exact with fedavg")
+    problem = _async_error(spec, p)
+    if problem is not None:
+        return problem
     try:
         rule_arguments(p.rule, spec.aggregation.params)
     except ProtocolError as e:
         return str(e)
+    return None
+
+
+def _async_error(spec: "StudySpec", p: StudyProtocol) -> str | None:
+    """What cannot go with `training.mode = "async"` (coordinator/buffer.py), naming the field."""
+    t = spec.training
+    if TrainingMode(t.mode) is not TrainingMode.ASYNC:
+        return None
+    if spec.kind is StudyKind.ANALYSIS:
+        return "training.mode: 'async' is for training studies; an analysis study has one round (use 'sync')"
+    if p.screened:
+        return ("privacy.encryption: 'ckks-screen' screens a whole round of updates with the key holder's help; "
+                "a buffer of asynchronous updates cannot wait for it: use training.mode = 'sync', or fedavg under ckks-exact")
+    if p.encrypted and p.codec is Codec.RANDK:
+        return ("compression.codec: 'randk' under encryption keeps each round's own coordinates, so a stale update "
+                "cannot be added to the buffer's ciphertext sum; use 'none' with training.mode = 'async'")
+    if t.silos_per_round is not None:
+        return ("training.silos_per_round: asynchronous training gives every silo its next task as soon as it is done; "
+                "remove silos_per_round or use training.mode = 'sync'")
+    if t.buffer_size < t.min_silos:
+        return (f"training.buffer_size: {t.buffer_size} is below training.min_silos ({t.min_silos}); a version is built "
+                "from at least the quorum's updates")
     return None
 
 

@@ -173,7 +173,9 @@ class ModelSpec(_Strict):
     ehr_hidden: int = Field(default=64, ge=4, le=8192)
     image_channels: tuple[int, ...] = (8, 16)
     signal_hidden: int = Field(default=32, ge=4, le=4096)
-    signal_encoder: Literal["cnn", "gru"] = "cnn"  # gru: Opacus DPGRU after a strided Conv1d
+    # gru: Opacus DPGRU after a strided Conv1d; features: fixed statistics and a linear head, sized for DP-SGD
+    signal_encoder: Literal["cnn", "gru", "features"] = "cnn"
+    image_encoder: Literal["cnn", "features"] = "cnn"  # features: fixed radiomics statistics (pipelines.models.features)
     fusion: Literal["moe", "concat"] = "moe"
     kl_weight: float = Field(default=1e-3, ge=0)
     consistency_weight: float = Field(default=0.1, ge=0)
@@ -435,6 +437,7 @@ class StudySpec(_Strict):
             "image_channels": tuple(m.image_channels),
             "signal_hidden": m.signal_hidden,
             "signal_encoder": m.signal_encoder,
+            "image_encoder": m.image_encoder,
             "fusion": m.fusion,
             "modality_dropout": m.modality_dropout,
             "architecture": m.architecture,

@@ -1,0 +1,124 @@
+"""Buffered asynchronous aggregation: FedBuff (Nguyen et al., "Federated Learning with Buffered
+Asynchronous Aggregation", AISTATS 2022), for studies with `training.mode = "async"`.
+
+An asynchronous study's open round is its buffer. A silo trains on the newest version it was
+given, uploads when done and is given its next task at once, on the newest version. An update
+trained on version `v` lands in the open buffer, which builds version `b`; its staleness is
+`s = b - 1 - v`, the versions built since. An update staler than `training.max_staleness` is
+refused with the reason, and audited. Once `training.buffer_size` updates are in (K), the
+round closes into the next version:
+
+    version b = version b-1 + rule({ s(τ_i) · Δ_i }, weights { n_i })
+
+with s(τ) the study's staleness weight (`Staleness`, polynomial (1+τ)^-a as in the paper) and
+n_i the silo's sample weight: with FedAvg Σ n_i s(τ_i) Δ_i / Σ n_i, so stale updates shrink the
+step (FedBuff's Algorithm 1 with sample weights). In the clear a robust rule aggregates the
+staleness-scaled updates; under CKKS the weight n_i · s(τ_i) is the plaintext scale the
+coordinator multiplies each ciphertext by, the silos divide by Σ n_i s(τ_i) and multiply by the
+version's post_scale Σ n_i s(τ_i) / Σ n_i.
+
+The buffer is in the store, not only in memory: its updates are UpdateRows of the open round and
+each one's staleness is in the round's outcome (`RoundOutcome.staleness`), written in the same
+transaction, so a restarted coordinator resumes the buffer where it stopped. A silo contributes
+at most one update per buffer, so one fast silo cannot fill it alone (the robust rules assume
+distinct silos).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api.protocol import Staleness, TrainingMode
+from coordinator.api.study import StudySpec
+from coordinator.errors import Refused
+from coordinator.outcome import RoundOutcome
+from coordinator.store import RoundRow, Store, StudyRow, UpdateRow
+
+log = logging.getLogger(__name__)
+
+
+def is_async(spec: StudySpec) -> bool:
+    return TrainingMode(spec.training.mode) is TrainingMode.ASYNC
+
+
+def staleness_weight(spec: StudySpec, staleness: int) -> float:
+    """s(τ) of the study's `training.staleness` function."""
+    t = spec.training
+    return Staleness(t.staleness).weight(staleness, t.staleness_exponent)
+
+
+def staleness_scales(spec: StudySpec, outcome: RoundOutcome) -> dict[str, float]:
+    """Each buffered update's s(τ), by silo (empty for a synchronous study: every update counts in full)."""
+    if not is_async(spec):
+        return {}
+    return {silo: staleness_weight(spec, s) for silo, s in outcome.staleness.items()}
+
+
+class UpdateBuffer:
+    def __init__(self, store: Store, *, audit: Callable[..., None]) -> None:
+        self.store = store
+        self.audit = audit
+
+    def place(self, row: StudyRow, spec: StudySpec, silo: str, header: pb.BlobHeader) -> tuple[RoundRow, int]:
+        """The open round an update joins and its staleness. The update names the round whose task
+        it answers (its nonce must be that round's, and the silo one of its participants); Refused,
+        audited, when that round is unknown or the update is staler than training.max_staleness."""
+        if row.state != "running":
+            raise Refused(f"study {row.id} is {row.state}; no updates are taken now")
+        buffer = self.store.get(RoundRow, row.id, row.current_round)
+        trained = self.store.get(RoundRow, row.id, header.round)
+        if buffer is None or buffer.state != "open" or trained is None or header.round > buffer.number:
+            raise Refused(f"round {header.round} of study {row.id} gave no training task (current round {row.current_round})")
+        if header.nonce != trained.nonce:
+            raise Refused(f"round nonce does not match round {header.round}: a replayed or late message")
+        if silo not in json.loads(trained.participants_json):
+            raise Refused(f"silo {silo!r} is not a participant of round {header.round}")
+        staleness = buffer.number - header.round
+        limit = spec.training.max_staleness
+        if staleness > limit:
+            reason = (f"update trained on version {header.round - 1} is {staleness} versions stale (the buffer builds "
+                      f"version {buffer.number}); training.max_staleness is {limit}: take the next task, on the newest version")
+            self.audit("update_refused", study=row.id, silo=silo, round=buffer.number, reason=reason)
+            raise Refused(reason)
+        return buffer, staleness
+
+    def taken(self, row: StudyRow, silo: str, header: pb.BlobHeader) -> UpdateRow | None:
+        """The stored update a retried upload repeats (same bytes, in the buffer it went to), if any."""
+        for number in range(header.round, row.current_round + 1):
+            existing = self.store.get(UpdateRow, row.id, number, silo)
+            if existing is not None and existing.blob_sha == header.sha256:
+                return existing
+        return None
+
+    @staticmethod
+    def record(buffer: RoundRow, silo: str, staleness: int) -> None:
+        """Note the update's staleness in the buffer's outcome (stored with its UpdateRow)."""
+        outcome = RoundOutcome.of(buffer.outcome_json)
+        outcome.staleness[silo] = staleness
+        buffer.outcome_json = outcome.to_json()
+
+    @staticmethod
+    def full(spec: StudySpec, updates: list[UpdateRow]) -> bool:
+        """The buffer holds training.buffer_size updates: build the next version."""
+        return is_async(spec) and len(updates) >= spec.training.buffer_size
+
+    def enlist(self, spec: StudySpec, rnd: RoundRow, silo: str, *, keyed: bool) -> bool:
+        """A silo that asks for work while an asynchronous study's buffer is open gets its next task
+        at once: it is added to the round's participants if it took part in the study before (a new
+        silo starts at the next round, where its joining is recorded) and, under CKKS, holds the key."""
+        if not is_async(spec) or rnd.state != "open" or not keyed:
+            return False
+        participants = json.loads(rnd.participants_json)
+        if silo in participants:
+            return True
+        earlier = any(silo in json.loads(r.participants_json)
+                      for r in self.store.all(RoundRow, study_id=rnd.study_id) if r.number < rnd.number)
+        if not earlier:
+            return False
+        rnd.participants_json = json.dumps(sorted([*participants, silo]))
+        self.store.add(rnd)
+        log.info("study %s: %s asks for work; it trains on version %d", rnd.study_id, silo, rnd.number - 1)
+        return True

@@ -1,0 +1,158 @@
+"""Buffered asynchronous aggregation (FedBuff, #15 item 3; coordinator/buffer.py), in process.
+
+A real Federation over SQLite and real blobs; under CKKS real TenSEAL keys, ciphertexts and the
+silo's own decryption. Three silos, a buffer of two: c trains slowly, so its update of round 1
+lands in the buffer that builds version 2, one version stale; the version must be
+v1 + (w_c s(1) Δ_c + w_a Δ_a) / (w_c + w_a) with s(τ) = (1 + τ)^-0.5, computed here from the
+stored updates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.api import federation_pb2 as pb
+from coordinator.api.protocol import KeyBundle
+from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.tensors import decode_tensors, encode_tensors
+from coordinator.blobs import BlobStore
+from coordinator.errors import Refused
+from coordinator.federation import Federation
+from coordinator.outcome import RoundOutcome
+from coordinator.store import RoundRow, Store, StudyRow, UpdateRow, open_engine
+from privacy.he import SiloKeyPair, StudyKeys, encrypt_update, wrap_secret
+from silo_node.update import resolve_version
+
+WEIGHTS = {"a": 30.0, "b": 10.0, "c": 20.0}
+
+
+class Run:
+    def __init__(self, root: Path, encryption: str = "none") -> None:
+        self.root, self.encryption = root, encryption
+        self.events: list[tuple[str, dict]] = []
+        self.store = Store(open_engine(f"sqlite:///{root / 'c.sqlite'}"))
+        self.fed = self._federation()
+        spec = StudySpec(name="async", modalities=("ehr",), model=ModelSpec(ehr_hidden=8, embed_dim=4),
+                         training=TrainingSpec(rounds=4, min_silos=2, expected_silos=3, mode="async", buffer_size=2,
+                                               max_staleness=1),
+                         privacy=PrivacySpec(dp=False, encryption=encryption))
+        self.study = self.fed.submit_study(spec.to_json())
+        sha = self.store.get(StudyRow, self.study).spec_sha256
+        wrap = {s: SiloKeyPair.generate() for s in WEIGHTS}
+        for s in WEIGHTS:
+            self.fed.join(s, ["ehr"], wrap[s].public_bytes())
+            assert self.fed.next_task(s, 0).kind == pb.TASK_PROPOSAL
+            self.fed.answer_proposal(s, pb.ProposalAnswer(study_id=self.study, accept=True, spec_sha256=sha,
+                                                          train_samples=100))
+        self.secret = None
+        if encryption != "none":
+            task = self.fed.next_task("a", 0)
+            assert task.kind == pb.TASK_KEYGEN
+            keys = StudyKeys.generate("exact")
+            self.secret = keys.secret_context()
+            bundle = KeyBundle(public_context=keys.public_context(), wrapped={
+                s: wrap_secret(self.secret, k, context=self.study.encode()) for s, k in task.participant_keys.items()})
+            self.push("a", bundle.to_json(), kind=pb.BLOB_KEY_BUNDLE)
+        self.names, v0 = decode_tensors(self.fed.blobs.get(self.fed.versions.sha(self.study, 0)))
+        self.v0 = [np.array(a) for a in v0]
+        self.rng = np.random.default_rng(0)
+
+    def _federation(self) -> Federation:
+        return Federation(self.store, BlobStore(self.root / "blobs"), audit=lambda e, **f: self.events.append((e, f)))
+
+    def restart(self) -> None:
+        """A new coordinator process over the same database and blobs."""
+        self.fed = self._federation()
+
+    def push(self, silo: str, data: bytes, *, kind: int = pb.BLOB_UPDATE, task: pb.Task | None = None) -> None:
+        encoding = "" if kind == pb.BLOB_KEY_BUNDLE else ("tensors" if self.encryption == "none" else self.encryption)
+        header = pb.BlobHeader(ref=pb.BlobRef(study_id=self.study, kind=kind), size=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(), encoding=encoding, metadata_json="{}",
+                               round=task.round if task else 0, nonce=task.nonce if task else "", weight=WEIGHTS[silo])
+        accept = self.fed.accept_key_bundle if kind == pb.BLOB_KEY_BUNDLE else self.fed.accept_update
+        with self.fed.blobs.incoming() as incoming:
+            incoming.write(data)
+            accept(silo, header, incoming)
+
+    def task(self, silo: str, round_: int) -> pb.Task:
+        task = self.fed.next_task(silo, 0)
+        assert (task.kind, task.round, task.model_version) == (pb.TASK_TRAIN, round_, round_ - 1), (silo, task)
+        return task
+
+    def upload(self, silo: str, task: pb.Task) -> list[np.ndarray]:
+        delta = [self.rng.normal(0, 0.01, a.shape).astype(np.float32) for a in self.v0]
+        if self.secret is None:
+            data = encode_tensors(self.names, delta)
+        else:
+            data = encrypt_update(self.secret, np.concatenate([d.ravel() for d in delta]), mode="exact", clip=10.0)
+        self.push(silo, data, task=task)
+        return delta
+
+    def version(self, number: int, base: list[np.ndarray]) -> list[np.ndarray]:
+        header, data = self.fed.versions.blob(self.study, self.fed.spec(self.study),
+                                              self.fed.versions.get(self.study, number))
+        _, weights = resolve_version(data, header.encoding, header.metadata_json, base=(self.names, base),
+                                     secret_context=self.secret)
+        return weights
+
+
+def _average(deltas: dict[str, list[np.ndarray]], staleness: dict[str, int]) -> list[np.ndarray]:
+    total = sum(WEIGHTS[s] for s in deltas)
+    return [sum(WEIGHTS[s] * (1 + staleness.get(s, 0)) ** -0.5 * d[i].astype(np.float64) for s, d in deltas.items()) / total
+            for i in range(len(next(iter(deltas.values()))))]
+
+
+def _two_versions(run: Run, *, restart: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Round 1: a and b fill the buffer (version 1) while c trains on; round 2: c's update of
+    round 1 (one version stale) and a's fill it (version 2). Returns versions 1 and 2 as the
+    silos obtain them, and what they should be."""
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    sent1 = {s: run.upload(s, tasks[s]) for s in ("a", "b")}
+    assert run.store.get(StudyRow, run.study).current_round == 2  # K = 2 updates: version 1, no wait for c
+    v1 = run.version(1, run.v0)
+    expected1 = [v + d for v, d in zip(run.v0, _average(sent1, {}))]
+    task_a = run.task("a", 2)
+    sent2 = {"c": run.upload("c", tasks["c"])}
+    assert RoundOutcome.of(run.store.get(RoundRow, run.study, 2).outcome_json).staleness == {"c": 1}
+    if restart:
+        run.restart()
+    sent2["a"] = run.upload("a", task_a)
+    outcome = RoundOutcome.of(run.store.get(RoundRow, run.study, 2).outcome_json)
+    assert outcome.accepted == ["a", "c"] and outcome.staleness == {"a": 0, "c": 1}
+    assert sorted(u.silo for u in run.store.all(UpdateRow, study_id=run.study, round=2)) == ["a", "c"]
+    v2 = run.version(2, v1)
+    expected2 = [v + d for v, d in zip(v1, _average(sent2, {"c": 1}))]
+    for got, want in zip([*v1, *v2], [*expected1, *expected2]):
+        np.testing.assert_allclose(got, want, atol=1e-5 if run.secret is None else 2e-4)
+    return v1, v2
+
+
+@pytest.mark.parametrize("encryption", ["none", "ckks-exact"])
+def test_a_version_is_the_staleness_weighted_average_of_its_buffer(tmp_path: Path, encryption: str) -> None:
+    run = Run(tmp_path, encryption)
+    _two_versions(run)
+    assert ("aggregation", {"study": run.study, "round": 2, "rule": "fedavg", "accepted": ["a", "c"], "refused": {},
+                            "encrypted": encryption != "none", "staleness": {"a": 0, "c": 1}}) in run.events
+
+
+def test_a_restarted_coordinator_resumes_the_buffer(tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    _two_versions(run, restart=True)  # c's update was buffered before the restart, a's after it
+
+
+def test_an_update_staler_than_max_staleness_is_refused_with_the_reason(tmp_path: Path) -> None:
+    # Two versions stale, with max_staleness = 1: refused with the reason, audited.
+    run = Run(tmp_path)
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    run.upload("a", tasks["a"])
+    run.upload("b", tasks["b"])  # version 1
+    run.upload("a", run.task("a", 2))
+    run.upload("b", run.task("b", 2))  # version 2: c's task of round 1 is now two versions stale
+    with pytest.raises(Refused, match="2 versions stale .*max_staleness is 1"):
+        run.upload("c", tasks["c"])
+    assert next(f for e, f in run.events if e == "update_refused" and f["silo"] == "c")["round"] == 3
+    assert run.fed.next_task("c", 0).round == 3  # and c gets its next task, on the newest version
