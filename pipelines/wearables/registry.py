@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..limits import IngestLimits
 from ..inputs import COMPRESSED, input_files
 from ..quarantine import Quarantine
-from . import empatica, fitbit, garmin, recordings, wfdb_records
+from . import apple_health, empatica, fitbit, garmin, recordings, wfdb_records
 from .device import DeviceRecording, Wants
 
 
@@ -37,6 +37,7 @@ READERS: tuple[WearableReader, ...] = (
     WearableReader("empatica_e4", empatica.input_of, empatica.read, empatica.parts),
     WearableReader("fitbit", fitbit.input_of, fitbit.read, fitbit.parts),
     WearableReader("garmin_fit", garmin.fit_input_of, garmin.read_fit),
+    WearableReader("apple_health", apple_health.input_of, apple_health.read),
     WearableReader("wfdb", wfdb_records.input_of, wfdb_records.read, wfdb_records.parts),
     WearableReader("fedcare_csv", recordings.input_of, recordings.read),
 )

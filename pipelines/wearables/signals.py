@@ -130,12 +130,12 @@ def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *
             log.info("%s: %s", dev.source, note)
         try:
             rec, mapped = to_recording(dev, channels, mapping)
+            used.update(mapped)
             w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
         except SignalError as e:  # one patient's record of a multi-patient file; the others go on
             quarantine.add("signal", e)
             clean = False
             continue
-        used.update(mapped)
         records += 1
         if w is not None:
             end = RELATIVE_END if rec.relative else w.end - zero
