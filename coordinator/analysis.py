@@ -10,20 +10,35 @@ A cell a silo suppressed is left out of every pooled figure it belongs to, and t
 names the silos that held it back: the totals hold only released values, so no suppressed cell
 can be recovered from them by subtraction. A silo's own column is shown only where its
 disclosure claim allows (`per_silo`).
+
+Under `analysis.secure_sum = "masking"` each silo sends a pairwise-masked vector
+(coordinator.api.masked_release, privacy.secure_sum; Bonawitz et al. 2017): the coordinator adds
+them and sees only the totals, so no silo's column is shown. The masks cancel only when every
+participant the silos masked with has released; otherwise no masked figure is opened, and the
+pooled statistics say so (`unopened`).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from coordinator.api.masked_release import (
+    MASKED_ANALYSIS_ENCODING,
+    MaskedRelease,
+    SecureSum,
+    release_cells,
+)
 from coordinator.api.protocol import ANALYSIS_ENCODING, CohortRelease, ProtocolError, StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.errors import InvalidInput
-from coordinator.store import UpdateRow
+from coordinator.store import RoundRow, SiloRow, UpdateRow
+from privacy.errors import SecureSumError
+from privacy.secure_sum import from_ring, open_sum
 
 
 class PooledCount(BaseModel):
@@ -66,13 +81,21 @@ class PooledStatistics(BaseModel):
     withheld_per_silo: list[str]  # silos that did not allow their own column to be shown
     suppressed: dict[str, list[str]]  # per silo: what it held back, as it said
     dp: dict[str, dict[str, Any]]  # per silo that added noise: mechanism, ε, δ, statistics noised
+    secure_sum: SecureSum = SecureSum.NONE
+    unopened: str | None = None  # why masked sums could not be opened (then every masked figure is empty)
 
 
-def parse_release(spec: StudySpec, encoding: str, data: bytes | memoryview) -> CohortRelease:
-    """A silo's upload checked against the study (columns, cells, quantiles); InvalidInput says what is wrong."""
-    if encoding != ANALYSIS_ENCODING:
-        raise InvalidInput(f"an analysis study takes released statistics ({ANALYSIS_ENCODING!r}), not {encoding[:60]!r}")
+def parse_release(spec: StudySpec, encoding: str, data: bytes | memoryview) -> CohortRelease | MaskedRelease:
+    """A silo's upload checked against the study (columns, cells, quantiles; masked when the study says so);
+    InvalidInput says what is wrong."""
+    masked = spec.analysis.secure_sum is SecureSum.MASKING
+    expected = MASKED_ANALYSIS_ENCODING if masked else ANALYSIS_ENCODING
+    if encoding != expected:
+        raise InvalidInput(f"this analysis study (secure_sum {spec.analysis.secure_sum.value!r}) takes released "
+                           f"statistics as {expected!r}, not {encoding[:60]!r}")
     try:
+        if masked:
+            return MaskedRelease.from_json(bytes(data)).check_against(spec)
         return CohortRelease.from_json(bytes(data)).check_against(spec)
     except ProtocolError as e:
         raise InvalidInput(str(e)) from None
@@ -127,9 +150,74 @@ def pool(spec: StudySpec, releases: Mapping[str, CohortRelease]) -> PooledStatis
     )
 
 
+def pool_masked(spec: StudySpec, releases: Mapping[str, MaskedRelease]) -> PooledStatistics:
+    """Totals of masked releases: opened only when the uploaders are exactly the partners every silo masked with."""
+    silos = sorted(releases)
+    cells = release_cells(spec)
+    partner_sets = {tuple(sorted(r.partners)) for r in releases.values()}
+    unopened = None
+    if len(partner_sets) != 1:
+        unopened = "the silos masked with different partner lists; the masks do not cancel"
+    elif list(next(iter(partner_sets))) != silos:
+        missing = sorted(set(next(iter(partner_sets))) - set(silos))
+        unopened = (f"{', '.join(missing) or 'a partner'} masked with the others but released nothing, so the masks "
+                    "do not cancel (no dropout recovery); run the study again")
+    totals: dict[str, int | float] = {}
+    if unopened is None:
+        try:
+            summed = open_sum([releases[s].elements() for s in silos])
+        except SecureSumError as e:
+            unopened = str(e)
+        else:
+            totals = {c.name: from_ring(v, real=c.real) for c, v in zip(cells, summed)}
+    held = {c.name: sorted(s for s in silos if i in set(releases[s].held_back)) for i, c in enumerate(cells)}
+
+    def count(name: str) -> PooledCount:
+        return PooledCount(value=int(totals.get(name, 0)), suppressed_at=held[name])
+
+    columns = []
+    for name in spec.cohort.ehr_columns:
+        n = int(totals.get(f"{name}:moment_n", 0))
+        total, squares = totals.get(f"{name}:sum"), totals.get(f"{name}:sum_squares")
+        mean = total / n if n and total is not None else None
+        m2 = max(squares - total * total / n, 0.0) if mean is not None and squares is not None else None
+        edges = spec.analysis.bins.get(name)
+        columns.append(PooledColumn(
+            name=name, present=count(f"{name}:present"), missing=count(f"{name}:missing"), n=n, mean=mean, m2=m2,
+            sd=math.sqrt(m2 / (n - 1)) if m2 is not None and n > 1 else None,
+            moments_from=[s for s in silos if s not in held[f"{name}:moment_n"]] if mean is not None else [],
+            edges=list(edges) if edges is not None else None,
+            histogram=[count(f"{name}:histogram:{i}") for i in range(len(edges) + 1)] if edges is not None else None))
+    return PooledStatistics(
+        silos=silos, patients=count("patients"), label_positive=count("label_positive"),
+        label_negative=count("label_negative"), modalities={m: count(f"modality:{m}") for m in spec.modalities},
+        columns=columns, quantile_levels=list(spec.analysis.quantiles), per_silo={}, withheld_per_silo=silos,
+        suppressed={s: list(releases[s].disclosure.suppressed) for s in silos},
+        dp={s: releases[s].disclosure.model_dump(mode="json", include={"mechanism", "epsilon", "delta", "queries"})
+            for s in silos if releases[s].disclosure.mechanism.value != "none"},
+        secure_sum=SecureSum.MASKING, unopened=unopened)
+
+
 def pooled_statistics(spec: StudySpec, updates: Sequence[UpdateRow], blob: Callable[[str], bytes]) -> PooledStatistics:
     """The pooled figures of an analysis round from its stored uploads (`blob`: sha -> bytes)."""
-    return pool(spec, {u.silo: parse_release(spec, u.encoding, blob(u.blob_sha)) for u in updates})
+    releases = {u.silo: parse_release(spec, u.encoding, blob(u.blob_sha)) for u in updates}
+    if spec.analysis.secure_sum is SecureSum.MASKING:
+        return pool_masked(spec, releases)  # type: ignore[arg-type]
+    return pool(spec, releases)  # type: ignore[arg-type]
+
+
+def mask_partner_keys(fed: Any, task: Any) -> dict[str, bytes]:
+    """For an analysis round under masking: each participant's X25519 wrap key, the partners every silo
+    masks with (Task.participant_keys); {} for any other task. (`fed`: coordinator.federation.Federation.)"""
+    spec = fed.spec(task.study_id)
+    if spec.kind is not StudyKind.ANALYSIS or spec.analysis.secure_sum is not SecureSum.MASKING:
+        return {}
+    rnd = fed.store.get(RoundRow, task.study_id, task.round)
+    keys = {}
+    for silo in json.loads(rnd.participants_json) if rnd is not None else []:
+        row = fed.store.get(SiloRow, silo)
+        keys[silo] = row.wrap_public_key if row is not None else b""
+    return keys
 
 
 def analysis_summary(fed: Any, study_id: str) -> dict[str, Any] | None:

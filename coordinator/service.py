@@ -21,6 +21,7 @@ from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, read_chunk, receive_blob_to, serialized_data_chunks
 from coordinator.api.protocol import TENSORS
+from coordinator.analysis import mask_partner_keys
 from coordinator.auth import Authenticator
 from compliance.errors import ComplianceError
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
@@ -117,6 +118,8 @@ class FederationService(pb_grpc.FederationServicer):
         task = self.fed.next_task(silo, request.wait_s, frozenset(request.deferred_studies[:1000]))
         if task.kind == pb.TASK_PROPOSAL:
             task.other_silos.extend(other_participants(self.fed, task.study_id, silo))
+        elif task.kind == pb.TASK_TRAIN:  # an analysis under masking: the partners' keys
+            task.participant_keys.update(mask_partner_keys(self.fed, task))
         self._count(task.study_id, silo, up=request.ByteSize(), down=task.ByteSize(),
                     round_=task.round if task.kind == pb.TASK_TRAIN else None)
         return task

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 def cohort_rows(pooled: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(figure, pooled value, note) rows of the cohort table, as `fedcare demo --analysis` prints them."""
+    if pooled.get("unopened"):  # masked sums whose masks did not cancel: there is no figure to show
+        return [("masked sums", "not opened", pooled["unopened"])]
     def shown(count: dict[str, Any]) -> tuple[str, str]:
         if set(count["suppressed_at"]) >= set(pooled["silos"]):  # no hospital released it: no number at all
             return SUPPRESSED, "held back at every hospital"
@@ -137,6 +139,8 @@ def _html(summary: dict[str, Any], pooled: dict[str, Any]) -> str:
     dp = "".join(f"<li>{html.escape(s)}: {html.escape(d['mechanism'])} noise, ε {d['epsilon']:.3g} at δ {d['delta']:g} "
                  f"over {d['queries']} statistics</li>" for s, d in pooled["dp"].items()) or "<li>none</li>"
     withheld = ", ".join(pooled["withheld_per_silo"]) or "none"
+    masked = ("<p>Summed under pairwise masks (secure_sum = masking): the coordinator saw only these totals, "
+              "never a hospital's own figures.</p>") if pooled.get("secure_sum") == "masking" else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Cohort overview</title>"
         "<style>body{font-family:sans-serif;max-width:60em;margin:auto}td{padding:2px 8px}</style></head><body>"
@@ -145,7 +149,7 @@ def _html(summary: dict[str, Any], pooled: dict[str, Any]) -> str:
         "Counts and histograms are exact sums of what each hospital released; means and standard deviations pool "
         "each hospital's moments. A figure marked suppressed left out a hospital's value below its minimum cell "
         f"count. Hospitals not shown individually: {html.escape(withheld)}.</p>"
-        f"<table><tr><th>figure</th><th>pooled</th><th>note</th></tr>{rows}</table>"
+        f"{masked}<table><tr><th>figure</th><th>pooled</th><th>note</th></tr>{rows}</table>"
         f"<h2>Held back at each hospital</h2><ul>{held}</ul><h2>Differential privacy</h2><ul>{dp}</ul>"
         f"<h2>Plots</h2>{''.join(_plots(pooled))}</body></html>")
 

@@ -32,3 +32,7 @@ class MissingSecretKeyError(HEError):
 
 class KeyWrapError(HEError):
     """A wrapped secret could not be unwrapped: tampered blob, wrong recipient or wrong study."""
+
+
+class SecureSumError(PrivacyError):
+    """Pairwise masks cannot be agreed or applied (a missing or malformed partner key, too few partners)."""

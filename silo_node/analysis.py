@@ -6,7 +6,10 @@ checks the site's approval, ingests its data as for training, computes the exact
 (privacy.disclosure): DP noise first (its ε charged to the privacy ledger, refused above the
 node's cap), then small-cell suppression with complementary cells on what would be released.
 What was suppressed is listed in the release. The release is audited before it leaves, like
-every outgoing message, and travels as a BLOB_UPDATE with the `cohort-statistics+json` encoding.
+every outgoing message, and travels as a BLOB_UPDATE with the `cohort-statistics+json` encoding,
+or, when the study asks for `secure_sum = "masking"`, as a pairwise-masked vector
+(coordinator.api.masked_release, privacy.secure_sum; Bonawitz et al. 2017) masked with the round's
+participants the coordinator names, so the coordinator learns only the totals.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.protocol import (
@@ -28,6 +33,13 @@ from coordinator.api.protocol import (
     UpdateMetadata,
 )
 from compliance.keys import write_secret_file
+from coordinator.api.masked_release import (
+    MASKED_ANALYSIS_ENCODING,
+    MaskedRelease,
+    SecureSum,
+    release_cells,
+    release_values,
+)
 from coordinator.api.study import StudySpec
 from pipelines.analytics import CohortStatistics, ColumnStatistics, dataset_statistics, quantiles_from_histogram
 from privacy.disclosure import (
@@ -39,6 +51,8 @@ from privacy.disclosure import (
     noise_multiplier_for,
 )
 from privacy.dp import DPStep, epsilon_spent, would_exceed
+from privacy.errors import SecureSumError
+from privacy.secure_sum import mask, to_ring
 from silo_node.config import DisclosureConfig
 
 if TYPE_CHECKING:
@@ -202,14 +216,46 @@ def _claim_of(release: CohortRelease) -> PrivacyClaim:
                         sample_rate=step.sample_rate, steps=step.steps, accountant=DISCLOSURE_ACCOUNTANT)
 
 
+def masked_release(spec: StudySpec, release: CohortRelease, *, own_name: str, own_key: X25519PrivateKey,
+                   partners: dict[str, bytes], context: bytes) -> MaskedRelease:
+    """`release` as the study's cells, masked with `partners` (privacy.secure_sum); held-back cells are 0 and named."""
+    cells = release_cells(spec)
+    values = release_values(spec, release)
+    held_back = [i for i, c in enumerate(cells) if values.get(c.name) is None]
+    ring = [0 if values.get(c.name) is None else to_ring(values[c.name], real=c.real) for c in cells]
+    masked = mask(ring, own_name=own_name, own_key=own_key, partners=partners, context=context)
+    return MaskedRelease(masked=[format(v, "x") for v in masked], held_back=held_back, partners=sorted(partners),
+                         disclosure=release.disclosure)
+
+
+def mask_context(task: pb.Task) -> bytes:
+    """What the pairwise masks are bound to: this study, round and round attempt (nonce)."""
+    return f"{task.study_id}|{task.round}|{task.nonce}".encode()
+
+
 def _send(node: "SiloNode", task: pb.Task, release: CohortRelease) -> None:
     """Audit, then send the release as the round's upload; the study is finished at this silo."""
     d = release.disclosure
+    spec = StudySpec.from_json(task.spec_json)
+    weight, encoding, data = float(max(release.patients or 0, 1)), ANALYSIS_ENCODING, release.to_json().encode()
+    if spec.analysis.secure_sum is SecureSum.MASKING:
+        try:
+            masked = masked_release(spec, release, own_name=node.config.name, own_key=node.wrap_keys.private_key,
+                                    partners=dict(task.participant_keys), context=mask_context(task))
+        except SecureSumError as e:
+            reason = f"masked release not possible: {e}"
+            node.audit.append("round_skipped", study=task.study_id, round=task.round, reason=reason[:500])
+            node._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
+                                         model_version=task.model_version, skipped=True, skip_reason=reason[:500]))
+            log.warning("analysis %s: %s", task.study_id, reason)
+            return
+        # the weight would tell the coordinator this silo's patient count: under masking it is 1
+        weight, encoding, data = 1.0, MASKED_ANALYSIS_ENCODING, masked.to_json().encode()
     node.audit.append("statistics_released", study=task.study_id, round=task.round, min_cell_count=d.min_cell_count,
-                      suppressed=d.suppressed[:200], mechanism=d.mechanism.value, epsilon=d.epsilon)
-    data = release.to_json().encode()
+                      suppressed=d.suppressed[:200], mechanism=d.mechanism.value, epsilon=d.epsilon,
+                      secure_sum=spec.analysis.secure_sum.value)
     header = pb.BlobHeader(ref=pb.BlobRef(study_id=task.study_id, kind=pb.BLOB_UPDATE), round=task.round,
-                           nonce=task.nonce, weight=float(max(release.patients or 0, 1)), encoding=ANALYSIS_ENCODING,
+                           nonce=task.nonce, weight=weight, encoding=encoding,
                            metadata_json=UpdateMetadata(privacy=_claim_of(release)).to_json())
     node._send(header, data, kind="statistics", study=task.study_id, round_=task.round, epsilon=d.epsilon)
     node.finished.add(task.study_id)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from coordinator.api.masked_release import SecureSum
 from coordinator.api.protocol import (
     MODALITIES,
     Codec,
@@ -285,10 +286,13 @@ class AnalysisSpec(_Strict):
     """What an analysis study (`kind = "analysis"`) computes at each silo on its cohort: per EHR value
     column the count present / missing, mean and standard deviation, and a histogram on the bins
     fixed here (edges, in the column's unit, the same at every silo, so cells add up exactly across
-    silos); quantiles are read from the histogram. A column without bins gets no histogram."""
+    silos); quantiles are read from the histogram. A column without bins gets no histogram.
+    `secure_sum = "masking"`: the coordinator receives pairwise-masked vectors and sees only totals
+    (coordinator.api.masked_release; no per-silo columns, and every participant must deliver)."""
 
     bins: dict[str, tuple[float, ...]] = Field(default_factory=dict)  # EHR value column -> increasing edges
     quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
+    secure_sum: SecureSum = SecureSum.NONE
 
     @model_validator(mode="after")
     def _edges_and_quantiles(self) -> "AnalysisSpec":

@@ -1,0 +1,113 @@
+"""Masked summation of analysis releases (pairwise masks, Bonawitz et al. 2017): the coordinator's
+totals equal the clear pooling, no silo's values are readable from its upload, a missing participant
+leaves every masked figure unopened, and a wrong own key or a clear upload is refused."""
+
+import math
+
+import numpy as np
+import pytest
+
+from coordinator.analysis import parse_release, pool, pool_masked
+from coordinator.api.masked_release import MASKED_ANALYSIS_ENCODING, MaskedRelease, release_cells, release_values
+from coordinator.api.protocol import ANALYSIS_ENCODING
+from coordinator.api.study import AnalysisSpec, StudySpec
+from coordinator.errors import InvalidInput
+from pipelines.analytics import cohort_statistics
+from privacy.errors import SecureSumError
+from privacy.he import SiloKeyPair
+from silo_node.analysis import disclose, masked_release
+from silo_node.config import DisclosureConfig
+
+SPEC = StudySpec(name="overview", kind="analysis",
+                 analysis=AnalysisSpec(bins={"age": (40.0, 50.0, 60.0, 70.0, 80.0)}, secure_sum="masking"))
+SILOS = ("st-anne", "st-mary", "st-paul")
+CONTEXT = b"overview-1|1|nonce"
+
+
+def _release(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    cols = SPEC.cohort.ehr_columns
+    ehr = np.full((n, len(cols)), np.nan)
+    ehr[:, 0] = rng.normal(62, 9, n)
+    ehr[: n // 2, 2] = rng.normal(110, 20, n // 2)
+    ehr[:3, 3] = 6.0  # hba1c at 3 patients: suppressed with its complement
+    mask = np.ones((n, 3))
+    mask[: 4 + seed, 1] = 0
+    label = (rng.random(n) < 0.3).astype(float)
+    stats = cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=cols, bins=SPEC.analysis.bins)
+    return disclose(stats, DisclosureConfig(), quantiles=SPEC.analysis.quantiles)
+
+
+@pytest.fixture(scope="module")
+def federation():
+    keys = {s: SiloKeyPair.generate() for s in SILOS}
+    partners = {s: k.public_bytes() for s, k in keys.items()}
+    clear = {s: _release(150 + 40 * i, i) for i, s in enumerate(SILOS)}
+    masked = {s: MaskedRelease.from_json(masked_release(SPEC, clear[s], own_name=s, own_key=keys[s].private_key,
+                                                        partners=partners, context=CONTEXT).to_json())
+              for s in SILOS}
+    return keys, partners, clear, masked
+
+
+def test_masked_totals_equal_the_clear_pooling(federation) -> None:
+    _, _, clear, masked = federation
+    want = pool(SPEC, clear)
+    got = pool_masked(SPEC, {s: parse_release(SPEC, MASKED_ANALYSIS_ENCODING, m.to_json().encode())
+                             for s, m in masked.items()})
+    assert got.unopened is None and got.per_silo == {} and got.withheld_per_silo == list(SILOS)
+    assert got.patients == want.patients and got.label_positive == want.label_positive
+    assert got.modalities == want.modalities
+    suppressed_cells = 0
+    for g, w in zip(got.columns, want.columns):
+        assert (g.present, g.missing, g.histogram, g.n, g.moments_from) == (w.present, w.missing, w.histogram, w.n,
+                                                                              w.moments_from), g.name
+        suppressed_cells += sum(bool(c.suppressed_at) for c in [g.present, *(g.histogram or [])])
+        if w.mean is not None:
+            assert math.isclose(g.mean, w.mean, rel_tol=1e-9) and math.isclose(g.sd, w.sd, rel_tol=1e-7), g.name
+    assert suppressed_cells > 0  # hba1c was held back at every silo and is left out of the totals, named
+
+
+def test_a_silos_upload_does_not_show_its_values(federation) -> None:
+    _, _, clear, masked = federation
+    values = release_values(SPEC, clear["st-anne"])
+    patients = release_cells(SPEC).index(next(c for c in release_cells(SPEC) if c.name == "patients"))
+    assert values["patients"] == 150
+    assert int(masked["st-anne"].masked[patients], 16) not in (150, 0)
+    # each upload alone looks uniform over the ring: its top bits are set about half of the time
+    top = [int(v, 16) >> 127 for v in masked["st-anne"].masked]
+    assert 0.2 < sum(top) / len(top) < 0.8
+
+
+def test_a_missing_participant_leaves_every_masked_figure_unopened(federation) -> None:
+    _, _, _, masked = federation
+    got = pool_masked(SPEC, {s: masked[s] for s in SILOS[:2]})
+    assert "st-paul" in got.unopened and "run the study again" in got.unopened
+    assert got.patients.value == 0 and all(c.mean is None for c in got.columns)
+
+
+def test_a_wrong_own_key_or_a_single_partner_is_refused(federation) -> None:
+    keys, partners, clear, _ = federation
+    swapped = {**partners, "st-anne": partners["st-mary"]}
+    with pytest.raises(SecureSumError, match="not this participant's own public key"):
+        masked_release(SPEC, clear["st-anne"], own_name="st-anne", own_key=keys["st-anne"].private_key,
+                       partners=swapped, context=CONTEXT)
+    with pytest.raises(SecureSumError, match="at least two participants"):
+        masked_release(SPEC, clear["st-anne"], own_name="st-anne", own_key=keys["st-anne"].private_key,
+                       partners={"st-anne": partners["st-anne"]}, context=CONTEXT)
+
+
+def test_a_clear_release_is_refused_when_the_study_asks_for_masking(federation) -> None:
+    _, _, clear, _ = federation
+    with pytest.raises(InvalidInput, match="masked"):
+        parse_release(SPEC, ANALYSIS_ENCODING, clear["st-anne"].to_json().encode())
+
+
+def test_the_report_says_the_sums_were_masked_or_not_opened(federation, tmp_path) -> None:
+    from fedcare.analysis_report import cohort_rows, write_analysis
+
+    _, _, _, masked = federation
+    opened = pool_masked(SPEC, masked).model_dump(mode="json")
+    page = write_analysis({"study": "overview-1", "name": "overview", "analysis": opened}, tmp_path)["html"].read_text()
+    assert "pairwise masks" in page and "patients" in page
+    unopened = pool_masked(SPEC, {s: masked[s] for s in SILOS[1:]}).model_dump(mode="json")
+    assert cohort_rows(unopened) == [("masked sums", "not opened", unopened["unopened"])]
