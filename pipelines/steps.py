@@ -44,6 +44,7 @@ from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
 from .splits import SplitPart, read_split_file
 from .wearables.mapping import WearableMapping, WearableNotes
+from .wearables.waveform_dicom import DEVICE as WAVEFORM_DEVICE
 from .wearables.signals import ChosenSignal, LatestWindows, read_signals, sampled_signals
 
 log = logging.getLogger(__name__)
@@ -266,6 +267,11 @@ def read_wearable_files(run: IngestRun) -> None:
                                          index_date=run.index_date, cache=run.cache, quarantine=run.quarantine,
                                          latest=run.latest, limits=run.limits, mapping=run.sources.wearable_mapping,
                                          notes=run.wearable_notes))
+    if run.sources.dicom:  # DICOM waveforms (12-lead ECG) among the node's DICOM files are signals, not images
+        run.signal_stats.update(read_signals(run.sources.dicom, cohort=run.cohort, deid=run.deid, index_date=run.index_date,
+                                             cache=run.cache, quarantine=run.quarantine, latest=run.latest,
+                                             limits=run.limits, mapping=run.sources.wearable_mapping,
+                                             notes=run.wearable_notes, devices=(WAVEFORM_DEVICE,)))
 
 
 def read_sampled_data(run: IngestRun) -> None:

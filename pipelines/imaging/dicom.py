@@ -32,6 +32,7 @@ from ..errors import DicomError
 from ..inputs import COMPRESSED, input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
+from ..wearables.waveform_dicom import WaveformNotImage, is_waveform
 
 log = logging.getLogger(__name__)
 _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
@@ -192,6 +193,9 @@ def read_header(data: bytes, source: str, deid: Deidentifier, index_date: date,
     if not mrn:
         raise DicomError("has no PatientID (0010,0020); expected the patient's MRN to link the image",
                          reason="no_patient_id", source=source)
+    if is_waveform(ds):  # an ECG or other waveform: no image, read on the signal path (pipelines.wearables)
+        raise WaveformNotImage("is a DICOM Waveform IOD, not an image; it is read as a signal recording",
+                               source=source)
     _check_pixel_data(ds, source)
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         raise DicomError("has BurnedInAnnotation (0028,0301) = YES: its pixels may show the patient's name or ID, "

@@ -33,6 +33,7 @@ from ..errors import EXHAUSTION, DicomError, InputError, exhausted
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
+from ..wearables.waveform_dicom import WaveformNotImage
 from .series import Member, Series, SeriesIndex
 from .series_frames import GEOMETRY, check_geometry, series_frames, series_source
 from .volumes import series_volume
@@ -96,6 +97,9 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
             stats["inputs_read"] += 1
             try:
                 header, digest = _header(inp, deid, index_date, cache, stats, limits)
+            except WaveformNotImage:  # read by the wearable readers instead
+                stats[f"unused_{WaveformNotImage.reason}"] += 1
+                continue
             except DicomError as e:
                 quarantine.add("image", e)
                 continue

@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..limits import IngestLimits
 from ..inputs import COMPRESSED, input_files
 from ..quarantine import Quarantine
-from . import apple_health, empatica, fitbit, garmin, recordings, wfdb_records
+from . import apple_health, empatica, fitbit, garmin, recordings, waveform_dicom, wfdb_records
 from .device import DeviceRecording, Wants
 
 
@@ -39,6 +39,7 @@ READERS: tuple[WearableReader, ...] = (
     WearableReader("garmin_fit", garmin.fit_input_of, garmin.read_fit),
     WearableReader("apple_health", apple_health.input_of, apple_health.read),
     WearableReader("wfdb", wfdb_records.input_of, wfdb_records.read, wfdb_records.parts),
+    WearableReader(waveform_dicom.DEVICE, waveform_dicom.input_of, waveform_dicom.read),
     WearableReader("fedcare_csv", recordings.input_of, recordings.read),
 )
 DEVICES: tuple[str, ...] = tuple(r.device for r in READERS)
@@ -50,17 +51,20 @@ def reader(device: str) -> WearableReader:
 
 
 def wearable_inputs(paths: Sequence[Path], quarantine: Quarantine | None,
-                    device_for: Callable[[Path], str | None] = lambda p: None) -> Iterator[tuple[WearableReader, Path]]:
+                    device_for: Callable[[Path], str | None] = lambda p: None,
+                    devices: Sequence[str] | None = None) -> Iterator[tuple[WearableReader, Path]]:
     """Each input under `paths` once, with its reader (`device_for` names one by file pattern; else `READERS` order).
 
     Files given directly are always read (by the first reader claiming them, else as fedcare CSV); files
     found in folders that no reader claims are not inputs (signal files beside a WFDB header, notes).
+    `devices`: only these readers, and only files they claim (DICOM waveforms among a node's DICOM folders).
     """
     seen: set[Path] = set()
-    named = {Path(p) for p in paths}
+    named = {Path(p) for p in paths} if devices is None else set()
+    readers = READERS if devices is None else tuple(_BY_DEVICE[d] for d in devices)
     for f in input_files(paths, lambda f: True, quarantine, "signal"):
         forced = device_for(f)
-        candidates = (_BY_DEVICE[forced],) if forced else READERS
+        candidates = (_BY_DEVICE[forced],) if forced else readers
         found = next(((r, i) for r in candidates if (i := r.input_of(f)) is not None), None)
         if found is None and (forced or f in named):
             found = (candidates[-1] if forced else _BY_DEVICE["fedcare_csv"], f)

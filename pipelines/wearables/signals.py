@@ -72,14 +72,17 @@ class LatestWindows:
 
 def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifier, index_date: date, cache: IngestCache,
                  quarantine: Quarantine, latest: LatestWindows, limits: IngestLimits = DEFAULT_LIMITS,
-                 mapping: WearableMapping = WearableMapping(), notes: WearableNotes | None = None) -> Counter:
+                 mapping: WearableMapping = WearableMapping(), notes: WearableNotes | None = None,
+                 devices: Sequence[str] | None = None) -> Counter:
     """Offer each patient's window of each wearable input (any reader of `pipelines.wearables.registry`) to
     `latest`; counters (inputs_read, records, parsed, cached, unused_after_index_date; superseded windows are
-    counted by `latest`); the devices, the mapping used and the channels left out go to `notes`."""
+    counted by `latest`); the devices, the mapping used and the channels left out go to `notes`; `devices`: only
+    the files these readers claim (`pipelines.wearables.registry.wearable_inputs`)."""
     channels = tuple(cohort.signal_channels)
     notes = notes if notes is not None else WearableNotes()
     stats: Counter = Counter()
-    for reader, path in wearable_inputs(paths, quarantine, mapping.device_for):
+    walk_quarantine = quarantine if devices is None else None  # another modality's folders report their own files
+    for reader, path in wearable_inputs(paths, walk_quarantine, mapping.device_for, devices):
         stats["inputs_read"] += 1
         notes.devices[reader.device] += 1
         try:
