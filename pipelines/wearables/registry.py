@@ -18,7 +18,7 @@ from ..errors import InputError
 from ..limits import IngestLimits
 from ..inputs import COMPRESSED, input_files
 from ..quarantine import Quarantine
-from . import apple_health, empatica, fitbit, garmin, recordings, waveform_dicom, wfdb_records
+from . import apple_health, empatica, fitbit, garmin, openmhealth, recordings, waveform_dicom, wfdb_records
 from .device import DeviceRecording, Wants
 
 
@@ -38,6 +38,7 @@ READERS: tuple[WearableReader, ...] = (
     WearableReader("fitbit", fitbit.input_of, fitbit.read, fitbit.parts),
     WearableReader("garmin_fit", garmin.fit_input_of, garmin.read_fit),
     WearableReader("apple_health", apple_health.input_of, apple_health.read),
+    WearableReader("open_mhealth", openmhealth.input_of, openmhealth.read),
     WearableReader("wfdb", wfdb_records.input_of, wfdb_records.read, wfdb_records.parts),
     WearableReader(waveform_dicom.DEVICE, waveform_dicom.input_of, waveform_dicom.read),
     WearableReader("fedcare_csv", recordings.input_of, recordings.read),
