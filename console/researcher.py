@@ -31,6 +31,7 @@ from starlette.routing import Route
 from compliance.node_log import open_node_log
 from console import audit_view
 from console.accounts import ACCOUNTS_FILE, AccountStore, Role
+from console.client_certs import ClientCertificates
 from console.web import DEFAULT_SESSION_TTL_S, SESSION_COOKIE, ConsoleCore, Session, Sessions
 from coordinator.api.protocol import Encryption, Rule
 from coordinator.api.study import ALL_MODALITIES, StudySpec, describe_validation_error
@@ -114,12 +115,15 @@ def accounts_in(state_dir: Path) -> AccountStore:
 
 def create_app(client: StudyClient, *, state_dir: Path, coordinator: str, audit_sources: audit_view.AuditSources,
                session_ttl_s: float = DEFAULT_SESSION_TTL_S, sessions: Sessions | None = None,
-               allow_remote: bool = True) -> Starlette:
+               allow_remote: bool = True, certificates: ClientCertificates | None = None) -> Starlette:
+    """`certificates`: sign users in by their `fedcare pki` client certificate too (served over TLS:
+    console.serve with a ConsoleTLS); cookies are then marked Secure."""
     state_dir = Path(state_dir)
     audit = open_node_log(state_dir, node=CONSOLE_NODE, role="coordinator", state_files=(FOLLOWED_FILE,))
     followed = FollowedStudies(state_dir / FOLLOWED_FILE)
     core = ConsoleCore(title=f"fedcare — studies at {coordinator}", accounts=accounts_in(state_dir), audit=audit,
                        sessions=sessions or Sessions(ttl_s=session_ttl_s), allow_remote=allow_remote,
+                       certificates=certificates, secure_cookies=certificates is not None,
                        nav=[("Studies", "/", frozenset(STUDY_ROLES)),
                             ("New study", "/studies/new", frozenset({Role.RESEARCHER})),
                             ("Audit", "/audit", frozenset({Role.AUDITOR}))])

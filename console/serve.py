@@ -8,6 +8,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from console.addresses import SITE_DEFAULT_LISTEN
+from console.client_certs import ConsoleTLS
 from console.errors import ConsoleError
 
 log = logging.getLogger(__name__)
@@ -20,8 +21,9 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def serve(app: Starlette, listen: str) -> None:
-    """Serve ``app`` on ``listen`` (HOST:PORT) until stopped."""
+def serve(app: Starlette, listen: str, *, tls: ConsoleTLS | None = None) -> None:
+    """Serve ``app`` on ``listen`` (HOST:PORT) until stopped; over TLS, asking for a client certificate, with ``tls``."""
     host, port = split_listen(listen)
-    log.info("console at http://%s:%d/", host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+    log.info("console at %s://%s:%d/", "https" if tls else "http", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False,
+                **(tls.uvicorn_options() if tls else {}))

@@ -30,6 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from compliance.audit import AuditLog, Event
 from console.accounts import AccountStore, Role
+from console.client_certs import CertificateRefused, ClientCertificates, peer_certificate
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ class ConsoleCore:
     secure_cookies: bool = False
     nav: list[tuple[str, str, frozenset[Role]]] = field(default_factory=list)  # (label, path, roles)
     failures: dict[str, list[float]] = field(default_factory=dict)  # user -> times of recent failed sign-ins
+    certificates: ClientCertificates | None = None  # mutual-TLS sign-in (console.client_certs), when served over TLS
 
     # --- audit --------------------------------------------------------------------------------------
     def refuse(self, request: Request, reason: str, *, status: int, session: Session | None = None) -> Response:
@@ -165,8 +167,9 @@ class ConsoleCore:
             return refused
         token = secrets.token_urlsafe(32)
         reason = request.query_params.get("reason", "")
-        response = self.page(request, "login.html.j2", {"login_csrf": token, "reason": reason, "error": ""},
-                             session=None)
+        with_certificate = self.certificates is not None and peer_certificate(request.scope) is not None
+        response = self.page(request, "login.html.j2", {"login_csrf": token, "reason": reason, "error": "",
+                                                        "with_certificate": with_certificate}, session=None)
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=self.secure_cookies)
         return response
 
@@ -198,9 +201,32 @@ class ConsoleCore:
                                                         "error": "unknown user or wrong password"},
                              session=None, status=401)
         self.failures.pop(user, None)
-        session = self.sessions.start(account.user, account.role)
-        self.audit.append(Event.CONSOLE_SIGN_IN, role=account.role.value, outcome="accepted", reason="password",
-                          **fields)
+        return self._signed_in(request, account.user, account.role, how="password")
+
+    async def certificate_login(self, request: Request) -> Response:
+        """Sign in as the holder of the client certificate this TLS connection verified (mutual TLS)."""
+        if (refused := self.local_only(request)) is not None:
+            return refused
+        form = await request.form()
+        cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not cookie or not hmac.compare_digest(str(form.get(CSRF_FIELD, "")), cookie):
+            return self.refuse(request, "sign-in without its CSRF token: reload the sign-in page", status=403)
+        pem = peer_certificate(request.scope)
+        if self.certificates is None or pem is None:
+            return self.refuse(request, "no client certificate on this connection: sign in with a password, or "
+                                        "connect over TLS with a certificate from `fedcare pki`", status=403)
+        try:
+            user, role = await run_in_threadpool(self.certificates.identity, pem)
+        except CertificateRefused as e:
+            self.audit.append(Event.CONSOLE_SIGN_IN, user=None, role=None, client=_client(request), outcome="refused",
+                              reason=str(e))
+            return self.refuse(request, str(e), status=403)
+        return self._signed_in(request, user, role, how="certificate")
+
+    def _signed_in(self, request: Request, user: str, role: Role, *, how: str) -> Response:
+        session = self.sessions.start(user, role)
+        self.audit.append(Event.CONSOLE_SIGN_IN, user=user[:64], role=role.value, client=_client(request),
+                          outcome="accepted", reason=how)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(SESSION_COOKIE, session.token, httponly=True, samesite="strict",
                             secure=self.secure_cookies, max_age=int(self.sessions.ttl_s))
@@ -217,6 +243,7 @@ class ConsoleCore:
         base: list[BaseRoute] = [
             Route("/login", self.login_page, methods=["GET"]),
             Route("/login", self.login, methods=["POST"]),
+            Route("/login/certificate", self.certificate_login, methods=["POST"]),
             Route("/logout", self.guarded(self.logout, Role), methods=["POST"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ]

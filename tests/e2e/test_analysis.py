@@ -115,6 +115,18 @@ def test_analysis_pools_exactly_suppresses_small_cells_and_charges_dp(cluster, t
     assert "age" in paths["csv"].read_text() and "<img" in paths["html"].read_text()
     assert paths["pdf"].read_bytes().startswith(b"%PDF")
 
+    # The same analysis summed under pairwise masks: the coordinator opens the same totals and shows no silo's own.
+    masked_spec = _spec().model_copy(update={"analysis": _spec().analysis.model_copy(update={"secure_sum": "masking"})})
+    masked = cluster.wait_for(client, client.submit(StudySpec.model_validate(masked_spec.model_dump())),
+                              lambda st, s: st.state == "done", timeout=600)["analysis"]
+    assert masked["secure_sum"] == "masking" and masked["unopened"] is None and masked["per_silo"] == {}
+    for key in ("patients", "label_positive", "label_negative", "modalities", "suppressed"):
+        assert masked[key] == pooled[key], key
+    for got, want in zip(masked["columns"], pooled["columns"]):
+        assert (got["present"], got["histogram"], got["n"]) == (want["present"], want["histogram"], want["n"])
+        if want["sd"] is not None:
+            assert math.isclose(got["mean"], want["mean"], rel_tol=1e-9) and math.isclose(got["sd"], want["sd"], rel_tol=1e-7)
+
     # The last hospital turns on DP noise for released statistics; the next analysis charges its ledger.
     noisy = names[-1]
     cluster.kill(noisy)
