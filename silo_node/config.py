@@ -18,6 +18,10 @@
     [data.limits]                       # what one input may make ingestion allocate (pipelines.limits)
     max_pixel_bytes = 1073741824        # a DICOM instance's declared pixels; bigger ones are never decoded
 
+    [wearables]                         # device exports (pipelines/wearables/mapping.py, docs/wearables.md)
+    channels = { "HF" = "heart_rate" }              # a native channel name -> the study channel it fills
+    devices = [{ pattern = "garmin/*.fit", device = "garmin_fit" }]
+
     [privacy]
     epsilon_cap = 10.0                  # across all studies on this dataset
     delta = 1e-5
@@ -54,6 +58,7 @@ from coordinator.api.protocol import DisclosureMechanism
 from coordinator.api.study import ALL_MODALITIES, Modality, SpecError, validate_toml_file
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import IngestLimits
+from pipelines.wearables.mapping import WearableMapping
 
 
 class _Strict(BaseModel):
@@ -144,6 +149,7 @@ class NodeConfig(_Strict):
     privacy: BudgetConfig = BudgetConfig()
     approval: ApprovalConfig = ApprovalConfig()
     disclosure: DisclosureConfig = DisclosureConfig()  # analysis studies: what may be released
+    wearables: WearableMapping = WearableMapping()  # [wearables]: channel names and devices of wearable files
     tls: TLSConfig | None = None
     poll_wait_s: float = Field(default=20.0, gt=0, le=60)
     max_retries: int = Field(default=8, ge=0)  # quick retries of a failed call before the coordinator counts as away

@@ -288,6 +288,7 @@ class SiloNode:
         d = self.config.data
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
                              tables=d.tables, split_file=d.split_file, fhir_mrn_system=d.fhir_mrn_system, limits=d.limits, cohort=spec.cohort,
+                             wearable_mapping=self.config.wearables,
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
         self.audit.append("data_ingested", study=study_id, report=_counts_only(report))

@@ -97,8 +97,7 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
             found = [(w["pseudonym"], ChosenSignal(arrays[f"values_{k}"], w["coverage"], w["end"], str(path)))
                      for k, w in enumerate(meta["windows"])]
             notes.add(reader.device, meta["used"], meta["unused"])
-            stats["records"] += meta["records"]
-            stats["unused_after_index_date"] += meta["records"] - len(found)
+            _count(stats, meta, found)
         else:
             try:
                 found, meta, clean = _read_input(reader, path, channels, cohort=cohort, deid=deid, index_date=index_date,
@@ -108,14 +107,19 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
                 continue
             stats["parsed"] += 1
             notes.add(reader.device, meta["used"], meta["unused"])
-            stats["records"] += meta["records"]
-            stats["unused_after_index_date"] += meta["records"] - len(found)
+            _count(stats, meta, found)
             if clean:  # an input with a refused patient record is read again next time, so the refusal is reported again
                 cache.put("wearable", digest, meta, {f"values_{k}": c.values for k, (_, c) in enumerate(found)})
         for pid, chosen in found:
             latest.offer(pid, chosen)
     log.info("wearables: %d recordings, %d patients with a window", stats["records"], len(latest.chosen))
     return stats
+
+
+def _count(stats: Counter, meta: dict, found: list) -> None:
+    stats["records"] += meta["records"]
+    if meta["records"] > len(found):
+        stats["unused_after_index_date"] += meta["records"] - len(found)
 
 
 def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *, cohort: CohortLike,
