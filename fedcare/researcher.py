@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import torch
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
@@ -17,7 +16,6 @@ from coordinator.api.chunks import receive_blob
 from coordinator.api.protocol import StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
-from fedcare.analysis_report import write_analysis
 
 
 class ResearcherError(Exception):
@@ -68,6 +66,8 @@ class ResearcherClient:
         out.mkdir(parents=True, exist_ok=True)
         if summary.get("kind") == StudyKind.ANALYSIS.value:  # pooled statistics, no model
             (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+            from fedcare.analysis_report import write_analysis  # matplotlib, only when there is a report to draw
+
             return {"summary": out / "summary.json", **write_analysis(summary, out)}
         chunks = self._call(lambda: list(self.stub.FetchBlob(pb.BlobRef(study_id=study_id, kind=pb.BLOB_FINAL_MODEL),
                                                              timeout=600)))
@@ -82,6 +82,8 @@ def write_final_model(tensors: tuple[list[str], list[np.ndarray]], out: Path) ->
     `sha256sum` format, so `sha256sum -c final_model.sha256` checks the file a researcher shares."""
     names, arrays = tensors
     model = out / "final_model.pt"
+    import torch  # here, not at import: a CLI error is answered before seconds of torch import
+
     torch.save({n: torch.from_numpy(np.array(a)) for n, a in zip(names, arrays)}, model)
     digest = hashlib.sha256(model.read_bytes()).hexdigest()
     (out / "final_model.sha256").write_text(f"{digest}  {model.name}\n")

@@ -17,10 +17,12 @@ from collections import Counter
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .deid import Deidentifier
-from .ehr.tables import identifier
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:  # config loading (node.toml names a split file) must not import pandas and pydicom
+    from .deid import Deidentifier
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ NO_PART = "none"
 
 def split_part(cell: object, values: Mapping[str, SplitPart] | None = None) -> SplitPart | None:
     """The part a cell names, through `values` (default `DEFAULT_SPLIT_VALUES`); None when blank or unknown."""
+    from .ehr.tables import identifier
+
     raw = identifier(cell)  # blank -> None; a split coded 0/1/2 read as float loses its '.0'
     if raw is None:
         return None
@@ -58,6 +62,8 @@ def read_split_file(path: Path, deid: Deidentifier, values: Mapping[str, SplitPa
     A row whose value maps to no part is counted in `unused["unknown_split_value"]`; an MRN named twice
     with two parts is refused (the split would depend on row order). The MRN is read as the tables read
     it (`pipelines.ehr.tables.identifier`), so it meets the same pseudonym."""
+    from .ehr.tables import identifier
+
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))

@@ -1,0 +1,1 @@
+"""The `fedcare` command groups, one module each; fedcare.cli assembles them."""

@@ -1,0 +1,107 @@
+"""What every `fedcare` command shares: the error a user can fix, logging, the terminal, options.
+
+Errors a user can cause end in one clear line on stderr and exit status 2 (see fedcare.cli.main).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+HELP_STYLE = {"no_args_is_help": True, "rich_markup_mode": None}
+console = Console(stderr=True)
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def safe(text: str) -> str:
+    """Remote text for the terminal: control characters (ESC, CSI, BEL, ...) shown as escapes, markup escaped."""
+    return escape("".join(c if c.isprintable() else repr(c)[1:-1] for c in text))
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="log debug messages too")]
+
+
+def configure_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+                        force=True)  # Opacus configures logging at import; ours must win
+
+
+def check_files(*options: tuple[str, Optional[Path]]) -> None:
+    for option, path in options:
+        if path is not None and not path.is_file():
+            raise UserError(f"{option} {path}: file not found")
+
+
+@contextlib.contextmanager
+def bind_errors(listen: str) -> Iterator[None]:
+    """gRPC's bind failure (after check_listen passed: a race, or an address gRPC alone refuses) in one line."""
+    try:
+        yield
+    except RuntimeError as e:
+        if "Failed to bind" not in str(e):
+            raise
+        raise UserError(f"--listen {listen}: gRPC could not bind it (port taken since, or an address this "
+                        "machine does not have); choose another --listen") from None
+
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="the node's node.toml")]
+StudyArg = Annotated[str, typer.Argument(help="the study id (as `fedcare silo studies` or `study submit` printed it)")]
+
+
+def node_config(path: Path):  # noqa: ANN202 - silo_node.config.NodeConfig
+    from silo_node.config import NodeConfig
+
+    return NodeConfig.load(path)
+
+
+CoordOpt = Annotated[str, typer.Option("--coordinator", help="host:port of the coordinator")]
+
+
+CONNECTION: dict = {}
+
+
+def researcher_client(coordinator: str):  # noqa: ANN202 - fedcare.researcher.ResearcherClient
+    import grpc
+
+    from fedcare.researcher import ResearcherClient
+
+    c = CONNECTION
+    if c.get("insecure"):
+        return ResearcherClient(grpc.insecure_channel(coordinator), target=coordinator)
+    if not (c.get("ca_cert") and c.get("cert") and c.get("key")):
+        raise UserError("give --ca-cert, --cert and --key (or FEDCARE_CA_CERT/CERT/KEY), or --insecure for a local demo")
+    for name in ("ca_cert", "cert", "key"):
+        if not c[name].exists():
+            raise UserError(f"--{name.replace('_', '-')} {c[name]}: file not found")
+    creds = grpc.ssl_channel_credentials(root_certificates=c["ca_cert"].read_bytes(), private_key=c["key"].read_bytes(),
+                                         certificate_chain=c["cert"].read_bytes())
+    return ResearcherClient(grpc.secure_channel(coordinator, creds), target=coordinator)
+
+
+def public_keys(values: list[str], *, several: bool) -> dict[str, str]:
+    """`--public-key` values by node ('' for a bare key, allowed with one log only)."""
+    keys: dict[str, str] = {}
+    for value in values:
+        node, sep, key = value.rpartition("=")
+        if several and not sep:
+            raise UserError(f"--public-key {value}: with several logs write NODE=HEX (the node named in the log)")
+        keys[node] = key
+    return keys
