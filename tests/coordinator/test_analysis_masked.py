@@ -25,16 +25,17 @@ CONTEXT = b"overview-1|1|nonce"
 
 
 def _release(n: int, seed: int):
+    """A silo's disclosed release: age and glucose at every patient (glucose at half), hba1c at 3 (a small
+    cell, suppressed with its complement), 4 + seed patients without an image, ~30% positive."""
     rng = np.random.default_rng(seed)
-    cols = SPEC.cohort.ehr_columns
-    ehr = np.full((n, len(cols)), np.nan)
-    ehr[:, 0] = rng.normal(62, 9, n)
-    ehr[: n // 2, 2] = rng.normal(110, 20, n // 2)
-    ehr[:3, 3] = 6.0  # hba1c at 3 patients: suppressed with its complement
-    mask = np.ones((n, 3))
-    mask[: 4 + seed, 1] = 0
-    label = (rng.random(n) < 0.3).astype(float)
-    stats = cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=cols, bins=SPEC.analysis.bins)
+    ages, glucose = rng.normal(62, 9, n), np.where(np.arange(n) < n // 2, rng.normal(110, 20, n), np.nan)
+    hba1c = np.where(np.arange(n) < 3, 6.0, np.nan)
+    rest = np.full((n, len(SPEC.cohort.ehr_columns) - 4), np.nan)
+    has_image = (np.arange(n) >= 4 + seed).astype(float)
+    stats = cohort_statistics(ehr_raw=np.column_stack([ages, np.full(n, np.nan), glucose, hba1c, rest]),
+                              mask=np.column_stack([np.ones(n), has_image, np.ones(n)]),
+                              label=(rng.random(n) < 0.3).astype(float), columns=SPEC.cohort.ehr_columns,
+                              bins=SPEC.analysis.bins)
     return disclose(stats, DisclosureConfig(), quantiles=SPEC.analysis.quantiles)
 
 
