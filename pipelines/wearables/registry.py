@@ -37,6 +37,7 @@ READERS: tuple[WearableReader, ...] = (
     WearableReader("empatica_e4", empatica.input_of, empatica.read, empatica.parts),
     WearableReader("fitbit", fitbit.input_of, fitbit.read, fitbit.parts),
     WearableReader("garmin_fit", garmin.fit_input_of, garmin.read_fit),
+    WearableReader("garmin_csv", garmin.csv_input_of, garmin.read_csv),
     WearableReader("apple_health", apple_health.input_of, apple_health.read),
     WearableReader("open_mhealth", openmhealth.input_of, openmhealth.read),
     WearableReader("wfdb", wfdb_records.input_of, wfdb_records.read, wfdb_records.parts),

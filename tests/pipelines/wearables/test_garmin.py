@@ -84,3 +84,24 @@ def test_a_bad_crc_is_refused_and_the_other_file_read(tmp_path: Path, read):
     (tmp_path / "MRN-G3.fit").write_bytes(fit_file(_samples()))
     got = read([tmp_path], channels=("heart_rate",), length=32, mrns=("MRN-G3",))
     assert set(got.windows) == {"MRN-G3"} and got.reasons() == ["bad_fit"]
+
+
+def test_fit2gpx_csv_without_header_semicolons_and_both_date_styles(tmp_path: Path, read):
+    """`--hr-only` (time;hr;duration, ISO) and `--monitor-hr --iso-date=no` (time;hr), a missing value among them."""
+    hr = [f"2023-12-31T07:00:{s:02d};{80 + s % 5};00:00:{s:02d}" for s in range(40)]
+    hr[20] = "2023-12-31T07:00:20;;00:00:20"
+    (tmp_path / "MRN-G4.fit.HR.csv").write_text("\n".join(hr) + "\n")
+    monitor = [f"2023.12.31 06:{m:02d}:00;{50 + m % 3}" for m in range(40)]
+    (tmp_path / "MRN-G5.fit.monitor-HR.csv").write_text("\n".join(monitor) + "\n")
+    (tmp_path / "MRN-G5.fit.SpO2.csv").write_text("2023-12-31T06:00:00;97\n")
+    got = read([tmp_path], channels=("heart_rate",), length=32, mrns=("MRN-G4",))
+    assert got.windows["MRN-G4"].coverage == 1.0 and got.notes.devices == {"garmin_csv": 3}
+    minute = read([tmp_path], channels=("heart_rate",), rate_hz=1 / 60, length=32, mrns=("MRN-G5",))
+    assert minute.windows["MRN-G5"].coverage == 1.0
+    assert "['SpO2']" in minute.notes.warnings()[0]
+
+
+def test_a_headerless_semicolon_file_is_not_read_as_fedcare_csv(tmp_path: Path, read):
+    (tmp_path / "MRN-G6.csv").write_text("2023-12-31T07:00:00;80\nnot a time;81\n")
+    got = read([tmp_path], channels=("heart_rate",), length=8)
+    assert got.notes.devices == {"garmin_csv": 1} and got.reasons() == ["too_short"]
