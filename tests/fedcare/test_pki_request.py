@@ -69,3 +69,17 @@ def test_request_refuses_to_replace_a_key(tmp_path: Path) -> None:
     request(tmp_path, name="st-mary", role="silo")
     proc = _fedcare("pki", "request", "--silo", "st-mary", "--out", str(tmp_path), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "refusing to replace" in proc.stderr
+
+
+def test_a_planted_symlink_does_not_receive_the_private_key(tmp_path: Path) -> None:
+    """Keys go through the one secret-file writer: created 0600 and moved into place, so a link an
+    attacker planted where the key will be is replaced, not followed (the key never lands elsewhere)."""
+    out, elsewhere = tmp_path / "hospital", tmp_path / "public" / "stolen.key"
+    out.mkdir()
+    elsewhere.parent.mkdir()
+    (out / "st-mary.key").symlink_to(elsewhere)  # dangling: the key file "does not exist" yet
+    request(out, name="st-mary", role="silo")
+    assert not elsewhere.exists()
+    key_file = out / "st-mary.key"
+    assert not key_file.is_symlink() and key_file.stat().st_mode & 0o777 == 0o600
+    assert b"PRIVATE KEY" in key_file.read_bytes()
