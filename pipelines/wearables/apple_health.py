@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import SignalError
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from .device import DeviceRecording, Wants, series
+from .device import DeviceRecording, Wants, head, series
 
 log = logging.getLogger(__name__)
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S %z"
@@ -38,13 +38,7 @@ EXPORT_FOLDER = "apple_health_export"
 def input_of(path: Path) -> Path | None:
     if path.suffix.lower() != ".xml":
         return None
-    if path.name == "export.xml":
-        return path
-    try:
-        with path.open("rb") as f:
-            return path if b"<HealthData" in f.read(4096) else None
-    except OSError:
-        return None
+    return path if path.name == "export.xml" or b"<HealthData" in head(path) else None
 
 
 def patient_of(path: Path) -> str:

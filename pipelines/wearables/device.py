@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +48,15 @@ def canonical(name: str) -> str:
     """The canonical channel a name stands for (`ALIASES`), else its `normal_name`: II, MLII and 'lead II' are ecg_ii."""
     n = normal_name(name)
     return _CANONICAL.get(n, n)
+
+
+def head(path: Path, size: int = 4096) -> bytes:
+    """The first `size` bytes of a file (b"" if it cannot be read): how a reader recognises its own exports."""
+    try:
+        with path.open("rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""
 
 
 def is_shifted(when: datetime, *, now: datetime | None = None) -> bool:

@@ -31,7 +31,7 @@ import pandas as pd
 
 from ..errors import SignalError
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from .device import DeviceRecording, Wants, series
+from .device import DeviceRecording, Wants, head, series
 
 #: FIT message -> its fields read as native channels
 FIT_CHANNELS: dict[str, tuple[str, ...]] = {"record": ("heart_rate",), "monitoring": ("heart_rate",)}
@@ -89,12 +89,8 @@ def csv_input_of(path: Path) -> Path | None:
     """A .csv whose first line is `time;value[;duration]` (fit2gpx's header-less layout)."""
     if path.suffix.lower() != ".csv":
         return None
-    try:
-        with path.open("rb") as f:
-            first = f.readline(4096).decode("utf-8", "replace").strip()
-    except OSError:
-        return None
-    return path if CSV_LINE.match(first) else None
+    first = head(path, 256).decode("utf-8", "replace").splitlines()[:1]
+    return path if first and CSV_LINE.match(first[0].strip()) else None
 
 
 def read_csv(path: Path, wants: Wants, limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[DeviceRecording]:

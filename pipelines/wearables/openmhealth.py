@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import SignalError
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from .device import DeviceRecording, Wants, series
+from .device import DeviceRecording, Wants, head, series
 
 log = logging.getLogger(__name__)
 #: schema name -> (body field, accepted units; a bare number has no unit)
@@ -37,13 +37,7 @@ SUFFIXES = (".json", ".ndjson", ".jsonl")
 
 
 def input_of(path: Path) -> Path | None:
-    if path.suffix.lower() not in SUFFIXES:
-        return None
-    try:
-        with path.open("rb") as f:
-            return path if b'"schema_id"' in f.read(4096) else None
-    except OSError:
-        return None
+    return path if path.suffix.lower() in SUFFIXES and b'"schema_id"' in head(path) else None
 
 
 def _points(path: Path, limits: IngestLimits) -> list[Any]:

@@ -29,7 +29,7 @@ from pydicom.valuerep import DT
 
 from ..errors import DicomError, SignalError
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from .device import DeviceRecording, Wants, is_shifted, series
+from .device import DeviceRecording, Wants, head, is_shifted, series
 
 #: Waveform Storage SOP classes (DICOM PS3.4 B.5): ECG, audio, hemodynamic, arterial pulse, respiratory, ...
 WAVEFORM_SOP_PREFIX = "1.2.840.10008.5.1.4.1.1.9."
@@ -54,10 +54,9 @@ def input_of(path: Path) -> Path | None:
     """A DICOM file (by its 'DICM' prefix) whose SOP class is a waveform."""
     if path.suffix.lower() not in WAVEFORM_SUFFIXES:
         return None
+    if head(path, 132)[128:] != b"DICM":
+        return None
     try:
-        with path.open("rb") as f:
-            if f.read(132)[128:] != b"DICM":
-                return None
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
     except (OSError, InvalidDicomError, ValueError, EOFError):
         return None
