@@ -293,6 +293,9 @@ def describe_analysis(spec: StudySpec) -> dict[str, object]:
                           if col in a.bins else "") for col in c.ehr_columns)],
         "what_is_sent": ("once: the figures above, after this node's disclosure control (counts below its "
                          "min_cell_count suppressed with complementary cells, DP noise if [disclosure] dp is set, "
-                         "its ε charged to the privacy ledger); never records or identifiers"),
+                         "its ε charged to the privacy ledger); never records or identifiers"
+                         + ("; summed under pairwise masks with the other hospitals, so the coordinator sees only "
+                            "totals (which cells this node held back stays visible)"
+                            if a.secure_sum is SecureSum.MASKING else "; in the clear to the coordinator")),
         "spec_sha256": spec.sha256(),
     }

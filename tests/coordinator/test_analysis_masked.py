@@ -112,3 +112,10 @@ def test_the_report_says_the_sums_were_masked_or_not_opened(federation, tmp_path
     assert "pairwise masks" in page and "patients" in page
     unopened = pool_masked(SPEC, {s: masked[s] for s in SILOS[1:]}).model_dump(mode="json")
     assert cohort_rows(unopened) == [("masked sums", "not opened", unopened["unopened"])]
+
+
+def test_the_site_is_told_the_figures_are_masked() -> None:
+    from silo_node.analysis import describe_analysis
+
+    assert "pairwise masks" in describe_analysis(SPEC)["what_is_sent"]
+    assert "in the clear" in describe_analysis(SPEC.model_copy(update={"analysis": AnalysisSpec()}))["what_is_sent"]
