@@ -101,6 +101,7 @@ class IngestRun:
     excluded: Counter = field(default_factory=Counter)  # cohort criteria, by reason
     pseudonyms: list[str] = field(default_factory=list)  # one per row of the dataset
     splits: dict[str, SplitPart] = field(default_factory=dict)  # pseudonym -> the part its data names
+    index_days: dict[str, int] = field(default_factory=dict)  # pseudonym -> its index date, days after `index_date`
     raw: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # [N, F] EHR values in cohort units, NaN missing
     labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     image: RowFile | None = None
@@ -224,6 +225,7 @@ def select_cohort(run: IngestRun) -> None:
         n = len(run.pseudonyms)
         raw[n], labels[n] = ehr_values(p, features, run.quarantine, refused), label
         run.pseudonyms.append(p.pseudonym)
+        run.index_days[p.pseudonym] = day
     n = len(run.pseudonyms)
     run.raw, run.labels = raw[:n], labels[:n]
 
@@ -266,12 +268,13 @@ def read_wearable_files(run: IngestRun) -> None:
     run.signal_stats.update(read_signals(run.sources.wearables, cohort=run.cohort, deid=run.deid,
                                          index_date=run.index_date, cache=run.cache, quarantine=run.quarantine,
                                          latest=run.latest, limits=run.limits, mapping=run.sources.wearable_mapping,
-                                         notes=run.wearable_notes))
+                                         notes=run.wearable_notes, index_days=run.index_days))
     if run.sources.dicom:  # DICOM waveforms (12-lead ECG) among the node's DICOM files are signals, not images
         run.signal_stats.update(read_signals(run.sources.dicom, cohort=run.cohort, deid=run.deid, index_date=run.index_date,
                                              cache=run.cache, quarantine=run.quarantine, latest=run.latest,
                                              limits=run.limits, mapping=run.sources.wearable_mapping,
-                                             notes=run.wearable_notes, devices=(WAVEFORM_DEVICE,)))
+                                             notes=run.wearable_notes, devices=(WAVEFORM_DEVICE,),
+                                             index_days=run.index_days))
 
 
 def read_sampled_data(run: IngestRun) -> None:

@@ -73,11 +73,13 @@ class LatestWindows:
 def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifier, index_date: date, cache: IngestCache,
                  quarantine: Quarantine, latest: LatestWindows, limits: IngestLimits = DEFAULT_LIMITS,
                  mapping: WearableMapping = WearableMapping(), notes: WearableNotes | None = None,
-                 devices: Sequence[str] | None = None) -> Counter:
+                 devices: Sequence[str] | None = None, index_days: Mapping[str, int] | None = None) -> Counter:
     """Offer each patient's window of each wearable input (any reader of `pipelines.wearables.registry`) to
     `latest`; counters (inputs_read, records, parsed, cached, unused_after_index_date; superseded windows are
     counted by `latest`); the devices, the mapping used and the channels left out go to `notes`; `devices`: only
-    the files these readers claim (`pipelines.wearables.registry.wearable_inputs`)."""
+    the files these readers claim (`pipelines.wearables.registry.wearable_inputs`); `index_days`: per pseudonym, the
+    patient's own index date in days after `index_date` (`pipelines.ehr.timeline.index_day`), 0 if not named."""
+    index_days = index_days or {}
     channels = tuple(cohort.signal_channels)
     notes = notes if notes is not None else WearableNotes()
     stats: Counter = Counter()
@@ -91,6 +93,9 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
             quarantine.add("signal", SignalError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
         hit = cache.get("wearable", digest)
+        if hit is not None and ("days" not in hit[0] or
+                                any(index_days.get(pid, 0) != day for pid, day in hit[0]["days"].items())):
+            hit = None  # a patient's index date moved since: the windows are cut again
         if hit is not None:
             stats["cached"] += 1
             meta, arrays = hit
@@ -101,7 +106,8 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
         else:
             try:
                 found, meta, clean = _read_input(reader, path, channels, cohort=cohort, deid=deid, index_date=index_date,
-                                                 quarantine=quarantine, limits=limits, mapping=mapping)
+                                                 quarantine=quarantine, limits=limits, mapping=mapping,
+                                                 index_days=index_days)
             except (SignalError, *EXHAUSTION) as e:  # one file never aborts the run
                 quarantine.add("signal", refusal(e, path))
                 continue
@@ -124,9 +130,10 @@ def _count(stats: Counter, meta: dict, found: list) -> None:
 
 def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *, cohort: CohortLike,
                 deid: Deidentifier, index_date: date, quarantine: Quarantine, limits: IngestLimits,
-                mapping: WearableMapping) -> tuple[list[tuple[str, ChosenSignal]], dict, bool]:
-    """Each patient recording of one input, windowed: ([(pseudonym, window)], cache meta, no record refused)."""
-    zero = cutoff(index_date)
+                mapping: WearableMapping, index_days: Mapping[str, int]) -> tuple[list[tuple[str, ChosenSignal]], dict, bool]:
+    """Each patient recording of one input, windowed before the patient's own index date: ([(pseudonym, window)],
+    cache meta, no record refused). A window's `end` counts from the end of that patient's index date."""
+    days: dict[str, int] = {}
     found: list[tuple[str, ChosenSignal]] = []
     used: dict[str, str] = {}
     unused: set[str] = set()
@@ -135,22 +142,25 @@ def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *
         unused.update(dev.unused)
         for note in dev.notes:
             log.info("%s: %s", dev.source, note)
+        pid = deid.pseudonym(dev.patient_id)
+        days[pid] = index_days.get(pid, 0)
+        own = index_date + timedelta(days=days[pid])
         try:
             rec, mapped = to_recording(dev, channels, mapping)
             used.update(mapped)
-            w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=index_date)
+            w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=own)
         except SignalError as e:  # one patient's record of a multi-patient file; the others go on
             quarantine.add("signal", e)
             clean = False
             continue
         records += 1
         if w is not None:
-            end = RELATIVE_END if rec.relative else w.end - zero
-            found.append((deid.pseudonym(rec.patient_id), ChosenSignal(w.values, w.coverage, end, str(path))))
+            end = RELATIVE_END if rec.relative else w.end - cutoff(own)
+            found.append((pid, ChosenSignal(w.values, w.coverage, end, str(path))))
     if not records and clean:
         raise SignalError(f"holds no patient recording {reader.device} exports; expected one (docs/wearables.md)",
                           reason="no_samples", source=path)
-    meta = {"device": reader.device, "used": used, "unused": sorted(unused), "records": records,
+    meta = {"device": reader.device, "used": used, "unused": sorted(unused), "records": records, "days": days,
             "windows": [{"pseudonym": pid, "coverage": c.coverage, "end": c.end} for pid, c in found]}
     return found, meta, clean
 

@@ -32,12 +32,15 @@ class WearableRead:
 
 def read_wearables(paths: list[Path], *, channels: tuple[str, ...] = ("heart_rate",), rate_hz: float = 1.0,
                    length: int = 16, index_date: date = date(2024, 1, 1), mrns: tuple[str, ...] = (),
-                   mapping: WearableMapping = WearableMapping(), cache_dir: Path | None = None) -> WearableRead:
+                   mapping: WearableMapping = WearableMapping(), cache_dir: Path | None = None,
+                   index_days: dict[str, int] | None = None) -> WearableRead:
+    """`index_days`: by MRN, the patient's own index date in days after `index_date`."""
     cohort = CohortSpec(signal_channels=channels, signal_rate_hz=rate_hz, signal_length=length)
     deid = Deidentifier(KEY)
     latest, quarantine, notes = LatestWindows(), Quarantine(), WearableNotes()
     stats = read_signals(paths, cohort=cohort, deid=deid, index_date=index_date, cache=IngestCache(cache_dir, "t"),
-                         quarantine=quarantine, latest=latest, mapping=mapping, notes=notes)
+                         quarantine=quarantine, latest=latest, mapping=mapping, notes=notes,
+                         index_days={deid.pseudonym(m): d for m, d in (index_days or {}).items()})
     by_mrn = {m: latest.chosen[deid.pseudonym(m)] for m in mrns if deid.pseudonym(m) in latest.chosen}
     return WearableRead(by_mrn, stats, notes, quarantine)
 
