@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from ..errors import SignalError
 from ..limits import DEFAULT_LIMITS, IngestLimits
@@ -71,13 +72,15 @@ def _text(path: Path, name: str, limits: IngestLimits) -> str:
 
 
 def _table(text: str, name: str, source: Path) -> np.ndarray:
-    width = text.split("\n", 1)[0].count(",") + 1
+    """The file's rows as float64 [rows, columns]; a cell that is not a number (IBI's header) is NaN."""
+    if not text.strip():
+        return np.zeros((0, 1))
     try:
-        rows = np.genfromtxt(io.StringIO(text), delimiter=",", dtype=np.float64, invalid_raise=False)
-        return rows.reshape(-1, width)
-    except ValueError as e:
-        raise SignalError(f"has {name} that is not numeric CSV ({e}); expected the E4 session layout: start time row, "
+        df = pd.read_csv(io.StringIO(text), header=None, skipinitialspace=True, dtype=str)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise SignalError(f"has {name} that is not CSV ({e}); expected the E4 session layout: start time row, "
                           "sample rate row, then samples", reason="bad_csv", source=source) from None
+    return df.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
 
 
 def _signal(path: Path, name: str, limits: IngestLimits) -> tuple[np.ndarray, np.ndarray]:
