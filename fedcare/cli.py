@@ -23,6 +23,7 @@ from fedcare.commands.console import console_app
 from fedcare.commands.coordinator import coordinator_app
 from fedcare.commands.pki import pki_app
 from fedcare.commands.silo import silo_app
+from fedcare.commands.simulate import simulate
 from fedcare.commands.study import study_app
 from fedcare.listen import ListenError
 
@@ -33,6 +34,7 @@ app.add_typer(study_app, name="study")
 app.add_typer(audit_app, name="audit")
 app.add_typer(pki_app, name="pki")
 app.add_typer(console_app, name="console")
+app.command("simulate")(simulate)
 
 
 # --- demo ---------------------------------------------------------------------------------------

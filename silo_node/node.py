@@ -106,25 +106,36 @@ class SiloNode:
         outage is waited out inside the client (silo_node.client); only a `max_retry_s` that
         runs out ends the node, with CoordinatorUnreachable.
         """
+        self.start()
+        while exit_after_studies is None or len(self.finished) < exit_after_studies:
+            self.step()
+
+    def start(self) -> None:
+        """Join the coordinator and audit the node's configuration: what `run` does first."""
         self._join()
         self.audit.append("node_configured", silo=self.config.name, dataset=self.config.data.dataset,
                           epsilon_cap=self.config.privacy.epsilon_cap, approval=self.config.approval.mode)
         log.info("silo %s joined the coordinator at %s", self.config.name, self.config.coordinator)
-        while exit_after_studies is None or len(self.finished) < exit_after_studies:
-            self._answer_decided_proposals()
-            task = self._pull()
-            if task is None:
-                continue
-            if task.kind == pb.TASK_WAIT:
-                self._say_what_we_wait_for()
-            else:
-                self._idle_said_at = time.monotonic()
-            try:
-                self.handle(task)
-                self._witness_heads(now=task.kind == pb.TASK_FINALIZE)
-            except CoordinatorRefusal as e:
-                # e.g. the round closed while we trained: the next pull brings the current task.
-                self._refused(e, what=f"task {pb.TaskKind.Name(task.kind)}", study=task.study_id, round_=task.round)
+
+    def step(self) -> pb.Task | None:
+        """One turn of the loop: answer decided proposals, pull a task (waiting up to poll_wait_s)
+        and handle it. The task pulled (TASK_WAIT when there was none), or None after a refused
+        pull. `fedcare simulate` drives simulated hospitals turn by turn with it."""
+        self._answer_decided_proposals()
+        task = self._pull()
+        if task is None:
+            return None
+        if task.kind == pb.TASK_WAIT:
+            self._say_what_we_wait_for()
+        else:
+            self._idle_said_at = time.monotonic()
+        try:
+            self.handle(task)
+            self._witness_heads(now=task.kind == pb.TASK_FINALIZE)
+        except CoordinatorRefusal as e:
+            # e.g. the round closed while we trained: the next pull brings the current task.
+            self._refused(e, what=f"task {pb.TaskKind.Name(task.kind)}", study=task.study_id, round_=task.round)
+        return task
 
     def _join(self) -> None:
         self.client.join(sorted(self._modalities()), self.wrap_keys.public_bytes())
