@@ -7,6 +7,7 @@
 #                                      # Orthanc PACS (+ DICOMweb), PostgreSQL, poppler (pdftotext),
 #                                      # Debian's chromium for the console's browser tests (Playwright
 #                                      # drives /usr/bin/chromium; no browser is downloaded)
+#                                      # and Eclipse Mosquitto (the MQTT broker the stream tests start)
 #
 # The environment is the active one when VIRTUAL_ENV is set, else FEDCARE_VENV, else ./.venv
 # (created with PYTHON, default python3). Debian's own Python refuses `pip install` outside a
@@ -32,7 +33,7 @@ done
 # (without it every PDF report prints warnings).
 packages=(python3-venv libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz0b libharfbuzz-subset0 fonts-dejavu-core)
 if [ "$test_extras" = 1 ]; then
-    packages+=(orthanc orthanc-dicomweb postgresql poppler-utils chromium)
+    packages+=(orthanc orthanc-dicomweb postgresql poppler-utils chromium mosquitto)  # mosquitto: MQTT broker the stream tests start
 fi
 missing=()
 for p in "${packages[@]}"; do

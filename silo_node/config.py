@@ -59,6 +59,7 @@ from coordinator.api.study import ALL_MODALITIES, Modality, SpecError, validate_
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import IngestLimits
 from pipelines.wearables.mapping import WearableMapping
+from silo_node.streams.settings import StreamsConfig
 
 
 class _Strict(BaseModel):
@@ -150,6 +151,7 @@ class NodeConfig(_Strict):
     approval: ApprovalConfig = ApprovalConfig()
     disclosure: DisclosureConfig = DisclosureConfig()  # analysis studies: what may be released
     wearables: WearableMapping = WearableMapping()  # [wearables]: channel names and devices of wearable files
+    streams: StreamsConfig | None = None  # [streams]: live wearable data (silo_node.streams, docs/streams.md)
     tls: TLSConfig | None = None
     poll_wait_s: float = Field(default=20.0, gt=0, le=60)
     max_retries: int = Field(default=8, ge=0)  # quick retries of a failed call before the coordinator counts as away
@@ -180,7 +182,8 @@ class NodeConfig(_Strict):
                                     | {"tables": [t.resolved(base) for t in self.data.tables]}
                                     | {"split_file": None if self.data.split_file is None else r(self.data.split_file)})
         tls = None if self.tls is None else TLSConfig(ca_cert=r(self.tls.ca_cert), cert=r(self.tls.cert), key=r(self.tls.key))
-        return self.model_copy(update={"state_dir": r(self.state_dir), "data": data, "tls": tls})
+        streams = None if self.streams is None else self.streams.resolved(base)
+        return self.model_copy(update={"state_dir": r(self.state_dir), "data": data, "tls": tls, "streams": streams})
 
 
 __all__ = ["NodeConfig", "SpecError"]

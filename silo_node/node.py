@@ -42,7 +42,8 @@ from coordinator.api.server_step import ServerOptimizer, build_server_optimizer
 from coordinator.api.study import SpecError, StudySpec
 from coordinator.api.tensors import encode_tensors
 from pipelines.dataset import split_silo
-from pipelines.ingest import IngestResult, ingest_silo
+from pipelines.ingest import STEPS, IngestResult, ingest_silo
+from pipelines.wearables.stream_store import Snapshot, StreamStore, with_snapshot
 from pipelines.normalise import fit_on_training
 from privacy.dp import noise_for_target
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
@@ -53,6 +54,7 @@ from silo_node.attacks import AttackingTrainer
 from silo_node.client import WAITING_LOG_EVERY_S, CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
 from silo_node.ingest_command import KEY_FILE, load_or_create_key
+from silo_node.streams.service import stream_store_dir
 from silo_node.private_round import BudgetRefused, PrivateRound
 from silo_node.trainer import LocalTrainer, pick_device
 from coordinator.api.codecs import ErrorFeedback
@@ -297,13 +299,22 @@ class SiloNode:
     def _ingest(self, study_id: str, spec: StudySpec) -> IngestResult:
         """The study's cohort from this node's data (de-identified), the ingestion audited by its counts."""
         d = self.config.data
+        snapshot = self._stream_snapshot()  # fixed before reading, so what the study trains on is named in the audit
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
                              tables=d.tables, split_file=d.split_file, fhir_mrn_system=d.fhir_mrn_system, limits=d.limits, cohort=spec.cohort,
-                             wearable_mapping=self.config.wearables,
+                             wearable_mapping=self.config.wearables, steps=with_snapshot(STEPS, snapshot),
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")
-        self.audit.append("data_ingested", study=study_id, report=_counts_only(report))
+        self.audit.append("data_ingested", study=study_id, report=_counts_only(report),
+                          **({"stream_snapshot": snapshot.audit()} if snapshot is not None else {}))
         return result
+
+    def _stream_snapshot(self) -> Snapshot | None:
+        """With [streams]: the stream store's rows committed by now, which this study's ingestion windows."""
+        if self.config.streams is None:
+            return None
+        with StreamStore(stream_store_dir(Path(self.config.state_dir))) as store:
+            return store.snapshot()
 
     def _prepare(self, study_id: str, spec: StudySpec) -> StudyState:
         result = self._ingest(study_id, spec)

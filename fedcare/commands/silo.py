@@ -151,3 +151,7 @@ def silo_console(config: ConfigOpt, listen: Annotated[str, typer.Option(
     Console().print(f"site console at http://{listen}/ (add users with `fedcare console add-user --config {config}`)",
                     soft_wrap=True, highlight=False)
     serve(app_, listen)
+
+
+from fedcare.commands.silo_stream import stream  # noqa: E402  (live wearable streams, docs/streams.md)
+silo_app.command("stream")(stream)

@@ -1,0 +1,20 @@
+"""`fedcare silo stream`: receive live wearable data ([streams] of the node config) into the node's stream store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedcare.commands.common import ConfigOpt, UserError, VerboseOpt, configure_logging, node_config
+
+
+def stream(config: ConfigOpt, verbose: VerboseOpt = False) -> None:
+    """Receive wearable streams (MQTT, HTTPS) into the node's stream store until stopped; studies train on snapshots."""
+    configure_logging(verbose)
+    cfg = node_config(config)
+    if cfg.streams is None:
+        raise UserError(f"{config}: has no [streams] section; add [streams.mqtt] and/or [streams.http] (docs/streams.md)")
+    from silo_node.ingest_command import KEY_FILE, load_or_create_key
+    from silo_node.streams.service import StreamService
+
+    StreamService(cfg.streams, state_dir=Path(cfg.state_dir),
+                  pseudonym_key=load_or_create_key(Path(cfg.state_dir) / KEY_FILE)).run()

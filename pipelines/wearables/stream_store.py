@@ -1,0 +1,313 @@
+"""The silo's store of streamed wearable samples, and the snapshot a study is windowed from.
+
+Live streams (MQTT, HTTPS: `silo_node.streams`) arrive as `SampleBatch`es already de-identified
+(the patient is the keyed pseudonym of `pipelines.deid`, the device an opaque keyed token). They
+are appended to one SQLite database in WAL mode with `synchronous=FULL` (https://sqlite.org/wal.html):
+a batch is acknowledged to its sender only after the transaction holding it has committed, so
+an acknowledged sample survives a kill -9 or a power cut. One writer thread takes batches from a
+bounded queue (`StreamWriter`): when the queue is full the receivers refuse to acknowledge
+(backpressure reaches the devices), and batches waiting together commit together (group commit).
+A sample redelivered by an at-least-once transport (MQTT QoS 1) is stored once:
+(patient, device, channel, time) is unique and the first value wins, as in `device.series`.
+
+A round does not read the live table: `StreamStore.snapshot(at)` fixes the rows that had committed
+by `at` (arrival time, monotone in the row sequence), with their count and SHA-256, so the same
+snapshot always gives the same windows however much data arrives later, and the audit names
+exactly what a study trained on. `snapshot.recordings()` yields `DeviceRecording`s like the file
+readers (`pipelines.wearables.registry`), keyed by pseudonym; `snapshot_step` windows them inside
+ingestion (`pipelines.ingest.STEPS`) exactly as a recording file is windowed.
+Malformed messages and refused ones (rate limits) are recorded with their reason, never stored as samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import sqlite3
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from typing import TYPE_CHECKING
+
+from ..errors import PipelineError, SignalError
+from .device import DeviceRecording, series
+
+if TYPE_CHECKING:  # windowing needs pandas and torch; the stream receivers only store, and start fast without them
+    from ..steps import IngestRun, Step
+
+log = logging.getLogger(__name__)
+DB_NAME = "streams.sqlite"
+STREAM_DEVICE = "stream"  # the device name in the ingest report's signal sources
+MAX_DETAIL = 500  # characters of a quarantine or refusal message kept
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, received REAL NOT NULL, patient TEXT NOT NULL,
+    device TEXT NOT NULL, channel TEXT NOT NULL, t REAL NOT NULL, v REAL NOT NULL, UNIQUE (patient, device, channel, t));
+CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, received REAL NOT NULL, source TEXT NOT NULL,
+    reason TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS refusals (id INTEGER PRIMARY KEY, received REAL NOT NULL, device TEXT NOT NULL,
+    reason TEXT NOT NULL, samples INTEGER NOT NULL);
+"""
+
+
+class StreamStoreError(PipelineError):
+    """The stream store cannot be opened or a snapshot cannot be taken."""
+
+
+class StoreBusy(StreamStoreError):
+    """The writer's queue is full: the sender must retry later (it was not acknowledged)."""
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    """De-identified samples of one channel from one device: `seconds` (POSIX, UTC) and `values`, both float64 [n]."""
+
+    patient: str  # keyed pseudonym
+    device: str  # keyed device token
+    channel: str  # the device's channel name (mapped to the study's channels at windowing)
+    seconds: np.ndarray
+    values: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.seconds.size)
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns: acks follow commits
+        db.execute("PRAGMA busy_timeout=10000")
+        db.executescript(_SCHEMA)
+    except sqlite3.Error as e:
+        raise StreamStoreError(f"stream store {path} cannot be opened ({e}); expected a writable SQLite file under the "
+                               "node's state_dir. Check the disk and the file's permissions") from None
+    return db
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The rows committed by `at` (POSIX seconds): sequence numbers 1..`upto`, `samples` rows, their SHA-256."""
+
+    path: Path
+    at: float
+    upto: int
+    samples: int
+    sha256: str
+
+    def audit(self) -> dict:
+        """What the audit log records about the snapshot a study trained on (no identifiers)."""
+        return {"at": self.at, "upto_seq": self.upto, "samples": self.samples, "sha256": self.sha256}
+
+    def recordings(self) -> Iterator[DeviceRecording]:
+        """One `DeviceRecording` per (pseudonym, device): the snapshot's samples, channels by the device's names."""
+        db = _connect(self.path)
+        try:
+            rows = db.execute("SELECT patient, device, channel, t, v FROM samples WHERE seq <= ? "
+                              "ORDER BY patient, device, channel, t", (self.upto,))
+            key, chans, t, v, channel = None, {}, [], [], None
+            for patient, device, ch, ti, vi in rows:
+                if (patient, device) != key or ch != channel:
+                    if channel is not None:
+                        chans[channel] = series(np.array(t), np.array(v))
+                    t, v, channel = [], [], ch
+                if (patient, device) != key:
+                    if key is not None:
+                        yield DeviceRecording(key[0], chans, f"stream snapshot at {self.at:.3f}")
+                    key, chans = (patient, device), {}
+                t.append(ti)
+                v.append(vi)
+            if key is not None:
+                chans[channel] = series(np.array(t), np.array(v))
+                yield DeviceRecording(key[0], chans, f"stream snapshot at {self.at:.3f}")
+        finally:
+            db.close()
+
+
+class StreamStore:
+    """Append-only SQLite store of streamed samples under the node's state_dir (see the module docstring)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / DB_NAME
+        self._db = _connect(self.path)
+        self._lock = threading.Lock()
+        last = self._db.execute("SELECT MAX(received) FROM samples").fetchone()[0]
+        self._clock = float(last or 0.0)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "StreamStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _now(self) -> float:
+        """Arrival time, never earlier than a stored one (a snapshot bound must cut the sequence once)."""
+        self._clock = max(self._clock, time.time())
+        return self._clock
+
+    def append(self, batches: Sequence[SampleBatch]) -> int:
+        """Commit `batches` in one durable transaction; the number of new samples (redelivered ones are not new)."""
+        with self._lock:
+            received = self._now()
+            rows = [(received, b.patient, b.device, b.channel, float(ti), float(vi))
+                    for b in batches for ti, vi in zip(b.seconds.tolist(), b.values.tolist())]
+            before = self._db.total_changes
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO samples (received, patient, device, channel, t, v) "
+                                     "VALUES (?, ?, ?, ?, ?, ?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return self._db.total_changes - before
+
+    def quarantine(self, source: str, error: SignalError) -> None:
+        """A malformed message: its reason and message (never its payload), committed before the sender hears no."""
+        with self._lock:
+            self._db.execute("INSERT INTO quarantine (received, source, reason, message) VALUES (?, ?, ?, ?)",
+                             (time.time(), source[:MAX_DETAIL], error.reason, str(error)[:MAX_DETAIL]))
+
+    def refuse(self, device: str, reason: str, samples: int) -> None:
+        """A well-formed message refused (a device over its rate limit), recorded for the audit."""
+        with self._lock:
+            self._db.execute("INSERT INTO refusals (received, device, reason, samples) VALUES (?, ?, ?, ?)",
+                             (time.time(), device, reason, samples))
+
+    def counts(self) -> dict[str, object]:
+        """Samples stored, quarantined messages and refusals by reason."""
+        with self._lock:
+            q = self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
+            r = self._db.execute("SELECT reason, COUNT(*) FROM refusals GROUP BY reason").fetchall()
+            n = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
+        return {"samples": int(n), "quarantined": dict(q), "refused": dict(r)}
+
+    def snapshot(self, at: float | None = None) -> Snapshot:
+        """The rows committed by `at` (default: now); the same `at` later gives the same rows."""
+        with self._lock:
+            now = self._now()
+            at = now if at is None else float(at)
+            if at > now:
+                raise StreamStoreError(f"snapshot time {at:.3f} is in the future (now {now:.3f}); expected a time "
+                                       "already passed, so the rows it names can no longer change")
+            upto = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM samples WHERE received <= ?", (at,)).fetchone()[0]
+            h, n = hashlib.sha256(), 0
+            for row in self._db.execute("SELECT patient, device, channel, t, v FROM samples WHERE seq <= ? ORDER BY seq",
+                                        (upto,)):
+                h.update("\0".join(row[:3]).encode() + struct.pack("<dd", row[3], row[4]))
+                n += 1
+        return Snapshot(self.path, at, int(upto), n, h.hexdigest())
+
+
+@dataclass
+class _Pending:
+    batches: Sequence[SampleBatch]
+    done: Callable[[BaseException | None], None]  # called once committed (None) or failed (the error)
+
+
+class StreamWriter:
+    """One thread appending batches from a bounded queue to the store, then calling each batch's `done`.
+
+    `submit` raises `StoreBusy` when `capacity` batches are waiting: the receivers then withhold the
+    acknowledgement (MQTT) or answer 503 (HTTP), so a slow disk slows the senders instead of growing memory.
+    """
+
+    def __init__(self, store: StreamStore, *, capacity: int = 1000, max_group: int = 256) -> None:
+        self.store = store
+        self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=capacity)
+        self._max_group = max_group
+        self.stats: Counter = Counter()
+        self._thread = threading.Thread(target=self._run, name="stream-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batches: Sequence[SampleBatch], done: Callable[[BaseException | None], None], *,
+               wait_s: float = 0.0) -> None:
+        """Queue `batches`; `done(None)` once committed. Waits up to `wait_s` for room, then raises `StoreBusy`."""
+        try:
+            self._queue.put(_Pending(batches, done), timeout=wait_s) if wait_s > 0 else self._queue.put_nowait(
+                _Pending(batches, done))
+        except queue.Full:
+            self.stats["busy"] += 1
+            raise StoreBusy(f"the stream store's queue is full ({self._queue.maxsize} batches waiting); retry later")
+
+    def close(self) -> None:
+        """Commit what is queued, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while len(group) < self._max_group:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # stop after this group
+                    break
+                group.append(item)
+            try:
+                self.stats["stored"] += self.store.append([b for p in group for b in p.batches])
+                error: BaseException | None = None
+            except (sqlite3.Error, OSError) as e:  # nothing of the group is acknowledged; senders retry
+                log.error("stream store commit failed (%s); %d messages not acknowledged", e, len(group))
+                error = e
+            for p in group:
+                p.done(error)
+
+
+def snapshot_step(snapshot: Snapshot) -> "Step":
+    """The ingestion step windowing the snapshot's recordings as `pipelines.wearables.signals` windows files."""
+
+    from .mapping import to_recording
+    from .recordings import window
+    from .sampled import cutoff
+    from .signals import ChosenSignal
+
+    def read_stream_snapshot(run: "IngestRun") -> None:
+        assert run.latest is not None, "allocate_rows runs before read_stream_snapshot"
+        channels = tuple(run.cohort.signal_channels)
+        mapping, zero = run.sources.wearable_mapping, cutoff(run.index_date)
+        for dev in snapshot.recordings():
+            run.signal_stats["records"] += 1
+            run.wearable_notes.devices[STREAM_DEVICE] += 1
+            try:
+                rec, used = to_recording(dev, channels, mapping)
+                w = window(rec, channels, rate_hz=run.cohort.signal_rate_hz, length=run.cohort.signal_length,
+                           index_date=run.index_date)
+            except SignalError as e:
+                run.quarantine.add("signal", e)
+                continue
+            run.wearable_notes.add(STREAM_DEVICE, used, sorted(set(dev.channels) - set(used)))
+            if w is None:
+                run.signal_stats["unused_after_index_date"] += 1
+                continue
+            run.latest.offer(dev.patient_id, ChosenSignal(w.values, w.coverage, w.end - zero, w.source))
+
+    return read_stream_snapshot
+
+
+def with_snapshot(steps: Sequence["Step"], snapshot: Snapshot | None) -> tuple["Step", ...]:
+    """`steps` (unchanged without a snapshot) with the snapshot read right after the wearable files (before the signal report is made)."""
+    if snapshot is None:
+        return tuple(steps)
+    from ..steps import read_wearable_files
+
+    at = list(steps).index(read_wearable_files) + 1
+    return (*steps[:at], snapshot_step(snapshot), *steps[at:])
