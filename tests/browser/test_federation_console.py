@@ -92,6 +92,7 @@ def test_submit_approve_watch_and_download_from_the_browser(chromium, cluster, t
         spage.reload()
     spage.click(f"a[href='/proposals/{study_id}']")
     assert "ehr" in spage.inner_text("main") and "target ε 8.0" in spage.inner_text("main")
+    assert "Who else takes part" in spage.inner_text("#others")  # Task.other_silos, as the coordinator told it
     spage.screenshot(path=tmp_path / "site-proposal.png", full_page=True)
     spage.fill("input[name=reason]", "IRB approval 2026-14")
     spage.click("button[value=approve]")
@@ -105,6 +106,9 @@ def test_submit_approve_watch_and_download_from_the_browser(chromium, cluster, t
     assert rpage.locator("#chart-auroc canvas").count() == 1
     assert "Released model" in rpage.inner_text("#final")
     rpage.screenshot(path=tmp_path / "study-done.png", full_page=True)
+    listing = chromium.new_context().new_page()  # the study list comes from the coordinator (ListStudies)
+    _sign_in(listing, rbase, "dr-who")
+    assert listing.locator(f"a[href='/studies/{study_id}']").count() == 1 and "done" in listing.inner_text("main")
     with rpage.expect_download(timeout=300_000) as download:
         rpage.click("#download a")
     archive = tmp_path / "results.zip"
