@@ -4,7 +4,7 @@ A fedcare recording is `<MRN>.csv` with a `timestamp` column (ISO 8601) and one 
 (the other device exports have their own readers, `pipelines.wearables.registry`).
 The window is the last `signal_length / signal_rate_hz` seconds recorded on or before the
 index date (for a relative-time recording, `Recording.relative`: its last seconds), resampled
-onto a regular grid. Gaps are handled explicitly: samples are linearly
+onto a regular grid (`resample`: a faster channel is averaged over each grid step). Gaps are handled explicitly: samples are linearly
 interpolated across gaps up to `max_gap` (`MAX_GAP_S`, or 1.5 sample periods of a slower channel:
 a minute-level step count has no gap every minute); grid points inside longer gaps (or outside the
 recording) are set to the channel's reference level, i.e. 0 after normalisation; a window
@@ -117,6 +117,20 @@ def max_gap(seconds: np.ndarray) -> float:
     return max(MAX_GAP_S, 1.5 * float(np.median(np.diff(seconds)))) if seconds.size > 2 else MAX_GAP_S
 
 
+def resample(grid: np.ndarray, t: np.ndarray, x: np.ndarray, rate_hz: float) -> np.ndarray:
+    """`x(t)` at the grid points: linear interpolation, or, for a channel at least twice the grid's rate (a 32 Hz
+    accelerometer on a 1 Hz grid), the mean of its samples within half a grid step (a boxcar low-pass, so the
+    grid does not alias the faster signal)."""
+    linear = np.interp(grid, t, x)
+    if t.size < 3 or np.median(np.diff(t)) * 2 > 1 / rate_hz:
+        return linear
+    lo = np.searchsorted(t, grid - 0.5 / rate_hz)
+    hi = np.searchsorted(t, grid + 0.5 / rate_hz)
+    sums = np.concatenate([[0.0], np.cumsum(x)])
+    n = hi - lo
+    return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), linear)
+
+
 def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: int, index_date: date) -> Window | None:
     """The normalised window ending at the last sample on or before `index_date` (a relative recording: its last
     sample); None if none is."""
@@ -138,7 +152,7 @@ def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: i
         left, right = tv[i - 1], tv[np.minimum(i, tv.size - 1)]
         near = np.minimum(np.abs(grid - left), np.abs(grid - right)) <= 0.5 / rate_hz
         ok = near | ((grid >= tv[0]) & (grid <= tv[-1]) & (right - left <= max_gap(tv)))
-        x = np.interp(grid, tv, xv)
+        x = resample(grid, tv, xv, rate_hz)
         level, scale = SIGNAL_REFERENCE.get(name, (float(x[ok].mean()) if ok.any() else 0.0,
                                                    float(x[ok].std()) or 1.0 if ok.any() else 1.0))
         out[c] = np.where(ok, (x - level) / scale, 0.0)

@@ -76,3 +76,13 @@ def test_session_after_the_index_date_is_unused(tmp_path: Path, read):
     _folder(tmp_path, "late", _e4_files(start=datetime(2024, 3, 1, tzinfo=timezone.utc).timestamp()))
     got = read([tmp_path], channels=CHANNELS, mrns=("late",))
     assert got.windows == {} and got.stats["unused_after_index_date"] == 1
+
+
+def test_fast_acceleration_is_averaged_not_aliased_on_a_slow_grid(tmp_path: Path, read):
+    """ACC at 32 Hz alternating +-1 g on x: point sampling on a 1 Hz grid would see +1 or -1; the mean is 0."""
+    files = _e4_files()
+    acc = "\n".join(f"{64 if i % 2 else -64}, 0, 64" for i in range(32 * 40))
+    files["ACC.csv"] = f"{START:.6f}, {START:.6f}, {START:.6f}\n32.000000, 32.000000, 32.000000\n{acc}\n"
+    _folder(tmp_path, "p", files)
+    got = read([tmp_path / "p"], channels=("acc_x",), rate_hz=1.0, length=16, mrns=("p",))
+    assert abs(got.windows["p"].values[0][1:-1]).max() < 0.2  # 0 g +- one sample in 32, in units of 0.5 g
