@@ -54,7 +54,7 @@ def input_of(path: Path) -> Path | None:
 
 
 def parts(path: Path) -> list[Path]:
-    return [path] if _is_zip(path) else [path / n for n in SIGNALS if (path / n).is_file()]
+    return [path] if _is_zip(path) else [path / n for n in (*SESSION, "info.txt") if (path / n).is_file()]
 
 
 def _text(path: Path, name: str, limits: IngestLimits) -> str:

@@ -54,12 +54,14 @@ def reader(device: str) -> WearableReader:
 
 def wearable_inputs(paths: Sequence[Path], quarantine: Quarantine | None,
                     device_for: Callable[[Path], str | None] = lambda p: None,
-                    devices: Sequence[str] | None = None) -> Iterator[tuple[WearableReader, Path]]:
+                    devices: Sequence[str] | None = None,
+                    unclaimed: list[Path] | None = None) -> Iterator[tuple[WearableReader, Path]]:
     """Each input under `paths` once, with its reader (`device_for` names one by file pattern; else `READERS` order).
 
     Files given directly are always read (by the first reader claiming them, else as fedcare CSV); files
     found in folders that no reader claims are not inputs (signal files beside a WFDB header, notes).
     `devices`: only these readers, and only files they claim (DICOM waveforms among a node's DICOM folders).
+    `unclaimed` collects the files no reader claimed (some are parts of an input: `unread_files`).
     """
     seen: set[Path] = set()
     named = {Path(p) for p in paths} if devices is None else set()
@@ -74,10 +76,18 @@ def wearable_inputs(paths: Sequence[Path], quarantine: Quarantine | None,
             quarantine.add("signal", InputError(
                 "is compressed and no wearable reader reads it (only an Empatica E4 session zip is read); it was "
                 "skipped. Decompress it into the input folder", reason="compressed_not_read", source=f))
+        if found is None and unclaimed is not None:
+            unclaimed.append(f)
         if found is None or found[1] in seen:
             continue
         seen.add(found[1])
         yield found
+
+
+def unread_files(unclaimed: Sequence[Path], inputs: Sequence[tuple[WearableReader, Path]]) -> list[Path]:
+    """The unclaimed files that are no part of any input read (a WFDB record's signal files are parts of it)."""
+    parts = {p for r, i in inputs for p in r.parts(i)}
+    return [f for f in unclaimed if f not in parts]
 
 
 def input_digest(r: WearableReader, path: Path, block: int = 1 << 20) -> str:

@@ -27,7 +27,7 @@ from ..quarantine import Quarantine
 from ..rowfiles import RowFile
 from .mapping import WearableMapping, WearableNotes, to_recording
 from .recordings import window
-from .registry import WearableReader, input_digest, wearable_inputs
+from .registry import WearableReader, input_digest, unread_files, wearable_inputs
 from .sampled import cutoff, sampled_window
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,10 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
     notes = notes if notes is not None else WearableNotes()
     stats: Counter = Counter()
     walk_quarantine = quarantine if devices is None else None  # another modality's folders report their own files
-    for reader, path in wearable_inputs(paths, walk_quarantine, mapping.device_for, devices):
+    unclaimed: list[Path] = []
+    inputs: list[tuple[WearableReader, Path]] = []
+    for reader, path in wearable_inputs(paths, walk_quarantine, mapping.device_for, devices, unclaimed):
+        inputs.append((reader, path))
         stats["inputs_read"] += 1
         notes.devices[reader.device] += 1
         try:
@@ -118,6 +121,11 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
                 cache.put("wearable", digest, meta, {f"values_{k}": c.values for k, (_, c) in enumerate(found)})
         for pid, chosen in found:
             latest.offer(pid, chosen)
+    unread = unread_files(unclaimed, inputs) if devices is None else []
+    if unread:  # counted and named in the log, never dropped without a word
+        stats["unused_not_a_wearable_export"] += len(unread)
+        log.warning("wearables: %d files are no export a wearable reader knows (docs/wearables.md) and were not read, "
+                    "e.g. %s", len(unread), ", ".join(str(f) for f in unread[:5]))
     log.info("wearables: %d recordings, %d patients with a window", stats["records"], len(latest.chosen))
     return stats
 

@@ -72,3 +72,13 @@ def test_truncated_export_is_quarantined(tmp_path: Path, read):
     path.write_bytes(path.read_bytes()[:-300])
     got = read([tmp_path], channels=("heart_rate",))
     assert got.reasons() == ["bad_xml"] and got.stats["inputs_read"] == 1
+
+
+def test_files_of_the_export_no_reader_knows_are_counted_not_dropped_silently(tmp_path: Path, read):
+    folder = tmp_path / "MRN-A4" / "apple_health_export"
+    _export(folder)
+    (folder / "export_cda.xml").write_text("<ClinicalDocument/>")
+    (folder / "workout-routes").mkdir()
+    (folder / "workout-routes" / "route_2024-01-01.gpx").write_text("<gpx/>")
+    got = read([tmp_path], channels=("heart_rate",), rate_hz=0.2, length=16, mrns=("MRN-A4",))
+    assert set(got.windows) == {"MRN-A4"} and got.stats["unused_not_a_wearable_export"] == 2
