@@ -15,7 +15,8 @@ by `at` (arrival time, monotone in the row sequence), with their count and SHA-2
 snapshot always gives the same windows however much data arrives later, and the audit names
 exactly what a study trained on. `snapshot.recordings()` yields `DeviceRecording`s like the file
 readers (`pipelines.wearables.registry`), keyed by pseudonym; `snapshot_step` windows them inside
-ingestion (`pipelines.ingest.STEPS`) exactly as a recording file is windowed.
+ingestion (`pipelines.ingest.STEPS`) exactly as a recording file is windowed: before each patient's own
+index date.
 Malformed messages and refused ones (rate limits) are recorded with their reason, never stored as samples.
 """
 
@@ -31,6 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -283,14 +285,15 @@ def snapshot_step(snapshot: Snapshot) -> "Step":
     def read_stream_snapshot(run: "IngestRun") -> None:
         assert run.latest is not None, "allocate_rows runs before read_stream_snapshot"
         channels = tuple(run.cohort.signal_channels)
-        mapping, zero = run.sources.wearable_mapping, cutoff(run.index_date)
+        mapping = run.sources.wearable_mapping
         for dev in snapshot.recordings():
             run.signal_stats["records"] += 1
             run.wearable_notes.devices[STREAM_DEVICE] += 1
+            own = run.index_date + timedelta(days=run.index_days.get(dev.patient_id, 0))  # the patient's index date
             try:
                 rec, used = to_recording(dev, channels, mapping)
                 w = window(rec, channels, rate_hz=run.cohort.signal_rate_hz, length=run.cohort.signal_length,
-                           index_date=run.index_date)
+                           index_date=own)
             except SignalError as e:
                 run.quarantine.add("signal", e)
                 continue
@@ -298,7 +301,7 @@ def snapshot_step(snapshot: Snapshot) -> "Step":
             if w is None:
                 run.signal_stats["unused_after_index_date"] += 1
                 continue
-            run.latest.offer(dev.patient_id, ChosenSignal(w.values, w.coverage, w.end - zero, w.source))
+            run.latest.offer(dev.patient_id, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source))
 
     return read_stream_snapshot
 
