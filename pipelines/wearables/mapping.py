@@ -53,7 +53,7 @@ class WearableMapping(BaseModel):
 
     def device_for(self, path: Path) -> str | None:
         text = path.as_posix()
-        return next((d.device for d in self.devices if fnmatch(path.name, d.pattern) or fnmatch(text, f"*{d.pattern}")),
+        return next((d.device for d in self.devices if fnmatch(path.name, d.pattern) or fnmatch(text, f"*/{d.pattern}")),
                     None)
 
     def study_channel(self, native: str, channels: Sequence[str]) -> str | None:

@@ -63,7 +63,8 @@ def test_node_config_section_is_validated(tmp_path: Path):
     base = ("name = 'st-mary'\ncoordinator = 'c:1'\nstate_dir = 's'\ninsecure = true\n[data]\ndataset = 'd'\n"
             "wearables = ['w']\n[wearables]\nchannels = { Pulse = 'heart_rate' }\n")
     ok = base + "devices = [{ pattern = 'garmin/*.fit', device = 'garmin_fit' }]\n"
-    assert NodeConfig.model_validate(tomllib.loads(ok)).wearables.device_for(Path("/x/garmin/a.fit")) == "garmin_fit"
+    mapping = NodeConfig.model_validate(tomllib.loads(ok)).wearables
+    assert mapping.device_for(Path("/x/garmin/a.fit")) == "garmin_fit" and mapping.device_for(Path("/x/notgarmin/a.fit")) is None
     with pytest.raises(ValidationError, match="device 'garmin' is not a wearable reader; expected one of"):
         NodeConfig.model_validate(tomllib.loads(base + "devices = [{ pattern = '*.fit', device = 'garmin' }]\n"))
     with pytest.raises(ValidationError, match="Extra inputs"):
