@@ -520,6 +520,11 @@ class Federation:
             self._notify()
             return pb.PushReply(accepted=True, sha256=sha, size=header.size)
 
+    def check_upload(self, silo: str, header: pb.BlobHeader) -> None:
+        """Refused unless the silo may start (or resume) this update's upload now."""
+        with self._lock:
+            self._buffer_or_round(silo, header)
+
     def _buffer_or_round(self, silo: str, header: pb.BlobHeader) -> tuple[StudyRow, RoundRow, int | None, UpdateRow | None]:
         """The round an update goes to, its staleness (asynchronous studies: the buffer, coordinator/buffer.py)
         and the update the silo already stored there, if any."""

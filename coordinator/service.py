@@ -222,7 +222,7 @@ class FederationService(pb_grpc.FederationServicer):
             if row.key_holder != silo:
                 raise Refused(f"silo {silo} is not the key holder of study {row.id}")
         else:
-            self.fed.check_round(header.ref.study_id, silo, header.round, header.nonce)
+            self.fed.check_upload(silo, header)
 
     @_rpc
     def QueryUpload(self, request: pb.BlobHeader, context: grpc.ServicerContext) -> pb.PushReply:

@@ -159,6 +159,8 @@ class NodeConfig(_Strict):
     max_retry_s: float | None = Field(default=None, gt=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     attack: AttackConfig | None = None  # testing/benchmarking only, logged loudly when set
+    # Testing/benchmarking only (benchmarks/stragglers.py): sleep this long after each local run, a slower hospital.
+    train_delay_s: float = Field(default=0.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _tls_or_insecure(self) -> "NodeConfig":
