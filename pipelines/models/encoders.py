@@ -1,8 +1,9 @@
 """Modality encoders, each mapping one modality to a probabilistic embedding N(mu, diag(exp(logvar))).
 
-Every encoder is built from layers Opacus computes per-sample gradients for (Linear, Conv,
-GroupNorm, Opacus' DPGRU); there is no BatchNorm anywhere, because batch statistics mix patients and break
-record-level DP-SGD. The convolutional stacks are MONAI `Convolution` blocks with GroupNorm.
+The "features" encoders put a trained linear head on fixed statistics (pipelines.models.features):
+the DP-friendly choice for a few hundred patients per hospital. Every encoder is built from layers
+Opacus computes per-sample gradients for (Linear, Conv, GroupNorm, Opacus' DPGRU); there is no
+BatchNorm anywhere, because batch statistics mix patients and break record-level DP-SGD. The convolutional stacks are MONAI `Convolution` blocks with GroupNorm.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 from monai.networks.blocks import Convolution
 from opacus.layers import DPGRU
 from torch import Tensor, nn
+
+from .features import IMAGE_FEATURES, SIGNAL_STATISTICS, ImageStatistics, SignalStatistics
 
 # Log-variances are squashed into (-LOGVAR_BOUND, LOGVAR_BOUND) with a tanh, a soft clamp that
 # keeps exp(logvar) finite without killing the gradient the way a hard clamp does.
@@ -161,3 +164,27 @@ class GRUSignalEncoder(nn.Module):
             return self.embedding(steps.new_zeros(0, self.embedding.linear.in_features))
         out, last = self.gru(steps)
         return self.embedding(torch.cat([last[-1], out.mean(dim=1)], dim=-1))
+
+
+class ImageFeatureEncoder(nn.Module):
+    """Fixed first-order radiomics statistics of a slice or volume, then a linear Gaussian head."""
+
+    def __init__(self, embed_dim: int) -> None:
+        super().__init__()
+        self.body = ImageStatistics()
+        self.embedding = GaussianHead(IMAGE_FEATURES, embed_dim)
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
+        return self.embedding(self.body(image))
+
+
+class SignalFeatureEncoder(nn.Module):
+    """Fixed per-channel time-domain statistics (HRV's RMSSD among them), then a linear Gaussian head."""
+
+    def __init__(self, channels: int, embed_dim: int) -> None:
+        super().__init__()
+        self.body = SignalStatistics()
+        self.embedding = GaussianHead(SIGNAL_STATISTICS * channels, embed_dim)
+
+    def forward(self, signal: Tensor) -> tuple[Tensor, Tensor]:
+        return self.embedding(self.body(signal))

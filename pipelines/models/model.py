@@ -8,13 +8,20 @@ from typing import Literal, Sequence, get_args
 import torch
 from torch import Tensor, nn
 
-from .encoders import EHREncoder, GRUSignalEncoder, ImageEncoder, SignalEncoder
+from .encoders import (
+    EHREncoder, GRUSignalEncoder, ImageEncoder, ImageFeatureEncoder, SignalEncoder, SignalFeatureEncoder,
+)
 from .errors import ModelConfigError, ModelInputError
 from .fusion import MODALITIES, ConcatFusion, MixtureOfExpertsFusion, drop_modalities
 
 
 Architecture = Literal["multimodal", "linear", "mlp"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+# "features": fixed statistics and a linear head (pipelines.models.features), sized for DP-SGD
+ImageEncoderKind = Literal["cnn", "features"]
+SignalEncoderKind = Literal["cnn", "gru", "features"]
+IMAGE_ENCODERS: tuple[str, ...] = get_args(ImageEncoderKind)
+SIGNAL_ENCODERS: tuple[str, ...] = get_args(SignalEncoderKind)
 
 
 @dataclass(frozen=True)
@@ -54,9 +61,10 @@ class MultimodalModel(nn.Module):
         ehr_hidden: int,
         image_channels: Sequence[int],
         signal_hidden: int,
-        signal_encoder: Literal["cnn", "gru"],
+        signal_encoder: SignalEncoderKind,
         fusion: Literal["moe", "concat"],
         modality_dropout: float,
+        image_encoder: ImageEncoderKind = "cnn",
     ) -> None:
         super().__init__()
         # canonical order, so parameter order (and thus the update layout) ignores spec order
@@ -67,11 +75,16 @@ class MultimodalModel(nn.Module):
         self.embed_dim = embed_dim
         self.modality_dropout = modality_dropout
         self.personal_layers: tuple[str, ...] = ()
+        signal_encoders = {
+            "cnn": lambda: SignalEncoder(signal_channels, signal_hidden, embed_dim),
+            "gru": lambda: GRUSignalEncoder(signal_channels, signal_hidden, embed_dim),
+            "features": lambda: SignalFeatureEncoder(signal_channels, embed_dim),
+        }
         builders = {
             "ehr": lambda: EHREncoder(ehr_features, ehr_hidden, embed_dim),
-            "image": lambda: ImageEncoder(tuple(image_channels), embed_dim, spatial_dims=image_dims),
-            "signal": lambda: (GRUSignalEncoder if signal_encoder == "gru" else SignalEncoder)(
-                signal_channels, signal_hidden, embed_dim),
+            "image": lambda: (ImageFeatureEncoder(embed_dim) if image_encoder == "features"
+                              else ImageEncoder(tuple(image_channels), embed_dim, spatial_dims=image_dims)),
+            "signal": signal_encoders[signal_encoder],
         }
         self.encoders = nn.ModuleDict({m: builders[m]() for m in self.modalities})
         hidden = max(2 * embed_dim, 16)
@@ -147,10 +160,11 @@ def build_model(
     ehr_hidden: int = 64,
     image_channels: Sequence[int] = (8, 16),
     signal_hidden: int = 32,
-    signal_encoder: Literal["cnn", "gru"] = "cnn",
+    signal_encoder: SignalEncoderKind = "cnn",
     fusion: Literal["moe", "concat"] = "moe",
     modality_dropout: float = 0.15,
     architecture: Architecture = "multimodal",
+    image_encoder: ImageEncoderKind = "cnn",
 ) -> nn.Module:
     """Build the study model; the arguments are exactly `StudySpec.model_arguments()`.
 
@@ -186,8 +200,10 @@ def build_model(
         raise ModelConfigError(f"image_channels must be a non-empty list of positive integers, got {list(image_channels)}")
     if image_dims not in (2, 3):
         raise ModelConfigError(f"image_dims must be 2 (slices) or 3 (volumes), got {image_dims!r}")
-    if signal_encoder not in ("cnn", "gru"):
-        raise ModelConfigError(f"signal_encoder must be 'cnn' or 'gru', got {signal_encoder!r}")
+    if signal_encoder not in SIGNAL_ENCODERS:
+        raise ModelConfigError(f"signal_encoder must be one of {list(SIGNAL_ENCODERS)}, got {signal_encoder!r}")
+    if image_encoder not in IMAGE_ENCODERS:
+        raise ModelConfigError(f"image_encoder must be one of {list(IMAGE_ENCODERS)}, got {image_encoder!r}")
     if fusion not in ("moe", "concat"):
         raise ModelConfigError(f"fusion must be 'moe' or 'concat', got {fusion!r}")
     if not 0.0 <= modality_dropout < 1.0:
@@ -196,5 +212,5 @@ def build_model(
         modalities=modalities, ehr_features=ehr_features, image_size=image_size, image_dims=image_dims,
         image_depth=image_depth, signal_channels=signal_channels, signal_length=signal_length,
         embed_dim=embed_dim, ehr_hidden=ehr_hidden, image_channels=image_channels, signal_hidden=signal_hidden,
-        signal_encoder=signal_encoder, fusion=fusion, modality_dropout=modality_dropout,
+        signal_encoder=signal_encoder, fusion=fusion, modality_dropout=modality_dropout, image_encoder=image_encoder,
     )
