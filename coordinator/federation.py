@@ -521,9 +521,13 @@ class Federation:
             return pb.PushReply(accepted=True, sha256=sha, size=header.size)
 
     def check_upload(self, silo: str, header: pb.BlobHeader) -> None:
-        """Refused unless the silo may start (or resume) this update's upload now."""
+        """Refused unless the silo may start (or resume) this upload now: an update for the open
+        round (or, in an asynchronous study, for its buffer), a final model for the finalizing round."""
         with self._lock:
-            self._buffer_or_round(silo, header)
+            if header.ref.kind == pb.BLOB_UPDATE:
+                self._buffer_or_round(silo, header)
+            else:
+                self.check_round(header.ref.study_id, silo, header.round, header.nonce)
 
     def _buffer_or_round(self, silo: str, header: pb.BlobHeader) -> tuple[StudyRow, RoundRow, int | None, UpdateRow | None]:
         """The round an update goes to, its staleness (asynchronous studies: the buffer, coordinator/buffer.py)
