@@ -82,3 +82,12 @@ def test_files_of_the_export_no_reader_knows_are_counted_not_dropped_silently(tm
     (folder / "workout-routes" / "route_2024-01-01.gpx").write_text("<gpx/>")
     got = read([tmp_path], channels=("heart_rate",), rate_hz=0.2, length=16, mrns=("MRN-A4",))
     assert set(got.windows) == {"MRN-A4"} and got.stats["unused_not_a_wearable_export"] == 2
+
+
+def test_entity_expansion_bomb_is_refused_not_expanded(tmp_path: Path, read):
+    lol = "".join(f'<!ENTITY l{k} "{"&l%d;" % (k - 1) * 10 if k else "lol"}">' for k in range(10))
+    (tmp_path / "MRN-A5").mkdir()
+    (tmp_path / "MRN-A5" / "export.xml").write_text(f'<?xml version="1.0"?><!DOCTYPE HealthData [{lol}]>'
+                                                    '<HealthData><Record type="x" value="&l9;"/></HealthData>')
+    got = read([tmp_path], channels=("heart_rate",))
+    assert got.reasons() == ["bad_xml"]  # expat's amplification limit (>= 2.4) stops it
