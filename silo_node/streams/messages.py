@@ -150,3 +150,16 @@ def _finite(name: str, seconds: np.ndarray, values: np.ndarray) -> ChannelSample
     """Samples without a finite value are gaps (SampledData's E marker) and are not stored."""
     ok = np.isfinite(seconds) & np.isfinite(values)
     return name, seconds[ok], values[ok]
+
+
+def heart_rate_observation(start: datetime, values: list[float], *, period_ms: float = 1000.0) -> bytes:
+    """The message a device gateway sends: a FHIR R4 heart-rate Observation (LOINC 8867-4) carrying `values` as
+    valueSampledData, `period_ms` apart from `start` (used by the tests, benchmarks/streams.py and docs/streams.md)."""
+    return json.dumps({
+        "resourceType": "Observation", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4", "display": "Heart rate"}]},
+        "effectiveDateTime": start.astimezone(timezone.utc).isoformat(),
+        "valueSampledData": {"origin": {"value": 0, "unit": "/min", "system": "http://unitsofmeasure.org",
+                                        "code": "/min"}, "period": period_ms, "dimensions": 1,
+                             "data": " ".join(f"{v:g}" for v in values)},
+    }).encode()

@@ -18,7 +18,7 @@ import pytest
 from pipelines.wearables.stream_store import DB_NAME
 from silo_node.streams.service import stream_store_dir
 
-from .conftest import sampled_observation
+from silo_node.streams.messages import heart_rate_observation
 from .test_streams import START, wait_for
 
 PER_MESSAGE = 25
@@ -59,7 +59,7 @@ def test_kill_9_of_the_stream_receiver_loses_nothing_acknowledged(tmp_path: Path
 
     def publish() -> None:
         for k in range(n_messages):
-            body = sampled_observation(START + timedelta(seconds=PER_MESSAGE * k), [60.0 + k % 30] * PER_MESSAGE)
+            body = heart_rate_observation(START + timedelta(seconds=PER_MESSAGE * k), [60.0 + k % 30] * PER_MESSAGE)
             pub.publish(f"fedcare/st-mary/watch-{k % 4}/MRN-{k % 10}", body, qos=1)
             time.sleep(0.005)
 

@@ -21,7 +21,7 @@ from silo_node.streams.http import stream_app
 from silo_node.streams.service import StreamService, stream_store_dir
 from silo_node.streams.settings import HttpSettings, MqttSettings, RateSettings, StreamsConfig
 
-from .conftest import sampled_observation
+from silo_node.streams.messages import heart_rate_observation
 
 KEY = b"k" * 32
 START = datetime(2024, 3, 1, 8, 0, tzinfo=timezone.utc)
@@ -60,7 +60,7 @@ def test_mqtt_messages_are_stored_deidentified_and_windowed_malformed_ones_quara
     pub = publisher(broker)
     for k in range(4):  # 4 x 25 samples at 1 Hz for patient MRN-7
         values = [70.0 + (k * 25 + i) % 5 for i in range(25)]
-        pub.publish("fedcare/st-mary/watch-1/MRN-7", sampled_observation(START + timedelta(seconds=25 * k), values),
+        pub.publish("fedcare/st-mary/watch-1/MRN-7", heart_rate_observation(START + timedelta(seconds=25 * k), values),
                     qos=1).wait_for_publish(5)
     pub.publish("fedcare/st-mary/watch-1/MRN-7", b"{not json", qos=1).wait_for_publish(5)
     wait_for(lambda: service.store.counts()["samples"] == 100 and service.store.counts()["quarantined"])
@@ -95,12 +95,12 @@ def test_http_accepts_fhir_observations_and_open_mhealth_points_and_refuses_malf
                     "effective_time_frame": {"date_time": "2024-03-01T08:00:01Z"}}}
     r = client.post("/streams/band-2/MRN-9", content=json.dumps([quantity, omh]))
     assert r.status_code == 201, r.text
-    r = client.post("/streams/band-2/MRN-9", content=sampled_observation(START + timedelta(seconds=2), [61, 62, 63]))
+    r = client.post("/streams/band-2/MRN-9", content=heart_rate_observation(START + timedelta(seconds=2), [61, 62, 63]))
     assert r.status_code == 201
     bad_unit = {**omh, "body": {**omh["body"], "heart_rate": {"value": 1, "unit": "Hz"}}}
     r = client.post("/streams/band-2/MRN-9", content=json.dumps(bad_unit))
     assert r.status_code == 422 and r.json()["reason"] == "unknown_unit"
-    future = sampled_observation(datetime.now(timezone.utc) + timedelta(days=2), [70])
+    future = heart_rate_observation(datetime.now(timezone.utc) + timedelta(days=2), [70])
     assert client.post("/streams/band-2/MRN-9", content=future).json()["reason"] == "bad_timestamp"
     service.writer.close()
     counts = service.store.counts()
@@ -111,9 +111,9 @@ def test_http_accepts_fhir_observations_and_open_mhealth_points_and_refuses_malf
 
 def test_a_device_over_its_rate_limit_is_refused_with_a_reason_and_counted(tmp_path: Path):
     service, client = _intake_app(tmp_path, RateSettings(samples_per_s=0.01, burst=30))
-    first = client.post("/streams/w/MRN-1", content=sampled_observation(START, [70.0] * 25))
-    second = client.post("/streams/w/MRN-1", content=sampled_observation(START + timedelta(seconds=25), [70.0] * 25))
-    other = client.post("/streams/w2/MRN-1", content=sampled_observation(START + timedelta(seconds=25), [70.0] * 25))
+    first = client.post("/streams/w/MRN-1", content=heart_rate_observation(START, [70.0] * 25))
+    second = client.post("/streams/w/MRN-1", content=heart_rate_observation(START + timedelta(seconds=25), [70.0] * 25))
+    other = client.post("/streams/w2/MRN-1", content=heart_rate_observation(START + timedelta(seconds=25), [70.0] * 25))
     assert (first.status_code, second.status_code, other.status_code) == (201, 429, 201)
     assert second.json()["reason"] == "rate_limited" and int(second.headers["Retry-After"]) >= 1
     service.writer.close()
