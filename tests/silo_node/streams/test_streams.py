@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
-import pytest
 from starlette.testclient import TestClient
 
 from pipelines.deid import Deidentifier
