@@ -39,6 +39,7 @@ from .errors import InputError
 from .imaging.dicom import DicomInput, file_inputs
 from .imaging.images import ChosenImage, read_images
 from .limits import DEFAULT_LIMITS, IngestLimits
+from .parallel import Workers
 from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
@@ -94,6 +95,7 @@ class IngestRun:
     store: FactStore
     files: RowFiles
     limits: IngestLimits = DEFAULT_LIMITS
+    workers: Workers = field(default_factory=Workers)  # who parses the inputs (pipelines.parallel)
     reports: dict[str, ModalityReport] = field(default_factory=lambda: {m: ModalityReport() for m in MODALITIES})
     ehr_unused: Counter = field(default_factory=Counter)
     fhir_sampled: int = 0  # Observations with valueSampledData for a study channel
@@ -164,7 +166,7 @@ class EhrReader:
 def _fhir(run: IngestRun) -> EhrRead:
     got = read_fhir(run.sources.fhir, run.quarantine, deid=run.deid, index_date=run.index_date, store=run.store,
                     channels=tuple(run.cohort.signal_channels), cache=run.cache, limits=run.limits,
-                    mrn_system=run.sources.fhir_mrn_system)
+                    mrn_system=run.sources.fhir_mrn_system, workers=run.workers)
     run.fhir_sampled += got.sampled
     return got
 
@@ -281,7 +283,7 @@ def read_sampled_data(run: IngestRun) -> None:
     """FHIR valueSampledData segments, cut to windows and offered like recordings; then the signal report."""
     assert run.latest is not None, "allocate_rows runs before read_sampled_data"
     sampled = sampled_signals(run.store, cohort=run.cohort, index_date=run.index_date, quarantine=run.quarantine,
-                              latest=run.latest)
+                              latest=run.latest, index_days=run.index_days)
     stats = run.signal_stats
     if run.latest.superseded:
         stats["unused_superseded"] += run.latest.superseded

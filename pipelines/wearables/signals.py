@@ -174,17 +174,22 @@ def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *
 
 
 def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, quarantine: Quarantine,
-                    latest: LatestWindows) -> Counter:
-    """Offer each patient's window cut from its FHIR valueSampledData segments (`pipelines.wearables.sampled`) to `latest`."""
+                    latest: LatestWindows, index_days: Mapping[str, int] | None = None) -> Counter:
+    """Offer each patient's window cut from its FHIR valueSampledData segments (`pipelines.wearables.sampled`) to
+    `latest`, before the patient's own index date (`index_days`, as `read_signals`)."""
     channels = tuple(cohort.signal_channels)
-    zero = cutoff(index_date)
+    index_days = index_days or {}
     stats: Counter = Counter()
     windows = 0
     for pid, segments in store.segments():
         stats["patients"] += 1
+        day = index_days.get(pid, 0)
+        own = index_date + timedelta(days=day)
+        if day:  # segments count from the end of the reference date; recount them from the patient's own
+            segments = [(c, start - day * 86400.0, *rest) for c, start, *rest in segments]
         try:
             w = sampled_window(segments, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length,
-                               index_date=index_date)
+                               index_date=own)
         except SignalError as e:
             quarantine.add("signal", e)
             continue
@@ -192,6 +197,6 @@ def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, q
             stats["unused_after_index_date"] += 1
             continue
         windows += 1
-        latest.offer(pid, ChosenSignal(w.values, w.coverage, w.end - zero, w.source))
+        latest.offer(pid, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source))
     log.info("FHIR sampled data: %d patients with segments, %d with a window", stats["patients"], windows)
     return stats

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 
@@ -22,3 +22,25 @@ def test_window_before_the_patients_own_index_date_and_cache_follows_it(tmp_path
     assert own.windows["MRN-I1"].end == end.total_seconds()  # counted from the end of the patient's own index date
     again = read([tmp_path / "MRN-I1.csv"], length=16, mrns=("MRN-I1",), cache_dir=cache, index_days={"MRN-I1": 45})
     assert again.stats["cached"] == 1 and again.windows["MRN-I1"].end == end.total_seconds()
+
+
+def test_fhir_sampled_data_before_the_patients_own_index_date():
+    import numpy as np
+
+    from coordinator.api.study import CohortSpec
+    from pipelines.ehr.factstore import FactStore
+    from pipelines.quarantine import Quarantine
+    from pipelines.wearables.signals import LatestWindows, sampled_signals
+
+    cohort = CohortSpec(signal_channels=("heart_rate",), signal_rate_hz=1.0, signal_length=16)
+    with FactStore() as store:
+        store.add_patient("p1", 50.0, "female", refs=["Patient/1"])
+        start = 10 * 86400.0  # ten days after the end of the reference date
+        store.add_segment("Patient/1", "heart_rate", start, 1.0, np.full(40, 72.0).tobytes(), 40, "obs.json")
+        store.resolve(Quarantine())
+        for days, windows in ((0, 0), (30, 1)):
+            latest = LatestWindows()
+            sampled_signals(store, cohort=cohort, index_date=date(2024, 1, 1), quarantine=Quarantine(), latest=latest,
+                            index_days={"p1": days})
+            assert len(latest.chosen) == windows
+    assert latest.chosen["p1"].end == start + 39 - 30 * 86400.0  # from the end of the patient's own index date
