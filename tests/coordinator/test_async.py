@@ -17,7 +17,7 @@ import pytest
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.protocol import KeyBundle
-from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import AggregationSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from coordinator.blobs import BlobStore
 from coordinator.errors import Refused
@@ -31,7 +31,7 @@ WEIGHTS = {"a": 30.0, "b": 10.0, "c": 20.0}
 
 
 class Run:
-    def __init__(self, root: Path, encryption: str = "none") -> None:
+    def __init__(self, root: Path, encryption: str = "none", rule: str = "fedavg") -> None:
         self.root, self.encryption = root, encryption
         self.events: list[tuple[str, dict]] = []
         self.store = Store(open_engine(f"sqlite:///{root / 'c.sqlite'}"))
@@ -39,7 +39,7 @@ class Run:
         spec = StudySpec(name="async", modalities=("ehr",), model=ModelSpec(ehr_hidden=8, embed_dim=4),
                          training=TrainingSpec(rounds=4, min_silos=2, expected_silos=3, mode="async", buffer_size=2,
                                                max_staleness=1),
-                         privacy=PrivacySpec(dp=False, encryption=encryption))
+                         privacy=PrivacySpec(dp=False, encryption=encryption), aggregation=AggregationSpec(rule=rule))
         self.study = self.fed.submit_study(spec.to_json())
         sha = self.store.get(StudyRow, self.study).spec_sha256
         wrap = {s: SiloKeyPair.generate() for s in WEIGHTS}
@@ -156,3 +156,15 @@ def test_an_update_staler_than_max_staleness_is_refused_with_the_reason(tmp_path
         run.upload("c", tasks["c"])
     assert next(f for e, f in run.events if e == "update_refused" and f["silo"] == "c")["round"] == 3
     assert run.fed.next_task("c", 0).round == 3  # and c gets its next task, on the newest version
+
+
+def test_a_robust_rule_aggregates_the_staleness_scaled_updates(tmp_path: Path) -> None:
+    run = Run(tmp_path, rule="median")  # coordinate-wise median: of two updates, their mean, unweighted
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    run.upload("a", tasks["a"])
+    run.upload("b", tasks["b"])
+    v1 = run.version(1, run.v0)
+    task_a = run.task("a", 2)
+    sent = {"c": run.upload("c", tasks["c"]), "a": run.upload("a", task_a)}
+    for got, base, c, a in zip(run.version(2, v1), v1, sent["c"], sent["a"]):
+        np.testing.assert_allclose(got, base + (2 ** -0.5 * c.astype(np.float64) + a) / 2, atol=1e-6)
