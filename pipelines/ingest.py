@@ -39,6 +39,7 @@ from .ehr.table_source import TableSource
 from .errors import ConfigurationError
 from .imaging.dicom import DicomInput
 from .limits import DEFAULT_LIMITS, IngestLimits
+from .parallel import Workers
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .splits import NO_PART
@@ -113,13 +114,14 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
                 tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (), split_file: Path | None = None,
                 fhir_mrn_system: str | None = None, wearable_mapping: WearableMapping = WearableMapping(),
-                limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS) -> IngestResult:
+                limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS,
+                workers: Workers = Workers()) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
 
     The inputs are those of `pipelines.steps.Sources`; `cache_dir`: the silo's cache; `index_date`: the
     reference date relative dates count from (default: the cohort's, else `INDEX_DATE`); `limits`: bounds on
     what one input may make ingestion allocate (`pipelines.limits`); `wearable_mapping`: the node's `[wearables]`
-    (`pipelines.wearables.mapping`).
+    (`pipelines.wearables.mapping`); `workers`: who parses the inputs (`pipelines.parallel`; default every core).
     """
     index_date = index_date or cohort.index_date or INDEX_DATE
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
@@ -133,7 +135,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),
-                        quarantine=Quarantine(), store=store, files=files, limits=limits)
+                        quarantine=Quarantine(), store=store, files=files, limits=limits, workers=workers)
         for step in steps:
             step(run)
         assert run.dataset is not None, "the steps end with build_dataset"

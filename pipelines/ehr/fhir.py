@@ -20,6 +20,7 @@ Observations with `valueSampledData` for a study channel become wearable segment
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ from ..deid import Deidentifier, age_years
 from ..errors import EXHAUSTION, FhirError, InputError, SignalError, refusal
 from ..inputs import data_name, input_files, open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
+from ..parallel import SEQUENTIAL, Workers, map_ordered
 from .factstore import FactStore
 from .observations import _date as as_date
 from .observations import facts_of
@@ -218,6 +220,17 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
     return out
 
 
+def parse_or_refuse(path: Path, *, deid: Deidentifier, index_date: date, channels: Sequence[str] = (),
+                    limits: IngestLimits = DEFAULT_LIMITS,
+                    mrn_system: str | None = None) -> tuple[FileFacts | None, list[InputError], InputError | None]:
+    """`parse_file` as one worker's job: (facts, refused records, None), or (None, [], why the file was refused)."""
+    errors: list[InputError] = []
+    try:
+        return parse_file(path, deid, index_date, errors, channels, limits, mrn_system), errors, None
+    except (FhirError, *EXHAUSTION) as e:
+        return None, [], refusal(e, path)
+
+
 @dataclass
 class FhirRead:
     """Counts of one FHIR read; the facts themselves went to the `FactStore`."""
@@ -242,18 +255,20 @@ def _store(store: FactStore, path: str, facts: FileFacts) -> None:
 
 def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date, store: FactStore,
               channels: Sequence[str] = (), cache: IngestCache | None = None,
-              limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None) -> FhirRead:
+              limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None,
+              workers: Workers = SEQUENTIAL) -> FhirRead:
     """Read FHIR files and folders (`*.json`, `*.ndjson`) into `store`, one file at a time.
 
+    Files not in the cache are parsed by `workers` (pipelines.parallel) and merged here in path order.
     Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
     References are resolved later, by `FactStore.resolve`, once every EHR input is read.
     """
     cache = cache or IngestCache(None, "")
     out = FhirRead()
     patients = 0
+    inputs: list[tuple[Path, str, bool]] = []  # (path, content digest, in the cache)
     for path in input_files(paths, lambda p: data_name(p).endswith(FHIR_SUFFIXES), quarantine, "ehr"):
         out.files += 1
-        errors: list[InputError] = []
         try:
             digest = file_hash(path)  # streamed: a large bundle is never held whole
             if mrn_system:  # which Patients are read depends on it: another key
@@ -261,16 +276,22 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         except OSError as e:
             quarantine.add("ehr", FhirError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
-        hit = cache.get("fhir", digest)
+        inputs.append((path, digest, cache.get("fhir", digest) is not None))
+    parse = functools.partial(parse_or_refuse, deid=deid, index_date=index_date, channels=tuple(channels),
+                              limits=limits, mrn_system=mrn_system)
+    parsed = map_ordered(parse, [path for path, _, cached in inputs if not cached], workers)
+    for path, digest, cached in inputs:
+        hit = cache.get("fhir", digest) if cached else None
         if hit is not None:
             out.cached += 1
             facts = FileFacts.from_json(hit[0])
-        else:
-            try:
-                facts = parse_file(path, deid, index_date, errors, channels, limits, mrn_system)
-            except (FhirError, *EXHAUSTION) as e:  # one file never aborts the run
-                quarantine.add("ehr", refusal(e, path))
+            errors: list[InputError] = []
+        else:  # (a cache entry gone since the walk is parsed here)
+            got, errors, refused = parse(path) if cached else next(parsed)
+            if got is None:  # one file never aborts the run
+                quarantine.add("ehr", refused)
                 continue
+            facts = got
             out.parsed += 1
             if not errors:  # a file with refused records is re-read next time, so its entries are reported again
                 cache.put("fhir", digest, facts.to_json())

@@ -1,0 +1,101 @@
+"""Ingestion on every core: inputs parsed in worker processes (or Ray tasks), merged in order.
+
+A reader hands `map_ordered` a pure function (one input -> its de-identified facts and its
+refusals) and the inputs; the results come back in the order of the inputs, so the reader
+merges them into the same on-disk stores, quarantine and report as a sequential run would,
+entry for entry. The workers are a `concurrent.futures.ProcessPoolExecutor` on this
+machine's cores (a forkserver: a silo node's gRPC and torch threads are never forked), or
+Ray tasks when the node names a cluster (`Workers.ray_address`).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+#: Modules a worker imports once, before its first input (fhir.resources' models take seconds).
+PRELOAD = ["pipelines.ehr.fhir"]
+#: Inputs in flight per worker: enough to keep each busy, few enough to keep memory flat.
+IN_FLIGHT_PER_WORKER = 4
+
+
+class Workers(BaseModel):
+    """How many workers parse a node's inputs ([data.workers] in node.toml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    processes: int | None = Field(default=None, ge=1)  # None: every core of this machine; 1: in the ingesting process
+    ray_address: str | None = None  # parse as Ray tasks on this cluster ("auto": the one this machine belongs to)
+    # Fewer inputs than this are parsed in the ingesting process: starting workers (a forkserver that
+    # imports fhir.resources) costs seconds, what about a hundred synthetic patients' bundles take to parse.
+    min_inputs: int = Field(default=64, ge=1)
+
+    def count(self) -> int:
+        """The number of workers: `processes`, else the cores this process may run on."""
+        return self.processes or cores()
+
+
+SEQUENTIAL = Workers(processes=1)
+
+
+def cores() -> int:
+    """The CPU cores this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers) -> Iterator[R]:
+    """fn(item) for every item, in the order of `items`. In this process with one worker or fewer than
+    `workers.min_inputs` items; otherwise at most IN_FLIGHT_PER_WORKER inputs per worker are pending
+    at a time, so results stream as they are merged and memory stays flat."""
+    items = items if isinstance(items, Sequence) else list(items)
+    n = workers.count()
+    if n <= 1 or len(items) < workers.min_inputs:
+        yield from map(fn, items)
+        return
+    if workers.ray_address is not None:
+        yield from _ray_map(fn, items, workers)
+        return
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    with ProcessPoolExecutor(max_workers=min(n, len(items)), mp_context=context) as pool:
+        yield from _windowed(pool, fn, items, window=n * IN_FLIGHT_PER_WORKER)
+
+
+def _windowed(pool: Executor, fn: Callable[[T], R], items: Sequence[T], *, window: int) -> Iterator[R]:
+    pending: list[Any] = []
+    it = iter(items)
+    for item in it:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.pop(0).result()
+    for future in pending:
+        yield future.result()
+
+
+def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iterator[R]:
+    """Ray tasks on the named cluster, one per input, at most IN_FLIGHT_PER_WORKER per CPU pending."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=workers.ray_address, log_to_driver=False)
+    task = ray.remote(num_cpus=1)(fn)
+    window = max(1, int(ray.cluster_resources().get("CPU", 1))) * IN_FLIGHT_PER_WORKER
+    pending: list[Any] = []
+    for item in items:
+        pending.append(task.remote(item))
+        if len(pending) >= window:
+            yield ray.get(pending.pop(0))
+    for ref in pending:
+        yield ray.get(ref)
