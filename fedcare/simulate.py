@@ -41,6 +41,7 @@ from fedcare.researcher import ResearcherClient, ResearcherError
 from silo_node.client import CoordinatorClient
 from silo_node.config import ApprovalConfig, BudgetConfig, DataConfig, NodeConfig
 from silo_node.ingest_command import KEY_FILE
+from pipelines.parallel import Workers
 from silo_node.node import SiloNode
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ def simulation_spec(spec: StudySpec, silos: int) -> StudySpec:
 def node_config(silo: SimulatedSilo, *, root: Path, coordinator: str, spec: StudySpec, opts: SimulationOptions) -> NodeConfig:
     """The node config of a simulated hospital: auto-approval of the study, the node's ε cap, its own state."""
     cap = opts.epsilon_cap or spec.privacy.target_epsilon or BudgetConfig().epsilon_cap
+    # A hospital parses its inputs on its own CPUs, not on every core of the machine it shares.
+    data = silo.data.model_copy(update={"workers": Workers(processes=max(1, int(opts.cpus_per_silo)))})
     return NodeConfig(name=silo.name, coordinator=coordinator, state_dir=root / silo.name / "state", insecure=True,
-                      data=silo.data, poll_wait_s=POLL_S, max_retries=3,
+                      data=data, poll_wait_s=POLL_S, max_retries=3,
                       privacy=BudgetConfig(epsilon_cap=cap, delta=spec.privacy.delta),
                       approval=ApprovalConfig(mode="auto", require_dp=False))
 

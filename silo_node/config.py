@@ -58,6 +58,7 @@ from coordinator.api.protocol import DisclosureMechanism
 from coordinator.api.study import ALL_MODALITIES, Modality, SpecError, validate_toml_file
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import IngestLimits
+from pipelines.parallel import Workers
 from pipelines.wearables.mapping import WearableMapping
 from silo_node.streams.settings import StreamsConfig
 
@@ -77,6 +78,7 @@ class DataConfig(_Strict):
     fhir_mrn_system: str | None = None  # identifier.system of the MRN for Patients with no identifier typed MR
     split_file: Path | None = None  # CSV mrn,split: each patient's part for studies with cohort.split = "column"
     limits: IngestLimits = IngestLimits()  # what one input may make ingestion allocate ([data.limits])
+    workers: Workers = Workers()  # who parses the inputs ([data.workers]: processes, default every core; ray_address)
 
     @model_validator(mode="after")
     def _some_data(self) -> "DataConfig":
