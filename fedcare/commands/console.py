@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 
 from console.addresses import RESEARCHER_DEFAULT_LISTEN
-from fedcare.commands.common import (CONNECTION, DEFAULT_COORDINATOR, CoordOpt, UserError, configure_logging, escape,
-                                     node_config, public_keys, researcher_client)
+from fedcare.commands.common import (CONNECTION, DEFAULT_COORDINATOR, CoordOpt, UserError, check_files, configure_logging,
+                                     escape, node_config, public_keys, researcher_client)
 
 console_app = typer.Typer(help="The researcher console (web), and console accounts.", rich_markup_mode=None)
 
@@ -31,6 +31,13 @@ def console_serve(
     cert: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_CERT", help="the console's researcher certificate")] = None,
     key: Annotated[Optional[Path], typer.Option(envvar="FEDCARE_KEY", help="its key")] = None,
     insecure: Annotated[bool, typer.Option(help="plain-text gRPC to a local demo coordinator")] = False,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="serve HTTPS with this server certificate (PEM); users may "
+                                                          "then sign in with their `fedcare pki` certificate")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="the HTTPS server certificate's key")] = None,
+    client_ca: Annotated[Optional[Path], typer.Option(help="the CA whose client certificates sign users in "
+                                                           "(default: --ca-cert)")] = None,
+    crl: Annotated[Optional[Path], typer.Option(help="the study CA's revocation list (PEM): revoked certificates "
+                                                     "cannot sign in")] = None,
 ) -> None:
     """Serve the researcher console for the coordinator at --coordinator (studies, live curves, submission, audit)."""
     if ctx.invoked_subcommand is not None:
@@ -40,12 +47,31 @@ def console_serve(
     from console.audit_view import AuditSources
 
     configure_logging(False)
+    tls = _console_tls(tls_cert, tls_key, client_ca or ca_cert, crl)
     CONNECTION.update(ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     sources = AuditSources(logs=log, ledgers=ledger, keys=public_keys(public_key, several=True))
-    app_ = create_app(researcher_client(coordinator), state_dir=state_dir, coordinator=coordinator, audit_sources=sources)
-    Console().print(f"researcher console at http://{listen}/ (add users with `fedcare console add-user "
-                    f"--state-dir {state_dir}`)", soft_wrap=True, highlight=False)
-    serve(app_, listen)
+    app_ = create_app(researcher_client(coordinator), state_dir=state_dir, coordinator=coordinator, audit_sources=sources,
+                      certificates=tls.certificates() if tls else None)
+    scheme = "https" if tls else "http"
+    Console().print(f"researcher console at {scheme}://{listen}/ (add users with `fedcare console add-user "
+                    f"--state-dir {state_dir}`{', or sign in with a study certificate' if tls else ''})",
+                    soft_wrap=True, highlight=False)
+    serve(app_, listen, tls=tls)
+
+
+def _console_tls(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path],
+                 crl: Optional[Path]):  # noqa: ANN202 - console.client_certs.ConsoleTLS | None
+    """HTTPS with certificate sign-in when --tls-cert is given; every file it needs checked first."""
+    if cert is None and key is None:
+        if crl is not None:
+            raise UserError("--crl needs --tls-cert and --tls-key (certificate sign-in is over HTTPS only)")
+        return None
+    if cert is None or key is None or client_ca is None:
+        raise UserError("HTTPS needs --tls-cert, --tls-key and the study CA (--client-ca or --ca-cert)")
+    check_files(("--tls-cert", cert), ("--tls-key", key), ("--client-ca", client_ca), ("--crl", crl))
+    from console.client_certs import ConsoleTLS
+
+    return ConsoleTLS(cert=cert, key=key, ca_cert=client_ca, crl=crl)
 
 
 @console_app.command("add-user")
