@@ -23,6 +23,7 @@ from pipelines.cohort import CohortLike
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import DEFAULT_LIMITS, IngestLimits
 from pipelines.ingest import IngestReport, ingest_silo
+from pipelines.wearables.mapping import WearableMapping
 from pipelines.splits import NO_PART
 
 log = logging.getLogger(__name__)
@@ -40,13 +41,14 @@ def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequenc
                tabular: Sequence[Path], out: Path, report: Path | None, cohort: CohortLike,
                key_file: Path | None = None, tables: Sequence[TableSource] = (),
                limits: IngestLimits | None = None, split_file: Path | None = None,
-               fhir_mrn_system: str | None = None) -> IngestReport:
+               fhir_mrn_system: str | None = None, wearable_mapping: WearableMapping | None = None) -> IngestReport:
     """Ingest, write cache/quarantine/report under `out`, return the report. `key_file` defaults to `out/pseudonym.key`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ingest_silo(fhir=list(fhir), tabular=list(tabular), dicom=list(dicom), wearables=list(wearables),
                          dicomweb=list(dicomweb), tables=list(tables), split_file=split_file,
                          fhir_mrn_system=fhir_mrn_system, limits=limits or DEFAULT_LIMITS,
+                         wearable_mapping=wearable_mapping or WearableMapping(),
                          cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")
     result.quarantine.write_jsonl(out / "quarantine.jsonl")

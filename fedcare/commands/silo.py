@@ -74,9 +74,10 @@ def silo_ingest(
     from silo_node.ingest_command import render_table, run_ingest
 
     configure_logging(False)
-    tables, limits, split_file, mrn_system = [], None, None, None  # in node.toml only ([[data.tables]], [data.limits], ...)
+    tables, limits, split_file, mrn_system, mapping = [], None, None, None, None  # node.toml only ([[data.tables]], ...)
     if config is not None:
-        d = node_config(config).data
+        node = node_config(config)
+        d, mapping = node.data, node.wearables
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
         tabular, tables, limits, split_file, mrn_system = [*tabular, *d.tabular], d.tables, d.limits, d.split_file, d.fhir_mrn_system
     if not (fhir or dicom or dicomweb or wearables or tabular or tables):
@@ -91,7 +92,7 @@ def silo_ingest(
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
                             report=report, cohort=cohort, tables=tables, limits=limits, split_file=split_file,
-                            fhir_mrn_system=mrn_system)
+                            fhir_mrn_system=mrn_system, wearable_mapping=mapping)
     Console().print(render_table(result))
 
 

@@ -83,14 +83,20 @@ class WearableNotes:
                 "node config if the study should use them" for device, names in sorted(self.unused.items())]
 
 
-def to_recording(dev: DeviceRecording, channels: Sequence[str], mapping: WearableMapping) -> tuple[Recording, dict[str, str]]:
-    """The study's channels on one time axis (the union of the channels' sample times, NaN where a channel has no
-    sample); also the mapping used (native -> study). Raises `SignalError` when a study channel has no source."""
+def channel_map(dev: DeviceRecording, channels: Sequence[str], mapping: WearableMapping) -> dict[str, str]:
+    """Native channel -> the study channel it fills (the first native channel wins a study channel)."""
     used: dict[str, str] = {}
     for native in dev.channels:
         target = mapping.study_channel(native, channels)
         if target is not None and target not in used.values():
             used[native] = target
+    return used
+
+
+def to_recording(dev: DeviceRecording, channels: Sequence[str], mapping: WearableMapping) -> tuple[Recording, dict[str, str]]:
+    """The study's channels on one time axis (the union of the channels' sample times, NaN where a channel has no
+    sample); also the mapping used (native -> study). Raises `SignalError` when a study channel has no source."""
+    used = channel_map(dev, channels, mapping)
     missing = [c for c in channels if c not in used.values()]
     if missing:
         found = sorted([*dev.channels, *dev.unused])

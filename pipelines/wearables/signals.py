@@ -25,7 +25,7 @@ from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..ehr.factstore import FactStore
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
-from .mapping import WearableMapping, WearableNotes, to_recording
+from .mapping import WearableMapping, WearableNotes, channel_map, to_recording
 from .recordings import window
 from .registry import WearableReader, input_digest, unread_files, wearable_inputs
 from .sampled import cutoff, sampled_window
@@ -153,9 +153,9 @@ def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *
         pid = deid.pseudonym(dev.patient_id)
         days[pid] = index_days.get(pid, 0)
         own = index_date + timedelta(days=days[pid])
+        used.update(channel_map(dev, channels, mapping))  # reported even when the recording is then refused
         try:
-            rec, mapped = to_recording(dev, channels, mapping)
-            used.update(mapped)
+            rec, _ = to_recording(dev, channels, mapping)
             w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=own)
         except SignalError as e:  # one patient's record of a multi-patient file; the others go on
             quarantine.add("signal", e)

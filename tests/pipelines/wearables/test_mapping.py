@@ -69,3 +69,21 @@ def test_node_config_section_is_validated(tmp_path: Path):
         NodeConfig.model_validate(tomllib.loads(base + "devices = [{ pattern = '*.fit', device = 'garmin' }]\n"))
     with pytest.raises(ValidationError, match="Extra inputs"):
         NodeConfig.model_validate(tomllib.loads(base + "colums = {}\n"))
+
+
+def test_dry_run_ingest_takes_the_mapping_from_node_toml(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from fedcare.cli import app
+
+    (tmp_path / "w").mkdir()
+    rows = "\n".join(f"2023-12-31T10:00:{s:02d}Z,{70 + s % 3}" for s in range(40))
+    (tmp_path / "w" / "MRN-C1.csv").write_text(f"timestamp,HF\n{rows}\n")
+    (tmp_path / "node.toml").write_text("name = 'st-mary'\ncoordinator = 'c:1'\nstate_dir = 's'\ninsecure = true\n"
+                                        "[data]\ndataset = 'd'\nwearables = ['w']\n"
+                                        "[wearables]\nchannels = { HF = 'heart_rate' }\n")
+    done = CliRunner().invoke(app, ["silo", "ingest", "--config", str(tmp_path / "node.toml"), "--out", str(tmp_path / "o")])
+    assert done.exit_code == 0, done.output
+    signal = json.loads((tmp_path / "o" / "ingest-report.json").read_text())["modalities"]["signal"]
+    assert signal["mappings"] == {"fedcare_csv: HF": "heart_rate"}  # taken from node.toml
+    assert signal["quarantined"] == {"missing_column": 1}  # the default cohort also wants acc_x/y/z
