@@ -90,8 +90,9 @@ class Cluster:
             p.wait(timeout=30)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def hospitals(tmp_path_factory) -> list[HospitalFiles]:
+    """Three synthetic hospitals, generated once for the session: tests read them, none writes into them."""
     return generate_federation(tmp_path_factory.mktemp("data"), n_hospitals=3, patients_per_hospital=200, seed=1)
 
 
