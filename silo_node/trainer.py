@@ -34,12 +34,12 @@ from privacy.dp import AdaptiveClipping, DPStep, GradSampleMode, make_private
 from silo_node.evaluation import DEFAULT_THRESHOLD, VALIDATION_PREFIX, choose_threshold, clinical_metrics
 
 log = logging.getLogger(__name__)
-# How Opacus computes per-sample gradients, chosen by measurement (benchmarks/utility.py, "dp_cost": on the
-# demo's model expanded weights ran an epoch in 1.27-1.31 s where hooks took 1.50-2.49 s and functorch
-# 2.32-4.41 s, plain SGD 0.42-0.78 s, on a shared 2-core machine). Opacus' adaptive-clipping optimizer cannot
-# read expanded weights' per-sample gradients (a non-contiguous view), so adaptive clipping runs on hooks.
-GRAD_SAMPLE_MODE: GradSampleMode = "ew"
-ADAPTIVE_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
+# How Opacus computes per-sample gradients, chosen by measurement (benchmarks/dp_cost.py, one thread, 600
+# patients, a loaded 2-core machine): on the demo's DP-sized model (fixed statistics, linear heads) hooks ran an
+# epoch in 1.65 s against 1.55 s for plain SGD (1.07x), expanded weights 2.63 s, functorch 2.93 s; on the CNN
+# model hooks 10.5 s, expanded weights 13.3 s, functorch 21.4 s (plain SGD 2.8 s). Hooks also serve Opacus'
+# adaptive-clipping optimizer, which cannot read expanded weights' per-sample gradients.
+GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -120,7 +120,7 @@ class LocalTrainer:
             private = make_private(module=model, optimizer=optimizer, data_loader=loader,
                                    noise_multiplier=noise, max_grad_norm=self.clip_bound,
                                    accountant=p.accountant, device=self.device, adaptive=adaptive,
-                                   grad_sample_mode=GRAD_SAMPLE_MODE if adaptive is None else ADAPTIVE_GRAD_SAMPLE_MODE)
+                                   grad_sample_mode=GRAD_SAMPLE_MODE)
             trained, optimizer, loader = private.module, private.optimizer, private.data_loader
         anchors = {n: w.detach().clone() for n, w in model.named_parameters()}
         losses = []
