@@ -18,13 +18,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import SignalError
 from .device import DeviceRecording, canonical
-from .recordings import Recording
+
+if TYPE_CHECKING:
+    from .recordings import Recording
 
 
 class DevicePattern(BaseModel):
@@ -111,4 +114,6 @@ def to_recording(dev: DeviceRecording, channels: Sequence[str], mapping: Wearabl
     for native, target in used.items():
         t, v = dev.channels[native]
         values[list(channels).index(target), np.searchsorted(seconds, t)] = v
+    from .recordings import Recording  # pandas: only when data is read, not when node.toml is
+
     return Recording(dev.patient_id, seconds, values, dev.source, relative=dev.relative), used
