@@ -61,7 +61,7 @@ try:  # where the normalisation's clip lives (pipelines is being split into modu
     from pipelines.normalise import CLIP  # noqa: E402
 except ImportError:
     from pipelines.dataset import CLIP  # type: ignore[attr-defined,no-redef]  # noqa: E402
-from benchmarks.dp_cost import DEMO, dp_cost  # noqa: E402
+from dp_cost import DEMO, dp_cost  # noqa: E402  (benchmarks/ is the script's folder; a site package is named benchmarks)
 from pipelines.models import get_shared_weights  # noqa: E402
 from privacy.dp import noise_for_target  # noqa: E402
 from silo_node.trainer import LocalTrainer  # noqa: E402
