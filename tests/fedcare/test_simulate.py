@@ -63,3 +63,16 @@ def test_tables_partition_by_column_or_dirichlet_keeps_every_row_once(tmp_path: 
     assert sorted(seen) == [f"p{i:03d}" for i in range(60)]  # every patient in exactly one silo
     with pytest.raises(SimulationError, match="names 3 hospitals; --silos is 2"):
         partition_tables(tmp_path / "tables", tmp_path / "bad", silos=2, patient_column="patient_id", seed=0, by="site")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--engine", "spark"], "--engine must be one of local, ray, not 'spark'"),
+    (["--dirichlet-alpha", "0.5"], "partition --tables; name the folder"),
+])
+def test_cli_refuses_options_that_cannot_work_in_one_line(args: list[str], says: str) -> None:
+    from typer.testing import CliRunner
+
+    from fedcare.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "examples/multimodal.toml", *args])
+    assert result.exit_code != 0 and says in str(result.exception)
