@@ -36,8 +36,9 @@ class Workers(BaseModel):
     processes: int | None = Field(default=None, ge=1)  # None: every core of this machine; 1: in the ingesting process
     ray_address: str | None = None  # parse as Ray tasks on this cluster ("auto": the one this machine belongs to)
     # Fewer inputs than this are parsed in the ingesting process: starting workers (a forkserver that
-    # imports fhir.resources) costs seconds, what about a hundred synthetic patients' bundles take to parse.
-    min_inputs: int = Field(default=64, ge=1)
+    # imports fhir.resources) cost 5-10 s on a loaded 2-core machine, more than 100 synthetic patients'
+    # bundles took to parse there; with 300 two workers parsed 1.7x as fast (benchmarks/ingest.py).
+    min_inputs: int = Field(default=128, ge=1)
 
     def count(self) -> int:
         """The number of workers: `processes`, else the cores this process may run on."""
