@@ -1,13 +1,17 @@
 """`fedcare simulate` at scale: seconds per round and peak memory for N simulated hospitals.
 
 Usage: python benchmarks/simulate.py [--silos 100,1000] [--rounds 3] [--patients 10] [--engine ray|local]
-                                     [--cpus-per-silo 1] [--workdir DIR]
+                                     [--cpus-per-silo 1] [--workdir DIR] [--flower-python PYTHON]
 The demo's study (its model, in the clear: no DP, no encryption, 1 local epoch) on synthetic
 hospitals of --patients each. Per size: the set-up (data ingested, enrolment) until round 1
 opens, the seconds of each round (round r opens -> round r + 1 opens), and peak memory: this
 process's (the coordinator and, with --engine local, every hospital) and, with Ray, the peak
 sum of the resident memory of the Ray hosts (read from /proc at each turn). Prints one JSON
 object on its last line.
+
+--flower-python: the same hospitals, model and local training in Flower's simulation engine
+(benchmarks/flower_simulate.py, run with the Python of an environment where `flwr[simulation]` is
+installed and a .pth file names this repository and fedcare's site-packages after its own).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import logging
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,12 +84,21 @@ def main() -> None:
     ap.add_argument("--engine", choices=("ray", "local"), default="ray")
     ap.add_argument("--cpus-per-silo", type=float, default=1.0)
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--flower-python", type=Path, default=None, help="a Python with flwr[simulation]: compare")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedcare-simulate-bench-"))
-    runs = [run(int(n), args, workdir) for n in args.silos.split(",")]
+    runs, flower = [], []
+    for n in map(int, args.silos.split(",")):
+        runs.append(run(n, args, workdir))
+        if args.flower_python is not None:
+            done = subprocess.run([str(args.flower_python), str(Path(__file__).with_name("flower_simulate.py")),
+                                   "--data", str(workdir / f"data-{n}"), "--rounds", str(args.rounds),
+                                   "--cpus-per-silo", str(args.cpus_per_silo)], capture_output=True, text=True)
+            flower.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                          else {"silos": n, "error": done.stderr.strip().splitlines()[-1:]})
     print(json.dumps({"benchmark": "simulate", "engine": args.engine, "cores": os.cpu_count(), "runs": runs,
-                      "flower": "not compared: see docs/simulate.md"}))
+                      "flower": flower or "not run (--flower-python)"}))
 
 
 if __name__ == "__main__":

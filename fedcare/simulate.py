@@ -203,7 +203,7 @@ def simulate(spec: StudySpec, silos: Sequence[SimulatedSilo], opts: SimulationOp
         while (row := fed.study(study_id)).state not in ("done", "failed"):
             if time.monotonic() > deadline:
                 raise SimulationError(f"study {study_id} did not finish within {opts.timeout_s:.0f} s (state "
-                                      f"{row.state}, round {row.current_round}); raise --timeout or simulate fewer silos")
+                                      f"{row.state}, round {row.current_round}); allow more (--timeout) or simulate fewer silos")
             if turn() == 0:
                 time.sleep(IDLE_PAUSE_S)
             if on_turn is not None:

@@ -30,6 +30,7 @@ def simulate(
     dirichlet_alpha: Annotated[Optional[float], typer.Option(min=1e-6, help="--tables: non-IID Dirichlet split with this α")] = None,
     dirichlet_column: Annotated[Optional[str], typer.Option(help="--tables: the column whose classes the Dirichlet split shares out")] = None,
     epsilon_cap: Annotated[Optional[float], typer.Option(min=1e-9, help="each node's ε cap (default: the study's target ε)")] = None,
+    timeout: Annotated[float, typer.Option(min=1.0, help="give up after this many seconds")] = 24 * 3600.0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rehearse a study on N simulated hospitals: the real coordinator and silo nodes, silos in Ray actors."""
@@ -48,7 +49,8 @@ def simulate(
         raise UserError("a Dirichlet split needs both --dirichlet-alpha and --dirichlet-column")
     parsed = StudySpec.from_toml(spec)  # refused before any data is generated
     opts = SimulationOptions(out=out, engine=Engine(engine), address=address, cpus_per_silo=cpus_per_silo,
-                             gpus_per_silo=gpus_per_silo, seed=seed, epsilon_cap=epsilon_cap)
+                             gpus_per_silo=gpus_per_silo, seed=seed, epsilon_cap=epsilon_cap,
+                             timeout_s=timeout)
     data_root = out.resolve().with_name(out.name + "-data")  # kept beside the results folder, which is replaced
     try:
         population = _population(tables, data_root, silos=silos, patients=patients, seed=seed, patient_column=patient_column,
