@@ -6,7 +6,9 @@ Each hospital's data is ingested and split once, as a fedcare silo does, and sav
 client loads its part and runs fedcare's own LocalTrainer (train_round / evaluate), so the local
 work per round is the same; FedAvg aggregates. Prints one JSON object on its last line.
 
-Usage: FLOWER_PYTHON benchmarks/flower_simulate.py --data DIR --rounds 3 [--cpus-per-silo 1]
+Usage: FLOWER_PYTHON benchmarks/flower_simulate.py --data DIR --spec SPEC.json --keys SILOS_DIR [--cpus-per-silo 1]
+(SPEC.json: the study benchmarks/simulate.py ran; SILOS_DIR: its silos' state, whose pseudonym keys are reused.
+fedcare's gRPC stubs are not imported here: Flower pins an older protobuf.)
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def prepare(data: Path, prep: Path, spec) -> list[Path]:  # noqa: ANN001 - StudySpec
+def prepare(data: Path, prep: Path, spec, keys: Path) -> list[Path]:  # noqa: ANN001 - StudySpec
     """Each hospital's (train, validation, test) as a fedcare silo makes them, saved for the clients."""
     import torch
 
-    from fedcare.simulate import simulated_pseudonym_key
     from pipelines.dataset import split_silo
     from pipelines.ingest import ingest_silo
     from pipelines.normalise import fit_on_training
@@ -36,7 +37,7 @@ def prepare(data: Path, prep: Path, spec) -> list[Path]:  # noqa: ANN001 - Study
     prep.mkdir(parents=True, exist_ok=True)
     for h in sorted(d for d in data.iterdir() if d.is_dir()):
         r = ingest_silo(fhir=[h / "fhir"], dicom=[h / "dicom"], wearables=[h / "wearables"], cohort=c,
-                        pseudonym_key=simulated_pseudonym_key(0, h.name), workers=SEQUENTIAL)
+                        pseudonym_key=(keys / h.name / "state" / "pseudonym.key").read_bytes(), workers=SEQUENTIAL)
         parts = split_silo(r.dataset, test_fraction=c.test_fraction, seed=spec.training.seed,
                            validation_fraction=c.validation_fraction, stratify=c.stratify_split,
                            by_column=c.split == "column")
@@ -50,7 +51,8 @@ def prepare(data: Path, prep: Path, spec) -> list[Path]:  # noqa: ANN001 - Study
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", type=Path, required=True)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--spec", type=Path, required=True)
+    ap.add_argument("--keys", type=Path, required=True)
     ap.add_argument("--cpus-per-silo", type=float, default=1.0)
     args = ap.parse_args()
     import flwr
@@ -62,14 +64,12 @@ def main() -> None:
     from flwr.server.strategy import FedAvg
     from flwr.simulation import run_simulation
 
-    from fedcare.demo import DemoOptions, demo_spec
+    from coordinator.api.study import StudySpec
     from silo_node.trainer import LocalTrainer
 
-    parts = sorted(p for p in args.data.iterdir() if p.is_dir())
-    spec = demo_spec(DemoOptions(out=Path("unused"), rounds=args.rounds, silos=len(parts), dp=False,
-                                 encryption="none", local_epochs=1))
+    spec = StudySpec.from_json(args.spec.read_text())
     t0 = time.perf_counter()
-    files = prepare(args.data, args.data.parent / f"flower-prep-{args.data.name}", spec)
+    files = prepare(args.data, args.data.parent / f"flower-prep-{args.data.name}", spec, args.keys)
     setup = time.perf_counter() - t0
 
     class Silo(NumPyClient):
@@ -90,11 +90,18 @@ def main() -> None:
         return Silo(files[int(context.node_config["partition-id"])]).to_client()
 
     _, initial = LocalTrainer(spec, *[torch.load(files[0], weights_only=False)[k] for k in ("train", "test")]).initial_weights()
-    closed: list[float] = []
+    opened: dict[int, float] = {}
+    closed: dict[int, float] = {}
 
     class TimedFedAvg(FedAvg):
+        """FedAvg, timing each round from its fit to its evaluation's aggregate (Ray's start is not a round)."""
+
+        def configure_fit(self, server_round, parameters, client_manager):  # noqa: ANN001, ANN201
+            opened[server_round] = time.perf_counter()
+            return super().configure_fit(server_round, parameters, client_manager)
+
         def aggregate_evaluate(self, server_round, results, failures):  # noqa: ANN001, ANN201
-            closed.append(time.perf_counter())
+            closed[server_round] = time.perf_counter()
             return super().aggregate_evaluate(server_round, results, failures)
 
     strategy = TimedFedAvg(fraction_fit=1.0, fraction_evaluate=1.0, min_fit_clients=len(files),
@@ -103,15 +110,15 @@ def main() -> None:
                            on_fit_config_fn=lambda r: {"round": r})
 
     def server_fn(context):  # noqa: ANN001, ANN202
-        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=args.rounds))
+        return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=spec.training.rounds))
 
     started = time.perf_counter()
     run_simulation(server_app=ServerApp(server_fn=server_fn), client_app=ClientApp(client_fn=client_fn),
                    num_supernodes=len(files),
                    backend_config={"client_resources": {"num_cpus": args.cpus_per_silo, "num_gpus": 0.0}})
-    marks = [started, *closed]
-    rounds = [round(b - a, 2) for a, b in zip(marks, marks[1:])]
+    rounds = [round(closed[r] - opened[r], 2) for r in sorted(opened) if r in closed]
     print(json.dumps({"engine": f"flower {flwr.__version__}", "silos": len(files), "prepare_s": round(setup, 1),
+                      "start_s": round(opened.get(1, started) - started, 1),
                       "round_s": rounds, "mean_round_s": round(sum(rounds) / len(rounds), 2) if rounds else None,
                       "total_s": round(time.perf_counter() - started, 1),
                       "peak_rss_driver_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))

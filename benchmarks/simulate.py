@@ -63,6 +63,7 @@ def run(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         if args.engine == "ray":
             peak_hosts = max(peak_hosts, ray_hosts_rss_mb())
 
+    (workdir / f"spec-{n}.json").write_text(spec.to_json())  # for the Flower run
     t0 = time.perf_counter()
     summary = simulate(spec, silos, SimulationOptions(out=workdir / f"out-{n}", engine=Engine(args.engine),
                                                       cpus_per_silo=args.cpus_per_silo), on_turn=on_turn)
@@ -93,7 +94,8 @@ def main() -> None:
         runs.append(run(n, args, workdir))
         if args.flower_python is not None:
             done = subprocess.run([str(args.flower_python), str(Path(__file__).with_name("flower_simulate.py")),
-                                   "--data", str(workdir / f"data-{n}"), "--rounds", str(args.rounds),
+                                   "--data", str(workdir / f"data-{n}"), "--spec", str(workdir / f"spec-{n}.json"),
+                                   "--keys", str(workdir / f"out-{n}" / "silos"),
                                    "--cpus-per-silo", str(args.cpus_per_silo)], capture_output=True, text=True)
             flower.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
                           else {"silos": n, "error": done.stderr.strip().splitlines()[-1:]})
