@@ -119,7 +119,7 @@ def pool_moments(parts: Sequence[tuple[int, float, float]]) -> tuple[int, float 
 def pool(spec: StudySpec, releases: Mapping[str, CohortRelease]) -> PooledStatistics:
     silos = sorted(releases)
     columns = []
-    for j, name in enumerate(spec.cohort.ehr_columns):
+    for j, name in enumerate(spec.analysis_columns):
         cols = {s: releases[s].columns[j] for s in silos}
         with_moments = [s for s in silos if cols[s].mean is not None and cols[s].m2 is not None and cols[s].present]
         n, mean, m2 = pool_moments([(cols[s].present, cols[s].mean, cols[s].m2) for s in with_moments])
@@ -176,7 +176,7 @@ def pool_masked(spec: StudySpec, releases: Mapping[str, MaskedRelease]) -> Poole
         return PooledCount(value=int(totals.get(name, 0)), suppressed_at=held[name])
 
     columns = []
-    for name in spec.cohort.ehr_columns:
+    for name in spec.analysis_columns:
         n = int(totals.get(f"{name}:moment_n", 0))
         total, squares = totals.get(f"{name}:sum"), totals.get(f"{name}:sum_squares")
         mean = total / n if n and total is not None else None

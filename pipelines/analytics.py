@@ -3,7 +3,7 @@
 Computed on the cohort's samples (`MultimodalDataset`: `ehr_raw` values in the feature's unit with
 NaN for missing, the modality mask and the label), before any disclosure control: counts
 (patients, with each modality, label positives), and per EHR value column the count present and
-missing, the mean and the sum of squared deviations from it (M2; moments that pool exactly across
+missing (and so for per-sample summaries such as a patient's image series or wearable hours), the mean and the sum of squared deviations from it (M2; moments that pool exactly across
 silos, Chan, Golub & LeVeque 1979), and a histogram on bins the study fixes, with one open cell at
 each end so the cells add up to the count present. Quantiles are read from a histogram by linear
 interpolation inside the bin (the grouped-data median of descriptive statistics), so a pooled
@@ -98,25 +98,36 @@ def column_statistics(name: str, values: np.ndarray, edges: Sequence[float] | No
 
 
 def cohort_statistics(*, ehr_raw: np.ndarray, mask: np.ndarray, label: np.ndarray, columns: Sequence[str],
-                      bins: Mapping[str, Sequence[float]]) -> CohortStatistics:
+                      bins: Mapping[str, Sequence[float]],
+                      summaries: Mapping[str, np.ndarray] | None = None) -> CohortStatistics:
     """Exact statistics of a cohort: `ehr_raw` [N, C] (NaN = missing, columns named by `columns`),
-    `mask` [N, 3] (modalities in `MODALITIES` order), `label` [N] 0/1."""
+    `mask` [N, 3] (modalities in `MODALITIES` order), `label` [N] 0/1; `summaries`: further [N] values by name
+    (NaN = missing), whose statistics follow the EHR columns' as columns of their own."""
     ehr_raw, mask, label = np.asarray(ehr_raw, dtype=np.float64), np.asarray(mask), np.asarray(label)
     n = int(label.shape[0])
     if ehr_raw.shape != (n, len(columns)) or mask.shape != (n, len(MODALITIES)):
         raise DatasetError(f"cohort statistics: ehr_raw {ehr_raw.shape}, mask {mask.shape}, label {label.shape}; "
                            f"expected [{n}, {len(columns)}], [{n}, {len(MODALITIES)}] and [{n}]")
+    summaries = summaries or {}
+    wrong = next((name for name, v in summaries.items() if np.shape(v) != (n,)), None)
+    if wrong is not None:
+        raise DatasetError(f"cohort statistics: summary {wrong!r} is {np.shape(summaries[wrong])}; expected [{n}], "
+                           "one value per patient (NaN where it has none)")
     return CohortStatistics(
         patients=n,
         label_positive=int((label > 0.5).sum()),
         modalities={m: int((mask[:, k] > 0.5).sum()) for k, m in enumerate(MODALITIES)},
-        columns=tuple(column_statistics(c, ehr_raw[:, j], bins.get(c)) for j, c in enumerate(columns)),
+        columns=(*(column_statistics(c, ehr_raw[:, j], bins.get(c)) for j, c in enumerate(columns)),
+                 *(column_statistics(name, v, bins.get(name)) for name, v in summaries.items())),
     )
 
 
-def dataset_statistics(dataset, *, columns: Sequence[str], bins: Mapping[str, Sequence[float]]) -> CohortStatistics:  # noqa: ANN001
-    """Statistics of a `MultimodalDataset` (its `ehr_raw`, before any normalisation)."""
+def dataset_statistics(dataset, *, columns: Sequence[str], bins: Mapping[str, Sequence[float]],  # noqa: ANN001
+                       summaries: Mapping[str, np.ndarray] | None = None) -> CohortStatistics:
+    """Statistics of a `MultimodalDataset` (its `ehr_raw`, before any normalisation). `summaries`: further
+    per-sample values by name (NaN = missing; e.g. `pipelines.steps.ModalitySummaries`: image series, wearable
+    hours), whose statistics follow the EHR columns' as columns of their own."""
     if dataset.ehr_raw is None:
         raise DatasetError("the dataset keeps no raw EHR values (ehr_raw); re-ingest it to compute statistics")
     return cohort_statistics(ehr_raw=dataset.ehr_raw.numpy(), mask=dataset.mask.numpy(), label=dataset.label.numpy(),
-                             columns=columns, bins=bins)
+                             columns=columns, bins=bins, summaries=summaries)

@@ -44,7 +44,7 @@ from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .splits import NO_PART
 from .wearables.mapping import WearableMapping
-from .steps import (IngestRun, ModalityReport, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
+from .steps import (IngestRun, ModalityReport, ModalitySummaries, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
                     quarantine_unlinked, read_dicom, read_fhir_resources, read_hospital_tables, read_sampled_data,
                     read_split_assignments, read_tables, read_wearable_files, resolve_references, select_cohort)
 
@@ -103,6 +103,7 @@ class IngestResult:
     dataset: MultimodalDataset
     report: IngestReport
     quarantine: Quarantine  # names local files: keep at the silo
+    summaries: ModalitySummaries | None = None  # per row: image series, wearable hours (pipelines.steps)
 
 
 def pseudonym(mrn: str, key: bytes) -> str:
@@ -142,4 +143,4 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
         report = IngestReport.of(run)
         log.info("ingested %d samples (%d positive), %d quarantined", report.samples, report.positives,
                  report.quarantined_total)
-        return IngestResult(run.dataset, report, run.quarantine)
+        return IngestResult(run.dataset, report, run.quarantine, run.summaries)

@@ -114,6 +114,7 @@ class IngestRun:
     wearable_notes: WearableNotes = field(default_factory=WearableNotes)  # devices, mapping used, channels left out
     mask: np.ndarray = field(default_factory=lambda: np.zeros((0, len(MODALITIES)), np.float32))
     coverage: list[float] = field(default_factory=list)
+    summaries: ModalitySummaries | None = None
     dataset: MultimodalDataset | None = None
 
     @property
@@ -123,6 +124,15 @@ class IngestRun:
     @property
     def row_of(self) -> dict[str, int]:
         return {pid: i for i, pid in enumerate(self.pseudonyms)}
+
+
+@dataclass(frozen=True)
+class ModalitySummaries:
+    """Per row of the dataset, what its image and wearable inputs held beyond the one image and window kept
+    (NaN where the row lacks the modality): released by an analysis study (`pipelines.analytics`)."""
+
+    image_series: np.ndarray  # [N] series on or before the index date (`ChosenImage.series`)
+    wearable_hours: np.ndarray  # [N] hours of recordings with a window, summed (`LatestWindows.hours`)
 
 
 class Step(Protocol):
@@ -311,15 +321,21 @@ def quarantine_unlinked(run: IngestRun) -> None:
 
 
 def build_mask(run: IngestRun) -> None:
-    """Which modalities each row has: observed EHR features, a chosen image, a wearable window."""
+    """Which modalities each row has: observed EHR features, a chosen image, a wearable window; and per row its
+    image series and wearable hours (`ModalitySummaries`)."""
     assert run.latest is not None
     windows = run.latest.chosen
     run.mask = np.zeros((len(run.pseudonyms), len(MODALITIES)), np.float32)
+    series, hours = np.full(len(run.pseudonyms), np.nan), np.full(len(run.pseudonyms), np.nan)
     for i, pid in enumerate(run.pseudonyms):
         win = windows.pop(pid, None)
         run.mask[i] = (has_observed_ehr(run.raw[i], run.features), pid in run.images, win is not None)
+        if pid in run.images:
+            series[i] = run.images[pid].series
         if win is not None:
             run.coverage.append(win.coverage)
+            hours[i] = run.latest.hours[pid]
+    run.summaries = ModalitySummaries(series, hours)
 
 
 def build_dataset(run: IngestRun) -> None:

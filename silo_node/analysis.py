@@ -40,7 +40,7 @@ from coordinator.api.masked_release import (
     release_cells,
     release_values,
 )
-from coordinator.api.study import StudySpec
+from coordinator.api.study import MODALITY_SUMMARIES, StudySpec
 from pipelines.analytics import CohortStatistics, ColumnStatistics, dataset_statistics, quantiles_from_histogram
 from privacy.disclosure import (
     DISCLOSURE_ACCOUNTANT,
@@ -174,7 +174,12 @@ def run_analysis(node: "SiloNode", task: pb.Task) -> None:
         _send(node, task, release)
         return
     result = node._ingest(task.study_id, spec)
-    stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins)
+    if result.summaries is None:
+        raise RuntimeError("ingestion gave no per-patient modality summaries; expected its steps to end with build_mask")
+    # the summaries' names (MODALITY_SUMMARIES) are the fields of pipelines.steps.ModalitySummaries
+    summaries = {n: getattr(result.summaries, n) for n in spec.analysis_columns[len(spec.cohort.ehr_columns):]}
+    stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins,
+                               summaries=summaries)
     # only the modalities the study names (and the site approved) are counted in the release
     stats = replace(stats, modalities={m: n for m, n in stats.modalities.items() if m in spec.modalities})
     rules = node.config.disclosure
@@ -288,9 +293,11 @@ def describe_analysis(spec: StudySpec) -> dict[str, object]:
         "modalities": list(spec.modalities),
         "label": f"{c.label_system}|{c.label_code} within {c.label_window_days} days",
         "computed": ["patients, label positives and negatives, patients with each modality (ehr, image, signal)",
+                     *(f"{n}: per patient with {m}, {meaning}"
+                       for n, (m, meaning) in MODALITY_SUMMARIES.items() if m in spec.modalities),
                      *(f"{col}: count present and missing, mean and standard deviation"
                        + (f", histogram on edges {list(a.bins[col])}, quantiles {list(a.quantiles)} read from it"
-                          if col in a.bins else "") for col in c.ehr_columns)],
+                          if col in a.bins else "") for col in spec.analysis_columns)],
         "what_is_sent": ("once: the figures above, after this node's disclosure control (counts below its "
                          "min_cell_count suppressed with complementary cells, DP noise if [disclosure] dp is set, "
                          "its ε charged to the privacy ledger); never records or identifiers"

@@ -54,7 +54,7 @@ def release_cells(spec: "StudySpec") -> list[Cell]:
     """The cells of a study's masked release, in order: the same at every silo and at the coordinator."""
     cells = [Cell("patients"), Cell("label_positive"), Cell("label_negative")]
     cells += [Cell(f"modality:{m}") for m in spec.modalities]
-    for c in spec.cohort.ehr_columns:
+    for c in spec.analysis_columns:
         cells += [Cell(f"{c}:present"), Cell(f"{c}:missing"), Cell(f"{c}:moment_n"), Cell(f"{c}:sum", real=True),
                   Cell(f"{c}:sum_squares", real=True)]
         edges = spec.analysis.bins.get(c)

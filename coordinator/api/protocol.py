@@ -649,7 +649,7 @@ class CohortRelease(_Wire):
 
     def check_against(self, spec: "StudySpec") -> "CohortRelease":
         """The release answers this study: its columns, histogram cells and quantiles are the spec's."""
-        want = list(spec.cohort.ehr_columns)
+        want = list(spec.analysis_columns)
         got = [c.name for c in self.columns]
         if got != want:
             raise ProtocolError(f"released cohort statistics: columns {got[:5]}…; the study asks for {want[:5]}…")

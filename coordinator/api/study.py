@@ -282,15 +282,25 @@ class CompressionSpec(_Strict):
     downlink: DownlinkCodec = DownlinkCodec.NONE
 
 
+#: Per-modality summaries an analysis study releases after the EHR value columns, as columns of their own (the
+#: same statistics, bins from `analysis.bins`; missing where a patient lacks the modality), for the study's
+#: modalities: name -> (modality, what it counts per patient).
+MODALITY_SUMMARIES: dict[str, tuple[Modality, str]] = {
+    "image_series": ("image", "DICOM series on or before the index date"),
+    "wearable_hours": ("signal", "hours of wearable data: the spans (first to last sample before the cut-off) of "
+                                 "the recordings that gave a window, summed"),
+}
+
+
 class AnalysisSpec(_Strict):
     """What an analysis study (`kind = "analysis"`) computes at each silo on its cohort: per EHR value
-    column the count present / missing, mean and standard deviation, and a histogram on the bins
+    column (and per-modality summary, `MODALITY_SUMMARIES`) the count present / missing, mean and standard deviation, and a histogram on the bins
     fixed here (edges, in the column's unit, the same at every silo, so cells add up exactly across
     silos); quantiles are read from the histogram. A column without bins gets no histogram.
     `secure_sum = "masking"`: the coordinator receives pairwise-masked vectors and sees only totals
     (coordinator.api.masked_release; no per-silo columns, and every participant must deliver)."""
 
-    bins: dict[str, tuple[float, ...]] = Field(default_factory=dict)  # EHR value column -> increasing edges
+    bins: dict[str, tuple[float, ...]] = Field(default_factory=dict)  # EHR value column or summary -> increasing edges
     quantiles: tuple[float, ...] = (0.25, 0.5, 0.75)
     secure_sum: SecureSum = SecureSum.NONE
 
@@ -352,10 +362,10 @@ class StudySpec(_Strict):
 
     @model_validator(mode="after")
     def _bins_name_columns(self) -> "StudySpec":
-        unknown = sorted(set(self.analysis.bins) - set(self.cohort.ehr_columns))
+        unknown = sorted(set(self.analysis.bins) - set(self.analysis_columns))
         if unknown:
-            raise ValueError(f"analysis.bins.{unknown[0]}: no such EHR value column; the cohort's columns are "
-                             f"{list(self.cohort.ehr_columns)}")
+            raise ValueError(f"analysis.bins.{unknown[0]}: no such EHR value column or summary of the study's "
+                             f"modalities; expected one of {list(self.analysis_columns)}")
         if self.kind is StudyKind.ANALYSIS:
             field = training_setting_in_analysis(self)
             if field is not None:
@@ -404,6 +414,12 @@ class StudySpec(_Strict):
     def update_encoding(self) -> str:
         """The `encoding` header of a silo update in this study."""
         return self.protocol.update_encoding
+
+    @property
+    def analysis_columns(self) -> tuple[str, ...]:
+        """What an analysis study releases statistics of: the EHR value columns, then the summaries
+        (`MODALITY_SUMMARIES`) of the study's modalities."""
+        return (*self.cohort.ehr_columns, *(n for n, (m, _) in MODALITY_SUMMARIES.items() if m in self.modalities))
 
     # -- serialisation -------------------------------------------------------------------
     def to_json(self) -> str:

@@ -48,6 +48,7 @@ class ChosenImage:
     slices: int  # instances (or frames) in the chosen series
     source: str
     linked_by: str = "patient_id"  # or "imaging_study": PatientID unknown, study named by a FHIR ImagingStudy
+    series: int = 1  # the patient's series on or before the index date, among which this one was chosen
 
 
 def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: IngestCache, stats: Counter,
@@ -112,7 +113,8 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
             index.add(k, header, digest, inp.source, inp.path, via_study)
         stats["series"] = len(index)
         chosen: dict[str, ChosenImage] = {}
-        _choose_latest(index, stats)
+        eligible: Counter = Counter()
+        _choose_latest(index, stats, eligible)
         for s in index.chosen():
             members = index.members(s)
             mid = members[len(members) // 2]
@@ -130,16 +132,16 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                     into[1].write(row, image)
                 kept = None  # on disk, or no row: an excluded or unknown patient's image is not needed
             chosen[s.pid] = ChosenImage(kept, mid.day, slices, mid.source,
-                                        "imaging_study" if index.via_study(s.uid) else "patient_id")
+                                        "imaging_study" if index.via_study(s.uid) else "patient_id", eligible[s.pid])
     log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], stats["series"], len(chosen))
     return chosen, stats
 
 
-def _choose_latest(index: SeriesIndex, stats: Counter) -> None:
+def _choose_latest(index: SeriesIndex, stats: Counter, eligible: Counter) -> None:
     """Per patient, choose the latest series on or before the index date (ties: the one that arrived first).
 
     Choices are kept in the index, ordered by when each patient's first eligible series arrived;
-    the other series are counted as unused.
+    the other series are counted as unused; `eligible` counts each patient's series on or before the index date.
     """
     current: tuple[int, Series] | None = None  # (arrival of the patient's first eligible series, best so far)
     for s in index.series():  # by patient, then arrival
@@ -149,6 +151,7 @@ def _choose_latest(index: SeriesIndex, stats: Counter) -> None:
         if s.day is not None and s.day > 0:
             stats["unused_after_index_date"] += s.size
             continue
+        eligible[s.pid] += 1
         if current is None:
             current = (s.first, s)
             continue

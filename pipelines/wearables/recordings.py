@@ -55,6 +55,7 @@ class Window:
     coverage: float  # share of grid points backed by real samples
     end: float  # POSIX seconds of the last sample
     source: str
+    hours: float = 0.0  # the recording's span before the cut-off: last minus first sample time, in hours
 
 
 def _table(path: Path, limits: IngestLimits) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
@@ -162,6 +163,6 @@ def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: i
         raise SignalError(f"covers {coverage:.0%} of the {length / rate_hz:.0f} s window before the index date; "
                           f"expected at least {MIN_COVERAGE:.0%}. Longer recordings are needed",
                           reason="too_short", source=rec.source)
-    return Window(out.astype(np.float32), float(coverage), end, rec.source)
+    return Window(out.astype(np.float32), float(coverage), end, rec.source, float(t[-1] - t[0]) / 3600.0)
 
 

@@ -175,6 +175,17 @@ def recording(segments: Sequence[tuple[str, float, float, int, bytes, str]], cha
     return Recording("", seconds + zero, values, source)
 
 
+def sampled_hours(segments: Sequence[tuple[str, float, float, int, bytes, str]]) -> float:
+    """The span of one patient's sampled data before the cut-off (first to last sample with t < 0), in hours:
+    its segments are one recording (`Window.hours` of a file recording)."""
+    first, last = np.inf, -np.inf
+    for _, start, period, n, _, _ in segments:
+        before = min(n, int(np.ceil(-start / period))) if period > 0 else int(start < 0) * n
+        if before > 0:
+            first, last = min(first, start), max(last, start + period * (before - 1))
+    return float(last - first) / 3600.0 if last >= first else 0.0
+
+
 def sampled_window(segments: Sequence[tuple[str, float, float, int, bytes, str]], channels: Sequence[str], *,
                    rate_hz: float, length: int, index_date: date):
     """The normalised window of one patient's sampled data, or None if all of it is after the index date."""

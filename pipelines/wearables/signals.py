@@ -28,7 +28,7 @@ from ..rowfiles import RowFile
 from .mapping import WearableMapping, WearableNotes, channel_map, to_recording
 from .recordings import window
 from .registry import WearableReader, input_digest, unread_files, wearable_inputs
-from .sampled import cutoff, sampled_window
+from .sampled import cutoff, sampled_hours, sampled_window
 
 log = logging.getLogger(__name__)
 #: `ChosenSignal.end` of a relative-time recording: it cannot be placed in time, so any dated window of the patient wins.
@@ -41,6 +41,7 @@ class ChosenSignal:
     coverage: float
     end: float  # seconds relative to the end of the index date (negative)
     source: str
+    hours: float = 0.0  # span of the recording before the cut-off (`Window.hours`)
 
 
 class LatestWindows:
@@ -54,9 +55,13 @@ class LatestWindows:
     def __init__(self, into: tuple[Mapping[str, int], RowFile] | None = None) -> None:
         self.chosen: dict[str, ChosenSignal] = {}
         self.superseded = 0  # windows set aside for a later one of the same patient
+        #: per patient, hours of wearable data: the spans of all its recordings with a window, summed (overlapping
+        #: recordings count twice); an analysis study releases their distribution (pipelines.analytics)
+        self.hours: Counter = Counter()
         self._into = into
 
     def offer(self, pid: str, found: ChosenSignal) -> None:
+        self.hours[pid] += found.hours
         old = self.chosen.get(pid)
         if old is not None:
             self.superseded += 1
@@ -102,7 +107,8 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
         if hit is not None:
             stats["cached"] += 1
             meta, arrays = hit
-            found = [(w["pseudonym"], ChosenSignal(arrays[f"values_{k}"], w["coverage"], w["end"], str(path)))
+            found = [(w["pseudonym"], ChosenSignal(arrays[f"values_{k}"], w["coverage"], w["end"], str(path),
+                                                       w["hours"]))
                      for k, w in enumerate(meta["windows"])]
             notes.add(reader.device, meta["used"], meta["unused"])
             _count(stats, meta, found)
@@ -164,12 +170,12 @@ def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *
         records += 1
         if w is not None:
             end = RELATIVE_END if rec.relative else w.end - cutoff(own)
-            found.append((pid, ChosenSignal(w.values, w.coverage, end, str(path))))
+            found.append((pid, ChosenSignal(w.values, w.coverage, end, str(path), w.hours)))
     if not records and clean:
         raise SignalError(f"holds no patient recording {reader.device} exports; expected one (docs/wearables.md)",
                           reason="no_samples", source=path)
     meta = {"device": reader.device, "used": used, "unused": sorted(unused), "records": records, "days": days,
-            "windows": [{"pseudonym": pid, "coverage": c.coverage, "end": c.end} for pid, c in found]}
+            "windows": [{"pseudonym": pid, "coverage": c.coverage, "end": c.end, "hours": c.hours} for pid, c in found]}
     return found, meta, clean
 
 
@@ -197,6 +203,6 @@ def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, q
             stats["unused_after_index_date"] += 1
             continue
         windows += 1
-        latest.offer(pid, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source))
+        latest.offer(pid, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source, sampled_hours(segments)))
     log.info("FHIR sampled data: %d patients with segments, %d with a window", stats["patients"], windows)
     return stats

@@ -301,7 +301,8 @@ def snapshot_step(snapshot: Snapshot) -> "Step":
             if w is None:
                 run.signal_stats["unused_after_index_date"] += 1
                 continue
-            run.latest.offer(dev.patient_id, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source))
+            run.latest.offer(dev.patient_id, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source,
+                                                          w.hours))
 
     return read_stream_snapshot
 

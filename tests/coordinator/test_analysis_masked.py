@@ -19,14 +19,16 @@ from silo_node.analysis import disclose, masked_release
 from silo_node.config import DisclosureConfig
 
 SPEC = StudySpec(name="overview", kind="analysis",
-                 analysis=AnalysisSpec(bins={"age": (40.0, 50.0, 60.0, 70.0, 80.0)}, secure_sum="masking"))
+                 analysis=AnalysisSpec(bins={"age": (40.0, 50.0, 60.0, 70.0, 80.0), "image_series": (2.0, 3.0),
+                                             "wearable_hours": (1.0, 24.0)}, secure_sum="masking"))
 SILOS = ("st-anne", "st-mary", "st-paul")
 CONTEXT = b"overview-1|1|nonce"
 
 
 def _release(n: int, seed: int):
     """A silo's disclosed release: age and glucose at every patient (glucose at half), hba1c at 3 (a small
-    cell, suppressed with its complement), 4 + seed patients without an image, ~30% positive."""
+    cell, suppressed with its complement), 4 + seed patients without an image, ~30% positive; 1-3 image series
+    and 0.5-30 wearable hours per patient."""
     rng = np.random.default_rng(seed)
     ages, glucose = rng.normal(62, 9, n), np.where(np.arange(n) < n // 2, rng.normal(110, 20, n), np.nan)
     hba1c = np.where(np.arange(n) < 3, 6.0, np.nan)
@@ -35,7 +37,9 @@ def _release(n: int, seed: int):
     stats = cohort_statistics(ehr_raw=np.column_stack([ages, np.full(n, np.nan), glucose, hba1c, rest]),
                               mask=np.column_stack([np.ones(n), has_image, np.ones(n)]),
                               label=(rng.random(n) < 0.3).astype(float), columns=SPEC.cohort.ehr_columns,
-                              bins=SPEC.analysis.bins)
+                              bins=SPEC.analysis.bins,
+                              summaries={"image_series": np.where(has_image > 0, rng.integers(1, 4, n), np.nan),
+                                         "wearable_hours": rng.uniform(0.5, 30.0, n)})
     return disclose(stats, DisclosureConfig(), quantiles=SPEC.analysis.quantiles)
 
 
@@ -66,6 +70,10 @@ def test_masked_totals_equal_the_clear_pooling(federation) -> None:
         if w.mean is not None:
             assert math.isclose(g.mean, w.mean, rel_tol=1e-9) and math.isclose(g.sd, w.sd, rel_tol=1e-7), g.name
     assert suppressed_cells > 0  # hba1c was held back at every silo and is left out of the totals, named
+    summaries = {c.name: c for c in got.columns if c.name in ("image_series", "wearable_hours")}
+    hours, series = summaries["wearable_hours"], summaries["image_series"]
+    assert hours.n == 150 + 190 + 230 and hours.mean and 0 < sum(c.value for c in hours.histogram) <= hours.n  # masked
+    assert series.present.suppressed_at == list(SILOS)  # 4-6 patients without an image: a small cell, as for the modality
 
 
 def test_a_silos_upload_does_not_show_its_values(federation) -> None:

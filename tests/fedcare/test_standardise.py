@@ -16,7 +16,9 @@ def _summary(spec: StudySpec) -> tuple[dict, np.ndarray]:
     rng = np.random.default_rng(0)
     cols = spec.cohort.ehr_columns
     ehr = rng.normal(100, 15, size=(150, len(cols)))
-    stats = cohort_statistics(ehr_raw=ehr, mask=np.ones((150, 3)), label=np.zeros(150), columns=cols, bins={})
+    summaries = {name: np.ones(150) for name in spec.analysis_columns[len(cols):]}  # image series, wearable hours
+    stats = cohort_statistics(ehr_raw=ehr, mask=np.ones((150, 3)), label=np.zeros(150), columns=cols, bins={},
+                              summaries=summaries)
     pooled = pool(spec, {"a": disclose(stats, DisclosureConfig(), quantiles=())})
     return {"study": "overview-1", "kind": "analysis", "state": "done", "analysis": pooled.model_dump(mode="json")}, ehr
 

@@ -10,7 +10,13 @@ from privacy.disclosure import GaussianNoise
 from silo_node.analysis import disclose, queries_of
 from silo_node.config import DisclosureConfig
 
-SPEC = StudySpec(name="overview", kind="analysis", analysis=AnalysisSpec(bins={"age": (40.0, 60.0, 80.0, 95.0)}))
+SPEC = StudySpec(name="overview", kind="analysis", analysis=AnalysisSpec(bins={
+    "age": (40.0, 60.0, 80.0, 95.0), "image_series": (2.0, 3.0), "wearable_hours": (1.0, 24.0)}))
+
+
+def _summaries(mask: np.ndarray, series: np.ndarray, hours: np.ndarray) -> dict[str, np.ndarray]:
+    """Per patient: its image series and wearable hours, NaN where it has no image / no window."""
+    return {"image_series": np.where(mask[:, 1] > 0, series, np.nan), "wearable_hours": np.where(mask[:, 2] > 0, hours, np.nan)}
 
 
 def _stats(n: int, seed: int):
@@ -23,7 +29,9 @@ def _stats(n: int, seed: int):
     mask = np.ones((n, 3))
     mask[:4, 1] = 0
     label = (rng.random(n) < 0.3).astype(float)
-    return cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=cols, bins=SPEC.analysis.bins), ehr
+    summaries = _summaries(mask, rng.integers(1, 4, n).astype(float), rng.uniform(0.5, 30.0, n))
+    return cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=cols, bins=SPEC.analysis.bins,
+                             summaries=summaries), ehr
 
 
 def test_small_cells_are_suppressed_with_their_complement_and_said() -> None:
@@ -115,3 +123,26 @@ def test_auto_approval_of_an_analysis_checks_its_modalities_not_training_limits(
     ok, reason = policy_decision(StudySpec(name="overview", kind="analysis"), strict, BudgetConfig())
     assert not ok and "modalities" in reason
     assert "disclosure control" in describe(ehr_only)["what_is_sent"]
+
+
+def test_pooled_series_and_hours_are_the_histograms_and_moments_of_all_patients() -> None:
+    """Two hospitals with known image series and wearable hours per patient: the pooled summaries are those of the union."""
+    known = {"a": (np.array([1, 1, 2, 3, 1] * 4, float), np.array([0.5, 2.0, 30.0, 5.0, 12.0] * 4)),
+             "b": (np.array([2, 2, 1, 4, 1, 2] * 5, float), np.array([1.0, 0.2, 48.0, 3.0, 3.0, 20.0] * 5))}
+    releases = {}
+    for name, (series, hours) in known.items():
+        n, cols = series.size, SPEC.cohort.ehr_columns
+        mask = np.ones((n, 3))
+        stats = cohort_statistics(ehr_raw=np.full((n, len(cols)), 50.0), mask=mask, label=np.zeros(n), columns=cols,
+                                  bins=SPEC.analysis.bins, summaries=_summaries(mask, series, hours))
+        releases[name] = CohortRelease.from_json(disclose(stats, DisclosureConfig(min_cell_count=1),
+                                                          quantiles=SPEC.analysis.quantiles).to_json()).check_against(SPEC)
+    pooled = {c.name: c for c in pool(SPEC, releases).columns}
+    series = np.concatenate([s for s, _ in known.values()])
+    hours = np.concatenate([h for _, h in known.values()])
+    assert [c.value for c in pooled["image_series"].histogram] == [22, 19, 9]  # [-inf, 2), [2, 3), [3, inf)
+    assert [c.value for c in pooled["wearable_hours"].histogram] == [int((hours < 1).sum()),
+                                                                   int(((hours >= 1) & (hours < 24)).sum()),
+                                                                   int((hours >= 24).sum())]
+    assert np.isclose(pooled["image_series"].mean, series.mean()) and np.isclose(pooled["wearable_hours"].sd,
+                                                                                   hours.std(ddof=1))
