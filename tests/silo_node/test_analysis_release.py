@@ -3,6 +3,7 @@
 import numpy as np
 
 from coordinator.analysis import pool, pool_moments
+from fedcare.analysis_report import cohort_rows
 from coordinator.api.protocol import CohortRelease
 from coordinator.api.study import AnalysisSpec, StudySpec
 from pipelines.analytics import cohort_statistics
@@ -137,7 +138,8 @@ def test_pooled_series_and_hours_are_the_histograms_and_moments_of_all_patients(
                                   bins=SPEC.analysis.bins, summaries=_summaries(mask, series, hours))
         releases[name] = CohortRelease.from_json(disclose(stats, DisclosureConfig(min_cell_count=1),
                                                           quantiles=SPEC.analysis.quantiles).to_json()).check_against(SPEC)
-    pooled = {c.name: c for c in pool(SPEC, releases).columns}
+    pooled_all = pool(SPEC, releases)
+    pooled = {c.name: c for c in pooled_all.columns}
     series = np.concatenate([s for s, _ in known.values()])
     hours = np.concatenate([h for _, h in known.values()])
     assert [c.value for c in pooled["image_series"].histogram] == [22, 19, 9]  # [-inf, 2), [2, 3), [3, inf)
@@ -146,3 +148,5 @@ def test_pooled_series_and_hours_are_the_histograms_and_moments_of_all_patients(
                                                                    int((hours >= 24).sum())]
     assert np.isclose(pooled["image_series"].mean, series.mean()) and np.isclose(pooled["wearable_hours"].sd,
                                                                                    hours.std(ddof=1))
+    rows = {figure: value for figure, value, _ in cohort_rows(pooled_all.model_dump(mode="json"))}
+    assert rows["image_series present"].startswith("50; mean 1.8")  # the report's cohort table shows them
