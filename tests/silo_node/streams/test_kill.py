@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -74,9 +75,11 @@ def test_kill_9_of_the_stream_receiver_loses_nothing_acknowledged(tmp_path: Path
     assert at_kill < n_messages * PER_MESSAGE, "the kill came after the stream ended; it proves nothing"
     proc = receiver()
     try:
-        wait_for(lambda: stored(state) >= n_messages * PER_MESSAGE, timeout=120)
+        with contextlib.suppress(AssertionError):  # the count below says how many were lost
+            wait_for(lambda: stored(state) >= n_messages * PER_MESSAGE, timeout=120)
         time.sleep(0.5)  # redeliveries of messages already stored must not add rows
-        assert stored(state) == n_messages * PER_MESSAGE
+        assert stored(state) == n_messages * PER_MESSAGE, \
+            f"{n_messages * PER_MESSAGE - stored(state)} samples the broker acknowledged were lost"
     finally:
         proc.terminate()
         proc.wait(timeout=30)
