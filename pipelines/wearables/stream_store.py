@@ -97,17 +97,21 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The rows committed by `at` (POSIX seconds): sequence numbers 1..`upto`, `samples` rows, their SHA-256."""
+    """The rows committed by `at` (POSIX seconds): sequence numbers 1..`upto`, `samples` rows, their SHA-256; the
+    messages quarantined and refused by then, by reason."""
 
     path: Path
     at: float
     upto: int
     samples: int
     sha256: str
+    quarantined: dict[str, int]
+    refused: dict[str, int]
 
     def audit(self) -> dict:
-        """What the audit log records about the snapshot a study trained on (no identifiers)."""
-        return {"at": self.at, "upto_seq": self.upto, "samples": self.samples, "sha256": self.sha256}
+        """What the audit log records about the snapshot a study trained on (counts and a digest, no identifiers)."""
+        return {"at": self.at, "upto_seq": self.upto, "samples": self.samples, "sha256": self.sha256,
+                "quarantined": self.quarantined, "refused": self.refused}
 
     def recordings(self) -> Iterator[DeviceRecording]:
         """One `DeviceRecording` per (pseudonym, device): the snapshot's samples, channels by the device's names."""
@@ -210,7 +214,10 @@ class StreamStore:
                                         (upto,)):
                 h.update("\0".join(row[:3]).encode() + struct.pack("<dd", row[3], row[4]))
                 n += 1
-        return Snapshot(self.path, at, int(upto), n, h.hexdigest())
+            by_reason = {table: dict(self._db.execute(f"SELECT reason, COUNT(*) FROM {table} WHERE received <= ? "
+                                                      "GROUP BY reason ORDER BY reason", (at,)).fetchall())
+                         for table in ("quarantine", "refusals")}
+        return Snapshot(self.path, at, int(upto), n, h.hexdigest(), by_reason["quarantine"], by_reason["refusals"])
 
 
 @dataclass

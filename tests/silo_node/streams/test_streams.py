@@ -117,6 +117,7 @@ def test_a_device_over_its_rate_limit_is_refused_with_a_reason_and_counted(tmp_p
     assert second.json()["reason"] == "rate_limited" and int(second.headers["Retry-After"]) >= 1
     service.writer.close()
     assert service.store.counts() == {"samples": 50, "quarantined": {}, "refused": {"rate_limited": 1}}
+    assert service.store.snapshot().audit()["refused"] == {"rate_limited": 1}  # in the study's data_ingested event
 
 
 def test_a_snapshot_gives_the_same_windows_while_new_data_keeps_arriving(tmp_path: Path):
