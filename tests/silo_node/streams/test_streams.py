@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import paho.mqtt.client as mqtt
+import pytest
 from starlette.testclient import TestClient
 
 from pipelines.deid import Deidentifier
 from pipelines.wearables.mapping import WearableMapping, to_recording
 from pipelines.wearables.recordings import window
 from pipelines.wearables.stream_store import SampleBatch, StreamStore
+from silo_node.config import NodeConfig, SpecError
 from silo_node.streams.http import stream_app
 from silo_node.streams.service import StreamService, stream_store_dir
 from silo_node.streams.settings import HttpSettings, MqttSettings, RateSettings, StreamsConfig
@@ -139,3 +141,17 @@ def test_a_snapshot_gives_the_same_windows_while_new_data_keeps_arriving(tmp_pat
         latest = windows(store)[pid]
         assert store.snapshot().samples == 120  # the redelivered samples are stored once, the first value kept
         assert not np.array_equal(latest, before[pid])
+
+
+@pytest.mark.parametrize("section, expected", [
+    ("[streams]\n", "[streams.mqtt] or [streams.http]"),
+    ("[streams.http]\nlisten = \"10.0.0.5:8443\"\n", "cert and key for HTTPS"),
+    ("[streams.mqtt]\nhost = \"b\"\ncert = \"c.pem\"\n", "both cert and key"),
+])
+def test_a_streams_section_that_cannot_work_is_refused_naming_the_field(tmp_path: Path, section: str, expected: str):
+    config = tmp_path / "node.toml"
+    config.write_text(f'name = "s"\ncoordinator = "c:1"\nstate_dir = "st"\ninsecure = true\n[data]\ndataset = "d"\n'
+                      f'fhir = ["f"]\n{section}')
+    with pytest.raises(SpecError, match="streams") as e:
+        NodeConfig.load(config)
+    assert expected in str(e.value)
