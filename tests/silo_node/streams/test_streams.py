@@ -155,3 +155,38 @@ def test_a_streams_section_that_cannot_work_is_refused_naming_the_field(tmp_path
     with pytest.raises(SpecError, match="streams") as e:
         NodeConfig.load(config)
     assert expected in str(e.value)
+
+
+def test_the_https_endpoint_requires_a_device_certificate_of_the_hospital_ca(tmp_path: Path):
+    import ssl
+
+    import httpx
+
+    from fedcare.pki import init_ca, issue
+    from silo_node.streams.http import serve
+    from silo_node.streams.local_broker import free_port
+
+    ca = init_ca(tmp_path / "pki")
+    cert, key = issue(tmp_path / "pki", name="streams", role="coordinator")  # a server certificate (serverAuth)
+    gw_cert, gw_key = issue(tmp_path / "pki", name="gateway", role="silo")
+    port = free_port()
+    cfg = StreamsConfig(http=HttpSettings(listen=f"127.0.0.1:{port}", cert=cert, key=key, ca_cert=ca))
+    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY)
+    threading.Thread(target=serve, args=(cfg.http, service.intake), daemon=True).start()  # ends with the test process
+    url = f"https://127.0.0.1:{port}/streams"
+    device = ssl.create_default_context(cafile=str(ca))
+    device.load_cert_chain(str(gw_cert), str(gw_key))
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{url}/health", verify=device, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=30)
+    with pytest.raises(httpx.HTTPError):  # no client certificate: the handshake fails
+        httpx.post(f"{url}/w/MRN-1", content=heart_rate_observation(START, [70.0]), verify=str(ca), timeout=5)
+    with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
+        httpx.post(f"http://127.0.0.1:{port}/streams/w/MRN-1", content=b"{}", timeout=5)
+    r = httpx.post(f"{url}/w/MRN-1", content=heart_rate_observation(START, [70.0, 71.0]), verify=device, timeout=5)
+    assert r.status_code == 201 and service.store.counts()["samples"] == 2
