@@ -185,7 +185,8 @@ def test_the_https_endpoint_requires_a_device_certificate_of_the_hospital_ca(tmp
 
     wait_for(up, timeout=30)
     with pytest.raises(httpx.HTTPError):  # no client certificate: the handshake fails
-        httpx.post(f"{url}/w/MRN-1", content=heart_rate_observation(START, [70.0]), verify=str(ca), timeout=5)
+        httpx.post(f"{url}/w/MRN-1", content=heart_rate_observation(START, [70.0]), timeout=5,
+                   verify=ssl.create_default_context(cafile=str(ca)))
     with pytest.raises(httpx.HTTPError):  # plain HTTP is not served
         httpx.post(f"http://127.0.0.1:{port}/streams/w/MRN-1", content=b"{}", timeout=5)
     r = httpx.post(f"{url}/w/MRN-1", content=heart_rate_observation(START, [70.0, 71.0]), verify=device, timeout=5)
