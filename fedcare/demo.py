@@ -113,7 +113,9 @@ def write_node_config(path: Path, *, name: str, coordinator: str, data: Any, dat
         "insecure": True,
         "poll_wait_s": 10.0,
         "data": {"dataset": dataset, "fhir": [str(data.fhir_dir)], "dicom": [str(data.dicom_dir)],
-                 "wearables": [str(data.wearables_dir)]},
+                 "wearables": [str(data.wearables_dir)],
+                 # every demo hospital shares this machine: each parses in its own process, not on every core
+                 "workers": {"processes": 1}},
         "privacy": {"epsilon_cap": 20.0, "delta": 1e-5},
         "approval": {"mode": "auto", "allowed_modalities": ["ehr", "image", "signal"], "max_epsilon": 10.0,
                      "require_dp": False},
