@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,23 +17,15 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from compliance.keys import write_secret_file
 from pipelines.cohort import CohortLike
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import DEFAULT_LIMITS, IngestLimits
 from pipelines.ingest import IngestReport, ingest_silo
 from pipelines.wearables.mapping import WearableMapping
 from pipelines.splits import NO_PART
+from silo_node.pseudonym_key import KEY_FILE, load_or_create_key
 
 log = logging.getLogger(__name__)
-KEY_FILE = "pseudonym.key"
-
-
-def load_or_create_key(path: Path) -> bytes:
-    """The silo-local pseudonym secret (32 random bytes, mode 0600), created on first use."""
-    if not path.exists():
-        write_secret_file(path, secrets.token_bytes(32), replace=False)  # 0600 from creation, atomic
-    return path.read_bytes()
 
 
 def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequence[str], wearables: Sequence[Path],

@@ -13,7 +13,7 @@ def stream(config: ConfigOpt, verbose: VerboseOpt = False) -> None:
     cfg = node_config(config)
     if cfg.streams is None:
         raise UserError(f"{config}: has no [streams] section; add [streams.mqtt] and/or [streams.http] (docs/streams.md)")
-    from silo_node.ingest_command import KEY_FILE, load_or_create_key
+    from silo_node.pseudonym_key import KEY_FILE, load_or_create_key  # not ingest_command: no torch in the receiver
     from silo_node.streams.service import StreamService
 
     StreamService(cfg.streams, state_dir=Path(cfg.state_dir),
