@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -67,8 +66,8 @@ def serve(settings: HttpSettings, intake: StreamIntake) -> None:
 
     host, port = settings.host_port
     tls: dict[str, object] = {}
-    if settings.cert is not None:
-        tls = {"ssl_certfile": str(settings.cert), "ssl_keyfile": str(Path(settings.key))}  # type: ignore[arg-type]
+    if settings.cert is not None and settings.key is not None:
+        tls = {"ssl_certfile": str(settings.cert), "ssl_keyfile": str(settings.key)}
         if settings.ca_cert is not None:
             tls |= {"ssl_ca_certs": str(settings.ca_cert), "ssl_cert_reqs": ssl.CERT_REQUIRED}
     uvicorn.run(stream_app(intake), host=host, port=port, log_level="warning", **tls)  # type: ignore[arg-type]
