@@ -2,11 +2,12 @@
 
 Computed on the cohort's samples (`MultimodalDataset`: `ehr_raw` values in the feature's unit with
 NaN for missing, the modality mask and the label), before any disclosure control: counts
-(patients, with each modality, label positives), and per EHR value column the count present and
-missing (and so for per-sample summaries such as a patient's image series or wearable hours), the mean and the sum of squared deviations from it (M2; moments that pool exactly across
-silos, Chan, Golub & LeVeque 1979), and a histogram on bins the study fixes, with one open cell at
-each end so the cells add up to the count present. Quantiles are read from a histogram by linear
-interpolation inside the bin (the grouped-data median of descriptive statistics), so a pooled
+(patients, with each modality, label positives), and per EHR value column (and per-sample summary,
+such as a patient's image series or wearable hours) the count present and missing, the mean and the
+sum of squared deviations from it (M2; moments that pool exactly across silos, Chan, Golub & LeVeque
+1979), and a histogram on bins the study fixes, with one open cell at each end so the cells add up
+to the count present. Quantiles are read from a histogram by linear interpolation inside the bin
+(the grouped-data median of descriptive statistics), so a pooled
 histogram gives pooled quantiles without any silo releasing a patient's value.
 
 Disclosure control (privacy.disclosure) and the wire format (coordinator.api.protocol) are applied

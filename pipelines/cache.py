@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
-VERSION = 5  # 2: image_dims/image_depth in the cohort hash, volumes cached; 3: labels, index dates, categories; 4: Encounter facts; 5: wearable hours
+# 2: image_dims/image_depth in the cohort hash, volumes cached; 3: labels, index dates, categories; 4: Encounter facts;
+# 5: wearable windows carry their recording's hours
+VERSION = 5
 
 
 def content_hash(data: bytes) -> str:

@@ -44,7 +44,8 @@ from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .splits import NO_PART
 from .wearables.mapping import WearableMapping
-from .steps import (IngestRun, ModalityReport, ModalitySummaries, Sources, Step, allocate_rows, build_dataset, build_mask, count_modalities,
+from .steps import (IngestRun, ModalityReport, ModalitySummaries, Sources, Step, allocate_rows, build_dataset,
+                    build_mask, count_modalities,
                     quarantine_unlinked, read_dicom, read_fhir_resources, read_hospital_tables, read_sampled_data,
                     read_split_assignments, read_tables, read_wearable_files, resolve_references, select_cohort)
 

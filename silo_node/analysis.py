@@ -175,7 +175,8 @@ def run_analysis(node: "SiloNode", task: pb.Task) -> None:
         return
     result = node._ingest(task.study_id, spec)
     if result.summaries is None:
-        raise RuntimeError("ingestion gave no per-patient modality summaries; expected its steps to end with build_mask")
+        raise RuntimeError("ingestion gave no per-patient modality summaries; expected its steps to include "
+                           "build_mask (pipelines.ingest.STEPS)")
     # the summaries' names (MODALITY_SUMMARIES) are the fields of pipelines.steps.ModalitySummaries
     summaries = {n: getattr(result.summaries, n) for n in spec.analysis_columns[len(spec.cohort.ehr_columns):]}
     stats = dataset_statistics(result.dataset, columns=spec.cohort.ehr_columns, bins=spec.analysis.bins,

@@ -294,7 +294,8 @@ MODALITY_SUMMARIES: dict[str, tuple[Modality, str]] = {
 
 class AnalysisSpec(_Strict):
     """What an analysis study (`kind = "analysis"`) computes at each silo on its cohort: per EHR value
-    column (and per-modality summary, `MODALITY_SUMMARIES`) the count present / missing, mean and standard deviation, and a histogram on the bins
+    column (and per-modality summary, `MODALITY_SUMMARIES`) the count present / missing, mean and
+    standard deviation, and a histogram on the bins
     fixed here (edges, in the column's unit, the same at every silo, so cells add up exactly across
     silos); quantiles are read from the histogram. A column without bins gets no histogram.
     `secure_sum = "masking"`: the coordinator receives pairwise-masked vectors and sees only totals

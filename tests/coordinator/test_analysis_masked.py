@@ -73,7 +73,7 @@ def test_masked_totals_equal_the_clear_pooling(federation) -> None:
     summaries = {c.name: c for c in got.columns if c.name in ("image_series", "wearable_hours")}
     hours, series = summaries["wearable_hours"], summaries["image_series"]
     assert hours.n == 150 + 190 + 230 and hours.mean and 0 < sum(c.value for c in hours.histogram) <= hours.n  # masked
-    assert series.present.suppressed_at == list(SILOS)  # 4-6 patients without an image: a small cell, as for the modality
+    assert series.present.suppressed_at == list(SILOS)  # 4-6 patients without an image: a small cell, as the modality
 
 
 def test_a_silos_upload_does_not_show_its_values(federation) -> None:

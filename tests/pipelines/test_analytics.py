@@ -56,8 +56,8 @@ def test_misshaped_inputs_are_refused_with_the_shapes() -> None:
 def test_summaries_are_columns_of_their_own_missing_where_a_patient_lacks_the_modality() -> None:
     ehr, mask, label = _cohort(n=6)
     series = np.array([1.0, 2.0, np.nan, 1.0, 3.0, np.nan])
-    stats = cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=["age", "bp"], bins={"image_series": [2.0, 3.0]},
-                              summaries={"image_series": series})
+    stats = cohort_statistics(ehr_raw=ehr, mask=mask, label=label, columns=["age", "bp"],
+                              bins={"image_series": [2.0, 3.0]}, summaries={"image_series": series})
     col = stats.columns[2]
     assert (col.name, col.present, col.missing, col.histogram) == ("image_series", 4, 2, (2, 1, 1))
     assert col.mean == pytest.approx(7 / 4)

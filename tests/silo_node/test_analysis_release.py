@@ -17,7 +17,8 @@ SPEC = StudySpec(name="overview", kind="analysis", analysis=AnalysisSpec(bins={
 
 def _summaries(mask: np.ndarray, series: np.ndarray, hours: np.ndarray) -> dict[str, np.ndarray]:
     """Per patient: its image series and wearable hours, NaN where it has no image / no window."""
-    return {"image_series": np.where(mask[:, 1] > 0, series, np.nan), "wearable_hours": np.where(mask[:, 2] > 0, hours, np.nan)}
+    return {"image_series": np.where(mask[:, 1] > 0, series, np.nan),
+            "wearable_hours": np.where(mask[:, 2] > 0, hours, np.nan)}
 
 
 def _stats(n: int, seed: int):
@@ -127,7 +128,7 @@ def test_auto_approval_of_an_analysis_checks_its_modalities_not_training_limits(
 
 
 def test_pooled_series_and_hours_are_the_histograms_and_moments_of_all_patients() -> None:
-    """Two hospitals with known image series and wearable hours per patient: the pooled summaries are those of the union."""
+    """Two hospitals with known image series and wearable hours per patient: pooled, those of the union."""
     known = {"a": (np.array([1, 1, 2, 3, 1] * 4, float), np.array([0.5, 2.0, 30.0, 5.0, 12.0] * 4)),
              "b": (np.array([2, 2, 1, 4, 1, 2] * 5, float), np.array([1.0, 0.2, 48.0, 3.0, 3.0, 20.0] * 5))}
     releases = {}
@@ -136,8 +137,8 @@ def test_pooled_series_and_hours_are_the_histograms_and_moments_of_all_patients(
         mask = np.ones((n, 3))
         stats = cohort_statistics(ehr_raw=np.full((n, len(cols)), 50.0), mask=mask, label=np.zeros(n), columns=cols,
                                   bins=SPEC.analysis.bins, summaries=_summaries(mask, series, hours))
-        releases[name] = CohortRelease.from_json(disclose(stats, DisclosureConfig(min_cell_count=1),
-                                                          quantiles=SPEC.analysis.quantiles).to_json()).check_against(SPEC)
+        released = disclose(stats, DisclosureConfig(min_cell_count=1), quantiles=SPEC.analysis.quantiles)
+        releases[name] = CohortRelease.from_json(released.to_json()).check_against(SPEC)
     pooled_all = pool(SPEC, releases)
     pooled = {c.name: c for c in pooled_all.columns}
     series = np.concatenate([s for s, _ in known.values()])
