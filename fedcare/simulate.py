@@ -40,7 +40,7 @@ from coordinator.server import Coordinator, CoordinatorConfig
 from fedcare.researcher import ResearcherClient, ResearcherError
 from silo_node.client import CoordinatorClient
 from silo_node.config import ApprovalConfig, BudgetConfig, DataConfig, NodeConfig
-from silo_node.ingest_command import KEY_FILE
+from silo_node.pseudonym_key import KEY_FILE
 from pipelines.parallel import Workers
 from silo_node.node import SiloNode
 

@@ -11,7 +11,7 @@ from fedcare.demo import DemoOptions, demo_spec
 from fedcare.simulate import Engine, SimulatedSilo, SimulationOptions, simulate, simulated_pseudonym_key
 from pipelines.synthetic import generate_federation
 from silo_node.config import DataConfig
-from silo_node.ingest_command import KEY_FILE
+from silo_node.pseudonym_key import KEY_FILE
 
 pytestmark = pytest.mark.slow
 SEED = 5
