@@ -13,6 +13,7 @@ from compliance.ledger import PrivacyLedger
 from coordinator.api.study import AnalysisSpec, StudySpec, TrainingSpec
 from fedcare.analysis_report import write_analysis
 from pipelines.ingest import ingest_silo
+from privacy.secure_sum import FIXED_POINT_BITS
 
 pytestmark = pytest.mark.slow
 
@@ -23,14 +24,19 @@ GLUCOSE_EDGES = (70.0, 100.0, 126.0, 200.0)
 def _spec() -> StudySpec:
     return StudySpec(name="cohort overview", kind="analysis",
                      training=TrainingSpec(min_silos=2, expected_silos=3, round_timeout_s=300),
-                     analysis=AnalysisSpec(bins={"age": AGE_EDGES, "glucose": GLUCOSE_EDGES}))
+                     analysis=AnalysisSpec(bins={"age": AGE_EDGES, "glucose": GLUCOSE_EDGES, "image_series": (2.0,),
+                                                 "wearable_hours": (0.04, 0.045, 1.0)}))
 
 
 def _raw(hospital, spec: StudySpec) -> dict:
-    """The silo's cohort as the silo reads it, with the statistics computed here by numpy."""
-    ds = ingest_silo(fhir=[hospital.fhir_dir], dicom=[hospital.dicom_dir], wearables=[hospital.wearables_dir],
-                     cohort=spec.cohort, pseudonym_key=b"test-key-0123456789abcdef").dataset
-    return {"ehr": ds.ehr_raw.numpy(), "mask": ds.mask.numpy(), "label": ds.label.numpy()}
+    """The silo's cohort as the silo reads it, with the statistics computed here by numpy; "ehr" holds a column per
+    `spec.analysis_columns`: the EHR values, then the per-modality summaries (image series, wearable hours)."""
+    result = ingest_silo(fhir=[hospital.fhir_dir], dicom=[hospital.dicom_dir], wearables=[hospital.wearables_dir],
+                         cohort=spec.cohort, pseudonym_key=b"test-key-0123456789abcdef")
+    ds = result.dataset
+    summaries = [getattr(result.summaries, n) for n in spec.analysis_columns[len(spec.cohort.ehr_columns):]]
+    return {"ehr": np.column_stack([ds.ehr_raw.numpy(), *summaries]), "mask": ds.mask.numpy(),
+            "label": ds.label.numpy()}
 
 
 def _cells(values: np.ndarray, edges) -> list[int]:
@@ -53,7 +59,7 @@ def _check_pooled_against_raw(pooled: dict, raws: dict[str, dict], spec: StudySp
         assert pooled["modalities"][m]["value"] == released_sum(pooled["modalities"][m],
                                                                 lambda s: int(raws[s]["mask"][:, k].sum()))
     hidden = 0
-    for j, name in enumerate(spec.cohort.ehr_columns):
+    for j, name in enumerate(spec.analysis_columns):
         col = pooled["columns"][j]
         assert col["name"] == name
         present = lambda s: int((~np.isnan(raws[s]["ehr"][:, j])).sum())  # noqa: E731
@@ -125,7 +131,11 @@ def test_analysis_pools_exactly_suppresses_small_cells_and_charges_dp(cluster, t
     for got, want in zip(masked["columns"], pooled["columns"]):
         assert (got["present"], got["histogram"], got["n"]) == (want["present"], want["histogram"], want["n"])
         if want["sd"] is not None:
-            assert math.isclose(got["mean"], want["mean"], rel_tol=1e-9) and math.isclose(got["sd"], want["sd"], rel_tol=1e-7)
+            # M2 = Σx² - (Σx)²/n from fixed-point sums: exact to about n·2^-FIXED_POINT_BITS, which matters only where the
+            # spread is tiny against the values (the synthetic wearable hours: every recording lasts about 159 s)
+            fixed_point = got["n"] * 2.0 ** -(FIXED_POINT_BITS - 1)
+            assert math.isclose(got["mean"], want["mean"], rel_tol=1e-9)
+            assert math.isclose(got["m2"], want["m2"], rel_tol=2e-7, abs_tol=fixed_point), got["name"]
 
     # The last hospital turns on DP noise for released statistics; the next analysis charges its ledger.
     noisy = names[-1]
