@@ -40,6 +40,9 @@ class Account(BaseModel):
     role: Role
     salt: str  # hex
     scrypt: str  # hex, 32 bytes
+    # SHA-256 of the DER certificate that may sign this user in (site console, mutual TLS): the site decides
+    # who its administrators are, not whichever CA issued their certificates.
+    certificate_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 def _hash(password: str, salt: bytes) -> bytes:
@@ -63,8 +66,9 @@ class AccountStore:
             raise AccountError(f"{self.path} is not a readable console account store ({e}); restore it from "
                                "backup or move it away and add the users again") from None
 
-    def add(self, user: str, password: str, role: Role | str) -> Account:
-        """Add ``user`` (or replace their password and role)."""
+    def add(self, user: str, password: str, role: Role | str, *, certificate_pem: bytes | None = None) -> Account:
+        """Add ``user`` (or replace their password and role); ``certificate_pem`` pins the certificate that may
+        also sign them in over mutual TLS (a site console served with --tls-cert)."""
         if len(password) < MIN_PASSWORD_LENGTH:
             raise AccountError(f"the password for {user!r} has {len(password)} characters; use at least "
                                f"{MIN_PASSWORD_LENGTH}")
@@ -75,7 +79,8 @@ class AccountStore:
                                f"{', '.join(r.value for r in Role)}") from None
         salt = secrets.token_bytes(16)
         try:
-            account = Account(user=user, role=role, salt=salt.hex(), scrypt=_hash(password, salt).hex())
+            account = Account(user=user, role=role, salt=salt.hex(), scrypt=_hash(password, salt).hex(),
+                              certificate_sha256=None if certificate_pem is None else certificate_sha256(certificate_pem))
         except ValueError:
             raise AccountError(f"user name {user!r} is not allowed; use 1-64 letters, digits or . _ @ -") from None
         accounts = self._load()
@@ -96,3 +101,21 @@ class AccountStore:
 
     def users(self) -> list[Account]:
         return list(self._load().values())
+
+    def by_certificate(self, fingerprint: str) -> Account | None:
+        """The account whose pinned certificate has this SHA-256, if any."""
+        return next((a for a in self._load().values()
+                     if a.certificate_sha256 and hmac.compare_digest(a.certificate_sha256, fingerprint)), None)
+
+
+def certificate_sha256(pem: bytes) -> str:
+    """SHA-256 of a PEM certificate's DER encoding (the fingerprint browsers and openssl show)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise AccountError("the certificate to pin is not a PEM X.509 certificate; give the user's .pem file "
+                           "(from `fedcare pki` or the hospital's own CA)") from None
+    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()

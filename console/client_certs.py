@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from console.accounts import Role
+from console.accounts import AccountStore, Role, certificate_sha256
 from console.errors import ConsoleError
 
 TLS_EXTENSION = "tls"
@@ -44,7 +44,12 @@ class ConsoleTLS:
                 "ssl_cert_reqs": ssl.CERT_OPTIONAL, "http": PeerCertificateProtocol}
 
     def certificates(self) -> "ClientCertificates":
+        """The researcher console's sign-in: the study CA's certificates by role."""
         return ClientCertificates(ca_cert=self.ca_cert, crl=self.crl)
+
+    def pinned(self, accounts: AccountStore) -> "PinnedCertificates":
+        """The site console's sign-in: certificates pinned to its own accounts."""
+        return PinnedCertificates(ca_cert=self.ca_cert, accounts=accounts, crl=self.crl)
 
 
 class PeerCertificateProtocol(H11Protocol):
@@ -71,32 +76,35 @@ def peer_certificate(scope: dict) -> str | None:
     return chain[0] if chain else None
 
 
+def revoked(ca_cert: Path, crl_path: Path | None, serial: int) -> bool:
+    """Whether `serial` is on the CA's revocation list (its signature checked against the CA)."""
+    if crl_path is None:
+        return False
+    ca = x509.load_pem_x509_certificate(ca_cert.read_bytes())
+    try:
+        data = crl_path.read_bytes()
+        crl = x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
+    except (OSError, ValueError) as e:
+        raise CertificateRefused(f"revocation cannot be checked ({crl_path}: {e}); fix the CRL file") from None
+    if not crl.is_signature_valid(ca.public_key()):
+        raise CertificateRefused(f"the CRL {crl_path} is not signed by the CA; revocation cannot be checked")
+    return crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
 @dataclass(frozen=True)
 class ClientCertificates:
-    """Who a verified client certificate names, for a console granting `roles`."""
+    """Who a verified client certificate names, for a console granting `roles` (the researcher console:
+    the study CA's CN is the user, its OU the role)."""
 
     ca_cert: Path
     crl: Path | None = None
     roles: frozenset[Role] = frozenset({Role.RESEARCHER, Role.AUDITOR})
 
-    def _revoked(self, serial: int) -> bool:
-        if self.crl is None:
-            return False
-        ca = x509.load_pem_x509_certificate(self.ca_cert.read_bytes())
-        try:
-            data = self.crl.read_bytes()
-            crl = x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----") else x509.load_der_x509_crl(data)
-        except (OSError, ValueError) as e:
-            raise CertificateRefused(f"revocation cannot be checked ({self.crl}: {e}); fix the CRL file") from None
-        if not crl.is_signature_valid(ca.public_key()):
-            raise CertificateRefused(f"the CRL {self.crl} is not signed by the study CA; revocation cannot be checked")
-        return crl.get_revoked_certificate_by_serial_number(serial) is not None
-
     def identity(self, pem: str) -> tuple[str, Role]:
         """(user, role) of a handshake-verified certificate, or CertificateRefused saying why not."""
         cert = x509.load_pem_x509_certificate(pem.encode())
         subject = cert.subject.rfc4514_string()
-        if self._revoked(cert.serial_number):
+        if revoked(self.ca_cert, self.crl, cert.serial_number):
             raise CertificateRefused(f"certificate of {subject} is revoked")
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
@@ -105,3 +113,31 @@ class ClientCertificates:
             raise CertificateRefused(f"certificate of {subject} has role {role or 'none'}; this console signs in "
                                      f"{' or '.join(sorted(r.value for r in self.roles))} certificates of the study CA")
         return str(names[0].value), Role(role)
+
+
+@dataclass(frozen=True)
+class PinnedCertificates:
+    """The site console's certificate sign-in: the handshake proves the holder has a certificate of the CA
+    the hospital names, and the site's own account store decides who that is. Only a certificate pinned to
+    an account (`fedcare console add-user --config node.toml USER --certificate FILE`) signs in, as that
+    account's user and role: a CA operator outside the hospital (the study's) cannot mint an administrator."""
+
+    ca_cert: Path
+    accounts: AccountStore
+    crl: Path | None = None
+
+    def identity(self, pem: str) -> tuple[str, Role]:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        subject = cert.subject.rfc4514_string()
+        if revoked(self.ca_cert, self.crl, cert.serial_number):
+            raise CertificateRefused(f"certificate of {subject} is revoked")
+        account = self.accounts.by_certificate(certificate_sha256(pem.encode()))
+        if account is None:
+            raise CertificateRefused(f"certificate of {subject} is not pinned to an account of this site console; "
+                                     "an administrator pins it with `fedcare console add-user --config node.toml "
+                                     "USER --certificate FILE`")
+        return account.user, account.role
+
+
+#: What a console asks of its certificate sign-in: `identity(pem) -> (user, role)` or CertificateRefused.
+CertificateSignIn = ClientCertificates | PinnedCertificates

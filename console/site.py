@@ -28,6 +28,7 @@ from compliance.ledger import PrivacyLedger
 from compliance.node_log import AUDIT_LOG_FILE, open_node_log
 from console import audit_view
 from console.accounts import ACCOUNTS_FILE, AccountStore, Role
+from console.client_certs import ConsoleTLS
 from console.web import DEFAULT_SESSION_TTL_S, ConsoleCore, Session, Sessions
 from silo_node.approval import ApprovalBook
 from silo_node.config import NodeConfig
@@ -52,12 +53,15 @@ def budget_view(config: NodeConfig) -> dict[str, Any]:
 
 
 def create_app(config: NodeConfig, *, allow_remote: bool = False, session_ttl_s: float = DEFAULT_SESSION_TTL_S,
-               sessions: Sessions | None = None) -> Starlette:
+               sessions: Sessions | None = None, tls: ConsoleTLS | None = None) -> Starlette:
+    """`tls`: the console is served over TLS (console.serve with the same ConsoleTLS); a client certificate
+    pinned to one of the site's accounts then signs its user in too, and cookies are marked Secure."""
     state = Path(config.state_dir)
     audit = open_node_log(state, node=config.name, role="silo", state_files=STATE_FILES)
     book = ApprovalBook(state)
     core = ConsoleCore(title=f"fedcare site console — {config.name}", accounts=accounts_of(config), audit=audit,
                        sessions=sessions or Sessions(ttl_s=session_ttl_s), allow_remote=allow_remote,
+                       certificates=tls.pinned(accounts_of(config)) if tls else None, secure_cookies=tls is not None,
                        nav=[("Proposals", "/", frozenset(SITE_ROLES)),
                             ("Privacy ledger", "/ledger", frozenset(SITE_ROLES)),
                             ("Audit log", "/audit", frozenset(SITE_ROLES))])

@@ -30,7 +30,7 @@ from starlette.staticfiles import StaticFiles
 
 from compliance.audit import AuditLog, Event
 from console.accounts import AccountStore, Role
-from console.client_certs import CertificateRefused, ClientCertificates, peer_certificate
+from console.client_certs import CertificateRefused, CertificateSignIn, peer_certificate
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class ConsoleCore:
     secure_cookies: bool = False
     nav: list[tuple[str, str, frozenset[Role]]] = field(default_factory=list)  # (label, path, roles)
     failures: dict[str, list[float]] = field(default_factory=dict)  # user -> times of recent failed sign-ins
-    certificates: ClientCertificates | None = None  # mutual-TLS sign-in (console.client_certs), when served over TLS
+    certificates: CertificateSignIn | None = None  # mutual-TLS sign-in (console.client_certs), when served over TLS
 
     # --- audit --------------------------------------------------------------------------------------
     def refuse(self, request: Request, reason: str, *, status: int, session: Session | None = None) -> Response:

@@ -105,3 +105,18 @@ def public_keys(values: list[str], *, several: bool) -> dict[str, str]:
             raise UserError(f"--public-key {value}: with several logs write NODE=HEX (the node named in the log)")
         keys[node] = key
     return keys
+
+
+def console_tls(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path],
+                crl: Optional[Path]):  # noqa: ANN202 - console.client_certs.ConsoleTLS | None
+    """HTTPS with certificate sign-in when --tls-cert is given; every file it needs checked first."""
+    if cert is None and key is None:
+        if crl is not None:
+            raise UserError("--crl needs --tls-cert and --tls-key (certificate sign-in is over HTTPS only)")
+        return None
+    if cert is None or key is None or client_ca is None:
+        raise UserError("HTTPS needs --tls-cert, --tls-key and the CA of the users' certificates (--client-ca)")
+    check_files(("--tls-cert", cert), ("--tls-key", key), ("--client-ca", client_ca), ("--crl", crl))
+    from console.client_certs import ConsoleTLS
+
+    return ConsoleTLS(cert=cert, key=key, ca_cert=client_ca, crl=crl)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from console.addresses import RESEARCHER_DEFAULT_LISTEN
 from fedcare.commands.common import (CONNECTION, DEFAULT_COORDINATOR, CoordOpt, UserError, check_files, configure_logging,
-                                     escape, node_config, public_keys, researcher_client)
+                                     console_tls, escape, node_config, public_keys, researcher_client)
 
 console_app = typer.Typer(help="The researcher console (web), and console accounts.", rich_markup_mode=None)
 
@@ -47,7 +47,7 @@ def console_serve(
     from console.audit_view import AuditSources
 
     configure_logging(False)
-    tls = _console_tls(tls_cert, tls_key, client_ca or ca_cert, crl)
+    tls = console_tls(tls_cert, tls_key, client_ca or ca_cert, crl)
     CONNECTION.update(ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     sources = AuditSources(logs=log, ledgers=ledger, keys=public_keys(public_key, several=True))
     app_ = create_app(researcher_client(coordinator), state_dir=state_dir, coordinator=coordinator, audit_sources=sources,
@@ -59,20 +59,6 @@ def console_serve(
     serve(app_, listen, tls=tls)
 
 
-def _console_tls(cert: Optional[Path], key: Optional[Path], client_ca: Optional[Path],
-                 crl: Optional[Path]):  # noqa: ANN202 - console.client_certs.ConsoleTLS | None
-    """HTTPS with certificate sign-in when --tls-cert is given; every file it needs checked first."""
-    if cert is None and key is None:
-        if crl is not None:
-            raise UserError("--crl needs --tls-cert and --tls-key (certificate sign-in is over HTTPS only)")
-        return None
-    if cert is None or key is None or client_ca is None:
-        raise UserError("HTTPS needs --tls-cert, --tls-key and the study CA (--client-ca or --ca-cert)")
-    check_files(("--tls-cert", cert), ("--tls-key", key), ("--client-ca", client_ca), ("--crl", crl))
-    from console.client_certs import ConsoleTLS
-
-    return ConsoleTLS(cert=cert, key=key, ca_cert=client_ca, crl=crl)
-
 
 @console_app.command("add-user")
 def console_add_user(
@@ -82,6 +68,8 @@ def console_add_user(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="a node.toml: a site console user")] = None,
     password: Annotated[str, typer.Option(envvar="FEDCARE_CONSOLE_PASSWORD", prompt=True, hide_input=True,
                                           confirmation_prompt=True, help="asked when not given")] = "",
+    certificate: Annotated[Optional[Path], typer.Option(
+        help="site console: pin this user's client certificate (PEM); it then signs them in over HTTPS")] = None,
 ) -> None:
     """Add a console user (or set their password and role); the password is stored scrypt-hashed."""
     from console.researcher import accounts_in
@@ -89,6 +77,10 @@ def console_add_user(
 
     if (state_dir is None) == (config is None):
         raise UserError("give --state-dir (researcher console) or --config node.toml (site console), one of them")
+    if certificate is not None and config is None:
+        raise UserError("--certificate pins a site console user (--config node.toml); the researcher console signs "
+                        "in the study CA's researcher and auditor certificates by their role")
+    check_files(("--certificate", certificate))
     store = accounts_in(state_dir) if state_dir is not None else accounts_of(node_config(config))
-    account = store.add(user, password, role)
+    account = store.add(user, password, role, certificate_pem=certificate.read_bytes() if certificate else None)
     Console().print(f"console user {escape(account.user)} ({account.role.value}) saved in {escape(str(store.path))}")

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from console.addresses import SITE_DEFAULT_LISTEN
 from fedcare.commands.common import (HELP_STYLE, ConfigOpt, StudyArg, UserError, VerboseOpt, configure_logging, console,
-                                     escape, node_config)
+                                     console_tls, escape, node_config)
 
 silo_app = typer.Typer(help="Run and manage a hospital silo node.", **HELP_STYLE)
 
@@ -142,16 +142,23 @@ def silo_reject(study: StudyArg, config: ConfigOpt,
 def silo_console(config: ConfigOpt, listen: Annotated[str, typer.Option(
         help="HOST:PORT to serve on (loopback by default: hospital IT opens it on the node itself)")] = SITE_DEFAULT_LISTEN,
         allow_remote: Annotated[bool, typer.Option(
-            help="accept non-local clients (only behind the hospital's TLS proxy)")] = False) -> None:
+            help="accept non-local clients (over --tls-cert, or behind the hospital's TLS proxy)")] = False,
+        tls_cert: Annotated[Optional[Path], typer.Option(
+            help="serve HTTPS with this server certificate (PEM); pinned client certificates then sign in")] = None,
+        tls_key: Annotated[Optional[Path], typer.Option(help="the HTTPS server certificate's key")] = None,
+        client_ca: Annotated[Optional[Path], typer.Option(
+            help="the CA (the hospital's own, or the study's) whose client certificates are asked for")] = None,
+        crl: Annotated[Optional[Path], typer.Option(help="that CA's revocation list (PEM)")] = None) -> None:
     """Serve the site console: proposals to approve or reject, ingestion, privacy ledger, audit log."""
     from console.serve import serve
     from console.site import create_app
 
     configure_logging(False)
-    app_ = create_app(node_config(config), allow_remote=allow_remote)
-    Console().print(f"site console at http://{listen}/ (add users with `fedcare console add-user --config {config}`)",
-                    soft_wrap=True, highlight=False)
-    serve(app_, listen)
+    tls = console_tls(tls_cert, tls_key, client_ca, crl)
+    app_ = create_app(node_config(config), allow_remote=allow_remote, tls=tls)
+    Console().print(f"site console at {'https' if tls else 'http'}://{listen}/ (add users with `fedcare console "
+                    f"add-user --config {config}`{' --certificate FILE' if tls else ''})", soft_wrap=True, highlight=False)
+    serve(app_, listen, tls=tls)
 
 
 from fedcare.commands.silo_stream import stream  # noqa: E402  (live wearable streams, docs/streams.md)

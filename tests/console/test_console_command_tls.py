@@ -3,6 +3,7 @@ certificate signs its holder in; a half-given TLS option set is refused in one l
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import subprocess
@@ -62,3 +63,27 @@ def test_a_crl_without_https_is_refused_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert out.strip().splitlines() == ["error: --crl needs --tls-cert and --tls-key (certificate sign-in is over "
                                         "HTTPS only)"]
+
+
+def test_add_user_pins_a_site_certificate_and_refuses_to_pin_on_the_researcher_console(tmp_path: Path,
+                                                                                        node_config) -> None:
+    from console.accounts import certificate_sha256
+    from console.site import accounts_of
+
+    ca = tmp_path / "ca"
+    pki.init_ca(ca)
+    cert, _ = pki.issue(ca, name="it-admin", role="researcher")
+    node_toml = tmp_path / "node.toml"
+    node_toml.write_text(f'name = "st-mary"\ncoordinator = "127.0.0.1:1"\nstate_dir = "{node_config.state_dir}"\n'
+                         f'insecure = true\n[data]\ndataset = "st-mary-2026"\nfhir = ["{tmp_path}"]\n')
+    env = {"FEDCARE_CONSOLE_PASSWORD": "correct horse battery"}
+    pin = subprocess.run([sys.executable, "-m", "fedcare", "console", "add-user", "it-admin", "--role", "site-admin",
+                          "--config", str(node_toml), "--certificate", str(cert)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120, env={**os.environ, **env})
+    assert pin.returncode == 0, pin.stderr
+    [account] = accounts_of(node_config).users()
+    assert account.certificate_sha256 == certificate_sha256(cert.read_bytes())
+    refused = subprocess.run([sys.executable, "-m", "fedcare", "console", "add-user", "bob", "--role", "researcher",
+                              "--state-dir", str(tmp_path / "rc"), "--certificate", str(cert)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert refused.returncode == 2 and "--certificate pins a site console user" in refused.stderr
