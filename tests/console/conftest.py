@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from compliance.node_log import open_node_log
@@ -62,3 +64,18 @@ def coordinator_channel(tmp_path: Path):
     yield target, channel
     channel.close()
     coordinator.stop(0)
+
+
+def _tls_client(url: str, ca_dir: Path, holder: tuple[str, str] | None) -> httpx.Client:
+    """An HTTPS client trusting the CA in ``ca_dir``, presenting ``holder``'s (role, name) certificate if given."""
+    context = ssl.create_default_context(cafile=str(ca_dir / "ca.pem"))
+    if holder is not None:
+        role, name = holder
+        context.load_cert_chain(ca_dir / role / f"{name}.pem", ca_dir / role / f"{name}.key")
+    return httpx.Client(base_url=url, verify=context, follow_redirects=False)
+
+
+@pytest.fixture
+def tls_client():
+    """Makes HTTPS clients with (or without) a `fedcare pki` client certificate: tls_client(url, ca_dir, holder)."""
+    return _tls_client

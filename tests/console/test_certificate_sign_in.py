@@ -4,8 +4,6 @@ without a certificate are refused and audited; a password still works for users 
 
 from __future__ import annotations
 
-import socket
-import ssl
 import threading
 import time
 
@@ -20,15 +18,11 @@ from console.audit_view import AuditSources
 from console.client_certs import ConsoleTLS
 from console.researcher import accounts_in, create_app
 from fedcare import pki
+from fedcare.demo import free_port
 from fedcare.researcher import ResearcherClient
 
 PASSWORD = "correct horse battery"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -46,7 +40,7 @@ def console(tmp_path):
     target = "127.0.0.1:1"  # no coordinator: the pages say so, sign-in does not need one
     app = create_app(ResearcherClient(grpc.insecure_channel(target), target=target), state_dir=state,
                      coordinator=target, audit_sources=AuditSources(logs=[]), certificates=tls.certificates())
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            **tls.uvicorn_options()))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -58,13 +52,6 @@ def console(tmp_path):
     thread.join(timeout=10)
 
 
-def _client(url: str, ca_dir, holder: tuple[str, str] | None) -> httpx.Client:
-    context = ssl.create_default_context(cafile=str(ca_dir / "ca.pem"))
-    if holder is not None:
-        role, name = holder
-        context.load_cert_chain(ca_dir / role / f"{name}.pem", ca_dir / role / f"{name}.key")
-    return httpx.Client(base_url=url, verify=context, follow_redirects=False)
-
 
 def _certificate_sign_in(client: httpx.Client, csrf_of) -> httpx.Response:
     page = client.get("/login")
@@ -75,28 +62,29 @@ def _sign_ins(state) -> list[dict]:
     return [e.fields for e in read_log(state / AUDIT_LOG_FILE).entries if e.event == Event.CONSOLE_SIGN_IN]
 
 
-def test_a_pki_certificate_signs_its_holder_in(console, csrf_of) -> None:
+def test_a_pki_certificate_signs_its_holder_in(console, csrf_of, tls_client) -> None:
     url, ca_dir, state = console
-    with _client(url, ca_dir, ("researcher", "alice")) as alice:
+    with tls_client(url, ca_dir, ("researcher", "alice")) as alice:
         assert "Sign in with your certificate" in alice.get("/login").text
         assert _certificate_sign_in(alice, csrf_of).headers["location"] == "/"
         assert alice.get("/").status_code == 200 and "New study" in alice.get("/").text
-    with _client(url, ca_dir, ("auditor", "audrey")) as audrey:
+    with tls_client(url, ca_dir, ("auditor", "audrey")) as audrey:
         _certificate_sign_in(audrey, csrf_of)
         assert audrey.get("/audit").status_code == 200
     assert [(e["user"], e["role"], e["reason"]) for e in _sign_ins(state)] == [
         ("alice", "researcher", "certificate"), ("audrey", "auditor", "certificate")]
 
 
-def test_wrong_role_revoked_and_missing_certificates_are_refused_and_audited(console, csrf_of, sign_in) -> None:
+def test_wrong_role_revoked_and_missing_certificates_are_refused_and_audited(console, csrf_of, sign_in,
+                                                                           tls_client) -> None:
     url, ca_dir, state = console
-    with _client(url, ca_dir, ("silo", "st-mary")) as silo:
+    with tls_client(url, ca_dir, ("silo", "st-mary")) as silo:
         r = _certificate_sign_in(silo, csrf_of)
         assert r.status_code == 403 and "has role silo" in r.text
-    with _client(url, ca_dir, ("researcher", "mallory")) as mallory:
+    with tls_client(url, ca_dir, ("researcher", "mallory")) as mallory:
         r = _certificate_sign_in(mallory, csrf_of)
         assert r.status_code == 403 and "revoked" in r.text
-    with _client(url, ca_dir, None) as anonymous:
+    with tls_client(url, ca_dir, None) as anonymous:
         assert "Sign in with your certificate" not in anonymous.get("/login").text
         r = _certificate_sign_in(anonymous, csrf_of)
         assert r.status_code == 403 and "no client certificate" in r.text

@@ -4,7 +4,6 @@ certificate signs its holder in; a half-given TLS option set is refused in one l
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -14,12 +13,8 @@ from pathlib import Path
 import httpx
 
 from fedcare import pki
+from fedcare.demo import free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _fedcare(*args: str, cwd: Path) -> subprocess.Popen:
@@ -32,7 +27,7 @@ def test_the_console_command_serves_https_with_certificate_sign_in(tmp_path: Pat
     pki.init_ca(ca)
     server_cert, server_key = pki.issue(ca, name="localhost", role="coordinator")
     pki.issue(ca, name="alice", role="researcher")
-    port = _free_port()
+    port = free_port()
     proc = _fedcare("--state-dir", str(tmp_path / "console"), "--listen", f"127.0.0.1:{port}",
                     "--tls-cert", str(server_cert), "--tls-key", str(server_key), "--ca-cert", str(ca / "ca.pem"),
                     "--crl", str(ca / "crl.pem"), cwd=tmp_path)

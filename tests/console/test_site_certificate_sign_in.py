@@ -5,8 +5,6 @@ are refused, and every outcome is audited in the node's log."""
 
 from __future__ import annotations
 
-import socket
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -21,14 +19,10 @@ from console.accounts import certificate_sha256
 from console.client_certs import ConsoleTLS
 from console.site import accounts_of, create_app
 from fedcare import pki
+from fedcare.demo import free_port
 
 PASSWORD = "correct horse battery"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -45,7 +39,7 @@ def site(tmp_path: Path, node_config):
         accounts.add(name, PASSWORD, "site-admin", certificate_pem=(ca / "researcher" / f"{name}.pem").read_bytes())
     crl = pki.revoke(ca, ca / "researcher" / "mallory.pem")
     tls = ConsoleTLS(cert=server_cert, key=server_key, ca_cert=ca / "ca.pem", crl=crl)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(node_config, tls=tls), host="127.0.0.1", port=port,
                                            log_level="warning", **tls.uvicorn_options()))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -57,33 +51,27 @@ def site(tmp_path: Path, node_config):
     thread.join(timeout=10)
 
 
-def _client(url: str, ca: Path, holder: tuple[str, str] | None) -> httpx.Client:
-    context = ssl.create_default_context(cafile=str(ca / "ca.pem"))
-    if holder is not None:
-        role, name = holder
-        context.load_cert_chain(ca / role / f"{name}.pem", ca / role / f"{name}.key")
-    return httpx.Client(base_url=url, verify=context, follow_redirects=False)
-
 
 def _certificate_sign_in(client: httpx.Client, csrf_of) -> httpx.Response:
     page = client.get("/login")
     return client.post("/login/certificate", data={"csrf_token": csrf_of(page.text)})
 
 
-def test_a_pinned_certificate_signs_in_as_its_account_and_others_are_refused(site, node_config, csrf_of) -> None:
+def test_a_pinned_certificate_signs_in_as_its_account_and_others_are_refused(site, node_config, csrf_of,
+                                                                           tls_client) -> None:
     url, ca = site
-    with _client(url, ca, ("researcher", "it-admin")) as admin:
+    with tls_client(url, ca, ("researcher", "it-admin")) as admin:
         assert _certificate_sign_in(admin, csrf_of).headers["location"] == "/"
         home = admin.get("/")
         assert home.status_code == 200 and "hf-risk-1" in home.text  # the site-admin's proposals page
-    with _client(url, ca, ("auditor", "it-admin-lookalike")) as lookalike:
+    with tls_client(url, ca, ("auditor", "it-admin-lookalike")) as lookalike:
         r = _certificate_sign_in(lookalike, csrf_of)
         assert r.status_code == 403 and "not pinned" in r.text
         assert lookalike.get("/").status_code in (303, 307, 401, 403)  # still signed out
-    with _client(url, ca, ("researcher", "mallory")) as mallory:
+    with tls_client(url, ca, ("researcher", "mallory")) as mallory:
         r = _certificate_sign_in(mallory, csrf_of)
         assert r.status_code == 403 and "revoked" in r.text
-    with _client(url, ca, None) as anonymous:
+    with tls_client(url, ca, None) as anonymous:
         assert _certificate_sign_in(anonymous, csrf_of).status_code == 403
     sign_ins = [e.fields for e in read_log(Path(node_config.state_dir) / AUDIT_LOG_FILE).entries
                 if e.event == Event.CONSOLE_SIGN_IN]
