@@ -48,6 +48,7 @@ from coordinator.key_recipients import (
     recipients,
 )
 from coordinator.model_layout import build_initial_model
+from coordinator.long_poll import long_poll
 from coordinator.keystore import KeyStore
 from coordinator.finalizing import Finalization
 from coordinator.outcome import RoundOutcome
@@ -195,20 +196,18 @@ class Federation:
             self._notify()
 
     def next_task(self, silo: str, wait_s: float, deferred: frozenset[str] = frozenset()) -> pb.Task:
-        deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
         with self._lock:
             silo_row = self.store.get(SiloRow, silo)
             if silo_row is None:
                 raise Refused(f"silo {silo!r} has not joined; call Join first")
             silo_row.last_seen = self.clock()
             self.store.add(silo_row)
-            while True:
+
+            def find() -> pb.Task | None:
                 self._tick_locked()
-                task = self._task_for(silo, deferred)
-                remaining = deadline - time.monotonic()
-                if task is not None or remaining <= 0:
-                    return task or pb.Task(kind=pb.TASK_WAIT)
-                self._changed.wait(timeout=min(remaining, 1.0))
+                return self._task_for(silo, deferred)
+
+            return long_poll(self._changed, wait_s, find)
 
     def _task_for(self, silo: str, deferred: frozenset[str]) -> pb.Task | None:
         for row in sorted(self.store.all(StudyRow), key=lambda r: r.created_at):

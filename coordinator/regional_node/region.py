@@ -28,6 +28,7 @@ from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
 from coordinator.key_recipients import SEP, check_silo_name
+from coordinator.long_poll import long_poll
 from coordinator.regional_node.work import FinalizeWork, KeygenWork, KeyMaterial, RoundWork, Work, keys_from_upstream
 
 log = logging.getLogger(__name__)
@@ -106,18 +107,16 @@ class Region:
             return sorted({m for s in self.silos.values() for m in s.modalities})
 
     def next_task(self, silo: str, wait_s: float, deferred: frozenset[str]) -> pb.Task:
-        deadline = time.monotonic() + max(0.0, min(wait_s, 60.0))
         with self._lock:
             link = self.silos.get(silo)
             if link is None:
                 raise Refused(f"silo {silo!r} has not joined region {self.name}; call Join first")
-            while True:
+
+            def find() -> pb.Task | None:
                 link.last_seen = self.clock()
-                task = self._task_for(silo, deferred)
-                remaining = deadline - time.monotonic()
-                if task is not None or remaining <= 0:
-                    return task or pb.Task(kind=pb.TASK_WAIT)
-                self._changed.wait(timeout=min(remaining, 1.0))
+                return self._task_for(silo, deferred)
+
+            return long_poll(self._changed, wait_s, find)
 
     def _task_for(self, silo: str, deferred: frozenset[str]) -> pb.Task | None:
         for st in sorted(self.studies.values(), key=lambda s: s.proposed_at):
