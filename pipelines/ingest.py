@@ -35,6 +35,7 @@ from .dataset import MultimodalDataset
 from .deid import Deidentifier
 from .ehr.factstore import FactStore
 from .ehr.features import check_features
+from .ehr.fhir_fields import FhirValidation
 from .ehr.table_source import TableSource
 from .errors import ConfigurationError
 from .imaging.dicom import DicomInput
@@ -115,7 +116,8 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
                 pseudonym_key: bytes, index_date: date | None = None, dicomweb: Sequence[str] = (),
                 dicom_inputs: Iterable[DicomInput] = (), cache_dir: Path | None = None,
                 tabular: Sequence[Path] = (), tables: Sequence[TableSource] = (), split_file: Path | None = None,
-                fhir_mrn_system: str | None = None, wearable_mapping: WearableMapping = WearableMapping(),
+                fhir_mrn_system: str | None = None, fhir_validation: FhirValidation = FhirValidation.USED_FIELDS,
+                wearable_mapping: WearableMapping = WearableMapping(),
                 limits: IngestLimits = DEFAULT_LIMITS, steps: Sequence[Step] = STEPS,
                 workers: Workers = Workers()) -> IngestResult:
     """Turn one silo's inputs into training samples by running `steps` (see the module docstring).
@@ -123,7 +125,8 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     The inputs are those of `pipelines.steps.Sources`; `cache_dir`: the silo's cache; `index_date`: the
     reference date relative dates count from (default: the cohort's, else `INDEX_DATE`); `limits`: bounds on
     what one input may make ingestion allocate (`pipelines.limits`); `wearable_mapping`: the node's `[wearables]`
-    (`pipelines.wearables.mapping`); `workers`: who parses the inputs (`pipelines.parallel`; default every core).
+    (`pipelines.wearables.mapping`); `fhir_validation`: the elements of each FHIR resource read, or every one
+    (`pipelines.ehr.fhir_fields`); `workers`: who parses the inputs (`pipelines.parallel`; default every core).
     """
     index_date = index_date or cohort.index_date or INDEX_DATE
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
@@ -133,7 +136,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     deid = Deidentifier(pseudonym_key)
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
                       wearables=wearables, tables=tables, split_file=split_file, fhir_mrn_system=fhir_mrn_system,
-                      wearable_mapping=wearable_mapping)
+                      fhir_validation=fhir_validation, wearable_mapping=wearable_mapping)
     with FactStore() as store, RowFiles(cache_dir) as files:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),

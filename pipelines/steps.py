@@ -33,6 +33,7 @@ from .ehr.labels import label_of
 from .ehr.own_tables import read_own_tables
 from .ehr.table_source import TableSource
 from .ehr.fhir import read_fhir
+from .ehr.fhir_fields import FhirValidation
 from .ehr.tabular import read_tabular
 from .ehr.timeline import index_day, no_index_reason
 from .errors import InputError
@@ -78,6 +79,7 @@ class Sources:
     wearables: Sequence[Path] = ()
     tables: Sequence[TableSource] = ()  # a hospital's own tables, described in the node config
     fhir_mrn_system: str | None = None  # the identifier system of the MRN where no identifier is typed MR
+    fhir_validation: FhirValidation = FhirValidation.USED_FIELDS  # what of each resource is validated
     split_file: Path | None = None  # mrn,split per patient, kept at the silo (pipelines.splits.read_split_file)
     wearable_mapping: WearableMapping = WearableMapping()  # [wearables] of the node config
 
@@ -176,7 +178,8 @@ class EhrReader:
 def _fhir(run: IngestRun) -> EhrRead:
     got = read_fhir(run.sources.fhir, run.quarantine, deid=run.deid, index_date=run.index_date, store=run.store,
                     channels=tuple(run.cohort.signal_channels), cache=run.cache, limits=run.limits,
-                    mrn_system=run.sources.fhir_mrn_system, workers=run.workers)
+                    mrn_system=run.sources.fhir_mrn_system, workers=run.workers,
+                    validation=run.sources.fhir_validation)
     run.fhir_sampled += got.sampled
     return got
 

@@ -4,9 +4,10 @@ Bundles of any type (collection, transaction, batch, searchset, as Synthea and F
 write them) and Bulk Data NDJSON exports (`Patient.ndjson`, `Observation.ndjson`, ...) are
 read, plain or compressed (.gz, .bz2, .xz); NDJSON is streamed line by line, a Bundle entry by
 entry (ijson), so memory does not grow with the file. Patient, Observation, Condition,
-MedicationRequest, MedicationStatement, ImagingStudy and Encounter are validated with
-`fhir.resources` (R4B models, wire-compatible with R4 for these resources); other types are
-counted and skipped.
+MedicationRequest, MedicationStatement, ImagingStudy and Encounter are validated in the
+elements ingestion reads (`pipelines.ehr.fhir_fields`, the default), or in every element with
+`fhir.resources` (R4B models, wire-compatible with R4 for these resources) when the node asks
+for `fhir_validation = "full"`; other types are counted and skipped.
 
 Each file becomes `FileFacts`, already de-identified (`pipelines.deid`): the patient is its
 keyed pseudonym (from the MRN: the identifier typed `MR`, HL7 v2 table 0203), references are
@@ -44,6 +45,7 @@ from ..inputs import data_name, input_files, open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..parallel import SEQUENTIAL, Workers, map_ordered
 from .factstore import FactStore
+from .fhir_fields import USED_FIELDS, FhirValidation
 from .observations import _date as as_date
 from .observations import facts_of
 from ..quarantine import Quarantine
@@ -52,8 +54,7 @@ from ..wearables.sampled import segments_of
 log = logging.getLogger(__name__)
 
 FHIR_SUFFIXES = (".json", ".ndjson")
-PARSED_TYPES = ("Patient", "Observation", "Condition", "MedicationRequest", "MedicationStatement", "ImagingStudy",
-                "Encounter")
+PARSED_TYPES = tuple(USED_FIELDS)
 MRN_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
 
 
@@ -159,14 +160,29 @@ def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Iterato
                         "Bundle or resource. Re-export the file from the source system", reason="bad_json", source=path) from None
 
 
+def validate(rtype: str, raw: dict, validation: FhirValidation) -> Any:
+    """The typed resource (fhir.resources model, or `fhir_fields` model of the elements read); raises
+    `FhirError` naming the first invalid element."""
+    try:
+        if validation is FhirValidation.FULL:
+            return get_fhir_model_class(rtype).model_validate(raw)
+        return USED_FIELDS[rtype].model_validate(raw)
+    except (ValidationError, ValueError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+        loc = ".".join(map(str, first["loc"])) or "(resource)"
+        raise FhirError(f"is not a valid FHIR R4 {rtype}: {loc}: {first['msg']}; fix the record at the source",
+                        reason="invalid_fhir") from None
+
+
 def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[InputError],
                channels: Sequence[str] = (), limits: IngestLimits = DEFAULT_LIMITS,
-               mrn_system: str | None = None) -> FileFacts:
+               mrn_system: str | None = None, validation: FhirValidation = FhirValidation.USED_FIELDS) -> FileFacts:
     """De-identified facts of one file; refused records are appended to `errors` (the file may be partly used).
 
     `channels`: the study's wearable channels, read from Observations with valueSampledData.
     `mrn_system`: the identifier system that holds the MRN when a Patient has no identifier typed MR
     (many exports leave `identifier.type` out); named by hospital IT in the node config.
+    `validation`: the elements read (default) or every element (`pipelines.ehr.fhir_fields`).
     """
     out = FileFacts()
     for full_url, raw in iter_resources(path, limits):
@@ -176,12 +192,9 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
             continue
         label = f"{rtype}/{raw.get('id', '')}"
         try:
-            res = get_fhir_model_class(rtype).model_validate(raw)
-        except (ValidationError, ValueError) as e:
-            first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
-            loc = ".".join(map(str, first["loc"])) or "(resource)"
-            errors.append(FhirError(f"is not a valid FHIR R4 {rtype}: {loc}: {first['msg']}; fix the record at the source",
-                                    reason="invalid_fhir", source=f"{path}#{label}"))
+            res = validate(rtype, raw, validation)
+        except FhirError as e:
+            errors.append(FhirError(str(e), reason=e.reason, source=f"{path}#{label}"))
             continue
         out.records += 1
         if rtype == "Patient":
@@ -221,12 +234,13 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
 
 
 def parse_or_refuse(path: Path, *, deid: Deidentifier, index_date: date, channels: Sequence[str] = (),
-                    limits: IngestLimits = DEFAULT_LIMITS,
-                    mrn_system: str | None = None) -> tuple[FileFacts | None, list[InputError], InputError | None]:
+                    limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None,
+                    validation: FhirValidation = FhirValidation.USED_FIELDS,
+                    ) -> tuple[FileFacts | None, list[InputError], InputError | None]:
     """`parse_file` as one worker's job: (facts, refused records, None), or (None, [], why the file was refused)."""
     errors: list[InputError] = []
     try:
-        return parse_file(path, deid, index_date, errors, channels, limits, mrn_system), errors, None
+        return parse_file(path, deid, index_date, errors, channels, limits, mrn_system, validation), errors, None
     except (FhirError, *EXHAUSTION) as e:
         return None, [], refusal(e, path)
 
@@ -256,8 +270,10 @@ def _store(store: FactStore, path: str, facts: FileFacts) -> None:
 def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date, store: FactStore,
               channels: Sequence[str] = (), cache: IngestCache | None = None,
               limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None,
-              workers: Workers = SEQUENTIAL) -> FhirRead:
+              workers: Workers = SEQUENTIAL, validation: FhirValidation = FhirValidation.USED_FIELDS) -> FhirRead:
     """Read FHIR files and folders (`*.json`, `*.ndjson`) into `store`, one file at a time.
+
+    `validation`: what of each resource is validated (`pipelines.ehr.fhir_fields`).
 
     Files not in the cache are parsed by `workers` (pipelines.parallel) and merged here in path order.
     Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
@@ -273,12 +289,14 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
             digest = file_hash(path)  # streamed: a large bundle is never held whole
             if mrn_system:  # which Patients are read depends on it: another key
                 digest = hashlib.sha256(f"{digest}\x00{mrn_system}".encode()).hexdigest()
+            if validation is FhirValidation.FULL:  # which records are refused depends on it: another key
+                digest = hashlib.sha256(f"{digest}\x00{validation.value}".encode()).hexdigest()
         except OSError as e:
             quarantine.add("ehr", FhirError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
         inputs.append((path, digest, cache.get("fhir", digest) is not None))
     parse = functools.partial(parse_or_refuse, deid=deid, index_date=index_date, channels=tuple(channels),
-                              limits=limits, mrn_system=mrn_system)
+                              limits=limits, mrn_system=mrn_system, validation=validation)
     parsed = map_ordered(parse, [path for path, _, cached in inputs if not cached], workers)
     for path, digest, cached in inputs:
         hit = cache.get("fhir", digest) if cached else None
