@@ -34,18 +34,21 @@ class FhirValidation(str, Enum):
 
 
 class _Element(BaseModel):
-    """Unknown and unread elements are ignored, not validated (fhir.resources forbids unknown ones).
-
-    `CHOICES` maps a choice element's prefix to whether one is required (1..1); at most one may be given.
-    """
+    """Unknown and unread elements are ignored, not validated (fhir.resources forbids unknown ones)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class _Choices(BaseModel):
+    """An element with choice elements: `CHOICES` maps a prefix to whether one is required (1..1); at most one
+    may be given. (A mixin, so that elements without choices pay nothing for the check.)"""
+
     CHOICES: ClassVar[dict[str, bool]] = {}
 
     @model_validator(mode="before")
     @classmethod
     def _one_of_each_choice(cls, data: Any) -> Any:
-        if cls.CHOICES and isinstance(data, dict):
+        if isinstance(data, dict):
             for prefix, required in cls.CHOICES.items():
                 given = [k for k in data if k.startswith(prefix) and k[len(prefix):len(prefix) + 1].isupper()]
                 if len(given) > 1:
@@ -109,7 +112,7 @@ class Patient(_Resource):
     gender: CodeType | None = None
 
 
-class ObservationComponent(_Element):
+class ObservationComponent(_Choices, _Element):
     CHOICES = {"value": False}
     code: CodeableConcept
     valueQuantity: Quantity | None = None
@@ -117,7 +120,7 @@ class ObservationComponent(_Element):
     dataAbsentReason: CodeableConcept | None = None
 
 
-class Observation(_Resource):
+class Observation(_Choices, _Resource):
     CHOICES = {"value": False, "effective": False}
     status: CodeType
     code: CodeableConcept
@@ -133,7 +136,7 @@ class Observation(_Resource):
     component: list[ObservationComponent] | None = None
 
 
-class Condition(_Resource):
+class Condition(_Choices, _Resource):
     CHOICES = {"onset": False}
     subject: Reference
     code: CodeableConcept | None = None
@@ -143,7 +146,7 @@ class Condition(_Resource):
     recordedDate: DateTimeType | None = None
 
 
-class MedicationRequest(_Resource):
+class MedicationRequest(_Choices, _Resource):
     CHOICES = {"medication": True}
     status: CodeType
     subject: Reference
@@ -151,7 +154,7 @@ class MedicationRequest(_Resource):
     authoredOn: DateTimeType | None = None
 
 
-class MedicationStatement(_Resource):
+class MedicationStatement(_Choices, _Resource):
     CHOICES = {"medication": True, "effective": False}
     status: CodeType
     subject: Reference
