@@ -56,6 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coordinator.api.protocol import DisclosureMechanism
 from coordinator.api.study import ALL_MODALITIES, Modality, SpecError, validate_toml_file
+from pipelines.ehr.fhir_fields import FhirValidation
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import IngestLimits
 from pipelines.parallel import Workers
@@ -76,6 +77,8 @@ class DataConfig(_Strict):
     tabular: list[Path] = []
     tables: list[TableSource] = []  # the hospital's own tables, described column by column ([[data.tables]])
     fhir_mrn_system: str | None = None  # identifier.system of the MRN for Patients with no identifier typed MR
+    # what of each FHIR resource is validated: "used-fields" (the elements read) or "full" (fhir.resources)
+    fhir_validation: FhirValidation = FhirValidation.USED_FIELDS
     split_file: Path | None = None  # CSV mrn,split: each patient's part for studies with cohort.split = "column"
     limits: IngestLimits = IngestLimits()  # what one input may make ingestion allocate ([data.limits])
     workers: Workers = Workers()  # who parses the inputs ([data.workers]: processes, default every core; ray_address)

@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pipelines.cohort import CohortLike
+from pipelines.ehr.fhir_fields import FhirValidation
 from pipelines.ehr.table_source import TableSource
 from pipelines.limits import DEFAULT_LIMITS, IngestLimits
 from pipelines.ingest import IngestReport, ingest_silo
@@ -32,13 +33,15 @@ def run_ingest(*, fhir: Sequence[Path], dicom: Sequence[Path], dicomweb: Sequenc
                tabular: Sequence[Path], out: Path, report: Path | None, cohort: CohortLike,
                key_file: Path | None = None, tables: Sequence[TableSource] = (),
                limits: IngestLimits | None = None, split_file: Path | None = None,
-               fhir_mrn_system: str | None = None, wearable_mapping: WearableMapping | None = None) -> IngestReport:
+               fhir_mrn_system: str | None = None, wearable_mapping: WearableMapping | None = None,
+               fhir_validation: FhirValidation | None = None) -> IngestReport:
     """Ingest, write cache/quarantine/report under `out`, return the report. `key_file` defaults to `out/pseudonym.key`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = ingest_silo(fhir=list(fhir), tabular=list(tabular), dicom=list(dicom), wearables=list(wearables),
                          dicomweb=list(dicomweb), tables=list(tables), split_file=split_file,
-                         fhir_mrn_system=fhir_mrn_system, limits=limits or DEFAULT_LIMITS,
+                         fhir_mrn_system=fhir_mrn_system, fhir_validation=fhir_validation or FhirValidation.USED_FIELDS,
+                         limits=limits or DEFAULT_LIMITS,
                          wearable_mapping=wearable_mapping or WearableMapping(),
                          cohort=cohort, pseudonym_key=load_or_create_key(Path(key_file) if key_file else out / KEY_FILE),
                          cache_dir=out / "cache")

@@ -301,7 +301,8 @@ class SiloNode:
         d = self.config.data
         snapshot = self._stream_snapshot()  # fixed before reading, so what the study trains on is named in the audit
         result = ingest_silo(fhir=d.fhir, tabular=d.tabular, dicom=d.dicom, wearables=d.wearables, dicomweb=d.dicomweb,
-                             tables=d.tables, split_file=d.split_file, fhir_mrn_system=d.fhir_mrn_system, limits=d.limits, workers=d.workers, cohort=spec.cohort,
+                             tables=d.tables, split_file=d.split_file, fhir_mrn_system=d.fhir_mrn_system,
+                             fhir_validation=d.fhir_validation, limits=d.limits, workers=d.workers, cohort=spec.cohort,
                              wearable_mapping=self.config.wearables, steps=with_snapshot(STEPS, snapshot),
                              pseudonym_key=self._pseudonym_key(), cache_dir=Path(self.config.state_dir) / "cache")
         report = result.report.model_dump(mode="json")

@@ -75,11 +75,13 @@ def silo_ingest(
 
     configure_logging(False)
     tables, limits, split_file, mrn_system, mapping = [], None, None, None, None  # node.toml only ([[data.tables]], ...)
+    validation = None  # the pipelines' default unless node.toml names one
     if config is not None:
         node = node_config(config)
         d, mapping = node.data, node.wearables
         fhir, dicom, dicomweb, wearables = [*fhir, *d.fhir], [*dicom, *d.dicom], [*dicomweb, *d.dicomweb], [*wearables, *d.wearables]
         tabular, tables, limits, split_file, mrn_system = [*tabular, *d.tabular], d.tables, d.limits, d.split_file, d.fhir_mrn_system
+        validation = d.fhir_validation
     if not (fhir or dicom or dicomweb or wearables or tabular or tables):
         raise UserError("name at least one input: --fhir, --tabular, --dicom, --dicomweb, --wearables (or --config node.toml)")
     for option, paths in (("--fhir", fhir), ("--dicom", dicom), ("--wearables", wearables), ("--tabular", tabular)):
@@ -92,7 +94,7 @@ def silo_ingest(
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
                             report=report, cohort=cohort, tables=tables, limits=limits, split_file=split_file,
-                            fhir_mrn_system=mrn_system, wearable_mapping=mapping)
+                            fhir_mrn_system=mrn_system, fhir_validation=validation, wearable_mapping=mapping)
     Console().print(render_table(result))
 
 

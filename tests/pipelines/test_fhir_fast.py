@@ -5,11 +5,15 @@ element that is read."""
 from __future__ import annotations
 
 import json
+import tomllib
 from datetime import date
 from pathlib import Path
 
 import pytest
 from carebundle import generate_cohort, to_json
+from pydantic import ValidationError
+
+from coordinator.api.study import CohortSpec
 
 from pipelines.deid import Deidentifier
 from pipelines.ehr.fhir import FileFacts, parse_file
@@ -102,3 +106,18 @@ def test_an_element_not_read_is_checked_only_by_full_validation(tmp_path: Path):
     assert none == [] and len(fast["patients"]) == 1
     (full,), refused = _parse([path], FhirValidation.FULL)
     assert full["patients"] == [] and refused[0][0] == "invalid_fhir"
+
+
+def test_the_node_config_chooses_the_validation_and_refuses_an_unknown_one(tmp_path: Path):
+    from silo_node.config import NodeConfig
+    from silo_node.ingest_command import run_ingest
+
+    base = "name = 'st-mary'\ncoordinator = 'c:1'\nstate_dir = 's'\ninsecure = true\n[data]\ndataset = 'd'\nfhir = ['f']\n"
+    assert NodeConfig.model_validate(tomllib.loads(base)).data.fhir_validation is FhirValidation.USED_FIELDS
+    data = NodeConfig.model_validate(tomllib.loads(base + "fhir_validation = 'full'\n")).data
+    with pytest.raises(ValidationError, match="data.fhir_validation"):
+        NodeConfig.model_validate(tomllib.loads(base + "fhir_validation = 'none'\n"))
+    path = write_bundle(tmp_path / "b.json", [{**patient("p1", "MRN-1"), "favouriteColour": "blue"}])
+    common = dict(fhir=[path], dicom=[], dicomweb=[], wearables=[], tabular=[], report=None, cohort=CohortSpec())
+    assert run_ingest(out=tmp_path / "fast", **common).patients == 1
+    assert run_ingest(out=tmp_path / "full", fhir_validation=data.fhir_validation, **common).patients == 0
