@@ -105,6 +105,18 @@ class UpdateBuffer:
         """The buffer holds training.buffer_size updates: build the next version."""
         return is_async(spec) and len(updates) >= spec.training.buffer_size
 
+    def awaited(self, rnd: RoundRow, keyed: list[str]) -> list[str]:
+        """Whose answer (update or skip) the buffer waits for before it closes short of K updates:
+        every keyed silo that took part in the study so far. A silo still training on an older
+        version is no participant of this buffer (not seen since the last one opened) yet may
+        still fill it; one whose budget is spent skips it, and when all have answered with fewer
+        than training.min_silos updates the study ends early instead of waiting for the deadline."""
+        took_part: set[str] = set()
+        for r in self.store.all(RoundRow, study_id=rnd.study_id):
+            if r.number <= rnd.number:
+                took_part.update(json.loads(r.participants_json))
+        return [s for s in keyed if s in took_part]
+
     def enlist(self, spec: StudySpec, rnd: RoundRow, silo: str, *, keyed: bool) -> bool:
         """A silo that asks for work while an asynchronous study's buffer is open gets its next task
         at once: it is added to the round's participants if it took part in the study before (a new

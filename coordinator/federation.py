@@ -358,7 +358,9 @@ class Federation:
                 self._fail(row, failure)
             return
         updates = self.store.all(UpdateRow, study_id=row.id, round=rnd.number)
-        all_answered = all(self._answered(row.id, rnd.number, s) for s in participants) or self.buffer.full(spec, updates)
+        # An asynchronous buffer also waits for silos still training on an older version (no participants of it).
+        awaited = self.buffer.awaited(rnd, self._keyed_silos(row.id)) if is_async(spec) else participants
+        all_answered = all(self._answered(row.id, rnd.number, s) for s in awaited) or self.buffer.full(spec, updates)
         if not (all_answered or timed_out):
             return
         if spec.kind is StudyKind.ANALYSIS:
@@ -422,8 +424,7 @@ class Federation:
         a silo that neither answered `closing` nor asked for work since it opened is dropped from
         the quorum after that deadline, and is back at the next round once it asks again. If that
         leaves fewer than min_silos, everyone is asked (the round then waits for its deadline)."""
-        awaiting = set(self._awaiting_key(row.id))
-        keyed = [s for s in self.accepted_silos(row.id) if s not in awaiting]
+        keyed = self._keyed_silos(row.id)
         present = []
         for s in keyed:
             seen = self.store.get(SiloRow, s)
@@ -433,6 +434,11 @@ class Federation:
                 log.info("study %s: %s has not been seen since round %d opened; not asked to the next round until it "
                          "returns", row.id, s, closing.number)
         return present if len(present) >= self.spec(row.id).training.min_silos else keyed
+
+    def _keyed_silos(self, study_id: str) -> list[str]:
+        """The accepted silos that can train: under CKKS, those the study's secret is wrapped for."""
+        awaiting = set(self._awaiting_key(study_id))
+        return [s for s in self.accepted_silos(study_id) if s not in awaiting]
 
     def _screened(self, row: StudyRow, rnd: RoundRow, spec: StudySpec, updates: list[UpdateRow]) -> bool:
         """Under ckks-screen: compute the encrypted scalars once, then wait for their decryption."""

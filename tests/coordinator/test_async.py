@@ -10,6 +10,7 @@ stored updates.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,26 @@ def test_a_robust_rule_aggregates_the_staleness_scaled_updates(tmp_path: Path) -
     sent = {"c": run.upload("c", tasks["c"]), "a": run.upload("a", task_a)}
     for got, base, c, a in zip(run.version(2, v1), v1, sent["c"], sent["a"]):
         np.testing.assert_allclose(got, base + (2 ** -0.5 * c.astype(np.float64) + a) / 2, atol=1e-6)
+
+
+def test_the_buffer_waits_for_a_silo_still_training_though_it_is_no_participant(tmp_path: Path) -> None:
+    """c's long poll, made before round 1 opened, brought its task: at version 1 it counts as not
+    seen since, so it is no participant of the next buffer. a's budget is spent and it skips that
+    buffer; b's update alone must not end the study (quorum 2): c's stale update fills the buffer."""
+    run = Run(tmp_path)
+    first = run.store.get(RoundRow, run.study, 1)
+    task_c = pb.Task(kind=pb.TASK_TRAIN, study_id=run.study, round=1, nonce=first.nonce, model_version=0)
+    tasks = {s: run.task(s, 1) for s in ("a", "b")}
+    run.upload("a", tasks["a"])
+    run.upload("b", tasks["b"])
+    assert json.loads(run.store.get(RoundRow, run.study, 2).participants_json) == ["a", "b"]
+    task_a = run.task("a", 2)
+    run.fed.report_metrics("a", pb.MetricsReport(study_id=run.study, round=2, nonce=task_a.nonce, model_version=1,
+                                                 skipped=True, skip_reason="privacy budget: above the node's cap"))
+    sent = {"b": run.upload("b", run.task("b", 2))}
+    assert (run.store.get(StudyRow, run.study).state, run.store.get(StudyRow, run.study).current_round) == ("running", 2)
+    sent["c"] = run.upload("c", task_c)
+    assert RoundOutcome.of(run.store.get(RoundRow, run.study, 2).outcome_json).staleness == {"b": 0, "c": 1}
+    v1 = run.version(1, run.v0)
+    for got, want in zip(run.version(2, v1), [v + d for v, d in zip(v1, _average(sent, {"c": 1}))]):
+        np.testing.assert_allclose(got, want, atol=1e-5)
