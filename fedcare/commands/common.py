@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Protocol
 
 import typer
 from rich.console import Console
@@ -120,3 +121,27 @@ def console_tls(cert: Optional[Path], key: Optional[Path], client_ca: Optional[P
     from console.client_certs import ConsoleTLS
 
     return ConsoleTLS(cert=cert, key=key, ca_cert=client_ca, crl=crl)
+
+
+class Server(Protocol):
+    def wait(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def serve_until_interrupted(start: Callable[[], Server], listen: str) -> None:
+    """Start a gRPC server and serve until SIGINT (Ctrl-C, and the systemd units' KillSignal), then stop it.
+
+    SIGINT is held back while the server starts: once its port is open a supervisor may signal at any
+    moment, and an interrupt before `server` is bound would exit 130 with the server never stopped."""
+    server: Server | None = None
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with bind_errors(listen):
+                server = start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held-back SIGINT arrives here
+        server.wait()
+    except KeyboardInterrupt:
+        if server is not None:
+            server.stop()

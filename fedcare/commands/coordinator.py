@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from fedcare.commands.common import HELP_STYLE, UserError, VerboseOpt, bind_errors, check_files, configure_logging
+from fedcare.commands.common import (HELP_STYLE, UserError, VerboseOpt, check_files, configure_logging,
+                                     serve_until_interrupted)
 from fedcare.listen import check_listen
 
 coordinator_app = typer.Typer(help="Run the central coordinator.", **HELP_STYLE)
@@ -63,12 +64,7 @@ def coordinator_serve(
     config = CoordinatorConfig(state_dir=state_dir, listen=listen, database=database, insecure=insecure,
                                ca_cert=ca_cert, server_cert=cert, server_key=key, crl=crl,
                                inbound=_inbound_limits(limit))
-    with bind_errors(listen):
-        coordinator = Coordinator(config).start()
-    try:
-        coordinator.wait()
-    except KeyboardInterrupt:
-        coordinator.stop()
+    serve_until_interrupted(lambda: Coordinator(config).start(), listen)
 
 
 @coordinator_app.command("regional")
@@ -107,9 +103,4 @@ def coordinator_regional(
                                 enrollment_timeout_s=enrollment_timeout, inbound=_inbound_limits(limit))
     except ValidationError as e:
         raise UserError(f"regional aggregator: {describe_validation_error(e)}") from None
-    with bind_errors(listen):
-        region = RegionalAggregator(config).start()
-    try:
-        region.wait()
-    except KeyboardInterrupt:
-        region.stop()
+    serve_until_interrupted(lambda: RegionalAggregator(config).start(), listen)

@@ -1,0 +1,41 @@
+"""A SIGINT that arrives the moment a server's port opens (a supervisor stopping it at once) stops the
+server cleanly and exits 0, instead of escaping before the serve loop could catch it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = textwrap.dedent("""
+    import os, signal, socket, sys
+    from pathlib import Path
+    from coordinator.server import Coordinator, CoordinatorConfig
+    from fedcare.commands.common import serve_until_interrupted
+
+    state = Path(sys.argv[1])
+    started = []
+
+    def start():
+        coordinator = Coordinator(CoordinatorConfig(insecure=True, listen="127.0.0.1:0", state_dir=state)).start()
+        started.append(coordinator)
+        os.kill(os.getpid(), signal.SIGINT)  # the port is open: the supervisor's stop signal comes now
+        return coordinator
+
+    serve_until_interrupted(start, "127.0.0.1:0")
+    port = started[0].port
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        print("still serving on", port)
+        sys.exit(3)
+    except OSError:
+        print("stopped cleanly")
+""")
+
+
+def test_an_interrupt_during_start_stops_the_server_and_exits_zero(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "state")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stopped cleanly" in proc.stdout and "Traceback" not in proc.stderr
