@@ -21,7 +21,7 @@ from pipelines.ehr.fhir_fields import FhirValidation
 from pipelines.errors import InputError
 from pipelines.synthetic import generate_federation
 
-from .fixtures import LOINC, SNOMED, patient, quantity, write_bundle
+from .fixtures import LOINC, RXNORM, SNOMED, UCUM, patient, quantity, write_bundle
 
 DEID = Deidentifier(b"fedcare-test-pseudonym-key-32byt")
 CHANNELS = ("heart_rate", "spo2", "acc_x", "acc_y", "acc_z")
@@ -61,6 +61,54 @@ def test_package_bundles_give_the_same_facts_on_both_paths(tmp_path: Path):
                         if e["resource"]["resourceType"] == "Patient" for ident in e["resource"].get("identifier", [])}
     facts = _same_on_both_paths(files, mrn_system=systems.pop())
     assert sum(len(f["events"]) for f in facts) > 8 * 5 and sum(len(f["patients"]) for f in facts) == 8
+
+
+def test_every_element_read_gives_the_same_facts_on_both_paths(tmp_path: Path):
+    hr = {"coding": [{"system": LOINC, "code": "8867-4"}]}
+    sd = {"origin": {"value": 0, "unit": "/min", "system": UCUM, "code": "/min"}, "period": 1000, "dimensions": 1}
+    ref = {"reference": "Patient/p1"}
+    when = {"effectiveDateTime": "2023-12-31T10:00:00Z"}
+    resources = [
+        patient("p1", "MRN-1"),
+        {**quantity("8480-6", 150, "mm[Hg]", "2023-12-20T08:00:00+01:00", "Patient/p1", "bp"), "valueQuantity": None,
+         "component": [{"code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                        "valueQuantity": {"value": 150, "unit": "mmHg", "system": UCUM, "code": "mm[Hg]"}},
+                       {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+                        "dataAbsentReason": {"text": "not measured"}}]},
+        {"resourceType": "Observation", "id": "smk", "status": "amended", "subject": ref, "issued": "2023-09-01T00:00:00Z",
+         "code": {"text": "smoking"}, "valueCodeableConcept": {"coding": [{"system": SNOMED, "code": "77176002"}]}},
+        {**quantity("2345-7", 5.5, "mmol/L", "2023-01-01", "Patient/p1", "period"), "effectiveDateTime": None,
+         "effectivePeriod": {"start": "2023-02-01"}},
+        {**quantity("2345-7", 99, "mg/dL", "2023-01-01", "Patient/p1", "prelim"), "status": "preliminary"},
+        {"resourceType": "Observation", "id": "hr", "status": "final", "subject": ref, "code": hr, **when,
+         "valueSampledData": {**sd, "data": "70 71 E 72 L U", "lowerLimit": 40, "upperLimit": 200}},
+        {"resourceType": "Observation", "id": "hr-bad", "status": "final", "subject": ref, "code": hr, **when,
+         "valueSampledData": {**sd, "data": "70 x"}},
+        {"resourceType": "MedicationRequest", "id": "mr", "status": "active", "intent": "order", "subject": ref,
+         "authoredOn": "2023-08-01", "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "860975"}]}},
+        {"resourceType": "MedicationStatement", "id": "ms", "status": "active", "subject": ref, "dateAsserted": "2023-09-01",
+         "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "860975"}]}},
+        {"resourceType": "MedicationStatement", "id": "ms-ref", "status": "active", "subject": ref,
+         "medicationReference": {"reference": "Medication/m1"}},
+        {"resourceType": "Condition", "id": "c", "subject": ref, "recordedDate": "2019-05-01",
+         "code": {"coding": [{"system": SNOMED, "code": "38341003"}]}},
+        {"resourceType": "Condition", "id": "c-refuted", "subject": ref, "onsetPeriod": {"start": "2019-05-01"},
+         "verificationStatus": {"coding": [{"code": "refuted"}]}, "code": {"coding": [{"system": SNOMED, "code": "1"}]}},
+        {"resourceType": "Condition", "id": "c-undated", "subject": ref, "code": {"coding": [{"system": SNOMED, "code": "2"}]}},
+        {"resourceType": "Encounter", "id": "e", "status": "finished", "subject": ref, "period": {"start": "2023-03-01"},
+         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+         "type": [{"coding": [{"system": SNOMED, "code": "32485007"}]}]},
+        {"resourceType": "ImagingStudy", "id": "is", "status": "available", "subject": ref, "started": "2023-04-01",
+         "identifier": [{"system": "urn:dicom:uid", "value": "urn:oid:1.2.3.4"}],
+         "modality": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "CT"}]},
+    ]
+    path = write_bundle(tmp_path / "b.json", [{k: v for k, v in r.items() if v is not None} for r in resources])
+    (facts,), refused = _parse([path], FhirValidation.USED_FIELDS)
+    assert json.dumps([[facts], refused]) == json.dumps(_parse([path], FhirValidation.FULL))  # NaN (E) equal too
+    assert {label.split("/")[1] for *_, label in facts["events"]} == {"bp", "smk", "period", "mr", "ms", "c", "e", "is"}
+    assert [s[-1] for s in facts["segments"]] == ["Observation/hr"]
+    assert sorted((reason, source.rsplit("/", 1)[1]) for reason, source, _ in refused) == [
+        ("bad_sampled_data", "hr-bad"), ("no_date", "c-undated")]
 
 
 # records invalid in an element ingestion reads, and that element's name in the refusal
