@@ -62,7 +62,8 @@ from silo_node.update import build_feedback, encode_update, resolve_version
 
 log = logging.getLogger(__name__)
 LEDGER_FILE = "privacy-ledger.sqlite"  # the node's privacy ledger in its state dir
-STATE_FILES = (LEDGER_FILE, "studies", "wrap-key.bin")  # written once the node has done something
+WRAP_KEY_FILE = "wrap-key.bin"  # the node's X25519 key pair that study secrets are wrapped for
+STATE_FILES = (LEDGER_FILE, "studies", WRAP_KEY_FILE)  # written once the node has done something
 WITNESS_EVERY_S = 30.0  # how often the node's signed audit head is gossiped with the coordinator
 
 
@@ -91,7 +92,7 @@ class SiloNode:
         self._count_after_exchange = -1  # this log's entry count right after the last exchange
         self.ledger = PrivacyLedger(state / LEDGER_FILE)
         self.approvals = ApprovalBook(state)
-        self.wrap_keys = _load_or_create_wrap_keys(state / "wrap-key.bin")
+        self.wrap_keys = _load_or_create_wrap_keys(state / WRAP_KEY_FILE)
         self.studies: dict[str, StudyState] = {}
         self.finished: set[str] = set()
         self.device = pick_device(config.device)

@@ -192,3 +192,21 @@ def test_the_buffer_waits_for_a_silo_still_training_though_it_is_no_participant(
     v1 = run.version(1, run.v0)
     for got, want in zip(run.version(2, v1), [v + d for v, d in zip(v1, _average(sent, {"c": 1}))]):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_when_every_silo_has_answered_short_of_a_quorum_the_study_ends_early(tmp_path: Path) -> None:
+    """a and b have spent their budgets and skip the buffer; c's stale update is the only one that
+    can come: the buffer closes short of training.min_silos and the study ends with version 1."""
+    run = Run(tmp_path)
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    run.upload("a", tasks["a"])
+    run.upload("b", tasks["b"])
+    for s in ("a", "b"):
+        task = run.task(s, 2)
+        run.fed.report_metrics(s, pb.MetricsReport(study_id=run.study, round=2, nonce=task.nonce, model_version=1,
+                                                   skipped=True, skip_reason="privacy budget: above the node's cap"))
+    assert run.store.get(StudyRow, run.study).state == "running"  # c may still fill the buffer
+    run.upload("c", tasks["c"])
+    row = run.store.get(StudyRow, run.study)
+    assert (row.state, row.current_round) == ("finalizing", 2)  # evaluates and releases version 1
+    assert "1 updates, quorum is 2" in RoundOutcome.of(run.store.get(RoundRow, run.study, 2).outcome_json).early_stop
