@@ -5,7 +5,7 @@ per core, most of it in elements no study reads: narrative, extensions, names, a
 Here each resource type ingestion reads is a small pydantic model holding only the elements
 `pipelines.ehr.observations`, `pipelines.ehr.fhir` (Patient) and
 `pipelines.wearables.sampled` use, typed with fhir.resources' own FHIR primitives
-(`fhir_core.types`: the FHIR R4 §2.24 regexes for date, dateTime, instant, decimal, code, id,
+(`fhir.resources.R4B.fhirtypes`: the FHIR R4 §2.24 regexes for date, dateTime, instant, decimal, code, id,
 uri), under the same attribute names as the fhir.resources models, so the same fact rules run
 on either. Cardinalities (1..1) and choice elements (`value[x]`: at most one; `medication[x]`:
 exactly one) of the elements read are checked as FHIR R4 states them. A resource invalid in an
@@ -21,8 +21,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar
 
-from fhir_core.types import (CodeType, DateTimeType, DateType, DecimalType, IdType, InstantType, PositiveIntType,
-                             StringType, UriType)
+from fhir.resources.R4B.fhirtypes import (CodeType, DateTimeType, DateType, DecimalType, IdType, InstantType,
+                                          PositiveIntType, StringType, UriType)
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
