@@ -146,7 +146,7 @@ def main() -> None:
             runs[f"{n}_patients_{w}_workers"] = {**json.loads(done.stdout.strip().splitlines()[-1]),
                                                  "generate_s": round(generated, 1)}
     one, most = min(counts), max(counts)
-    big = lambda w: runs[f"{args.patients}_patients_{w}_workers"]  # noqa: E731
+    big = lambda w: runs[f"{args.patients}_patients_{w}_workers"]
     print(json.dumps({"benchmark": "ingest", "cores": cores(), "fhir_validation": args.fhir_validation, "runs": runs,
                       "fhir_read_records_per_s_per_core": big(one)["fhir_read_records_per_s_per_core"],
                       "fhir_read_records_per_cpu_s": big(one)["fhir_read_records_per_cpu_s"],

@@ -34,7 +34,6 @@ from typing import Any
 
 import ijson
 import numpy as np
-
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
@@ -44,12 +43,12 @@ from ..errors import EXHAUSTION, FhirError, InputError, SignalError, refusal
 from ..inputs import data_name, input_files, open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..parallel import SEQUENTIAL, Workers, map_ordered
+from ..quarantine import Quarantine
+from ..wearables.sampled import segments_of
 from .factstore import FactStore
 from .fhir_fields import USED_FIELDS, FhirValidation
 from .observations import _date as as_date
 from .observations import facts_of
-from ..quarantine import Quarantine
-from ..wearables.sampled import segments_of
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ class FileFacts:
                 "unused": dict(self.unused)}
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "FileFacts":
+    def from_json(cls, d: dict[str, Any]) -> FileFacts:
         return cls([tuple(p) for p in d["patients"]], [tuple(e) for e in d["events"]],
                    [tuple(s) for s in d.get("segments", [])], d["records"], Counter(d["unused"]))
 

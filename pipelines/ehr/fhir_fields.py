@@ -21,8 +21,17 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, ClassVar
 
-from fhir.resources.R4B.fhirtypes import (CodeType, DateTimeType, DateType, DecimalType, IdType, InstantType,
-                                          PositiveIntType, StringType, UriType)
+from fhir.resources.R4B.fhirtypes import (
+    CodeType,
+    DateTimeType,
+    DateType,
+    DecimalType,
+    IdType,
+    InstantType,
+    PositiveIntType,
+    StringType,
+    UriType,
+)
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 

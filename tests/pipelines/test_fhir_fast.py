@@ -14,7 +14,6 @@ from carebundle import generate_cohort, to_json
 from pydantic import ValidationError
 
 from coordinator.api.study import CohortSpec
-
 from pipelines.deid import Deidentifier
 from pipelines.ehr.fhir import FileFacts, parse_file
 from pipelines.ehr.fhir_fields import FhirValidation
@@ -166,6 +165,7 @@ def test_the_node_config_chooses_the_validation_and_refuses_an_unknown_one(tmp_p
     with pytest.raises(ValidationError, match="data.fhir_validation"):
         NodeConfig.model_validate(tomllib.loads(base + "fhir_validation = 'none'\n"))
     path = write_bundle(tmp_path / "b.json", [{**patient("p1", "MRN-1"), "favouriteColour": "blue"}])
-    common = dict(fhir=[path], dicom=[], dicomweb=[], wearables=[], tabular=[], report=None, cohort=CohortSpec())
+    common = {"fhir": [path], "dicom": [], "dicomweb": [], "wearables": [], "tabular": [], "report": None,
+              "cohort": CohortSpec()}
     assert run_ingest(out=tmp_path / "fast", **common).patients == 1
     assert run_ingest(out=tmp_path / "full", fhir_validation=data.fhir_validation, **common).patients == 0
