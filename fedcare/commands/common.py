@@ -123,6 +123,14 @@ def console_tls(cert: Optional[Path], key: Optional[Path], client_ca: Optional[P
     return ConsoleTLS(cert=cert, key=key, ca_cert=client_ca, crl=crl)
 
 
+def take_sigint() -> None:
+    """SIGINT raises KeyboardInterrupt here, whatever this process inherited: a parent that ignored or blocked
+    it (a shell's background job, a supervisor's own mask) would otherwise make the stop signal of the
+    systemd units (KillSignal=SIGINT) a no-op, and the service would only end by SIGKILL."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 class Server(Protocol):
     def wait(self) -> None: ...
     def stop(self) -> None: ...
@@ -134,6 +142,7 @@ def serve_until_interrupted(start: Callable[[], Server], listen: str) -> None:
     SIGINT is held back while the server starts: once its port is open a supervisor may signal at any
     moment, and an interrupt before `server` is bound would exit 130 with the server never stopped."""
     server: Server | None = None
+    take_sigint()
     try:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from console.addresses import SITE_DEFAULT_LISTEN
 from fedcare.commands.common import (HELP_STYLE, ConfigOpt, StudyArg, UserError, VerboseOpt, configure_logging, console,
-                                     console_tls, escape, node_config)
+                                     console_tls, escape, node_config, take_sigint)
 
 silo_app = typer.Typer(help="Run and manage a hospital silo node.", **HELP_STYLE)
 
@@ -39,6 +39,7 @@ def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typ
              verbose: VerboseOpt = False) -> None:
     """Dial out to the coordinator and take part in approved studies."""
     configure_logging(verbose)
+    take_sigint()  # the unit's KillSignal stops the node even if this process inherited SIGINT ignored
     cfg = node_config(config)  # a bad config is refused before seconds of torch and MONAI imports
     import torch
 

@@ -39,3 +39,34 @@ def test_an_interrupt_during_start_stops_the_server_and_exits_zero(tmp_path: Pat
                           timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "stopped cleanly" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_the_coordinator_stops_on_sigint_even_when_its_parent_ignored_it(tmp_path: Path) -> None:
+    """A supervisor or shell that ignores SIGINT passes that on to its children; the unit's KillSignal must still work."""
+    import signal
+    import socket
+    import time
+
+    from fedcare.demo import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fedcare", "coordinator", "serve", "--insecure", "--listen",
+                             f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[0][-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the coordinator did not listen within 120 s"
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-2000:]
