@@ -101,14 +101,20 @@ class ApprovalBook:
     """Proposals and decisions on disk under state_dir/studies/<study>/."""
 
     def __init__(self, state_dir: Path) -> None:
+        # Nothing is created until something is recorded: `fedcare silo studies` on a node that has not started
+        # yet must not leave node state behind (a node with state and no audit log refuses to start).
         self.root = Path(state_dir) / "studies"
-        self.root.mkdir(parents=True, exist_ok=True)
 
-    def _dir(self, study_id: str) -> Path:
+    def _path(self, study_id: str) -> Path:
+        """The study's folder (not created: for reading)."""
         if not study_id or "/" in study_id or study_id.startswith("."):
             raise ValueError(f"invalid study id {study_id!r}")
-        d = self.root / study_id
-        d.mkdir(exist_ok=True)
+        return self.root / study_id
+
+    def _dir(self, study_id: str) -> Path:
+        """The study's folder, created: for writing."""
+        d = self._path(study_id)
+        d.mkdir(parents=True, exist_ok=True)
         return d
 
     def record_proposal(self, study_id: str, spec: StudySpec, *, others: Sequence[str] = ()) -> None:
@@ -119,7 +125,9 @@ class ApprovalBook:
                                    indent=2))
 
     def proposals(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
+        if not self.root.is_dir():
+            return out
         for d in sorted(self.root.iterdir()):
             if (d / "proposal.json").exists():
                 p = json.loads((d / "proposal.json").read_text())
@@ -130,7 +138,7 @@ class ApprovalBook:
         return out
 
     def spec_of(self, study_id: str) -> StudySpec:
-        path = self._dir(study_id) / "proposal.json"
+        path = self._path(study_id) / "proposal.json"
         if not path.exists():
             raise KeyError(f"no proposal for study {study_id!r} at this node; see `fedcare silo studies`")
         return StudySpec.model_validate(json.loads(path.read_text())["spec"])
@@ -147,7 +155,7 @@ class ApprovalBook:
         return decision
 
     def decision(self, study_id: str) -> Decision | None:
-        path = self._dir(study_id) / "decision.json"
+        path = self._path(study_id) / "decision.json"
         if not path.exists():
             return None
         return Decision(**json.loads(path.read_text()))

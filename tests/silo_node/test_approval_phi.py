@@ -19,3 +19,13 @@ def test_a_reason_with_an_ssn_is_refused_and_nothing_is_stored(tmp_path: Path) -
         book.decide("sepsis-1", approved=False, reason="patient 123-45-6789 opted out")
     assert book.decision("sepsis-1") is None
     assert book.decide("sepsis-1", approved=False, reason="outside our consent scope").reason == "outside our consent scope"
+
+
+def test_listing_proposals_of_a_node_not_yet_started_leaves_no_state(tmp_path) -> None:
+    """`fedcare silo studies` may run before the node's first start; it must not create node state, or the node
+    then refuses to start (state without an audit log)."""
+    from silo_node.approval import ApprovalBook
+
+    book = ApprovalBook(tmp_path / "state")
+    assert book.proposals() == [] and book.decision("some-study") is None
+    assert not (tmp_path / "state").exists()
