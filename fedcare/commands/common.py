@@ -139,18 +139,23 @@ class Server(Protocol):
 def serve_until_interrupted(start: Callable[[], Server], listen: str) -> None:
     """Start a gRPC server and serve until SIGINT (Ctrl-C, and the systemd units' KillSignal), then stop it.
 
-    SIGINT is held back while the server starts: once its port is open a supervisor may signal at any
-    moment, and an interrupt before `server` is bound would exit 130 with the server never stopped."""
-    server: Server | None = None
+    While the server starts, SIGINT only records a stop request: once its port is open a supervisor may
+    signal at any moment, and a KeyboardInterrupt raised inside `start()` would leave a running server
+    that nothing holds (exit 130, never stopped). Python runs signal handlers in the main thread, so this
+    holds whichever thread the kernel delivered the signal to."""
     take_sigint()
+    server: Server | None = None
+    requested: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: requested.append(signum))
     try:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            with bind_errors(listen):
-                server = start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held-back SIGINT arrives here
-        server.wait()
+        with bind_errors(listen):
+            server = start()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C interrupts wait()
+        if not requested:
+            server.wait()
     except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         if server is not None:
             server.stop()
