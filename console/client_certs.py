@@ -91,6 +91,15 @@ def revoked(ca_cert: Path, crl_path: Path | None, serial: int) -> bool:
     return crl.get_revoked_certificate_by_serial_number(serial) is not None
 
 
+def not_revoked(pem: str, ca_cert: Path, crl: Path | None) -> tuple[x509.Certificate, str]:
+    """The handshake-verified certificate and its subject, or CertificateRefused when the CA revoked it."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    subject = cert.subject.rfc4514_string()
+    if revoked(ca_cert, crl, cert.serial_number):
+        raise CertificateRefused(f"certificate of {subject} is revoked")
+    return cert, subject
+
+
 @dataclass(frozen=True)
 class ClientCertificates:
     """Who a verified client certificate names, for a console granting `roles` (the researcher console:
@@ -102,10 +111,7 @@ class ClientCertificates:
 
     def identity(self, pem: str) -> tuple[str, Role]:
         """(user, role) of a handshake-verified certificate, or CertificateRefused saying why not."""
-        cert = x509.load_pem_x509_certificate(pem.encode())
-        subject = cert.subject.rfc4514_string()
-        if revoked(self.ca_cert, self.crl, cert.serial_number):
-            raise CertificateRefused(f"certificate of {subject} is revoked")
+        cert, subject = not_revoked(pem, self.ca_cert, self.crl)
         names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
         units = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
         role = str(units[0].value) if units else ""
@@ -127,10 +133,7 @@ class PinnedCertificates:
     crl: Path | None = None
 
     def identity(self, pem: str) -> tuple[str, Role]:
-        cert = x509.load_pem_x509_certificate(pem.encode())
-        subject = cert.subject.rfc4514_string()
-        if revoked(self.ca_cert, self.crl, cert.serial_number):
-            raise CertificateRefused(f"certificate of {subject} is revoked")
+        _, subject = not_revoked(pem, self.ca_cert, self.crl)
         account = self.accounts.by_certificate(certificate_sha256(pem.encode()))
         if account is None:
             raise CertificateRefused(f"certificate of {subject} is not pinned to an account of this site console; "

@@ -59,9 +59,10 @@ def create_app(config: NodeConfig, *, allow_remote: bool = False, session_ttl_s:
     state = Path(config.state_dir)
     audit = open_node_log(state, node=config.name, role="silo", state_files=STATE_FILES)
     book = ApprovalBook(state)
-    core = ConsoleCore(title=f"fedcare site console — {config.name}", accounts=accounts_of(config), audit=audit,
+    accounts = accounts_of(config)
+    core = ConsoleCore(title=f"fedcare site console — {config.name}", accounts=accounts, audit=audit,
                        sessions=sessions or Sessions(ttl_s=session_ttl_s), allow_remote=allow_remote,
-                       certificates=tls.pinned(accounts_of(config)) if tls else None, secure_cookies=tls is not None,
+                       certificates=tls.pinned(accounts) if tls else None, secure_cookies=tls is not None,
                        nav=[("Proposals", "/", frozenset(SITE_ROLES)),
                             ("Privacy ledger", "/ledger", frozenset(SITE_ROLES)),
                             ("Audit log", "/audit", frozenset(SITE_ROLES))])
