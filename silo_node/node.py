@@ -53,7 +53,7 @@ from silo_node.approval import ApprovalBook, policy_decision
 from silo_node.attacks import AttackingTrainer
 from silo_node.client import WAITING_LOG_EVERY_S, CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable
 from silo_node.config import NodeConfig
-from silo_node.ingest_command import KEY_FILE, load_or_create_key
+from silo_node.pseudonym_key import KEY_FILE, load_or_create_key
 from silo_node.streams.service import stream_store_dir
 from silo_node.private_round import BudgetRefused, PrivateRound
 from silo_node.trainer import LocalTrainer, pick_device

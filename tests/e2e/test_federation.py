@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from coordinator.api.study import AggregationSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
-from silo_node.ingest_command import KEY_FILE
+from silo_node.pseudonym_key import KEY_FILE
 
 pytestmark = pytest.mark.slow
 

@@ -22,6 +22,7 @@ from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpe
 from fedcare.demo import free_port
 from privacy.he import SiloKeyPair, context_has_secret_key, unwrap_secret
 from privacy.errors import HEError
+from silo_node.node import WRAP_KEY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -184,7 +185,7 @@ def _assert_region_holds_no_secret(tmp_path: Path, members: list, study: str) ->
         with pytest.raises(HEError):
             context_has_secret_key(wrapped)
         # ... but the real secret for the silo holding the matching private key.
-        silo_keys = SiloKeyPair.from_private_bytes((_state_dir(tmp_path, h) / "wrap-key.bin").read_bytes())
+        silo_keys = SiloKeyPair.from_private_bytes((_state_dir(tmp_path, h) / WRAP_KEY_FILE).read_bytes())
         assert context_has_secret_key(unwrap_secret(wrapped, silo_keys, context=study.encode()))
     # The region keeps no key pair of its own on disk, and nothing it stored loads as a secret context.
     region_files = [p for p in (tmp_path / "tree" / REGION).rglob("*") if p.is_file()]
