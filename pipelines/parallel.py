@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,18 +72,20 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers) -> I
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
     with ProcessPoolExecutor(max_workers=min(n, len(items)), mp_context=context) as pool:
-        yield from _windowed(pool, fn, items, window=n * IN_FLIGHT_PER_WORKER)
+        yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items,
+                             window=n * IN_FLIGHT_PER_WORKER)
 
 
-def _windowed(pool: Executor, fn: Callable[[T], R], items: Sequence[T], *, window: int) -> Iterator[R]:
-    pending: list[Any] = []
-    it = iter(items)
-    for item in it:
-        pending.append(pool.submit(fn, item))
+def _windowed(submit: Callable[[T], Any], result: Callable[[Any], R], items: Sequence[T], *,
+              window: int) -> Iterator[R]:
+    """Results in the order of `items`, with at most `window` submitted and not yet taken."""
+    pending: deque[Any] = deque()
+    for item in items:
+        pending.append(submit(item))
         if len(pending) >= window:
-            yield pending.pop(0).result()
-    for future in pending:
-        yield future.result()
+            yield result(pending.popleft())
+    while pending:
+        yield result(pending.popleft())
 
 
 def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iterator[R]:
@@ -93,10 +96,4 @@ def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iter
         ray.init(address=workers.ray_address, log_to_driver=False)
     task = ray.remote(num_cpus=1)(fn)
     window = max(1, int(ray.cluster_resources().get("CPU", 1))) * IN_FLIGHT_PER_WORKER
-    pending: list[Any] = []
-    for item in items:
-        pending.append(task.remote(item))
-        if len(pending) >= window:
-            yield ray.get(pending.pop(0))
-    for ref in pending:
-        yield ray.get(ref)
+    yield from _windowed(task.remote, ray.get, items, window=window)
