@@ -57,10 +57,18 @@ def _points(path: Path, limits: IngestLimits) -> list[Any]:
     return doc if isinstance(doc, list) else [doc]
 
 
-def _when(frame: Any) -> float:
+def point_value(schema: str, body: Any) -> tuple[float, float, str | None]:
+    """A data point body's (time in seconds since the epoch, value, unit or None) of `schema`'s field; KeyError,
+    TypeError, ValueError or AttributeError when the body has no readable value or effective time frame.
+    Files (here) and live streams (silo_node.streams.messages) read points through it."""
+    field, _ = SCHEMAS[schema]
+    quantity = body[field]
+    value = float(quantity["value"] if isinstance(quantity, dict) else quantity)
+    unit = quantity.get("unit") if isinstance(quantity, dict) else None
+    frame = body["effective_time_frame"]
     text = frame.get("date_time") or (frame.get("time_interval") or {}).get("start_date_time")
     when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp(), value, unit
 
 
 def read(path: Path, wants: Wants, limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[DeviceRecording]:
@@ -78,14 +86,11 @@ def read(path: Path, wants: Wants, limits: IngestLimits = DEFAULT_LIMITS) -> Ite
         if schema not in SCHEMAS or not wants(schema):
             other.add(schema)
             continue
-        field, units = SCHEMAS[schema]
+        units = SCHEMAS[schema][1]
         try:
-            quantity = body[field]
-            value = float(quantity["value"] if isinstance(quantity, dict) else quantity)
-            unit = quantity.get("unit") if isinstance(quantity, dict) else None
+            when, value, unit = point_value(schema, body)
             if unit is not None and unit not in units:
                 raise ValueError(f"unit {unit!r}")
-            when = _when(body["effective_time_frame"])
         except (KeyError, TypeError, ValueError):
             bad += 1
             continue

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from pipelines.ehr.observations import codes_of
 from pipelines.errors import SignalError
 from pipelines.wearables.device import normal_name
-from pipelines.wearables.openmhealth import SCHEMAS
+from pipelines.wearables.openmhealth import SCHEMAS, point_value
 from pipelines.wearables.sampled import CHANNEL_CODES, CHANNEL_GROUPS, CHANNEL_UNITS, decode
 
 MAX_FUTURE_S = 300.0  # a sample time later than now by more than this is a device clock error
@@ -130,20 +130,13 @@ def _data_point(point: dict) -> ChannelSamples:
                           reason="unknown_schema")
     field, units = SCHEMAS[schema]
     try:
-        body = point["body"]
-        quantity = body[field]
-        value = float(quantity["value"] if isinstance(quantity, dict) else quantity)
-        unit = quantity.get("unit") if isinstance(quantity, dict) else None
-        frame = body["effective_time_frame"]
-        text = frame.get("date_time") or (frame.get("time_interval") or {}).get("start_date_time")
-        when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+        when, value, unit = point_value(schema, point["body"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SignalError(f"is an Open mHealth {schema} data point without a readable body.{field} value or "
                           f"effective_time_frame ({type(e).__name__}: {e})", reason="bad_data_point") from None
     if unit is not None and unit not in units:
         raise SignalError(f"has {field} in unit {unit!r}; expected one of {list(units)}", reason="unknown_unit")
-    when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
-    return _finite(schema, np.array([when.timestamp()]), np.array([value]))
+    return _finite(schema, np.array([when]), np.array([value]))
 
 
 def _finite(name: str, seconds: np.ndarray, values: np.ndarray) -> ChannelSamples:
