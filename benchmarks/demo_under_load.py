@@ -7,7 +7,10 @@ times in a row while two other CPU-bound processes run beside it, as a new user 
 2-core machine would run it. Each hog is a Python process spinning on arithmetic for the
 whole benchmark. A run passes when `fedcare demo` exits 0 and its summary.json says the
 study is done with a final AUROC. Failed runs keep their results folder (logs/) for a look.
-Prints one JSON object on its last line: runs, passed, each run's exit status and seconds.
+Prints one JSON object on its last line: the tally (runs, passed, failed, the longest run of
+passes in a row) and each run's outcome ("pass", or what failed: the exit status, a timeout, a
+summary without a final AUROC), exit status and seconds. Run it on a snapshot of the code
+(`git archive HEAD`), not a working tree others edit, with PYTHONPATH pointing at it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,32 @@ def _spin() -> None:
         x = (x * 1103515245 + 12345) % 2**31
 
 
+PASS = "pass"
+
+
+def _outcome(code: int | None, summary: dict) -> str:
+    """"pass", or the first thing that failed in one demo run."""
+    if code is None:
+        return "timed out"
+    if code != 0:
+        return f"fedcare demo exited with status {code}"
+    if summary.get("state") != "done":
+        return f"summary.json says the study is {summary.get('state', 'missing')!r}, not done"
+    if (summary.get("final") or {}).get("auroc") is None:
+        return "summary.json has no final AUROC"
+    return PASS
+
+
+def tally(runs: list[dict]) -> dict:
+    """Runs, passes, failures and the longest streak of passes in a row."""
+    streak = longest = 0
+    for r in runs:
+        streak = streak + 1 if r["passed"] else 0
+        longest = max(longest, streak)
+    passed = sum(r["passed"] for r in runs)
+    return {"runs": len(runs), "passed": passed, "failed": len(runs) - passed, "passed_in_a_row": longest}
+
+
 def _one_demo(out: Path, extra: list[str], timeout_s: float) -> dict:
     started = time.monotonic()
     try:
@@ -41,8 +70,9 @@ def _one_demo(out: Path, extra: list[str], timeout_s: float) -> dict:
     seconds = time.monotonic() - started
     summary_path = out / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    passed = code == 0 and summary.get("state") == "done" and (summary.get("final") or {}).get("auroc") is not None
-    return {"exit_status": code, "seconds": round(seconds, 1), "passed": passed,
+    outcome = _outcome(code, summary)
+    passed = outcome == PASS
+    return {"outcome": outcome, "exit_status": code, "seconds": round(seconds, 1), "passed": passed,
             "final_auroc": (summary.get("final") or {}).get("auroc"), "joined_round": summary.get("joined_round"),
             **({} if passed else {"out": str(out), "stderr_tail": tail})}
 
@@ -64,14 +94,13 @@ def main() -> None:
         for i in range(args.runs):
             run = _one_demo(root / f"run-{i}", args.demo_args, args.timeout_s)
             runs.append(run)
-            print(f"run {i}: {'pass' if run['passed'] else 'FAIL'} in {run['seconds']} s", file=sys.stderr, flush=True)
+            print(f"run {i}: {run['outcome']} in {run['seconds']} s", file=sys.stderr, flush=True)
     finally:
         for h in hogs:
             h.terminate()
             h.join()
-    print(json.dumps({"benchmark": "demo_under_load", "runs": len(runs), "passed": sum(r["passed"] for r in runs),
-                      "hogs": args.hogs, "cpus": multiprocessing.cpu_count(), "demo_args": args.demo_args,
-                      "results": runs}))
+    print(json.dumps({"benchmark": "demo_under_load", **tally(runs), "hogs": args.hogs,
+                      "cpus": multiprocessing.cpu_count(), "demo_args": args.demo_args, "results": runs}))
 
 
 if __name__ == "__main__":
