@@ -34,15 +34,21 @@ DEMO = demo_spec(DemoOptions(out=Path(".")))
 MODELS = {"demo": (DEMO.model, DEMO.training), "cnn": (ModelSpec(), TrainingSpec())}
 
 
-def epoch_seconds(spec: StudySpec, *, patients: int, repeats: int) -> dict[str, float]:
-    """Best-of-`repeats` seconds per epoch: plain SGD, then DP-SGD in each grad-sample mode."""
+def synthetic_tensors(spec: StudySpec, patients: int, *, seed: int = 0) -> TensorDataset:
+    """`patients` random samples in the layout a silo's dataset yields for `spec` (EHR values and
+    missing flags, image, signal, modality mask, label): the shapes that set the cost, not data that learns."""
     c = spec.cohort
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed)
     n, f = patients, len(c.ehr_columns)
-    data = TensorDataset(
+    return TensorDataset(
         torch.randn(n, 2 * f, generator=g), torch.randn(n, 1, c.image_size, c.image_size, generator=g),
         torch.randn(n, len(c.signal_channels), c.signal_length, generator=g), torch.ones(n, 3),
         (torch.rand(n, generator=g) < 0.4).float())
+
+
+def epoch_seconds(spec: StudySpec, *, patients: int, repeats: int) -> dict[str, float]:
+    """Best-of-`repeats` seconds per epoch: plain SGD, then DP-SGD in each grad-sample mode."""
+    data = synthetic_tensors(spec, patients)
     out: dict[str, float] = {}
     for mode in ("sgd", *GRAD_SAMPLE_MODES):
         torch.manual_seed(0)
