@@ -79,6 +79,9 @@ class Event(StrEnum):
     CONSOLE_REFUSED = "console_refused"
     # fields: study, approved, by, reason, spec_sha256: a site admin's decision taken in the site console
     CONSOLE_DECISION = "console_decision"
+    # fields: outcome ("quarantined"/"refused"), reason, via ("mqtt"/"http"), count, first, last: streamed
+    # wearable messages a silo's receiver refused, one event per reason and interval (silo_node/streams/refusals.py)
+    STREAM_REFUSED = "stream_refused"
 
 
 _SCHEMA = (

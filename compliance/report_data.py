@@ -20,7 +20,7 @@ from compliance.verify import VerifyResult, verify_logs
 
 APPROVAL_EVENTS = {Event.STUDY_RECEIVED, Event.STUDY_APPROVED, Event.STUDY_REJECTED}
 REFUSAL_EVENTS = {Event.STUDY_REJECTED, Event.ROUND_SKIPPED, Event.BUDGET_REFUSED,
-                  Event.UPDATE_REFUSED, Event.AUTH_FAILURE}
+                  Event.UPDATE_REFUSED, Event.AUTH_FAILURE, Event.STREAM_REFUSED}
 
 
 @dataclass(frozen=True)

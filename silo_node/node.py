@@ -59,11 +59,9 @@ from silo_node.private_round import BudgetRefused, PrivateRound
 from silo_node.trainer import LocalTrainer, pick_device
 from coordinator.api.codecs import ErrorFeedback
 from silo_node.update import build_feedback, encode_update, resolve_version
+from silo_node.state_files import LEDGER_FILE, STATE_FILES, WRAP_KEY_FILE  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-LEDGER_FILE = "privacy-ledger.sqlite"  # the node's privacy ledger in its state dir
-WRAP_KEY_FILE = "wrap-key.bin"  # the node's X25519 key pair that study secrets are wrapped for
-STATE_FILES = (LEDGER_FILE, "studies", WRAP_KEY_FILE)  # written once the node has done something
 WITNESS_EVERY_S = 30.0  # how often the node's signed audit head is gossiped with the coordinator
 
 

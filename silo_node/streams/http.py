@@ -18,10 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from pipelines.errors import SignalError
+
 from .intake import RATE_LIMITED, Outcome, StreamIntake
+from .messages import check_size
 from .settings import HttpSettings
 
 STREAM_PATH = "/streams"
+VIA = "http"  # the receiver's name in the quarantine and the audit log
 RETRY_BUSY_S = 1
 STATUS = {Outcome.STORED: 201, Outcome.QUARANTINED: 422, Outcome.REFUSED: 429, Outcome.BUSY: 503}
 
@@ -31,20 +35,22 @@ def stream_app(intake: StreamIntake) -> Starlette:
     limit = intake.config.max_message_bytes
 
     async def receive(request: Request) -> JSONResponse:
+        device = request.path_params["device"]
         body = b""
         async for chunk in request.stream():  # read within the limit, never the whole of a hostile body
             body += chunk
-            if len(body) > limit:
-                return JSONResponse({"error": f"body over max_message_bytes ({limit}); send fewer samples per request",
-                                     "reason": "too_large"}, status_code=413)
+            try:
+                check_size(len(body), max_bytes=limit)
+            except SignalError as e:  # quarantined, counted and audited like any malformed message
+                await asyncio.to_thread(intake.quarantine, device=device, via=VIA, error=e, done=lambda *_: None)
+                return JSONResponse({"error": f"the body {e}", "reason": e.reason}, status_code=413)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[tuple[Outcome, str | None]] = loop.create_future()
 
         def done(outcome: Outcome, reason: str | None) -> None:  # called from the writer thread or right here
             loop.call_soon_threadsafe(lambda: answer.done() or answer.set_result((outcome, reason)))
 
-        intake.offer(device=request.path_params["device"], patient=request.path_params["patient"], payload=body,
-                     via="http", done=done)
+        intake.offer(device=device, patient=request.path_params["patient"], payload=body, via=VIA, done=done)
         outcome, reason = await answer
         headers = {}
         if outcome is Outcome.BUSY:

@@ -4,8 +4,9 @@
 reference by the keyed pseudonym and the device id by a keyed token (`pipelines.deid`: the same
 pseudonym the EHR, imaging and wearable files of that patient get), charges the device's token
 bucket, and queues the samples for the store's writer. The receiver learns the `Outcome` through
-`done`, only after the store committed (STORED) or recorded why not (QUARANTINED, REFUSED); BUSY
-means nothing was recorded and the sender must retry.
+`done`, only after the store committed (STORED) or recorded why not (QUARANTINED, REFUSED; each also
+counted and audited through `silo_node.streams.refusals`); BUSY means nothing was recorded and the
+sender must retry.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipelines.errors import SignalError
 from pipelines.wearables.stream_store import SampleBatch, StoreBusy, StreamStore, StreamWriter
 
 from .messages import parse_message
+from .refusals import RefusalAudit
 from .settings import RateSettings, StreamsConfig
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,26 @@ class TokenBucket:
 class StreamIntake:
     """Validate, de-identify, rate-limit and queue one message (see the module docstring)."""
 
-    def __init__(self, store: StreamStore, writer: StreamWriter, deid: Deidentifier, config: StreamsConfig) -> None:
-        self.store, self.writer, self.deid, self.config = store, writer, deid, config
+    def __init__(self, store: StreamStore, writer: StreamWriter, deid: Deidentifier, config: StreamsConfig,
+                 refusals: RefusalAudit) -> None:
+        self.store, self.writer, self.deid, self.config, self.refusals = store, writer, deid, config, refusals
         self.limits = TokenBucket(config.rate)
         self.stats: Counter = Counter()
 
+    def device_token(self, device: str) -> str:
+        """The keyed token that names `device` in the store, the quarantine and the logs (never its own id)."""
+        return self.deid.reference(f"device:{device}")
+
+    def quarantine(self, *, device: str, via: str, error: SignalError, done: Done) -> None:
+        """A malformed message: recorded with its reason, counted and audited, then `done(QUARANTINED, reason)`."""
+        self.store.quarantine(f"{via} device {self.device_token(device)}", error)  # the token: stays de-identified
+        self.stats[f"quarantined_{error.reason}"] += 1
+        self.refusals.record(Outcome.QUARANTINED, error.reason, via)
+        done(Outcome.QUARANTINED, error.reason)
+
     def offer(self, *, device: str, patient: str, payload: bytes, via: str, done: Done, wait_s: float = 0.0) -> None:
         """`device` and `patient` as the sender names them (topic levels or URL path); `via`: "mqtt" or "http"."""
-        token = self.deid.reference(f"device:{device}")
+        token = self.device_token(device)
         try:
             if not device or not patient:
                 raise SignalError("names no device or no patient; expected fedcare/<site>/<device>/<patient-ref>",
@@ -78,9 +92,7 @@ class StreamIntake:
             parsed = parse_message(payload, max_bytes=self.config.max_message_bytes,
                                    max_samples=self.config.max_samples_per_message)
         except SignalError as e:
-            self.store.quarantine(f"{via} device {token}", e)  # the token, not the raw id: quarantine stays de-identified
-            self.stats[f"quarantined_{e.reason}"] += 1
-            done(Outcome.QUARANTINED, e.reason)
+            self.quarantine(device=device, via=via, error=e, done=done)
             return
         pid = self.deid.pseudonym(patient)
         batches = [SampleBatch(pid, token, channel, t, v) for channel, t, v in parsed]
@@ -88,6 +100,7 @@ class StreamIntake:
         if not self.limits.take(device, n):
             self.store.refuse(token, RATE_LIMITED, n)
             self.stats["refused"] += 1
+            self.refusals.record(Outcome.REFUSED, RATE_LIMITED, via)
             done(Outcome.REFUSED, RATE_LIMITED)
             return
 

@@ -31,11 +31,16 @@ MAX_FUTURE_S = 300.0  # a sample time later than now by more than this is a devi
 ChannelSamples = tuple[str, np.ndarray, np.ndarray]
 
 
+def check_size(size: int, *, max_bytes: int) -> None:
+    """Refuse a message of `size` bytes over `max_bytes` (before parsing it: a hostile body is never read whole)."""
+    if size > max_bytes:
+        raise SignalError(f"has {size} bytes or more, over max_message_bytes ({max_bytes}); send fewer samples per "
+                          "message or raise [streams] max_message_bytes", reason="too_large")
+
+
 def parse_message(payload: bytes, *, max_bytes: int, max_samples: int) -> list[ChannelSamples]:
     """The samples `payload` carries; raises `SignalError` (with a reason code) for anything malformed."""
-    if len(payload) > max_bytes:
-        raise SignalError(f"has {len(payload)} bytes, over max_message_bytes ({max_bytes}); send fewer samples per "
-                          "message or raise [streams] max_message_bytes", reason="too_large")
+    check_size(len(payload), max_bytes=max_bytes)
     try:
         doc = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

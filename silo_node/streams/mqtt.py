@@ -26,6 +26,7 @@ from .settings import MqttSettings
 
 log = logging.getLogger(__name__)
 QOS = 1
+VIA = "mqtt"  # the receiver's name in the quarantine and the audit log
 
 
 def topic_parts(topic: str) -> tuple[str, str]:
@@ -78,7 +79,7 @@ class MqttReceiver:
                             msg.topic, reason)
 
         # Waiting here holds the network loop: the broker stops sending and queues (backpressure).
-        self.intake.offer(device=device, patient=patient, payload=msg.payload, via="mqtt", done=done,
+        self.intake.offer(device=device, patient=patient, payload=msg.payload, via=VIA, done=done,
                           wait_s=self.settings.keepalive_s / 2)
 
     def run(self) -> None:

@@ -6,14 +6,17 @@ import logging
 import threading
 from pathlib import Path
 
+from compliance.audit import AuditLog
+from compliance.node_log import open_node_log
 from pipelines.deid import Deidentifier
 from pipelines.wearables.stream_store import StreamStore, StreamWriter
+from silo_node.state_files import STATE_FILES, STREAMS_DIR
 
 from .intake import StreamIntake
+from .refusals import RefusalAudit
 from .settings import StreamsConfig
 
 log = logging.getLogger(__name__)
-STREAMS_DIR = "streams"  # under the node's state_dir
 
 
 def stream_store_dir(state_dir: Path) -> Path:
@@ -21,14 +24,23 @@ def stream_store_dir(state_dir: Path) -> Path:
     return Path(state_dir) / STREAMS_DIR
 
 
-class StreamService:
-    """The store, its writer and the configured receivers; `run()` blocks until `stop()` (or Ctrl-C)."""
+def open_stream_audit(state_dir: Path, *, node: str) -> AuditLog:
+    """The node's own audit log (the one `silo_node.node` writes), opened before the stream store is created."""
+    return open_node_log(Path(state_dir), node=node, role="silo", state_files=STATE_FILES)
 
-    def __init__(self, config: StreamsConfig, *, state_dir: Path, pseudonym_key: bytes) -> None:
+
+class StreamService:
+    """The store, its writer and the configured receivers; `run()` blocks until `stop()` (or Ctrl-C).
+
+    Refusals are written to `audit`, the node's audit log (`open_stream_audit`), which the caller closes.
+    """
+
+    def __init__(self, config: StreamsConfig, *, state_dir: Path, pseudonym_key: bytes, audit: AuditLog) -> None:
         self.config = config
         self.store = StreamStore(stream_store_dir(state_dir))
         self.writer = StreamWriter(self.store, capacity=config.queue_batches)
-        self.intake = StreamIntake(self.store, self.writer, Deidentifier(pseudonym_key), config)
+        self.refusals = RefusalAudit(audit, interval_s=config.audit_interval_s)
+        self.intake = StreamIntake(self.store, self.writer, Deidentifier(pseudonym_key), config, self.refusals)
         self.mqtt = None
         if config.mqtt is not None:
             from .mqtt import MqttReceiver
@@ -56,5 +68,6 @@ class StreamService:
         if self.mqtt is not None:
             self.mqtt.stop()
         self.writer.close()
+        self.refusals.close()
         log.info("streams stopped: %s", self.store.counts())
         self.store.close()

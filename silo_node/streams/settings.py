@@ -2,6 +2,7 @@
 
     [streams]
     queue_batches = 1000                 # messages waiting for the store; beyond it senders are held back
+    audit_interval_s = 60                # refusals of one reason: one audit event per interval, with their count
     [streams.mqtt]
     host = "broker.hospital.internal"
     port = 8883
@@ -83,6 +84,8 @@ class StreamsConfig(_Strict):
     queue_batches: int = Field(default=1000, ge=1, le=1_000_000)
     max_message_bytes: int = Field(default=1 << 20, ge=1024)
     max_samples_per_message: int = Field(default=10_000, ge=1)
+    # refusals of one reason within this many seconds are one audit event with their count (a flood stays bounded)
+    audit_interval_s: float = Field(default=60.0, gt=0, le=86_400)
 
     @model_validator(mode="after")
     def _some_receiver(self) -> "StreamsConfig":

@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from starlette.testclient import TestClient
 
+from compliance.audit import AuditLog
 from pipelines.deid import Deidentifier
 from pipelines.wearables.mapping import WearableMapping, to_recording
 from pipelines.wearables.recordings import window
@@ -53,9 +54,10 @@ def windows(store: StreamStore, at: float | None = None) -> dict[str, np.ndarray
     return out
 
 
-def test_mqtt_messages_are_stored_deidentified_and_windowed_malformed_ones_quarantined(tmp_path: Path, broker: int):
+def test_mqtt_messages_are_stored_deidentified_and_windowed_malformed_ones_quarantined(tmp_path: Path, broker: int,
+                                                                                       node_audit: AuditLog):
     cfg = StreamsConfig(mqtt=MqttSettings(host="127.0.0.1", port=broker, client_id="silo-a"))
-    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY)
+    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY, audit=node_audit)
     threading.Thread(target=service.mqtt.run, daemon=True).start()
     assert service.mqtt.connected.wait(10)
     pub = publisher(broker)
@@ -79,14 +81,16 @@ def test_mqtt_messages_are_stored_deidentified_and_windowed_malformed_ones_quara
     assert got[pseudonym].shape == (1, 60) and np.abs(got[pseudonym]).max() > 0
 
 
-def _intake_app(tmp_path: Path, rate: RateSettings = RateSettings()) -> tuple[StreamService, TestClient]:
-    cfg = StreamsConfig(http=HttpSettings(insecure=True), rate=rate)
-    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY)
+def _intake_app(tmp_path: Path, audit: AuditLog, rate: RateSettings = RateSettings(),
+                **streams: object) -> tuple[StreamService, TestClient]:
+    cfg = StreamsConfig(http=HttpSettings(insecure=True), rate=rate, **streams)
+    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY, audit=audit)
     return service, TestClient(stream_app(service.intake))
 
 
-def test_http_accepts_fhir_observations_and_open_mhealth_points_and_refuses_malformed_ones(tmp_path: Path):
-    service, client = _intake_app(tmp_path)
+def test_http_accepts_fhir_observations_and_open_mhealth_points_and_refuses_malformed_ones(tmp_path: Path,
+                                                                                           node_audit: AuditLog):
+    service, client = _intake_app(tmp_path, node_audit)
     quantity = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2024-03-01T08:00:00Z",
                 "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
                 "valueQuantity": {"value": 72, "unit": "beats/minute", "system": "http://unitsofmeasure.org",
@@ -110,8 +114,8 @@ def test_http_accepts_fhir_observations_and_open_mhealth_points_and_refuses_malf
     assert sorted(dev.channels) == ["heart-rate", "heart_rate"]  # OMH schema name: mapped by alias at windowing
 
 
-def test_a_device_over_its_rate_limit_is_refused_with_a_reason_and_counted(tmp_path: Path):
-    service, client = _intake_app(tmp_path, RateSettings(samples_per_s=0.01, burst=30))
+def test_a_device_over_its_rate_limit_is_refused_with_a_reason_and_counted(tmp_path: Path, node_audit: AuditLog):
+    service, client = _intake_app(tmp_path, node_audit, RateSettings(samples_per_s=0.01, burst=30))
     first = client.post("/streams/w/MRN-1", content=heart_rate_observation(START, [70.0] * 25))
     second = client.post("/streams/w/MRN-1", content=heart_rate_observation(START + timedelta(seconds=25), [70.0] * 25))
     other = client.post("/streams/w2/MRN-1", content=heart_rate_observation(START + timedelta(seconds=25), [70.0] * 25))
@@ -120,6 +124,8 @@ def test_a_device_over_its_rate_limit_is_refused_with_a_reason_and_counted(tmp_p
     service.writer.close()
     assert service.store.counts() == {"samples": 50, "quarantined": {}, "refused": {"rate_limited": 1}}
     assert service.store.snapshot().audit()["refused"] == {"rate_limited": 1}  # in the study's data_ingested event
+    (event,) = [e.fields for e in node_audit.entries() if e.event == "stream_refused"]  # and in the node's log at once
+    assert (event["outcome"], event["reason"], event["via"], event["count"]) == ("refused", "rate_limited", "http", 1)
 
 
 def test_a_snapshot_gives_the_same_windows_while_new_data_keeps_arriving(tmp_path: Path):
@@ -157,7 +163,7 @@ def test_a_streams_section_that_cannot_work_is_refused_naming_the_field(tmp_path
     assert expected in str(e.value)
 
 
-def test_the_https_endpoint_requires_a_device_certificate_of_the_hospital_ca(tmp_path: Path):
+def test_the_https_endpoint_requires_a_device_certificate_of_the_hospital_ca(tmp_path: Path, node_audit: AuditLog):
     import ssl
 
     import httpx
@@ -171,7 +177,7 @@ def test_the_https_endpoint_requires_a_device_certificate_of_the_hospital_ca(tmp
     gw_cert, gw_key = issue(tmp_path / "pki", name="gateway", role="silo")
     port = free_port()
     cfg = StreamsConfig(http=HttpSettings(listen=f"127.0.0.1:{port}", cert=cert, key=key, ca_cert=ca))
-    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY)
+    service = StreamService(cfg, state_dir=tmp_path, pseudonym_key=KEY, audit=node_audit)
     threading.Thread(target=serve, args=(cfg.http, service.intake), daemon=True).start()  # ends with the test process
     url = f"https://127.0.0.1:{port}/streams"
     device = ssl.create_default_context(cafile=str(ca))
