@@ -25,7 +25,7 @@ from pipelines.models import (
     build_model,
     get_shared_weights,
     mean_gate_weights,
-    multimodal_loss,
+    per_sample_loss,
     set_shared_weights,
     shared_parameter_names,
 )
@@ -42,10 +42,27 @@ log = logging.getLogger(__name__)
 GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
 
+class DeviceUnavailable(ValueError):
+    """The node config asks for a device this machine's torch cannot use; the message says what to do."""
+
+
 def pick_device(preference: str = "auto") -> torch.device:
-    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
+    """The node config's `device`: "auto" trains on the GPU when torch sees one, "cuda" insists on it."""
+    available = torch.cuda.is_available()
+    if preference == "cuda" and not available:
+        raise DeviceUnavailable(f"device = \"cuda\" in the node config, but this torch ({torch.__version__}) sees no CUDA "
+                         "GPU: install a CUDA build of torch and the NVIDIA driver, or set device = \"auto\" or \"cpu\"")
+    if preference == "cpu" or not available:
+        log.info("training on the CPU (%d threads)", torch.get_num_threads())
+        return torch.device("cpu")
+    log.info("training on CUDA: %s (torch %s, CUDA %s)", torch.cuda.get_device_name(0), torch.__version__,
+             torch.version.cuda)
+    return torch.device("cuda")
+
+
+def _mean_backward(per_sample: torch.Tensor) -> None:
+    """Plain training's backward pass: the batch mean of the per-sample losses."""
+    per_sample.mean().backward()
 
 
 @dataclass
@@ -114,6 +131,7 @@ class LocalTrainer:
         loader = DataLoader(self.train_set, batch_size=t.batch_size, shuffle=True)
         dp_step = None
         trained = model
+        backward = _mean_backward
         if p.dp:
             noise = float(noise_multiplier or 0.0)
             adaptive = self.adaptive_clipping(noise)
@@ -122,6 +140,7 @@ class LocalTrainer:
                                    accountant=p.accountant, device=self.device, adaptive=adaptive,
                                    grad_sample_mode=GRAD_SAMPLE_MODE)
             trained, optimizer, loader = private.module, private.optimizer, private.data_loader
+            backward = private.backward
         anchors = {n: w.detach().clone() for n, w in model.named_parameters()}
         losses = []
         steps = 0
@@ -132,14 +151,14 @@ class LocalTrainer:
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 out = trained(ehr, image, signal, mask)
-                loss, _ = multimodal_loss(out, label, mask, kl_weight=self.spec.model.kl_weight,
-                                          consistency_weight=self.spec.model.consistency_weight)
-                loss.backward()
+                losses_per_sample, _ = per_sample_loss(out, label, mask, kl_weight=self.spec.model.kl_weight,
+                                                       consistency_weight=self.spec.model.consistency_weight)
+                backward(losses_per_sample)
                 optimizer.step()
                 steps += 1
                 if t.fedprox_mu > 0:
                     self._proximal_step(model, anchors, t.learning_rate * t.fedprox_mu)
-                losses.append(float(loss.detach()))
+                losses.append(float(losses_per_sample.detach().mean()))
         if p.dp:
             history = private.engine.accountant.history
             dp_step = DPStep(noise_multiplier=float(noise_multiplier or 0.0), sample_rate=self.sample_rate(),

@@ -45,6 +45,7 @@ def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typ
 
     from silo_node.client import CoordinatorClient, open_channel
     from silo_node.node import SiloNode
+    from silo_node.trainer import DeviceUnavailable
 
     torch.set_num_threads(1)  # several silos may share one machine in demos; hospitals can raise it
     credentials = None
@@ -55,7 +56,11 @@ def silo_run(config: ConfigOpt, exit_after_studies: Annotated[Optional[int], typ
     client = CoordinatorClient(open_channel(cfg.coordinator, credentials=credentials), silo=cfg.name,
                                max_retries=cfg.max_retries, peer=f"coordinator at {cfg.coordinator}",
                                max_retry_s=max_retry_s if max_retry_s is not None else cfg.max_retry_s)
-    SiloNode(cfg, client).run(exit_after_studies=exit_after_studies)
+    try:
+        node = SiloNode(cfg, client)
+    except DeviceUnavailable as exc:
+        raise UserError(f"{config}: {exc}") from None
+    node.run(exit_after_studies=exit_after_studies)
 
 
 @silo_app.command("ingest")
@@ -72,7 +77,6 @@ def silo_ingest(
 ) -> None:
     """Ingest local data (de-identified, quarantined, cached) and report what was found, outside any study."""
     from coordinator.api.study import CohortSpec, StudySpec
-    from silo_node.ingest_command import render_table, run_ingest
 
     configure_logging(False)
     tables, limits, split_file, mrn_system, mapping = [], None, None, None, None  # node.toml only ([[data.tables]], ...)
@@ -92,6 +96,8 @@ def silo_ingest(
                 raise UserError(f"{option} {path}{source}: no such file or folder; check the path and that this "
                                 "user may read it")
     cohort = StudySpec.from_toml(spec).cohort if spec else CohortSpec()
+    from silo_node.ingest_command import render_table, run_ingest  # torch and MONAI: after the checks above
+
     with console.status("ingesting…"):
         result = run_ingest(fhir=fhir, dicom=dicom, dicomweb=dicomweb, wearables=wearables, tabular=tabular, out=out,
                             report=report, cohort=cohort, tables=tables, limits=limits, split_file=split_file,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import TensorDataset
 
 from coordinator.api.study import CohortSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 from pipelines.models import get_shared_weights
-from silo_node.trainer import LocalTrainer
+from silo_node.trainer import DeviceUnavailable, LocalTrainer, pick_device
 
 S, L = 8, 8
 
@@ -78,3 +79,12 @@ def test_adaptive_clipping_moves_the_bound_towards_the_median_norm():
     assert result.clip_bound is not None and result.clip_bound < 10.0 * np.exp(-0.2 * 0.3 * 5)
     assert t.clip_bound == result.clip_bound  # the next round starts from the adapted bound
     assert result.dp_step is not None and result.dp_step.noise_multiplier == 1.0  # the ledger's σ, unchanged
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_node_that_insists_on_cuda_without_a_gpu_is_refused_in_one_line():
+    with pytest.raises(DeviceUnavailable) as refused:
+        pick_device("cuda")
+    message = str(refused.value)
+    assert "\n" not in message and "sees no CUDA GPU" in message and 'device = "auto"' in message
+    assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
