@@ -61,15 +61,16 @@ def demo(
     from fedcare.demo import Demo, DemoOptions
 
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING)
+    # the pairing first: the list of attacks imports torch (seconds), a missing option needs none of it
+    if attack is not None and malicious <= 0:
+        raise UserError("--attack needs --malicious FRACTION > 0 (the share of silos that attack)")
+    if attack is None and malicious > 0:
+        raise UserError("--malicious needs --attack KIND (which attack the malicious silos run)")
     if attack is not None:
         from silo_node.attacks import ATTACKS
 
         if attack not in ATTACKS:
             raise UserError(f"--attack must be one of {', '.join(ATTACKS)}, not {attack!r}")
-        if malicious <= 0:
-            raise UserError("--attack needs --malicious FRACTION > 0 (the share of silos that attack)")
-    elif malicious > 0:
-        raise UserError("--malicious needs --attack KIND (which attack the malicious silos run)")
     options = DemoOptions(out=out, rounds=rounds, silos=silos, seed=seed, patients=patients, dp=dp,
                           encryption=encryption, rule=rule, epsilon=epsilon, attack=attack, malicious=malicious,
                           analysis=analysis, console=console_)

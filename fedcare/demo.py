@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import tomli_w
@@ -31,9 +31,11 @@ from rich.table import Table
 from compliance import build_report
 from coordinator.api.study import AggregationSpec, AnalysisSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec, analysis_study
 from fedcare.analysis_report import cohort_rows
-from fedcare.demo_console import DemoConsoles, open_consoles
 from fedcare.researcher import ResearcherClient, ResearcherError
 from pipelines.synthetic import generate_federation
+
+if TYPE_CHECKING:  # the consoles import torch and MONAI: seconds a refused option must not wait for
+    from fedcare.demo_console import DemoConsoles
 
 log = logging.getLogger(__name__)
 ENROLLMENT_TIMEOUT_S = 900.0
@@ -206,6 +208,8 @@ class Demo:
         self.console.print(f"cohort overview in {out / 'analysis'}: analysis.json, analysis.csv, analysis.html")
 
     def _open_consoles(self, out: Path, target: str, silos: list[str]) -> DemoConsoles:
+        from fedcare.demo_console import open_consoles
+
         consoles = open_consoles(out, coordinator=target, spawn=_spawn, free_port=free_port,
                                  silo_configs={s: out / "silos" / s / "node.toml" for s in silos})
         self.procs.update(consoles.procs)
