@@ -4,7 +4,7 @@
 
 For each model (`demo`: the demo's DP-sized model, fixed image/signal statistics and linear
 heads, fedcare.demo's spec; `cnn`: the default ModelSpec, MONAI CNN image and signal encoders)
-and each Opacus per-sample-gradient mode (module hooks, torch.func vmap, expanded weights), one
+and each Opacus per-sample-gradient mode (module hooks, torch.func vmap, expanded weights, ghost clipping), one
 epoch over `patients` synthetic patients' tensors of the demo's shapes, one thread, best of
 `repeats`; plain SGD on the same model and loader is the reference. Poisson sampling and noise
 are Opacus' own (privacy.dp.make_private). Prints one JSON object on its last line.
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator.api.study import ModelSpec, StudySpec, TrainingSpec  # noqa: E402
 from fedcare.demo import DemoOptions, demo_spec  # noqa: E402
-from pipelines.models import build_model, multimodal_loss  # noqa: E402
-from privacy.dp import GRAD_SAMPLE_MODES, make_private  # noqa: E402
+from pipelines.models import build_model, per_sample_loss  # noqa: E402
+from privacy.dp import GRAD_SAMPLE_MODES, make_private, mean_backward  # noqa: E402
 
 DEMO = demo_spec(DemoOptions(out=Path(".")))
 MODELS = {"demo": (DEMO.model, DEMO.training), "cnn": (ModelSpec(), TrainingSpec())}
@@ -55,20 +55,23 @@ def epoch_seconds(spec: StudySpec, *, patients: int, repeats: int) -> dict[str, 
         model = build_model(**spec.model_arguments()).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
         loader = DataLoader(data, batch_size=spec.training.batch_size, shuffle=True)
+        backward = mean_backward
         if mode != "sgd":
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 private = make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0,
                                        max_grad_norm=1.0, grad_sample_mode=mode)  # type: ignore[arg-type]
-            model, optimizer, loader = private.module, private.optimizer, private.data_loader
+            model, optimizer, loader, backward = private.module, private.optimizer, private.data_loader, private.backward
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
             for ehr, image, signal, mask, label in loader:
                 optimizer.zero_grad(set_to_none=True)
-                loss, _ = multimodal_loss(model(ehr, image, signal, mask), label, mask,
-                                          kl_weight=spec.model.kl_weight, consistency_weight=spec.model.consistency_weight)
-                loss.backward()
+                if label.numel() == 0:  # Poisson sampling can draw an empty batch
+                    continue
+                losses, _ = per_sample_loss(model(ehr, image, signal, mask), label, mask,
+                                            kl_weight=spec.model.kl_weight, consistency_weight=spec.model.consistency_weight)
+                backward(losses)
                 optimizer.step()
             times.append(time.perf_counter() - started)
         out[mode] = round(min(times), 4)

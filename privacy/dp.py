@@ -21,25 +21,53 @@ from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 from opacus.accountants.accountant import IAccountant
 from opacus.accountants.utils import get_noise_multiplier
+from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
 
 from privacy.errors import DPError
 
 log = logging.getLogger(__name__)
 
 Accountant = Literal["rdp", "prv"]
-GradSampleMode = Literal["hooks", "functorch", "ew"]
+# ghost: Opacus' fast gradient clipping with ghost norms (Li et al. 2022, "Large Language Models Can Be Strong
+# Differentially Private Learners"; Lee & Kifer 2021): per-sample gradient norms without per-sample gradients
+GradSampleMode = Literal["hooks", "functorch", "ew", "ghost"]
 GRAD_SAMPLE_MODES: tuple[str, ...] = get_args(GradSampleMode)
 _ACCOUNTANTS: dict[str, type[IAccountant]] = {"rdp": RDPAccountant, "prv": PRVAccountant}
 
 
+def mean_backward(per_sample_loss: torch.Tensor) -> None:
+    """Backpropagate the batch mean of `per_sample_loss` ([B]): plain training's backward pass, and
+    DP-SGD's where per-sample gradients are computed (sum / B: finite for an empty Poisson batch)."""
+    (per_sample_loss.sum() / max(per_sample_loss.shape[0], 1)).backward()
+
+
 @dataclass(frozen=True)
 class PrivateTraining:
-    """What `make_private` hands back: always these four fields, whatever the options."""
+    """What `make_private` hands back: always these fields, whatever the options.
+
+    Backpropagate a batch through `backward(per_sample_loss)`, not `loss.backward()`: under ghost
+    clipping the clipping happens inside the backward pass, which needs each sample's loss.
+    """
 
     module: torch.nn.Module
     optimizer: torch.optim.Optimizer
     data_loader: torch.utils.data.DataLoader
     engine: PrivacyEngine
+    grad_sample_mode: GradSampleMode = "hooks"
+
+    def backward(self, per_sample_loss: torch.Tensor) -> None:
+        """Backpropagate the batch mean of `per_sample_loss` (shape [B]) for the optimizer's next step.
+
+        With per-sample gradients (hooks, functorch, ew) one ordinary backward pass; the optimizer
+        clips each sample's gradient. Under ghost clipping two passes (Opacus'
+        `DPTensorFastGradientClipping`): the first yields each sample's gradient norm from the
+        layers' activations and backprops, the second backpropagates the losses weighted by each
+        sample's clip factor min(1, C / norm), so the summed gradient is already clipped per sample.
+        """
+        if self.grad_sample_mode == "ghost":
+            DPTensorFastGradientClipping(self.module, self.optimizer, per_sample_loss, "mean").backward()
+        else:
+            mean_backward(per_sample_loss)
 
 
 @dataclass(frozen=True)
@@ -158,7 +186,9 @@ def make_private(
     With `adaptive`, `max_grad_norm` is the starting clip bound and the optimizer's
     `max_grad_norm` holds the adapted one after training. `grad_sample_mode` picks how Opacus
     computes per-sample gradients (module hooks, torch.func vmap, or expanded weights); all give each sample's
-    own gradient (tests/privacy/test_dp.py), they differ only in speed (benchmarks/utility.py).
+    own gradient (tests/privacy/test_dp.py), they differ only in speed (benchmarks/dp_cost.py). "ghost" computes
+    no per-sample gradients, only their norms; its clipped sum is tested equal to the sum of each sample's own
+    clipped gradient. It cannot run adaptive clipping (Opacus' AdaClip optimizer reads per-sample gradients).
     """
     _check_accountant(accountant)
     if not (math.isfinite(noise_multiplier) and noise_multiplier >= 0):
@@ -168,13 +198,16 @@ def make_private(
     if grad_sample_mode not in GRAD_SAMPLE_MODES:
         raise DPError(f"grad_sample_mode must be one of {list(GRAD_SAMPLE_MODES)}, got {grad_sample_mode!r}")
     clipping: dict[str, object] = {"clipping": "flat"}
+    if adaptive is not None and grad_sample_mode == "ghost":
+        raise DPError("adaptive clipping needs per-sample gradients, which ghost clipping does not compute; "
+                      "use grad_sample_mode 'hooks' with adaptive clipping")
     if adaptive is not None:
         adaptive.check(noise_multiplier)
         clipping = {"clipping": "adaptive", "target_unclipped_quantile": adaptive.target_quantile,
                     "clipbound_learning_rate": adaptive.learning_rate, "unclipped_num_std": adaptive.count_noise,
                     "min_clipbound": adaptive.min_bound, "max_clipbound": adaptive.max_bound}
     engine = SiloPrivacyEngine(accountant=accountant, device=device)
-    module, optimizer, data_loader = engine.make_private(
+    wrapped = engine.make_private(
         module=module,
         optimizer=optimizer,
         data_loader=data_loader,
@@ -184,7 +217,10 @@ def make_private(
         grad_sample_mode=grad_sample_mode,
         **clipping,
     )
-    return PrivateTraining(module=module, optimizer=optimizer, data_loader=data_loader, engine=engine)
+    # ghost mode also hands back Opacus' loss wrapper; PrivateTraining.backward takes its place
+    module, optimizer, data_loader = (wrapped[0], wrapped[1], wrapped[-1])
+    return PrivateTraining(module=module, optimizer=optimizer, data_loader=data_loader, engine=engine,
+                           grad_sample_mode=grad_sample_mode)
 
 
 def noise_for_target(

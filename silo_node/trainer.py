@@ -30,7 +30,7 @@ from pipelines.models import (
     shared_parameter_names,
 )
 from pipelines.models.weights import shared_parameters
-from privacy.dp import AdaptiveClipping, DPStep, GradSampleMode, make_private
+from privacy.dp import AdaptiveClipping, DPStep, GradSampleMode, make_private, mean_backward
 from silo_node.evaluation import DEFAULT_THRESHOLD, VALIDATION_PREFIX, choose_threshold, clinical_metrics
 
 log = logging.getLogger(__name__)
@@ -58,11 +58,6 @@ def pick_device(preference: str = "auto") -> torch.device:
     log.info("training on CUDA: %s (torch %s, CUDA %s)", torch.cuda.get_device_name(0), torch.__version__,
              torch.version.cuda)
     return torch.device("cuda")
-
-
-def _mean_backward(per_sample: torch.Tensor) -> None:
-    """Plain training's backward pass: the batch mean of the per-sample losses."""
-    per_sample.mean().backward()
 
 
 @dataclass
@@ -131,7 +126,7 @@ class LocalTrainer:
         loader = DataLoader(self.train_set, batch_size=t.batch_size, shuffle=True)
         dp_step = None
         trained = model
-        backward = _mean_backward
+        backward = mean_backward
         if p.dp:
             noise = float(noise_multiplier or 0.0)
             adaptive = self.adaptive_clipping(noise)

@@ -54,6 +54,34 @@ def cross_modal_consistency(mu: Tensor, logvar: Tensor, present: Tensor) -> Tens
     return total / pairs.clamp(min=1.0)
 
 
+def per_sample_loss(
+    output: MultimodalOutput,
+    label: Tensor,
+    mask: Tensor,
+    *,
+    kl_weight: float,
+    consistency_weight: float,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Each sample's loss `[B]`, BCE + kl_weight·KL + consistency_weight·consistency, and the three terms `[B]`.
+
+    `mask` is the data's modality mask `[B, 3]`; modalities the model has no encoder for are
+    ignored whatever the mask says. DP-SGD's ghost clipping backpropagates these per-sample losses
+    (privacy.dp.PrivateTraining.backward).
+    """
+    logits, mu, logvar = output.logits, output.mu, output.logvar
+    if label.shape != logits.shape:
+        raise ModelInputError(f"label must have shape {list(logits.shape)} (one 0/1 per sample), got {list(label.shape)}")
+    if mask.shape != mu.shape[:2]:
+        raise ModelInputError(f"mask must have shape {list(mu.shape[:2])}, got {list(mask.shape)}")
+    present = (mask > 0.5).to(mu.dtype)
+    if output.present is not None:  # drop modalities the data has but the model does not encode
+        present = present * output.present
+    terms = {"bce": F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype), reduction="none"),
+             "kl": kl_to_standard_normal(mu, logvar, present),
+             "consistency": cross_modal_consistency(mu, logvar, present)}
+    return terms["bce"] + kl_weight * terms["kl"] + consistency_weight * terms["consistency"], terms
+
+
 def multimodal_loss(
     output: MultimodalOutput,
     label: Tensor,
@@ -62,31 +90,10 @@ def multimodal_loss(
     kl_weight: float,
     consistency_weight: float,
 ) -> tuple[Tensor, dict[str, float]]:
-    """BCE + kl_weight·KL + consistency_weight·consistency, each the mean of per-sample terms.
-
-    `mask` is the data's modality mask `[B, 3]`; modalities the model has no encoder for are
-    ignored whatever the mask says. Returns the loss and its parts as floats for logging.
-    """
-    logits, mu, logvar = output.logits, output.mu, output.logvar
-    batch = logits.shape[0]
-    if label.shape != logits.shape:
-        raise ModelInputError(f"label must have shape {list(logits.shape)} (one 0/1 per sample), got {list(label.shape)}")
-    if mask.shape != mu.shape[:2]:
-        raise ModelInputError(f"mask must have shape {list(mu.shape[:2])}, got {list(mask.shape)}")
-    present = (mask > 0.5).to(mu.dtype)
-    if output.present is not None:  # drop modalities the data has but the model does not encode
-        present = present * output.present
-    bce = F.binary_cross_entropy_with_logits(logits, label.to(logits.dtype), reduction="none")
-    kl = kl_to_standard_normal(mu, logvar, present)
-    consistency = cross_modal_consistency(mu, logvar, present)
-    per_sample = bce + kl_weight * kl + consistency_weight * consistency
+    """The batch loss, the mean of `per_sample_loss`, and its parts as floats for logging."""
+    per_sample, terms = per_sample_loss(output, label, mask, kl_weight=kl_weight, consistency_weight=consistency_weight)
     # sum / B equals mean for B >= 1 and stays finite for the empty batches Poisson sampling yields
-    n = max(batch, 1)
+    n = max(per_sample.shape[0], 1)
     loss = per_sample.sum() / n
-    parts = {
-        "loss": float(loss.detach()),
-        "bce": float(bce.detach().sum() / n),
-        "kl": float(kl.detach().sum() / n),
-        "consistency": float(consistency.detach().sum() / n),
-    }
+    parts = {"loss": float(loss.detach()), **{k: float(v.detach().sum() / n) for k, v in terms.items()}}
     return loss, parts

@@ -134,6 +134,49 @@ def test_per_sample_gradients_equal_each_samples_own_gradient(mode):
             assert torch.allclose(per_sample[i], reference[i][name], atol=1e-5), (mode, name, i)
 
 
+def test_ghost_clipping_sums_each_samples_own_clipped_gradient():
+    """Ghost clipping computes no per-sample gradients: its backward leaves the sum over samples of each
+    sample's own gradient (one backward pass per sample) scaled by min(1, C / its norm)."""
+    from pipelines.models import per_sample_loss
+
+    torch.manual_seed(0)
+    n, bound = 6, 0.05  # a bound below every sample's gradient norm: each one is clipped
+    data = (torch.randn(n, 6), torch.randn(n, 1, 8, 8), torch.randn(n, 2, 16), torch.ones(n, 3),
+            (torch.arange(n) % 2).float())
+    model = _demo_shaped_model()
+    model.training = False  # the embedding is its mean (no sampling noise); layers stay in training mode for Opacus
+    expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for i in range(n):
+        model.zero_grad()
+        out = model(*(x[i:i + 1] for x in data[:4]))
+        per_sample_loss(out, data[4][i:i + 1], data[3][i:i + 1], kl_weight=1e-3, consistency_weight=0.1)[0].sum().backward()
+        own = {name: p.grad.clone() for name, p in model.named_parameters()}
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in own.values()))
+        assert norm > bound
+        for name, g in own.items():
+            expected[name] += g * bound / norm
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*data), batch_size=n)
+    model.train()
+    private = make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+                           noise_multiplier=0.0, max_grad_norm=bound, grad_sample_mode="ghost")
+    model.training = False
+    losses, _ = per_sample_loss(private.module(*data[:4]), data[4], data[3], kl_weight=1e-3, consistency_weight=0.1)
+    private.backward(losses)
+    for name, p in model.named_parameters():
+        assert not hasattr(p, "grad_sample") or p.grad_sample is None, name  # no per-sample gradients were kept
+        assert torch.allclose(p.grad, expected[name], atol=1e-5), name
+
+
+def test_ghost_clipping_refuses_adaptive_clipping():
+    from privacy.dp import AdaptiveClipping
+
+    model = torch.nn.Linear(2, 1)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    with pytest.raises(DPError, match="ghost clipping"):
+        make_private(module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), data_loader=loader,
+                     noise_multiplier=1.0, max_grad_norm=1.0, grad_sample_mode="ghost", adaptive=AdaptiveClipping())
+
+
 def test_adaptive_clipping_needs_count_noise_above_half_sigma():
     from privacy.dp import AdaptiveClipping
 
