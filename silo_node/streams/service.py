@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
 from compliance.audit import AuditLog
@@ -48,19 +47,16 @@ class StreamService:
             self.mqtt = MqttReceiver(config.mqtt, self.intake)
 
     def run(self) -> None:
-        threads = []
-        if self.mqtt is not None:
-            threads.append(threading.Thread(target=self.mqtt.run, name="mqtt", daemon=True))
-        for t in threads:
-            t.start()
+        """Serve until stopped; raises `MqttRefused` (one line) when the broker refuses the silo's sign-in or TLS."""
         try:
+            if self.mqtt is not None:
+                self.mqtt.start()
             if self.config.http is not None:
                 from .http import serve
 
                 serve(self.config.http, self.intake)  # returns on Ctrl-C / SIGTERM
-            else:
-                for t in threads:
-                    t.join()
+            elif self.mqtt is not None:
+                self.mqtt.join()
         finally:
             self.stop()
 
