@@ -4,7 +4,8 @@ Both are small, append-mostly stores that several threads and processes of one n
 write to. WAL lets readers (a report, ``fedcare audit verify``) run while a node writes;
 ``synchronous=FULL`` makes every committed entry survive a power cut, which an audit
 trail must; ``BEGIN IMMEDIATE`` takes the write lock before reading the current head so
-two processes can never append on top of the same previous entry.
+two processes can never append on top of the same previous entry. A simulated node alone opens
+them with ``Durability.PROCESS_CRASH`` (compliance/durability.py): ``synchronous=OFF``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from compliance.durability import Durability
 
 BUSY_TIMEOUT_MS = 30_000
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite 3 database file
@@ -46,8 +49,9 @@ def file_problem(path: Path) -> str | None:
     return None if verdict == "ok" else f"is corrupt ({verdict})"
 
 
-def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
-    """Open ``path`` in autocommit mode (transactions are explicit) with WAL and FULL sync."""
+def connect(path: Path, *, read_only: bool = False,
+            durability: Durability = Durability.POWER_LOSS) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode (transactions are explicit) with WAL and the sync of ``durability``."""
     if read_only:
         conn = sqlite3.connect(
             f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None,
@@ -61,7 +65,7 @@ def connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
         )
         conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA synchronous={durability.sqlite_synchronous}")
     conn.row_factory = sqlite3.Row
     return conn
 

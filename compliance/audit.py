@@ -28,6 +28,7 @@ from typing import Any, Literal
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from compliance import _sqlite
+from compliance.durability import Durability
 from compliance.errors import AuditFieldError, AuditLogError
 from compliance.keys import public_key_hex
 from compliance.phi import check_no_phi
@@ -159,7 +160,7 @@ class AuditLog:
 
     @classmethod
     def open(cls, path: Path, *, node: str, signing_key: Ed25519PrivateKey,
-             role: Role = "silo") -> AuditLog:
+             role: Role = "silo", durability: Durability = Durability.POWER_LOSS) -> AuditLog:
         """Open (or create) the log at ``path`` for ``node``, which signs with ``signing_key``.
 
         A log belongs to one node and one key for life: opening it as another node or with
@@ -174,7 +175,7 @@ class AuditLog:
                                 "(with its -wal file). "
                                 "A node never starts a new log over an old one")
         try:
-            conn = _sqlite.connect(path)
+            conn = _sqlite.connect(path, durability=durability)
             with _sqlite.immediate(conn):
                 for statement in _SCHEMA:
                     conn.execute(statement)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from compliance import _sqlite
+from compliance.durability import Durability
 from compliance.errors import LedgerError
 
 _SCHEMA = """CREATE TABLE IF NOT EXISTS ledger (
@@ -54,7 +55,7 @@ class LedgerRow:
 class PrivacyLedger:
     """ε spent per silo, dataset, study and round, in SQLite (thread- and process-safe)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durability: Durability = Durability.POWER_LOSS) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
         problem = _sqlite.file_problem(self.path)
@@ -62,7 +63,7 @@ class PrivacyLedger:
             raise LedgerError(f"privacy ledger {self.path} {problem}; restore it from backup. Starting an "
                               "empty ledger would forget the privacy budget already spent")
         try:
-            self._conn = _sqlite.connect(self.path)
+            self._conn = _sqlite.connect(self.path, durability=durability)
             self._conn.execute(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{self.path} is not a readable privacy ledger ({exc})") from exc

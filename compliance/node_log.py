@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from compliance.audit import AuditLog, Role
+from compliance.durability import Durability
 from compliance.errors import AuditLogError
 from compliance.keys import load_or_create_signing_key
 
@@ -19,7 +20,8 @@ AUDIT_LOG_FILE = "audit.sqlite"
 SIGNING_KEY_FILE = "audit-signing-key.pem"
 
 
-def open_node_log(state_dir: Path, *, node: str, role: Role, state_files: Sequence[str] = ()) -> AuditLog:
+def open_node_log(state_dir: Path, *, node: str, role: Role, state_files: Sequence[str] = (),
+                  durability: Durability = Durability.POWER_LOSS) -> AuditLog:
     """Open the node's log in ``state_dir``; create it only if none of ``state_files`` exist there yet.
 
     ``state_files`` names what the node writes once it has done something (a database, a
@@ -37,4 +39,4 @@ def open_node_log(state_dir: Path, *, node: str, role: Role, state_files: Sequen
     elif not key.exists():
         raise AuditLogError(f"signing key {key} is missing but audit log {path} exists; restore the key from "
                             "backup (a new key could not continue this log)")
-    return AuditLog.open(path, node=node, role=role, signing_key=load_or_create_signing_key(key))
+    return AuditLog.open(path, node=node, role=role, signing_key=load_or_create_signing_key(key), durability=durability)

@@ -19,6 +19,7 @@ import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
 from compliance import file_problem
+from compliance.durability import Durability
 from compliance.node_log import open_node_log
 from coordinator.auth import Authenticator
 from coordinator.blobs import PARTIAL_MAX_AGE_S, BlobStore
@@ -98,9 +99,12 @@ class CoordinatorConfig(BaseModel):
 
 
 class Coordinator:
-    """The running coordinator: owns the server, the state and the ticker thread."""
+    """The running coordinator: owns the server, the state and the ticker thread.
 
-    def __init__(self, config: CoordinatorConfig) -> None:
+    `durability` is not configuration: `fedcare coordinator serve` always writes with
+    `Durability.POWER_LOSS`; only `fedcare simulate` passes PROCESS_CRASH (compliance/durability.py)."""
+
+    def __init__(self, config: CoordinatorConfig, *, durability: Durability = Durability.POWER_LOSS) -> None:
         self.config = config
         limit_malloc_arenas()  # before the server's threads exist
         state = Path(config.state_dir)
@@ -111,9 +115,9 @@ class Coordinator:
             raise StateError(f"state database {database} {problem}. Restore it from backup; the coordinator "
                              "will not start over it (studies and rounds would be lost)")
         self.audit_log = open_node_log(state, node="coordinator", role="coordinator",
-                                       state_files=(STATE_DATABASE, BLOB_DIR))
-        self.store = Store(open_engine(config.database or database))
-        self.federation = Federation(self.store, BlobStore(state / BLOB_DIR), audit=self.audit)
+                                       state_files=(STATE_DATABASE, BLOB_DIR), durability=durability)
+        self.store = Store(open_engine(config.database or database, durability=durability))
+        self.federation = Federation(self.store, BlobStore(state / BLOB_DIR, durability=durability), audit=self.audit)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), options=GRPC_OPTIONS)
         add_to_server(self.server, FederationService(self.federation, self._authenticator(state), audit=self.audit,
                                                      audit_log=self.audit_log, limits=config.inbound))

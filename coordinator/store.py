@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from compliance.durability import Durability
 from coordinator.errors import InvalidInput
 
 
@@ -140,16 +142,22 @@ class TrafficRow(Base):
     bytes_down: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
+def _sqlite_pragmas(durability: Durability) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={durability.sqlite_synchronous}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+    return on_connect
 
 
-def open_engine(url_or_path: str | Path) -> Engine:
-    """`sqlite:///...`, `postgresql://...`, or a plain path to a SQLite file; upgraded to the newest schema."""
+def open_engine(url_or_path: str | Path, *, durability: Durability = Durability.POWER_LOSS) -> Engine:
+    """`sqlite:///...`, `postgresql://...`, or a plain path to a SQLite file; upgraded to the newest schema.
+
+    `durability` sets a SQLite file's sync (compliance/durability.py: only `fedcare simulate` lowers it);
+    a server database keeps its own settings."""
     url = str(url_or_path)
     if "://" not in url:
         Path(url).parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +165,7 @@ def open_engine(url_or_path: str | Path) -> Engine:
     # A server database's connections can go stale; a local SQLite file's cannot (no ping per query).
     engine = create_engine(url, future=True, pool_pre_ping=not url.startswith("sqlite"))
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "connect", _sqlite_pragmas(durability))
     upgrade(engine)
     return engine
 

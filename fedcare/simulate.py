@@ -13,6 +13,10 @@ capacity take their turns in waves, in the same round. The study's results are t
 federation's own: `summary.json` and `final_model.pt` from the coordinator, as `fedcare demo`
 writes them.
 
+Nothing of a simulation outlives it for anyone to account for, so its coordinator and nodes
+write without waiting for the disk (`Durability.PROCESS_CRASH`, compliance/durability.py: no
+fsync per audit entry, ledger row, coordinator row or blob), which a real node never does.
+
 Reproducible: a simulated hospital's pseudonym key follows from the seed and its name
 (`simulated_pseudonym_key`), so the same seed and data give the same splits and, in the
 clear, the same model, bit for bit, as the same hospitals in a real federation.
@@ -33,6 +37,7 @@ from typing import Any
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
+from compliance.durability import Durability
 from compliance.keys import write_secret_file
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.study import StudySpec
@@ -47,6 +52,7 @@ from silo_node.node import SiloNode
 log = logging.getLogger(__name__)
 POLL_S = 0.01  # a stepped node's long-poll: the simulator, not the node, decides when it is its turn
 IDLE_PAUSE_S = 0.05  # a turn in which no hospital had work: wait this long before the next
+DURABILITY = Durability.PROCESS_CRASH  # of the simulation's coordinator and nodes (module docstring)
 
 
 class Engine(StrEnum):
@@ -120,7 +126,7 @@ class SiloHost:
             write_secret_file(key, simulated_pseudonym_key(seed, config.name), replace=True)
             channel = channels.setdefault(config.coordinator, grpc.insecure_channel(config.coordinator))
             node = SiloNode(config, CoordinatorClient(channel, silo=config.name, max_retries=config.max_retries,
-                                                      max_retry_s=60.0))
+                                                      max_retry_s=60.0), durability=DURABILITY)
             node.start()
             self.nodes.append(node)
 
@@ -187,7 +193,8 @@ def simulate(spec: StudySpec, silos: Sequence[SimulatedSilo], opts: SimulationOp
     # A Ray cluster's hosts reach the coordinator at this machine's address; a local one on loopback.
     host = ray.util.get_node_ip_address() if ray is not None and opts.address else "127.0.0.1"
     release: Callable[[], None] | None = None
-    coordinator = Coordinator(CoordinatorConfig(state_dir=out / "coordinator", listen=f"{host}:0", insecure=True)).start()
+    coordinator = Coordinator(CoordinatorConfig(state_dir=out / "coordinator", listen=f"{host}:0", insecure=True),
+                              durability=DURABILITY).start()
     target = f"{host}:{coordinator.port}"
     try:
         configs = [node_config(s, root=out / "silos", coordinator=target, spec=spec, opts=opts) for s in silos]

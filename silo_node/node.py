@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 
 from compliance.audit import Event
+from compliance.durability import Durability
 from compliance.node_log import open_node_log
 from compliance.witness import SignedHead, WitnessError, witness
 from compliance.keys import write_secret_file
@@ -78,17 +79,19 @@ class StudyState:
 
 
 class SiloNode:
-    def __init__(self, config: NodeConfig, client: CoordinatorClient) -> None:
+    def __init__(self, config: NodeConfig, client: CoordinatorClient, *,
+                 durability: Durability = Durability.POWER_LOSS) -> None:
+        """`durability`: not configuration; only `fedcare simulate` lowers it (compliance/durability.py)."""
         self.config = config
         self.client = client
         state = Path(config.state_dir)
         state.mkdir(parents=True, exist_ok=True)
         # A node with a ledger, approvals or keys but no audit log is refused, never given a fresh log.
         self.audit = open_node_log(state, node=config.name, role="silo",
-                                   state_files=STATE_FILES)
+                                   state_files=STATE_FILES, durability=durability)
         self._heads_exchanged_at = -math.inf
         self._count_after_exchange = -1  # this log's entry count right after the last exchange
-        self.ledger = PrivacyLedger(state / LEDGER_FILE)
+        self.ledger = PrivacyLedger(state / LEDGER_FILE, durability=durability)
         self.approvals = ApprovalBook(state)
         self.wrap_keys = _load_or_create_wrap_keys(state / WRAP_KEY_FILE)
         self.studies: dict[str, StudyState] = {}
