@@ -31,6 +31,13 @@ def check_silo_name(name: str, what: str = "silo name") -> None:
         raise InvalidInput(str(e)) from None
 
 
+def check_wrap_public_key(key: bytes) -> None:
+    """A joining silo's wrap key: none, or a 32-byte X25519 public key."""
+    if key and len(key) != WRAP_KEY_BYTES:
+        raise InvalidInput(f"wrap_public_key: {len(key)} bytes, expected a 32-byte X25519 public key; "
+                           "send the node's wrap key as it is (or none)")
+
+
 def check_member_keys(keys: Mapping[str, bytes]) -> dict[str, bytes]:
     """A region's members' wrap keys from a proposal answer, checked (names and 32-byte keys)."""
     if len(keys) > MAX_MEMBERS:

@@ -16,17 +16,18 @@ from typing import Any
 import grpc
 
 from compliance.audit import AuditLog
+from compliance.errors import ComplianceError
 from compliance.witness import SignedHead, WitnessError, witness
+from coordinator.analysis import mask_partner_keys
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import BlobError, BlobTruncated, chunk_blob, read_chunk, receive_blob_to, serialized_data_chunks
 from coordinator.api.protocol import TENSORS
-from coordinator.analysis import mask_partner_keys
 from coordinator.auth import Authenticator
-from compliance.errors import ComplianceError
+from coordinator.downloads import kind_name
 from coordinator.errors import CoordinatorError, InvalidInput, NotFound, PermissionDenied, Refused
+from coordinator.federation import Federation
 from coordinator.inbound import InboundLimits, check_answer, check_report, check_silo_name
-from coordinator.federation import Federation, kind_name
 from coordinator.store import SiloRow
 from coordinator.study_list import list_studies, other_participants, study_status
 
@@ -185,7 +186,7 @@ class FederationService(pb_grpc.FederationServicer):
                   pb.BLOB_FINAL_MODEL: self.fed.accept_final_model}.get(ref.kind)
         if accept is None:
             raise InvalidInput(f"silos may not push blobs of kind {kind_name(ref.kind)}")
-        self._may_upload(silo, first_header)  # before a byte is kept: no partial for a non-participant
+        self.fed.check_upload(silo, first_header)  # before a byte is kept: no partial for a non-participant
         round_ = self._round_now(ref.study_id)
         limit = MAX_CONTROL_BLOB if ref.kind == pb.BLOB_KEY_BUNDLE else self.fed.max_update_bytes(ref.study_id)
         try:
@@ -214,15 +215,6 @@ class FederationService(pb_grpc.FederationServicer):
                 return accept(silo, header, incoming)
         finally:
             self._count(ref.study_id, silo, up=received, round_=round_)
-
-    def _may_upload(self, silo: str, header: pb.BlobHeader) -> None:
-        """Only the expected sender of a running study may start (or resume) an upload."""
-        if header.ref.kind == pb.BLOB_KEY_BUNDLE:
-            row = self.fed.study(header.ref.study_id)
-            if row.key_holder != silo:
-                raise Refused(f"silo {silo} is not the key holder of study {row.id}")
-        else:
-            self.fed.check_upload(silo, header)
 
     @_rpc
     def QueryUpload(self, request: pb.BlobHeader, context: grpc.ServicerContext) -> pb.PushReply:

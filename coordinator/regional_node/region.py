@@ -27,7 +27,7 @@ from coordinator.api.protocol import Encryption, StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
-from coordinator.key_recipients import SEP, check_silo_name
+from coordinator.key_recipients import SEP, check_silo_name, check_wrap_public_key
 from coordinator.long_poll import long_poll
 from coordinator.regional_node.work import FinalizeWork, KeygenWork, KeyMaterial, RoundWork, Work, keys_from_upstream
 
@@ -95,8 +95,7 @@ class Region:
         check_silo_name(silo)
         if silo == self.name:
             raise InvalidInput(f"a silo may not take the region's own name {silo!r}")
-        if wrap_public_key and len(wrap_public_key) != 32:
-            raise InvalidInput("wrap_public_key must be a 32-byte X25519 public key")
+        check_wrap_public_key(wrap_public_key)
         with self._lock:
             self.silos[silo] = SiloLink(silo, sorted(modalities), wrap_public_key, self.clock())
             log.info("silo %s joined region %s (%s)", silo, self.name, ", ".join(modalities))
