@@ -30,9 +30,10 @@ import json
 import logging
 from collections.abc import Callable
 
+from coordinator.aggregation.base import AggregationRule
 from coordinator.api import federation_pb2 as pb
 from coordinator.api.protocol import Staleness, TrainingMode
-from coordinator.api.study import StudySpec
+from coordinator.api.study import SpecError, StudySpec
 from coordinator.errors import Refused
 from coordinator.outcome import RoundOutcome
 from coordinator.store import RoundRow, Store, StudyRow, UpdateRow
@@ -42,6 +43,18 @@ log = logging.getLogger(__name__)
 
 def is_async(spec: StudySpec) -> bool:
     return TrainingMode(spec.training.mode) is TrainingMode.ASYNC
+
+
+def check_buffer_fits(spec: StudySpec, rule: AggregationRule) -> None:
+    """SpecError naming training.buffer_size when a version's K updates can never be enough for the
+    study's rule (multi-Krum needs n > 2f + 2): refused at submission, not when version 1 fails.
+    A version is built from at most K updates (fewer when the buffer closes short of K)."""
+    k = spec.training.buffer_size
+    fewest = rule.fewest_updates()
+    if is_async(spec) and k < fewest:
+        raise SpecError(f"training.buffer_size: a version of this asynchronous study is built from {k} updates, but "
+                        f"aggregation.rule {spec.aggregation.rule!s} with its params needs at least {fewest}; "
+                        f"set training.buffer_size to {fewest} or more, or lower aggregation.params")
 
 
 def staleness_weight(spec: StudySpec, staleness: int) -> float:

@@ -488,8 +488,14 @@ class SiloNode:
                                nonce=task.nonce, weight=result.weight, encoding=encoded.encoding,
                                metadata_json=meta.to_json())
         started = time.monotonic()
-        self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
-                   epsilon=result.privacy.epsilon)
+        try:
+            self._send(header, encoded.data, kind="update", study=task.study_id, round_=task.round,
+                       epsilon=result.privacy.epsilon)
+        except CoordinatorRefusal:
+            if state.feedback is not None and not spec.protocol.encrypted:  # e.g. too stale for the async buffer
+                state.feedback.give_back(encoded.data)  # error feedback: sent with the next update, not lost
+                self._save_feedback(task.study_id, state.feedback)
+            raise
         state.link_bytes_per_s = len(encoded.data) / max(time.monotonic() - started, 1e-6)
 
     def on_screen(self, task: pb.Task) -> None:

@@ -55,6 +55,11 @@ class AggregationRule(ABC):
             )
         return self._combine(checked, w)
 
+    def fewest_updates(self) -> int:
+        """The fewest updates this rule, with its parameters, can aggregate (an asynchronous study's
+        buffer must hold at least this many: coordinator/buffer.py)."""
+        return self.min_updates
+
     @abstractmethod
     def _combine(self, updates: list[Update], weights: np.ndarray) -> AggregationResult:
         """Apply the rule to updates already checked by `validate_updates`."""

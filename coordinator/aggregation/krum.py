@@ -36,6 +36,10 @@ class MultiKrum(AggregationRule):
             raise AggregationError(f"krum: m (updates kept) must be a whole number >= 1, got {m!r}")
         self.f, self.m = int(f), int(m)
 
+    def fewest_updates(self) -> int:
+        """n > 2f + 2, and m <= n - f: what `_combine` checks."""
+        return max(2 * self.f + 3, self.m + self.f)
+
     def scores(self, rows: np.ndarray) -> np.ndarray:
         """Krum score of each row of an (n, d) matrix."""
         n = len(rows)

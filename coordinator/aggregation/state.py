@@ -17,6 +17,7 @@ import numpy as np
 
 from coordinator.aggregation import AggregationError, AggregationRule, ServerOptimizer, build_rule, build_server_optimizer
 from coordinator.aggregation.base import Update
+from coordinator.buffer import check_buffer_fits
 
 
 class StudyAggregation:
@@ -28,10 +29,12 @@ class StudyAggregation:
 
     @classmethod
     def for_spec(cls, spec: Any) -> "StudyAggregation":
-        """From a StudySpec's `aggregation` section (AggregationError names what is wrong)."""
+        """From a StudySpec's `aggregation` section (AggregationError names what is wrong; SpecError
+        when an asynchronous study's buffer is too small for the rule)."""
         a = spec.aggregation
-        return cls(build_rule(a.rule, dict(a.params)),
-                   build_server_optimizer(a.server_optimizer, a.server_learning_rate, a.server_momentum))
+        rule = build_rule(a.rule, dict(a.params))
+        check_buffer_fits(spec, rule)
+        return cls(rule, build_server_optimizer(a.server_optimizer, a.server_learning_rate, a.server_momentum))
 
     def step(self, model: Sequence[np.ndarray], delta: Sequence[np.ndarray]) -> Update:
         return self.optimizer.step(model, delta)

@@ -17,11 +17,19 @@ import numpy as np
 import pytest
 
 from coordinator.api import federation_pb2 as pb
+from coordinator.api.codecs import ErrorFeedback
 from coordinator.api.protocol import KeyBundle
-from coordinator.api.study import AggregationSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import (
+    AggregationSpec,
+    CompressionSpec,
+    ModelSpec,
+    PrivacySpec,
+    StudySpec,
+    TrainingSpec,
+)
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from coordinator.blobs import BlobStore
-from coordinator.errors import Refused
+from coordinator.errors import InvalidInput, Refused
 from coordinator.federation import Federation
 from coordinator.outcome import RoundOutcome
 from coordinator.store import RoundRow, Store, StudyRow, UpdateRow, open_engine
@@ -32,7 +40,8 @@ WEIGHTS = {"a": 30.0, "b": 10.0, "c": 20.0}
 
 
 class Run:
-    def __init__(self, root: Path, encryption: str = "none", rule: str = "fedavg") -> None:
+    def __init__(self, root: Path, encryption: str = "none", rule: str = "fedavg", params: dict | None = None,
+                 compression: CompressionSpec | None = None) -> None:
         self.root, self.encryption = root, encryption
         self.events: list[tuple[str, dict]] = []
         self.store = Store(open_engine(f"sqlite:///{root / 'c.sqlite'}"))
@@ -40,7 +49,10 @@ class Run:
         spec = StudySpec(name="async", modalities=("ehr",), model=ModelSpec(ehr_hidden=8, embed_dim=4),
                          training=TrainingSpec(rounds=4, min_silos=2, expected_silos=3, mode="async", buffer_size=2,
                                                max_staleness=1),
-                         privacy=PrivacySpec(dp=False, encryption=encryption), aggregation=AggregationSpec(rule=rule))
+                         privacy=PrivacySpec(dp=False, encryption=encryption),
+                         aggregation=AggregationSpec(rule=rule, params=params or {}),
+                         compression=compression or CompressionSpec())
+        self.spec = spec
         self.study = self.fed.submit_study(spec.to_json())
         sha = self.store.get(StudyRow, self.study).spec_sha256
         wrap = {s: SiloKeyPair.generate() for s in WEIGHTS}
@@ -61,6 +73,8 @@ class Run:
         self.names, v0 = decode_tensors(self.fed.blobs.get(self.fed.versions.sha(self.study, 0)))
         self.v0 = [np.array(a) for a in v0]
         self.rng = np.random.default_rng(0)
+        self.sent: dict[str, bytes] = {}  # each silo's last encoded update
+        self.trained: dict[str, list[list[np.ndarray]]] = {}  # each silo's deltas, in order
 
     def _federation(self) -> Federation:
         return Federation(self.store, BlobStore(self.root / "blobs"), audit=lambda e, **f: self.events.append((e, f)))
@@ -70,7 +84,7 @@ class Run:
         self.fed = self._federation()
 
     def push(self, silo: str, data: bytes, *, kind: int = pb.BLOB_UPDATE, task: pb.Task | None = None) -> None:
-        encoding = "" if kind == pb.BLOB_KEY_BUNDLE else ("tensors" if self.encryption == "none" else self.encryption)
+        encoding = "" if kind == pb.BLOB_KEY_BUNDLE else self.spec.protocol.update_encoding
         header = pb.BlobHeader(ref=pb.BlobRef(study_id=self.study, kind=kind), size=len(data),
                                sha256=hashlib.sha256(data).hexdigest(), encoding=encoding, metadata_json="{}",
                                round=task.round if task else 0, nonce=task.nonce if task else "", weight=WEIGHTS[silo])
@@ -84,8 +98,16 @@ class Run:
         assert (task.kind, task.round, task.model_version) == (pb.TASK_TRAIN, round_, round_ - 1), (silo, task)
         return task
 
-    def upload(self, silo: str, task: pb.Task) -> list[np.ndarray]:
+    def upload(self, silo: str, task: pb.Task, feedback: ErrorFeedback | None = None) -> list[np.ndarray]:
+        """A random delta sent for `task`; with `feedback`, compressed by the study's codec with error
+        feedback, and what the coordinator receives (the decoded update) is returned."""
         delta = [self.rng.normal(0, 0.01, a.shape).astype(np.float32) for a in self.v0]
+        self.trained.setdefault(silo, []).append(delta)
+        if feedback is not None:
+            data = feedback.encode(delta)
+            self.sent[silo] = data
+            self.push(silo, data, task=task)
+            return [np.asarray(a) for a in feedback.codec.decode(data, max_values=sum(a.size for a in delta))]
         if self.secret is None:
             data = encode_tensors(self.names, delta)
         else:
@@ -210,3 +232,80 @@ def test_when_every_silo_has_answered_short_of_a_quorum_the_study_ends_early(tmp
     row = run.store.get(StudyRow, run.study)
     assert (row.state, row.current_round) == ("finalizing", 2)  # evaluates and releases version 1
     assert "1 updates, quorum is 2" in RoundOutcome.of(run.store.get(RoundRow, run.study, 2).outcome_json).early_stop
+
+
+def _clip(x: np.ndarray, radius: float) -> np.ndarray:
+    norm = float(np.linalg.norm(x))
+    return x * min(1.0, radius / norm) if norm > 0 else x
+
+
+def _flat(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
+
+
+def _versions_1_and_2(run: Run) -> tuple[list[np.ndarray], list[np.ndarray], dict, dict]:
+    """Version 1 from a and b; version 2 from c's update of round 1 (one version stale) and a's."""
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    sent1 = {s: run.upload(s, tasks[s]) for s in ("a", "b")}
+    v1 = run.version(1, run.v0)
+    task_a = run.task("a", 2)
+    sent2 = {"c": run.upload("c", tasks["c"]), "a": run.upload("a", task_a)}
+    return v1, run.version(2, v1), sent1, sent2
+
+
+@pytest.mark.parametrize("rule", ["norm_bounding", "centered_clipping"])
+def test_norm_screening_and_centred_clipping_work_on_a_buffer(tmp_path: Path, rule: str) -> None:
+    """Each rule sees the staleness-scaled updates s(τ)·Δ, computed here by hand: norm bounding
+    clips each to `bound` and takes the sample-weighted mean; centred clipping (one iteration)
+    starts from the previous version's aggregate and averages the clipped distances to it."""
+    radius = 0.05  # below the norm of these updates: the rule changes the result
+    run = Run(tmp_path, rule=rule, params={"bound": radius} if rule == "norm_bounding" else {"tau": radius})
+    v1, v2, sent1, sent2 = _versions_1_and_2(run)
+    scaled = {"c": 2 ** -0.5 * _flat(sent2["c"]), "a": _flat(sent2["a"])}
+    assert all(np.linalg.norm(x) > radius for x in scaled.values())
+    if rule == "norm_bounding":
+        step = sum(WEIGHTS[s] * _clip(x, radius) for s, x in scaled.items()) / sum(WEIGHTS[s] for s in scaled)
+    else:
+        centre = (_flat(sent1["a"]) + _flat(sent1["b"])) / 2  # round 1: from the median of two, symmetric
+        step = centre + sum(_clip(x - centre, radius) for x in scaled.values()) / len(scaled)
+    np.testing.assert_allclose(_flat(v2) - _flat(v1), step, atol=1e-6)
+
+
+def test_a_buffer_too_small_for_the_rule_is_refused_at_submission_naming_the_field(tmp_path: Path) -> None:
+    fed = Federation(Store(open_engine(f"sqlite:///{tmp_path / 'c.sqlite'}")), BlobStore(tmp_path / "blobs"))
+    spec = StudySpec(name="krum-async", modalities=("ehr",), model=ModelSpec(ehr_hidden=8, embed_dim=4),
+                     training=TrainingSpec(min_silos=2, mode="async", buffer_size=4),
+                     privacy=PrivacySpec(dp=False, encryption="none"),
+                     aggregation=AggregationSpec(rule="krum", params={"f": 1}))
+    with pytest.raises(InvalidInput, match=r"^training\.buffer_size: .* built from 4 updates, .*krum.* at least 5"):
+        fed.submit_study(spec.to_json())
+    five = spec.model_copy(update={"name": "krum-async-5",
+                                   "training": spec.training.model_copy(update={"buffer_size": 5})})
+    assert fed.submit_study(five.to_json())  # n > 2f + 2: Krum's guarantee holds for every version
+
+
+def test_compression_with_error_feedback_in_an_asynchronous_study(tmp_path: Path) -> None:
+    """top-k with error feedback: each version is the staleness-weighted average of the decoded
+    updates; an update refused as too stale goes back into its silo's residual (give_back), so
+    error feedback's invariant holds: what was received + the residual = what was trained."""
+    run = Run(tmp_path, compression=CompressionSpec(codec="topk", fraction=0.2))
+    codec = run.spec.protocol.uplink_codec()
+    feedback = {s: ErrorFeedback(codec) for s in WEIGHTS}
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    got1 = {s: run.upload(s, tasks[s], feedback[s]) for s in ("a", "b")}
+    v1 = run.version(1, run.v0)
+    np.testing.assert_allclose(_flat(v1) - _flat(run.v0), sum(WEIGHTS[s] * _flat(got1[s]) for s in got1) / 40,
+                               atol=1e-6)
+    task_a, task_b = run.task("a", 2), run.task("b", 2)  # b trains on version 1 for a long time
+    got2 = {"c": run.upload("c", tasks["c"], feedback["c"]), "a": run.upload("a", task_a, feedback["a"])}
+    v2 = run.version(2, v1)
+    step = (WEIGHTS["c"] * 2 ** -0.5 * _flat(got2["c"]) + WEIGHTS["a"] * _flat(got2["a"])) / 50
+    np.testing.assert_allclose(_flat(v2) - _flat(v1), step, atol=1e-6)
+    # b's task of round 2 is two versions stale once a and c have built version 3 (max_staleness 1).
+    run.upload("a", run.task("a", 3), feedback["a"])
+    run.upload("c", run.task("c", 3), feedback["c"])
+    with pytest.raises(Refused, match="2 versions stale"):
+        run.upload("b", task_b, feedback["b"])
+    feedback["b"].give_back(run.sent["b"])  # what the node does with a refused update
+    np.testing.assert_allclose(_flat(got1["b"]) + feedback["b"].residual,
+                               _flat(run.trained["b"][0]) + _flat(run.trained["b"][1]), atol=1e-6)

@@ -39,6 +39,15 @@ class ErrorFeedback:
         self._layout = layout
         return data
 
+    def give_back(self, data: bytes) -> None:
+        """`data`, from `encode`, never reached the aggregate (the coordinator refused it, e.g. too
+        stale for an asynchronous buffer): what it carried goes back into the residual, so the
+        invariant above still holds and the next update sends it."""
+        if self.residual is None or self._layout is None:
+            raise CodecError("give_back before any encode: there is nothing this residual sent")
+        received = self.codec.decode(data, max_values=self._layout.total, max_arrays=len(self._layout.shapes))
+        self.residual = self.residual + flatten(received)[1]
+
     def residual_arrays(self) -> list[np.ndarray]:
         """The residual shaped like the update (float64); empty before the first round."""
         if self.residual is None or self._layout is None:
