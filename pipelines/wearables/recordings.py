@@ -132,10 +132,12 @@ def resample(grid: np.ndarray, t: np.ndarray, x: np.ndarray, rate_hz: float) -> 
     return np.where(n > 0, (sums[hi] - sums[lo]) / np.maximum(n, 1), linear)
 
 
-def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: int, index_date: date) -> Window | None:
-    """The normalised window ending at the last sample on or before `index_date` (a relative recording: its last
-    sample); None if none is."""
-    cutoff = np.inf if rec.relative else datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
+def window(rec: Recording, channels: Sequence[str], *, rate_hz: float, length: int,
+           index_date: date | None) -> Window | None:
+    """The normalised window ending at the last sample on or before `index_date` (a relative recording, or no
+    index date: its last sample); None if none is."""
+    cutoff = np.inf if rec.relative or index_date is None else \
+        datetime.combine(index_date + timedelta(days=1), time(), timezone.utc).timestamp()
     before = rec.seconds < cutoff
     if not before.any():
         return None

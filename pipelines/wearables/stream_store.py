@@ -16,7 +16,8 @@ snapshot always gives the same windows however much data arrives later, and the 
 exactly what a study trained on. `snapshot.recordings()` yields `DeviceRecording`s like the file
 readers (`pipelines.wearables.registry`), keyed by pseudonym; `snapshot_step` windows them inside
 ingestion (`pipelines.ingest.STEPS`) exactly as a recording file is windowed: before each patient's own
-index date.
+index date, taking the windows the receivers keep up to date as samples arrive where they stand for
+exactly the snapshot's rows (incremental windowing: `pipelines.wearables.stream_windows`).
 Malformed messages and refused ones (rate limits) are recorded with their reason, never stored as samples.
 """
 
@@ -32,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ import numpy as np
 from typing import TYPE_CHECKING
 
 from ..errors import PipelineError, SignalError
-from .device import DeviceRecording, series
+from .device import DeviceRecording
 
 if TYPE_CHECKING:  # windowing needs pandas and torch; the stream receivers only store, and start fast without them
     from ..steps import IngestRun, Step
@@ -115,25 +116,11 @@ class Snapshot:
 
     def recordings(self) -> Iterator[DeviceRecording]:
         """One `DeviceRecording` per (pseudonym, device): the snapshot's samples, channels by the device's names."""
+        from .stream_windows import recordings
+
         db = _connect(self.path)
         try:
-            rows = db.execute("SELECT patient, device, channel, t, v FROM samples WHERE seq <= ? "
-                              "ORDER BY patient, device, channel, t", (self.upto,))
-            key, chans, t, v, channel = None, {}, [], [], None
-            for patient, device, ch, ti, vi in rows:
-                if (patient, device) != key or ch != channel:
-                    if channel is not None:
-                        chans[channel] = series(np.array(t), np.array(v))
-                    t, v, channel = [], [], ch
-                if (patient, device) != key:
-                    if key is not None:
-                        yield DeviceRecording(key[0], chans, f"stream snapshot at {self.at:.3f}")
-                    key, chans = (patient, device), {}
-                t.append(ti)
-                v.append(vi)
-            if key is not None:
-                chans[channel] = series(np.array(t), np.array(v))
-                yield DeviceRecording(key[0], chans, f"stream snapshot at {self.at:.3f}")
+            yield from recordings(db, self.upto)
         finally:
             db.close()
 
@@ -151,6 +138,10 @@ class StreamStore:
 
     def close(self) -> None:
         self._db.close()
+
+    def connect(self) -> sqlite3.Connection:
+        """A connection of its own to the store's database, for work on another thread (`stream_windows`)."""
+        return _connect(self.path)
 
     def __enter__(self) -> "StreamStore":
         return self
@@ -233,8 +224,9 @@ class StreamWriter:
     acknowledgement (MQTT) or answer 503 (HTTP), so a slow disk slows the senders instead of growing memory.
     """
 
-    def __init__(self, store: StreamStore, *, capacity: int = 1000, max_group: int = 256) -> None:
-        self.store = store
+    def __init__(self, store: StreamStore, *, capacity: int = 1000, max_group: int = 256,
+                 on_commit: Callable[[Sequence[SampleBatch]], None] | None = None) -> None:
+        self.store, self.on_commit = store, on_commit  # on_commit(batches) after they committed (the window keeper)
         self._queue: queue.Queue[_Pending | None] = queue.Queue(maxsize=capacity)
         self._max_group = max_group
         self.stats: Counter = Counter()
@@ -272,8 +264,11 @@ class StreamWriter:
                     break
                 group.append(item)
             try:
-                self.stats["stored"] += self.store.append([b for p in group for b in p.batches])
+                batches = [b for p in group for b in p.batches]
+                self.stats["stored"] += self.store.append(batches)
                 error: BaseException | None = None
+                if self.on_commit is not None:
+                    self.on_commit(batches)
             except (sqlite3.Error, OSError) as e:  # nothing of the group is acknowledged; senders retry
                 log.error("stream store commit failed (%s); %d messages not acknowledged", e, len(group))
                 error = e
@@ -282,34 +277,40 @@ class StreamWriter:
 
 
 def snapshot_step(snapshot: Snapshot) -> "Step":
-    """The ingestion step windowing the snapshot's recordings as `pipelines.wearables.signals` windows files."""
+    """The ingestion step windowing the snapshot's recordings as `pipelines.wearables.signals` windows files, taking
+    the windows the receivers kept up to date where they stand for the snapshot's rows (`stream_windows`)."""
 
-    from .mapping import to_recording
-    from .recordings import window
     from .sampled import cutoff
     from .signals import ChosenSignal
+    from .stream_windows import SnapshotWindows, WindowSpec, read_snapshot, source_of
 
     def read_stream_snapshot(run: "IngestRun") -> None:
         assert run.latest is not None, "allocate_rows runs before read_stream_snapshot"
-        channels = tuple(run.cohort.signal_channels)
-        mapping = run.sources.wearable_mapping
-        for dev in snapshot.recordings():
-            run.signal_stats["records"] += 1
-            run.wearable_notes.devices[STREAM_DEVICE] += 1
-            own = run.index_date + timedelta(days=run.index_days.get(dev.patient_id, 0))  # the patient's index date
-            try:
-                rec, used = to_recording(dev, channels, mapping)
-                w = window(rec, channels, rate_hz=run.cohort.signal_rate_hz, length=run.cohort.signal_length,
-                           index_date=own)
-            except SignalError as e:
-                run.quarantine.add("signal", e)
-                continue
-            run.wearable_notes.add(STREAM_DEVICE, used, sorted(set(dev.channels) - set(used)))
-            if w is None:
-                run.signal_stats["unused_after_index_date"] += 1
-                continue
-            run.latest.offer(dev.patient_id, ChosenSignal(w.values, w.coverage, w.end - cutoff(own), w.source,
-                                                          w.hours))
+        spec = WindowSpec(tuple(run.cohort.signal_channels), run.cohort.signal_rate_hz, run.cohort.signal_length,
+                          run.sources.wearable_mapping)
+
+        def index_date_of(patient: str) -> date:
+            return run.index_date + timedelta(days=run.index_days.get(patient, 0))
+
+        counts = SnapshotWindows()
+        db = _connect(snapshot.path)
+        try:
+            for patient, _device, w in read_snapshot(db, snapshot.upto, spec, index_date_of, counts):
+                run.signal_stats["records"] += 1
+                run.wearable_notes.devices[STREAM_DEVICE] += 1
+                error = w.error()
+                if error is not None:
+                    run.quarantine.add("signal", error)
+                    continue
+                run.wearable_notes.add(STREAM_DEVICE, w.used, w.unused)
+                if w.values is None:
+                    run.signal_stats["unused_after_index_date"] += 1
+                    continue
+                run.latest.offer(patient, ChosenSignal(w.values, w.coverage, w.end - cutoff(index_date_of(patient)),
+                                                       source_of(_device), w.hours))
+        finally:
+            db.close()
+        run.signal_stats["cached"] += counts.reused  # windows the receivers kept up to date, not windowed again
 
     return read_stream_snapshot
 

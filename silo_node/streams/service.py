@@ -9,6 +9,7 @@ from compliance.audit import AuditLog
 from compliance.node_log import open_node_log
 from pipelines.deid import Deidentifier
 from pipelines.wearables.stream_store import StreamStore, StreamWriter
+from pipelines.wearables.stream_windows import WindowKeeper, pairs_of
 from silo_node.state_files import STATE_FILES, STREAMS_DIR
 
 from .intake import StreamIntake
@@ -37,7 +38,9 @@ class StreamService:
     def __init__(self, config: StreamsConfig, *, state_dir: Path, pseudonym_key: bytes, audit: AuditLog) -> None:
         self.config = config
         self.store = StreamStore(stream_store_dir(state_dir))
-        self.writer = StreamWriter(self.store, capacity=config.queue_batches)
+        self.windows = WindowKeeper(self.store.connect, every_s=config.window_every_s)  # incremental windowing
+        self.writer = StreamWriter(self.store, capacity=config.queue_batches,
+                                   on_commit=lambda batches: self.windows.touched(pairs_of(batches)))
         self.refusals = RefusalAudit(audit, interval_s=config.audit_interval_s)
         self.intake = StreamIntake(self.store, self.writer, Deidentifier(pseudonym_key), config, self.refusals)
         self.mqtt = None
@@ -64,6 +67,7 @@ class StreamService:
         if self.mqtt is not None:
             self.mqtt.stop()
         self.writer.close()
+        self.windows.close()
         self.refusals.close()
         log.info("streams stopped: %s", self.store.counts())
         self.store.close()

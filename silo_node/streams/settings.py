@@ -3,6 +3,7 @@
     [streams]
     queue_batches = 1000                 # messages waiting for the store; beyond it senders are held back
     audit_interval_s = 60                # refusals of one reason: one audit event per interval, with their count
+    window_every_s = 5                   # studies' windows brought up to date with arriving samples this often
     [streams.mqtt]
     host = "broker.hospital.internal"
     port = 8883
@@ -86,6 +87,8 @@ class StreamsConfig(_Strict):
     max_samples_per_message: int = Field(default=10_000, ge=1)
     # refusals of one reason within this many seconds are one audit event with their count (a flood stays bounded)
     audit_interval_s: float = Field(default=60.0, gt=0, le=86_400)
+    # the windows of studies' recordings are brought up to date with arriving samples this often
+    window_every_s: float = Field(default=5.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _some_receiver(self) -> "StreamsConfig":

@@ -34,3 +34,7 @@ def test_snapshot_of_streamed_recordings_ingests_like_the_files(tmp_path: Path):
     assert streamed.report.modalities["signal"].samples == files.report.modalities["signal"].samples > 0
     assert streamed.report.modalities["signal"].sources == {"stream": 12}
     np.testing.assert_allclose(signal_streams.numpy(), signal_files.numpy(), atol=1e-5)
+    assert streamed.report.modalities["signal"].cached == 0  # the first study over the store windows every recording
+    again = ingest_silo(wearables=[], steps=with_snapshot(STEPS, snapshot), **common)
+    assert again.report.modalities["signal"].cached == 12  # the next one takes the windows kept for the same rows
+    np.testing.assert_array_equal(again.dataset.signal.numpy(), signal_streams.numpy())
