@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
-#: Modules a worker imports once, before its first input (fhir.resources' models take seconds).
-PRELOAD = ["pipelines.ehr.fhir"]
+#: Modules a worker imports once, before its first input (fhir.resources' models, pydicom and MONAI take seconds).
+PRELOAD = ["pipelines.ehr.fhir", "pipelines.imaging.instances"]
 #: Inputs in flight per worker: enough to keep each busy, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 4
 

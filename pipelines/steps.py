@@ -272,7 +272,8 @@ def read_dicom(run: IngestRun) -> None:
                                     deid=run.deid, index_date=run.index_date, image_size=c.image_size, cache=run.cache,
                                     quarantine=run.quarantine, patients=run.known,
                                     study_owners=run.store.study_owners(), into=(run.row_of, run.image),
-                                    image_dims=c.image_dims, image_depth=c.image_depth, limits=run.limits)
+                                    image_dims=c.image_dims, image_depth=c.image_depth, limits=run.limits,
+                                    workers=run.workers)
     _fill(run.reports["image"], stats)
     run.reports["image"].patients = len(run.images)
 

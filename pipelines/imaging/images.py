@@ -19,21 +19,24 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Container, Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from ..cache import IngestCache, content_hash
 from ..deid import Deidentifier
-from .dicom import DicomHeader, DicomInput, normalise_slice, read_frame, read_header
-from ..errors import EXHAUSTION, DicomError, InputError, exhausted
+from ..errors import DicomError, InputError
 from ..limits import DEFAULT_LIMITS, IngestLimits
+from ..parallel import SEQUENTIAL, Workers, map_ordered
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
 from ..wearables.waveform_dicom import WaveformNotImage
+from .dicom import DicomInput
+from .instances import decode_local, decode_slice, headers
 from .series import Member, Series, SeriesIndex
 from .series_frames import GEOMETRY, check_geometry, series_frames, series_source
 from .volumes import series_volume
@@ -51,34 +54,12 @@ class ChosenImage:
     series: int = 1  # the patient's series on or before the index date, among which this one was chosen
 
 
-def _header(inp: DicomInput, deid: Deidentifier, index_date: date, cache: IngestCache, stats: Counter,
-            limits: IngestLimits) -> tuple[DicomHeader, str]:
-    try:
-        data = inp.read()
-    except OSError as e:
-        raise DicomError(f"cannot be read ({e}); check the path and its permissions", reason="unreadable",
-                         source=inp.source) from None
-    digest = content_hash(data)
-    hit = cache.get("dicom-header", digest)
-    if hit is not None:
-        meta = hit[0]
-        stats["cached"] += 1
-        return DicomHeader(**{**meta, "spacing": tuple(meta["spacing"])}), digest
-    try:
-        header = read_header(data, inp.source, deid, index_date, limits)
-    except EXHAUSTION as e:  # one file never aborts the run
-        why = exhausted(e, inp.source)
-        raise DicomError(str(why).removeprefix(f"{inp.source}: "), reason=why.reason, source=inp.source) from None
-    stats["parsed"] += 1
-    cache.put("dicom-header", digest, asdict(header))
-    return header, digest
-
-
 def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date: date, image_size: int,
                 cache: IngestCache, quarantine: Quarantine, patients: Container[str] | None = None,
                 study_owners: Mapping[str, str] | None = None,
                 into: tuple[Mapping[str, int], RowFile] | None = None, image_dims: int = 2,
-                image_depth: int = 16, limits: IngestLimits = DEFAULT_LIMITS) -> tuple[dict[str, ChosenImage], Counter]:
+                image_depth: int = 16, limits: IngestLimits = DEFAULT_LIMITS,
+                workers: Workers = SEQUENTIAL) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
@@ -87,23 +68,27 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
     `into` = (row by pseudonym, `RowFile` [N, 1, S, S] or [N, 1, D, S, S]): images of those patients are
     written to their row on disk and no image is kept in memory (`ChosenImage.image` is None), so memory
     does not grow with the number of patients. `image_dims` 3: a `[1, image_depth, S, S]` volume of the
-    whole chosen series instead of its middle slice.
+    whole chosen series instead of its middle slice. With `into`, only the images of patients with a row are
+    decoded (the series the cohort chooses); another patient's chosen series is reported, never decoded.
+    `workers` parse the local files' headers and decode their chosen slices (`pipelines.imaging.instances`).
     """
     if image_dims not in (2, 3):
         raise ValueError(f"image_dims must be 2 (slices) or 3 (volumes), got {image_dims!r}")
     stats: Counter = Counter()
     remote: dict[int, DicomInput] = {}  # inputs that are no local file: only these are kept to be read again
     with SeriesIndex() as index:
-        for k, inp in enumerate(inputs):
+        passes = headers(inputs, deid=deid, index_date=index_date, cache=cache, stats=stats, limits=limits,
+                         workers=workers)
+        for k, (inp, parsed) in enumerate(passes):
             stats["inputs_read"] += 1
-            try:
-                header, digest = _header(inp, deid, index_date, cache, stats, limits)
-            except WaveformNotImage:  # read by the wearable readers instead
+            if isinstance(parsed.refused, WaveformNotImage):  # read by the wearable readers instead
                 stats[f"unused_{WaveformNotImage.reason}"] += 1
                 continue
-            except DicomError as e:
-                quarantine.add("image", e)
+            if parsed.header is None:
+                assert parsed.refused is not None
+                quarantine.add("image", parsed.refused)
                 continue
+            header, digest = parsed.header, parsed.digest
             stats["records"] += 1
             pid, via_study = header.pseudonym, False
             if patients is not None and pid not in patients and study_owners and header.study_uid in study_owners:
@@ -115,23 +100,26 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
         chosen: dict[str, ChosenImage] = {}
         eligible: Counter = Counter()
         _choose_latest(index, stats, eligible)
-        for s in index.chosen():
-            members = index.members(s)
+        picks = [(s, index.members(s)) for s in index.chosen()]
+        decoded = iter(()) if image_dims == 3 else _decode_slices(
+            [members[len(members) // 2] for s, members in picks if into is None or s.pid in into[0]], remote,
+            image_size, cache, workers)
+        for s, members in picks:
             mid = members[len(members) // 2]
             slices = len(members) if len(members) > 1 else mid.frames
-            if image_dims == 3:
+            row = into[0].get(s.pid) if into is not None else None
+            image: np.ndarray | None = None
+            if into is not None and row is None:
+                pass  # an excluded or unknown patient's image is not needed: never decoded
+            elif image_dims == 3:
                 image = _volume(s, members, slices, remote, image_size, image_depth, cache, quarantine, stats)
             else:
-                image = _image(mid, slices, remote, image_size, cache, quarantine)
-            if image is None:
-                continue
-            kept: np.ndarray | None = image
-            if into is not None:
-                row = into[0].get(s.pid)
-                if row is not None:
-                    into[1].write(row, image)
-                kept = None  # on disk, or no row: an excluded or unknown patient's image is not needed
-            chosen[s.pid] = ChosenImage(kept, mid.day, slices, mid.source,
+                image = _slice(mid, slices, next(decoded), cache, quarantine)
+            if image is None and (into is None or row is not None):
+                continue  # quarantined
+            if into is not None and row is not None:
+                into[1].write(row, image)
+            chosen[s.pid] = ChosenImage(image if into is None else None, mid.day, slices, mid.source,
                                         "imaging_study" if index.via_study(s.uid) else "patient_id", eligible[s.pid])
     log.info("DICOM: %d instances in %d series, %d patients with an image", stats["records"], stats["series"], len(chosen))
     return chosen, stats
@@ -165,20 +153,33 @@ def _choose_latest(index: SeriesIndex, stats: Counter, eligible: Counter) -> Non
         index.choose(*current)
 
 
-def _image(mid: Member, slices: int, remote: Mapping[int, DicomInput], image_size: int, cache: IngestCache,
+def _decode_slices(mids: list[Member], remote: Mapping[int, DicomInput], image_size: int, cache: IngestCache,
+                   workers: Workers) -> Iterator[tuple[np.ndarray | DicomError, bool]]:
+    """For each chosen middle slice in order: (its image or why it cannot be decoded, whether from the cache).
+    Slices not in the cache are decoded: local files by `workers`, PACS instances here."""
+    cached = [cache.get("image", m.digest) is not None for m in mids]
+    local = [(m.source, m.path, m.spacing) for m, hit in zip(mids, cached) if not hit and m.path is not None]
+    decoded = map_ordered(partial(decode_local, image_size=image_size), local, workers)
+    for m, hit in zip(mids, cached):
+        entry = cache.get("image", m.digest) if hit else None
+        if entry is not None:
+            yield entry[1]["image"], True
+        elif not hit and m.path is not None:
+            yield next(decoded), False
+        else:  # a PACS instance, or a cache entry gone since it was listed
+            read = remote[m.k].read if m.path is None else Path(m.path).read_bytes
+            yield decode_slice(m.source, read, spacing=m.spacing, image_size=image_size), False
+
+
+def _slice(mid: Member, slices: int, decoded: tuple[np.ndarray | DicomError, bool], cache: IngestCache,
            quarantine: Quarantine) -> np.ndarray | None:
-    """The chosen slice as `[1, S, S]`, from the cache or decoded; None (quarantined) if it cannot be decoded."""
-    hit = cache.get("image", mid.digest)
-    if hit is not None:
-        return hit[1]["image"]
-    try:
-        data = remote[mid.k].read() if mid.path is None else Path(mid.path).read_bytes()
-        pixels = read_frame(data, mid.source)
-    except (DicomError, OSError) as e:
-        quarantine.add("image", e if isinstance(e, DicomError) else DicomError(str(e), reason="unreadable", source=mid.source))
+    """The chosen slice as `[1, S, S]` (cached once decoded); None (quarantined) if it could not be decoded."""
+    image, from_cache = decoded
+    if isinstance(image, DicomError):
+        quarantine.add("image", image)
         return None
-    image = normalise_slice(pixels, image_size, mid.spacing)
-    cache.put("image", mid.digest, {"slices": slices}, {"image": image})
+    if not from_cache:
+        cache.put("image", mid.digest, {"slices": slices}, {"image": image})
     return image
 
 
