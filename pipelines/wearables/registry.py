@@ -18,7 +18,8 @@ from ..errors import InputError
 from ..limits import IngestLimits
 from ..inputs import COMPRESSED, input_files
 from ..quarantine import Quarantine
-from . import apple_health, empatica, fitbit, garmin, openmhealth, recordings, waveform_dicom, wfdb_records
+from . import (apple_ecg, apple_health, empatica, fitbit, fitbit_account, garmin, openmhealth, recordings, waveform_dicom,
+               wfdb_records)
 from .device import DeviceRecording, Wants
 
 
@@ -36,6 +37,8 @@ class WearableReader:
 READERS: tuple[WearableReader, ...] = (
     WearableReader("empatica_e4", empatica.input_of, empatica.read, empatica.parts),
     WearableReader("fitbit", fitbit.input_of, fitbit.read, fitbit.parts),
+    WearableReader(fitbit_account.DEVICE, fitbit_account.input_of, fitbit_account.read, fitbit_account.parts),
+    WearableReader(apple_ecg.DEVICE, apple_ecg.input_of, apple_ecg.read),
     WearableReader("garmin_fit", garmin.fit_input_of, garmin.read_fit),
     WearableReader("garmin_csv", garmin.csv_input_of, garmin.read_csv),
     WearableReader("apple_health", apple_health.input_of, apple_health.read),
