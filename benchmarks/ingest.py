@@ -7,7 +7,8 @@ Each size and worker count is ingested in a fresh subprocess so peak RSS (ru_max
 (the ingesting process's; its workers are the forkserver's children): the FHIR read alone into a fact store
 (`fhir_read_*`: parsing, validation, de-identification, storing; `fhir_read_records_per_cpu_s`, with one worker,
 counts this process's CPU time only, a steadier figure on a shared machine), FHIR alone through the whole ingestion (records/s,
-per core and with every core), then every modality (images/s). `--fhir-validation` (pipelines.ehr.fhir_fields)
+per core and with every core), then every modality, timing its DICOM step (`dicom_images_per_s`: headers, choice and the
+chosen slices decoded, pipelines/imaging/instances.py) and the whole (images/s). `--fhir-validation` (pipelines.ehr.fhir_fields)
 chooses what of each FHIR resource is validated: the elements read (default) or every element (fhir.resources).
 """
 
@@ -35,9 +36,10 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
     from pipelines.ehr.factstore import FactStore
     from pipelines.ehr.fhir import read_fhir
     from pipelines.ehr.fhir_fields import FhirValidation
-    from pipelines.ingest import ingest_silo
+    from pipelines.ingest import STEPS, ingest_silo
     from pipelines.parallel import Workers
     from pipelines.quarantine import Quarantine
+    from pipelines.steps import IngestRun, read_dicom
 
     root = workdir / f"n{n}"
     h = next(d for d in sorted(root.iterdir()) if d.is_dir())
@@ -52,9 +54,18 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
     fhir = ingest_silo(fhir=[h / "fhir"], dicom=[], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY, workers=parallel,
                        fhir_validation=fhir_validation)
     fhir_s = time.perf_counter() - t0
+    dicom_s = 0.0
+
+    def timed_read_dicom(run: IngestRun) -> None:
+        nonlocal dicom_s
+        t = time.perf_counter()
+        read_dicom(run)
+        dicom_s = time.perf_counter() - t
+
     t0 = time.perf_counter()
     r = ingest_silo(fhir=[h / "fhir"], dicom=[h / "dicom"], wearables=[h / "wearables"], cohort=CohortSpec(),
-                    pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation)
+                    pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation,
+                    steps=tuple(timed_read_dicom if step is read_dicom else step for step in STEPS))
     seconds = time.perf_counter() - t0
     rep = r.report
     records = sum(m.records for m in rep.modalities.values())
@@ -69,6 +80,8 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             "fhir_records_per_s_per_core": round(fhir_records / fhir_s / workers, 1),
             "ingest_s": round(seconds, 1), "records": records, "records_per_s": round(records / seconds, 1),
             "images_per_s": round(rep.modalities["image"].records / seconds, 1),
+            "dicom_s": round(dicom_s, 2), "images": rep.modalities["image"].records,
+            "dicom_images_per_s": round(rep.modalities["image"].records / dicom_s, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_before_ingest_mb": round(rss_before / 1024, 1), "samples": rep.samples}
 
@@ -154,6 +167,9 @@ def main() -> None:
                       "fhir_records_per_s_all_cores": big(most)["fhir_records_per_s"],
                       "fhir_speedup_all_cores": round(big(most)["fhir_records_per_s"] / big(one)["fhir_records_per_s"], 2),
                       "images_per_s": big(most)["images_per_s"],
+                      "dicom_images_per_s_per_core": big(one)["dicom_images_per_s"],
+                      "dicom_images_per_s_all_cores": big(most)["dicom_images_per_s"],
+                      "dicom_speedup_all_cores": round(big(most)["dicom_images_per_s"] / big(one)["dicom_images_per_s"], 2),
                       f"peak_rss_mb_at_{args.small}": runs[f"{args.small}_patients_{one}_workers"]["peak_rss_mb"],
                       f"peak_rss_mb_at_{args.patients}": big(one)["peak_rss_mb"]}))
 
