@@ -11,6 +11,8 @@ sample times so the store tells them apart:
   (first publish to last commit; at saturation this is the receiver's sustained rate),
   publish -> stored latency p50/p99 (publish call to the store's commit time of the message).
 - http: 4 threads POST the same messages; a request returns after the commit.
+- parse: the parser alone (`silo_node.streams.messages.parse_message`), messages per CPU second with
+  FHIR validation of the elements read ("used-fields", the default) and of every element ("full").
 - kill: publishing, the receiver is killed with SIGKILL mid-stream and started again; messages the
   broker acknowledged (PUBACK) vs samples stored once everything is delivered: `lost` must be 0.
 The receiver's RSS is sampled from when it is ready until the kill (`rss_mb`: flat means no growth with load).
@@ -44,7 +46,7 @@ from silo_node.streams.messages import heart_rate_observation  # noqa: E402
 from silo_node.streams.service import stream_store_dir  # noqa: E402
 
 PHASE_START = {"mqtt": datetime(2024, 1, 1, tzinfo=timezone.utc), "http": datetime(2024, 2, 1, tzinfo=timezone.utc),
-               "kill": datetime(2024, 3, 1, tzinfo=timezone.utc)}
+               "kill": datetime(2024, 3, 1, tzinfo=timezone.utc), "parse": datetime(2024, 4, 1, tzinfo=timezone.utc)}
 PHASE_SPAN = timedelta(days=20)
 
 
@@ -201,6 +203,21 @@ def kill_phase(rx: Receiver, port: int, n: int, samples: int) -> dict:
             "lost": max(0, len(acked) * samples - stored), "duplicated": max(0, stored - len(acked) * samples)}
 
 
+def parse_phase(n: int, samples: int) -> dict:
+    """The receiver's parser alone, in this process: messages per CPU second with each FHIR validation."""
+    from pipelines.ehr.fhir_fields import FhirValidation
+    from silo_node.streams.messages import parse_message
+
+    bodies = [_message("parse", k, samples)[1] for k in range(n)]
+    out = {}
+    for validation in FhirValidation:
+        cpu = time.process_time()
+        for body in bodies:
+            parse_message(body, max_bytes=1 << 20, max_samples=10_000, validation=validation)
+        out[f"{validation.value}_messages_per_cpu_s"] = round(n / (time.process_time() - cpu), 1)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mqtt-messages", type=int, default=2000)
@@ -210,7 +227,13 @@ def main() -> None:
     ap.add_argument("--mqtt-rate", type=float, default=0.0,
                     help="messages per second offered over MQTT (0: as fast as the broker takes them, i.e. saturation)")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--parse-messages", type=int, default=2000, help="messages for the parser-only phase")
+    ap.add_argument("--parse-only", action="store_true", help="only the parser phase (no broker, no receiver)")
     args = ap.parse_args()
+    parse = parse_phase(args.parse_messages, args.samples)
+    if args.parse_only:
+        print(json.dumps({"benchmark": "streams", "samples_per_message": args.samples, "parse": parse}))
+        return
     root = args.workdir or Path(tempfile.mkdtemp(prefix="fedcare-streams-"))
     root.mkdir(parents=True, exist_ok=True)
     with local_broker(root) as port:
@@ -218,7 +241,7 @@ def main() -> None:
         rx.start()
         try:
             out = {"benchmark": "streams", "samples_per_message": args.samples,
-                   "mqtt_rate_offered": args.mqtt_rate or "max",
+                   "mqtt_rate_offered": args.mqtt_rate or "max", "parse": parse,
                    "mqtt": mqtt_phase(rx, port, args.mqtt_messages, args.samples, args.mqtt_rate),
                    "http": http_phase(rx, args.http_messages, args.samples)}
             rss_loaded = rx.rss[rx.ready_at:]

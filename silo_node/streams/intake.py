@@ -90,7 +90,8 @@ class StreamIntake:
                 raise SignalError("names no device or no patient; expected fedcare/<site>/<device>/<patient-ref>",
                                   reason="bad_topic")
             parsed = parse_message(payload, max_bytes=self.config.max_message_bytes,
-                                   max_samples=self.config.max_samples_per_message)
+                                   max_samples=self.config.max_samples_per_message,
+                                   validation=self.config.fhir_validation)
         except SignalError as e:
             self.quarantine(device=device, via=via, error=e, done=done)
             return

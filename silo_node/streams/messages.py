@@ -1,6 +1,8 @@
 """One streamed message -> its samples per channel, validated; the formats both receivers accept.
 
-A message body is JSON: one FHIR R4 Observation (validated with `fhir.resources`; `valueQuantity`
+A message body is JSON: one FHIR R4 Observation (the elements read are validated, typed with
+`fhir.resources`' FHIR primitives: `pipelines.ehr.fhir_fields`, as file ingestion does; `[streams]
+fhir_validation = "full"` validates every element with `fhir.resources`; `valueQuantity`
 is one sample at `effective[x]`, `valueSampledData` a run of samples `period` ms apart, as
 `pipelines.wearables.sampled` reads them; components likewise), one Open mHealth data point
 (IEEE 1752.1 schemas `pipelines.wearables.openmhealth.SCHEMAS`), or a JSON array of these. A
@@ -18,10 +20,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from pydantic import ValidationError
 
+from pipelines.ehr.fhir import validate
+from pipelines.ehr.fhir_fields import FhirValidation
 from pipelines.ehr.observations import codes_of
-from pipelines.errors import SignalError
+from pipelines.errors import FhirError, SignalError
 from pipelines.wearables.device import normal_name
 from pipelines.wearables.openmhealth import SCHEMAS, point_value
 from pipelines.wearables.sampled import CHANNEL_CODES, CHANNEL_GROUPS, CHANNEL_UNITS, decode
@@ -38,15 +41,17 @@ def check_size(size: int, *, max_bytes: int) -> None:
                           "message or raise [streams] max_message_bytes", reason="too_large")
 
 
-def parse_message(payload: bytes, *, max_bytes: int, max_samples: int) -> list[ChannelSamples]:
-    """The samples `payload` carries; raises `SignalError` (with a reason code) for anything malformed."""
+def parse_message(payload: bytes, *, max_bytes: int, max_samples: int,
+                  validation: FhirValidation = FhirValidation.USED_FIELDS) -> list[ChannelSamples]:
+    """The samples `payload` carries; raises `SignalError` (with a reason code) for anything malformed.
+    `validation`: what of an Observation is validated (`pipelines.ehr.fhir_fields`: the elements read, or all)."""
     check_size(len(payload), max_bytes=max_bytes)
     try:
         doc = json.loads(payload)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SignalError(f"is not JSON ({e}); expected a FHIR Observation or an Open mHealth data point",
                           reason="bad_json") from None
-    out = [s for item in (doc if isinstance(doc, list) else [doc]) for s in _samples(item)]
+    out = [s for item in (doc if isinstance(doc, list) else [doc]) for s in _samples(item, validation)]
     n = sum(int(t.size) for _, t, _ in out)
     if n == 0:
         raise SignalError("holds no samples; expected an Observation with valueQuantity or valueSampledData, or an "
@@ -61,12 +66,12 @@ def parse_message(payload: bytes, *, max_bytes: int, max_samples: int) -> list[C
     return out
 
 
-def _samples(item: Any) -> Iterator[ChannelSamples]:
+def _samples(item: Any, validation: FhirValidation) -> Iterator[ChannelSamples]:
     if not isinstance(item, dict):
         raise SignalError(f"holds a JSON {type(item).__name__}; expected an object (Observation or data point)",
                           reason="bad_message")
     if item.get("resourceType") == "Observation":
-        yield from _observation(item)
+        yield from _observation(item, validation)
     elif isinstance(item.get("header"), dict) and "schema_id" in item["header"]:
         yield _data_point(item)
     else:
@@ -97,15 +102,11 @@ def _factor(channel: str, unit: str | None) -> float:
     return table[unit]
 
 
-def _observation(raw: dict) -> Iterator[ChannelSamples]:
-    from fhir.resources.R4B.observation import Observation
-
+def _observation(raw: dict, validation: FhirValidation) -> Iterator[ChannelSamples]:
     try:
-        obs = Observation.model_validate(raw)
-    except ValidationError as e:
-        first = e.errors()[0]
-        raise SignalError(f"is not a valid FHIR Observation ({'.'.join(map(str, first['loc']))}: {first['msg']})",
-                          reason="invalid_fhir") from None
+        obs = validate("Observation", raw, validation)
+    except FhirError as e:  # names the first invalid element of those read (or of all, with "full")
+        raise SignalError(str(e), reason=e.reason) from None
     when = obs.effectiveDateTime or obs.effectiveInstant or (obs.effectivePeriod.start if obs.effectivePeriod else None)
     if not isinstance(when, datetime):
         raise SignalError("has no effective[x] date-time; expected the time of the (first) sample", reason="bad_timestamp")

@@ -4,6 +4,7 @@
     queue_batches = 1000                 # messages waiting for the store; beyond it senders are held back
     audit_interval_s = 60                # refusals of one reason: one audit event per interval, with their count
     window_every_s = 5                   # studies' windows brought up to date with arriving samples this often
+    fhir_validation = "used-fields"      # or "full": every element of each Observation (slower)
     [streams.mqtt]
     host = "broker.hospital.internal"
     port = 8883
@@ -24,6 +25,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.ehr.fhir_fields import FhirValidation
 
 #: MQTT topic layout: fedcare/<site>/<device>/<patient-ref> (the last two levels name device and patient).
 TOPIC_PREFIX = "fedcare"
@@ -89,6 +92,8 @@ class StreamsConfig(_Strict):
     audit_interval_s: float = Field(default=60.0, gt=0, le=86_400)
     # the windows of studies' recordings are brought up to date with arriving samples this often
     window_every_s: float = Field(default=5.0, gt=0, le=3600)
+    # FHIR Observations: the elements read validated (fast), or every element with fhir.resources ("full")
+    fhir_validation: FhirValidation = FhirValidation.USED_FIELDS
 
     @model_validator(mode="after")
     def _some_receiver(self) -> "StreamsConfig":
