@@ -125,13 +125,21 @@ class FederationService(pb_grpc.FederationServicer):
                     round_=task.round if task.kind == pb.TASK_TRAIN else None)
         return task
 
+    def _record(self, request: Any, context: grpc.ServicerContext, record: Callable[[str, Any], None],
+                check: Callable[[Any, InboundLimits], None] | None = None) -> pb.Ack:
+        """A silo's answer, report or screening scalars: from whom, checked against the inbound limits,
+        recorded by the Federation, its bytes counted against the round current when it arrived."""
+        silo = self.auth.silo(context, request.silo)
+        if check is not None:
+            check(request, self.limits)
+        round_ = self._round_now(request.study_id)
+        record(silo, request)
+        self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
+        return pb.Ack(ok=True)
+
     @_rpc
     def AnswerProposal(self, request: pb.ProposalAnswer, context: grpc.ServicerContext) -> pb.Ack:
-        silo = self.auth.silo(context, request.silo)
-        check_answer(request, self.limits)
-        self.fed.answer_proposal(silo, request)
-        self._count(request.study_id, silo, up=request.ByteSize())
-        return pb.Ack(ok=True)
+        return self._record(request, context, self.fed.answer_proposal, check_answer)
 
     @_rpc
     def FetchBlob(self, request: pb.BlobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
@@ -228,20 +236,11 @@ class FederationService(pb_grpc.FederationServicer):
 
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
-        silo = self.auth.silo(context, request.silo)
-        check_report(request, self.limits)
-        round_ = self._round_now(request.study_id)
-        self.fed.report_metrics(silo, request)
-        self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
-        return pb.Ack(ok=True)
+        return self._record(request, context, self.fed.report_metrics, check_report)
 
     @_rpc
     def ReportScreen(self, request: pb.ScreenReport, context: grpc.ServicerContext) -> pb.Ack:
-        silo = self.auth.silo(context, request.silo)
-        round_ = self._round_now(request.study_id)
-        self.fed.report_screen(silo, request)
-        self._count(request.study_id, silo, up=request.ByteSize(), round_=round_)
-        return pb.Ack(ok=True)
+        return self._record(request, context, self.fed.report_screen)
 
     @_rpc
     def ExchangeHeads(self, request: pb.SignedHead, context: grpc.ServicerContext) -> pb.SignedHead:

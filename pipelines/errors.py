@@ -1,8 +1,9 @@
 """The one exception hierarchy of `pipelines`.
 
 Messages follow pydicom's style: what was found, what was expected, what to do, and they
-name the file, record or field. Each error carries a short `reason` code; ingestion turns
-input errors into quarantine entries counted by that code.
+name the file, record or field. Each error carries a short `reason` code, declared with its
+class (`class FhirError(InputError, reason="invalid_fhir")`); ingestion turns input errors into
+quarantine entries counted by that code.
 """
 
 from __future__ import annotations
@@ -15,52 +16,47 @@ class PipelineError(Exception):
 
     reason: str = "error"
 
+    def __init_subclass__(cls, *, reason: str | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if reason is not None:
+            cls.reason = reason
+
     def __init__(self, message: str, *, reason: str | None = None, source: str | Path | None = None) -> None:
         self.reason = reason or type(self).reason
         self.source = str(source) if source is not None else None
         super().__init__(f"{self.source}: {message}" if self.source else message)
 
 
-class ConfigurationError(PipelineError):
+class ConfigurationError(PipelineError, reason="configuration"):
     """Arguments that cannot work (a too-short pseudonym key, an impossible cohort)."""
 
-    reason = "configuration"
 
-
-class InputError(PipelineError):
+class InputError(PipelineError, reason="invalid_input"):
     """One input file or record that cannot be used; it is quarantined, the run goes on."""
 
-    reason = "invalid_input"
+
+class FhirError(InputError, reason="invalid_fhir"):
+    """A FHIR resource or bundle that cannot be used (malformed, or invalid in an element ingestion reads)."""
 
 
-class FhirError(InputError):
-    reason = "invalid_fhir"
+class DicomError(InputError, reason="invalid_dicom"):
+    """A DICOM file, series or PACS answer that cannot be used."""
 
 
-class DicomError(InputError):
-    reason = "invalid_dicom"
+class SignalError(InputError, reason="invalid_signal"):
+    """A wearable signal (CSV, WFDB, FHIR sampledData, a stream message) that cannot be used."""
 
 
-class SignalError(InputError):
-    reason = "invalid_signal"
-
-
-class TabularError(InputError):
+class TabularError(InputError, reason="bad_row"):
     """A row, column or file of a tabular EHR extract (CSV, Parquet, OMOP table) that cannot be used."""
 
-    reason = "bad_row"
 
-
-class UnitError(InputError):
+class UnitError(InputError, reason="unknown_unit"):
     """A quantity whose unit cannot be converted to the unit the cohort asks for."""
 
-    reason = "unknown_unit"
 
-
-class DatasetError(PipelineError):
+class DatasetError(PipelineError, reason="invalid_dataset"):
     """Tensors that do not form a valid `MultimodalDataset` (shape, dtype, NaN/Inf)."""
-
-    reason = "invalid_dataset"
 
 
 #: What one hostile file can raise besides our own errors; caught per file, never aborting the run.
