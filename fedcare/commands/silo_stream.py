@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fedcare.commands.common import ConfigOpt, UserError, VerboseOpt, configure_logging, node_config
+from fedcare.commands.common import (
+    ConfigOpt,
+    UserError,
+    VerboseOpt,
+    configure_logging,
+    node_config,
+)
 
 
 def stream(config: ConfigOpt, verbose: VerboseOpt = False) -> None:
@@ -13,7 +19,10 @@ def stream(config: ConfigOpt, verbose: VerboseOpt = False) -> None:
     cfg = node_config(config)
     if cfg.streams is None:
         raise UserError(f"{config}: has no [streams] section; add [streams.mqtt] and/or [streams.http] (docs/streams.md)")
-    from silo_node.pseudonym_key import KEY_FILE, load_or_create_key  # not ingest_command: no torch in the receiver
+    from silo_node.pseudonym_key import (  # not ingest_command: no torch in the receiver
+        KEY_FILE,
+        load_or_create_key,
+    )
     from silo_node.streams.mqtt import MqttRefused
     from silo_node.streams.service import StreamService, open_stream_audit
 

@@ -21,7 +21,7 @@ import io
 import math
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +63,7 @@ def _recorded(text: str, path: Path) -> tuple[float, str | None]:
         except ValueError:
             continue
         if when.tzinfo is None:
-            return when.replace(tzinfo=timezone.utc).timestamp(), f"{path}: Recorded Date {text!r} has no UTC offset; taken as UTC"
+            return when.replace(tzinfo=UTC).timestamp(), f"{path}: Recorded Date {text!r} has no UTC offset; taken as UTC"
         return when.timestamp(), None
     raise SignalError(f"has Recorded Date {text!r}; expected a date like '2021-02-26 17:43:24 +0100' (the Health "
                       "app's export)", reason="bad_timestamp", source=path)

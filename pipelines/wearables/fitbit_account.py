@@ -20,7 +20,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,14 +61,14 @@ def _seconds(text: Any) -> float | None:
     text = str(text).strip()
     for layout in TIME_FORMATS:
         try:
-            return datetime.strptime(text, layout).replace(tzinfo=timezone.utc).timestamp()
+            return datetime.strptime(text, layout).replace(tzinfo=UTC).timestamp()
         except ValueError:
             continue
     try:
         when = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _number(value: Any, measure: str) -> float:

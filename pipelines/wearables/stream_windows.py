@@ -64,7 +64,7 @@ class WindowSpec:
                            "mapping": self.mapping.model_dump(mode="json")}, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "WindowSpec":
+    def from_json(cls, text: str) -> WindowSpec:
         d = json.loads(text)
         return cls(tuple(d["channels"]), float(d["rate_hz"]), int(d["length"]), WearableMapping(**d["mapping"]))
 
@@ -97,7 +97,7 @@ class StreamWindow:
                            "shape": list(self.values.shape) if self.values is not None else None})
 
     @classmethod
-    def _load(cls, fields: str, blob: bytes | None) -> "StreamWindow":
+    def _load(cls, fields: str, blob: bytes | None) -> StreamWindow:
         d = json.loads(fields)
         shape = d.pop("shape")
         values = np.frombuffer(blob, dtype=np.float32).reshape(shape).copy() if shape is not None else None
@@ -129,7 +129,9 @@ def recordings(db: sqlite3.Connection, upto: int) -> Iterator[DeviceRecording]:
 
 def window_of(dev: DeviceRecording, spec: WindowSpec, index_date: date | None) -> StreamWindow:
     """`dev` windowed for `spec` (cut at the index date, unless None), or the reason it cannot be."""
-    from .recordings import window  # pandas: only when windowing, not in the receivers' start-up
+    from .recordings import (
+        window,  # pandas: only when windowing, not in the receivers' start-up
+    )
 
     try:
         rec, used = to_recording(dev, spec.channels, spec.mapping)

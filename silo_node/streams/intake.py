@@ -20,7 +20,12 @@ from enum import StrEnum
 
 from pipelines.deid import Deidentifier
 from pipelines.errors import SignalError
-from pipelines.wearables.stream_store import SampleBatch, StoreBusy, StreamStore, StreamWriter
+from pipelines.wearables.stream_store import (
+    SampleBatch,
+    StoreBusy,
+    StreamStore,
+    StreamWriter,
+)
 
 from .messages import parse_message
 from .refusals import RefusalAudit

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +49,7 @@ def test_a_persons_days_are_one_recording_of_heart_rate_and_steps_with_gaps_for_
     assert dev.patient_id == "MRN-7" and dev.unused == ("calories",)
     t, bpm = dev.channels["heart_rate"]
     assert t.size == usable and np.all(bpm > 0) and np.all(np.diff(t) > 0)  # across midnight, in order
-    assert t[0] == datetime(2021, 1, 1, 23, 30, tzinfo=timezone.utc).timestamp()  # local time taken as UTC
+    assert t[0] == datetime(2021, 1, 1, 23, 30, tzinfo=UTC).timestamp()  # local time taken as UTC
     assert dev.channels["steps"][0].size == 59  # the "-" minute is a gap
 
     got = read([tmp_path], channels=("heart_rate", "steps"), rate_hz=1 / 60, length=32, index_date=date(2021, 1, 2),

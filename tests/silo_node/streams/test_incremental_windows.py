@@ -14,7 +14,12 @@ from pipelines.deid import Deidentifier
 from pipelines.wearables.mapping import WearableMapping, to_recording
 from pipelines.wearables.recordings import window
 from pipelines.wearables.stream_store import SampleBatch
-from pipelines.wearables.stream_windows import SnapshotWindows, WindowSpec, read_snapshot, register
+from pipelines.wearables.stream_windows import (
+    SnapshotWindows,
+    WindowSpec,
+    read_snapshot,
+    register,
+)
 from silo_node.streams.service import StreamService
 from silo_node.streams.settings import HttpSettings, StreamsConfig
 
