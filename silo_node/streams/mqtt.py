@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import threading
 
 import paho.mqtt.client as mqtt
@@ -65,13 +66,22 @@ class MqttReceiver:
             c.tls_set(ca_certs=str(settings.ca_cert), certfile=settings.cert and str(settings.cert),
                       keyfile=settings.key and str(settings.key), tls_version=ssl.PROTOCOL_TLS_CLIENT)
         if settings.username is not None:
-            password = settings.password_file.read_text().strip() if settings.password_file else None
-            c.username_pw_set(settings.username, password)
+            c.username_pw_set(settings.username, self._password())
         c.on_connect = self._on_connect
         c.on_connect_fail = self._on_connect_fail
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         self.client = c
+
+    def _password(self) -> str | None:
+        path = self.settings.password_file
+        if path is None:
+            return None
+        try:
+            return path.read_text().strip()
+        except OSError as e:
+            raise MqttRefused(f"[streams.mqtt] password_file {path} cannot be read ({e.strerror}); write the broker "
+                              "password for the silo's user there (readable by the node only)") from None
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, reason: object, props: object) -> None:
         if getattr(reason, "is_failure", False):
@@ -97,9 +107,7 @@ class MqttReceiver:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         """No connection (broker away, or TLS failed): a certificate that does not verify is refused, else retried."""
-        import sys
-
-        error = sys.exc_info()[1]
+        error = sys.exc_info()[1]  # called from paho's `except OSError` around the connection attempt
         if isinstance(error, ssl.SSLError):
             what = "its certificate does not verify against" if isinstance(error, ssl.SSLCertVerificationError) \
                 else "the TLS handshake failed with"

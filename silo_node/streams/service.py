@@ -47,7 +47,11 @@ class StreamService:
         if config.mqtt is not None:
             from .mqtt import MqttReceiver
 
-            self.mqtt = MqttReceiver(config.mqtt, self.intake)
+            try:
+                self.mqtt = MqttReceiver(config.mqtt, self.intake)
+            except Exception:  # noqa: BLE001 - a receiver that cannot be built: close what was opened, then say why
+                self.stop()
+                raise
 
     def run(self) -> None:
         """Serve until stopped; raises `MqttRefused` (one line) when the broker refuses the silo's sign-in or TLS."""

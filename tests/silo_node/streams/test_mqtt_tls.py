@@ -70,6 +70,10 @@ def test_the_receiver_signs_in_over_tls_and_a_wrong_password_or_ca_is_refused_in
             StreamService(StreamsConfig(mqtt=untrusted), state_dir=tmp_path / "d", pseudonym_key=KEY,
                           audit=node_audit).run()
 
+        absent = good.model_copy(update={"password_file": tmp_path / "nowhere.pw"})
+        with pytest.raises(MqttRefused, match=r"password_file .*nowhere.pw cannot be read \(No such file"):
+            StreamService(StreamsConfig(mqtt=absent), state_dir=tmp_path / "e", pseudonym_key=KEY, audit=node_audit)
+
         config = tmp_path / "node.toml"  # the command: one line naming the config and the setting to fix
         config.write_text(f'name = "st-mary"\ncoordinator = "127.0.0.1:1"\nstate_dir = "{tmp_path / "cli"}"\n'
                           f'insecure = true\n[data]\ndataset = "d"\nwearables = ["{tmp_path}"]\n'
