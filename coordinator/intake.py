@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from coordinator.analysis import parse_release
@@ -29,6 +30,22 @@ from coordinator.studies import Studies
 from coordinator.versions import ModelVersions
 
 MAX_METRIC_NAME = 64  # longer metric names are dropped
+
+
+def finite_metrics(rep: pb.MetricsReport) -> dict[str, float]:
+    """The report's metrics with names up to MAX_METRIC_NAME; InvalidInput if any is NaN or Inf."""
+    if not all(math.isfinite(v) for v in rep.metrics.values()):
+        raise InvalidInput("metrics contain NaN or Inf")
+    return {k: float(v) for k, v in rep.metrics.items() if len(k) <= MAX_METRIC_NAME}
+
+
+def check_same_model(silo: str, rep: pb.MetricsReport, others: Mapping[str, str]) -> None:
+    """Every silo must have obtained the same model for a version (under CKKS each decrypts it itself):
+    Refused, naming them, when `others` ({silo: sha256 of the model it evaluated}) differ from this report's."""
+    differing = sorted(s for s, sha in others.items() if s != silo and sha and rep.model_sha256 and sha != rep.model_sha256)
+    if differing:
+        raise Refused(f"silo {silo} obtained a different model for version {rep.model_version} than "
+                      f"{', '.join(differing)}: the aggregate was not the same for every silo")
 
 
 class Intake:
@@ -141,7 +158,9 @@ class Intake:
         if rep.skipped:
             if row.state != "running":
                 raise Refused("a round can only be skipped while the study is running")
-            self.store.add(SkipRow(study_id=row.id, round=rnd.number, silo=silo, reason=rep.skip_reason[:2000]))
+            if rep.budget_spent:  # an asynchronous study offers it no more tasks (coordinator/buffer.py)
+                self.buffer.note_budget_spent(self.studies.spec(row.id), rnd, silo)
+            self.store.add(SkipRow(study_id=row.id, round=rnd.number, silo=silo, reason=rep.skip_reason[:2000]), rnd)
             self.audit("round_skipped", study=row.id, silo=silo, round=rnd.number, reason=rep.skip_reason[:500])
             return
         outcome = RoundOutcome.of(rnd.outcome_json)
@@ -154,24 +173,18 @@ class Intake:
             rnd.outcome_json = outcome.to_json()
             self.store.add(rnd)
         self._check_same_aggregate(row, silo, rep)
-        clean = {k: float(v) for k, v in rep.metrics.items() if len(k) <= MAX_METRIC_NAME}
-        if any(v != v or v in (float("inf"), float("-inf")) for v in clean.values()):
-            raise InvalidInput("metrics contain NaN or Inf")
+        clean = finite_metrics(rep)
         self.store.add(MetricsRow(study_id=row.id, model_version=rep.model_version, silo=silo,
                                   metrics_json=dumps(clean), samples=int(rep.samples), model_sha=rep.model_sha256))
 
     def _check_same_aggregate(self, row: StudyRow, silo: str, rep: pb.MetricsReport) -> None:
-        """Every silo must have obtained the same model for a version (under CKKS each decrypts it itself)."""
-        if not rep.model_sha256:
-            return
-        others = {m.silo: m.model_sha for m in self.store.all(MetricsRow, study_id=row.id, model_version=rep.model_version)
-                  if m.silo != silo and m.model_sha}
-        differing = sorted(s for s, sha in others.items() if sha != rep.model_sha256)
-        if differing:
-            self.audit("update_refused", study=row.id, silo=silo, round=rep.round,
-                       reason=f"model version {rep.model_version} differs from {differing}")
-            raise Refused(f"silo {silo} obtained a different model for version {rep.model_version} than "
-                          f"{', '.join(differing)}: the aggregate was not the same for every silo")
+        """`check_same_model` against the stored reports of the version; a refusal is audited."""
+        others = {m.silo: m.model_sha for m in self.store.all(MetricsRow, study_id=row.id, model_version=rep.model_version)}
+        try:
+            check_same_model(silo, rep, others)
+        except Refused as e:
+            self.audit("update_refused", study=row.id, silo=silo, round=rep.round, reason=str(e)[:500])
+            raise
 
     def report_screen(self, silo: str, rep: pb.ScreenReport) -> None:
         """The key holder's decryption of the round's screening scalars (ckks-screen)."""

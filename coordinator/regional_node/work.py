@@ -38,6 +38,7 @@ from coordinator.api.protocol import (
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 from coordinator.errors import InvalidInput, Refused
+from coordinator.intake import check_same_model, finite_metrics
 from coordinator.key_recipients import SEP
 from coordinator.keystore import parse_key_bundle, public_only
 from coordinator.regional import EncryptedRegionalAggregate, RegionalAggregate
@@ -89,13 +90,8 @@ class MetricsBook:
     def add(self, silo: str, rep: pb.MetricsReport) -> None:
         if rep.model_version != self.model_version:
             raise Refused(f"metrics for model version {rep.model_version}; this task evaluates {self.model_version}")
-        if any(not math.isfinite(v) for v in rep.metrics.values()):
-            raise InvalidInput("metrics contain NaN or Inf")
-        differing = sorted(s for s, r in self.reports.items()
-                           if rep.model_sha256 and r.model_sha256 and r.model_sha256 != rep.model_sha256)
-        if differing:
-            raise Refused(f"silo {silo} obtained a different model for version {rep.model_version} than "
-                          f"{', '.join(differing)}: the aggregate was not the same for every silo")
+        finite_metrics(rep)
+        check_same_model(silo, rep, {s: r.model_sha256 for s, r in self.reports.items()})
         self.reports[silo] = rep
 
     def combined(self, upstream: pb.Task) -> pb.MetricsReport | None:
