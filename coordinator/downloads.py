@@ -18,6 +18,12 @@ def kind_name(kind: int) -> str:
     return pb.BlobKind.Name(kind) if kind in pb.BlobKind.values() else f"unknown kind ({kind})"
 
 
+def check_own_key(silo: str, ref: pb.BlobRef) -> None:
+    """A silo fetches only its own wrapped key (at the coordinator and at a region)."""
+    if ref.silo and ref.silo != silo:
+        raise Refused(f"silo {silo} may only fetch its own wrapped key, not {ref.silo!r}'s")
+
+
 class Downloads:
     def __init__(self, store: Store, blobs: BlobStore, studies: Studies, versions: ModelVersions) -> None:
         self.store, self.blobs, self.studies, self.versions = store, blobs, studies, versions
@@ -52,8 +58,7 @@ class Downloads:
         if ref.kind == pb.BLOB_PUBLIC_CONTEXT and row.public_context_sha and enrollment is not None:
             return pb.BlobHeader(ref=ref, sha256=row.public_context_sha), self.blobs.get(row.public_context_sha)
         if ref.kind == pb.BLOB_WRAPPED_KEY and enrollment is not None and enrollment.wrapped_key_sha:
-            if ref.silo and ref.silo != silo:
-                raise Refused(f"silo {silo} may only fetch its own wrapped key")
+            check_own_key(silo, ref)
             return pb.BlobHeader(ref=ref, sha256=enrollment.wrapped_key_sha), self.blobs.get(enrollment.wrapped_key_sha)
         raise NotFound(f"no blob of kind {kind_name(ref.kind)} for silo {silo} in study {row.id}")
 

@@ -31,6 +31,13 @@ ENROLLING = "enrolling"
 LATE_JOIN_STATES = ("keygen", "running")  # an acceptance then joins the next round if training.late_join
 
 
+def check_approval(ans: pb.ProposalAnswer, spec_sha256: str) -> None:
+    """An acceptance must name the hash of the spec the study has (the one the site approved)."""
+    if ans.accept and ans.spec_sha256 != spec_sha256:
+        raise Refused(f"the approved spec hash {ans.spec_sha256[:12]!r} does not match the study's spec "
+                      f"({spec_sha256[:12]}…); approve the study's current spec and answer again")
+
+
 def may_enroll(studies: Studies, row: StudyRow) -> bool:
     """A silo may still be proposed (and accept) the study now."""
     return row.state == ENROLLING or (row.state in LATE_JOIN_STATES and studies.spec(row.id).training.late_join)
@@ -61,8 +68,7 @@ class Enrollment:
         if late and not (ans.accept and may_enroll(self.studies, row)):
             why = "; its spec has training.late_join = false" if row.state in LATE_JOIN_STATES else ""
             raise Refused(f"study {ans.study_id} is no longer enrolling (state {row.state}){why}")
-        if ans.accept and ans.spec_sha256 != row.spec_sha256:
-            raise Refused("the approved spec hash does not match the study's spec")
+        check_approval(ans, row.spec_sha256)
         check_silo_name(silo)
         members = check_member_keys(ans.member_wrap_keys) if ans.accept else {}
         self.store.add(EnrollmentRow(study_id=ans.study_id, silo=silo, accepted=ans.accept, reason=ans.reason,

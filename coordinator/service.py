@@ -40,6 +40,7 @@ _STATUS = {
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 MAX_CONTROL_BLOB = 64 << 20  # key bundles and final models are bounded separately from updates
+NO_HEADER = "a blob stream must start with a header chunk; send the BlobHeader first, then the data"
 
 
 def rpc_errors(log_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -185,7 +186,7 @@ class FederationService(pb_grpc.FederationServicer):
         except BlobError:
             kind = ""
         if kind != "header":
-            raise InvalidInput("a blob stream must start with a header chunk")
+            raise InvalidInput(NO_HEADER)
         assert isinstance(head, pb.BlobHeader)
         first_header = head
         ref = first_header.ref

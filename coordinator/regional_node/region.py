@@ -26,6 +26,7 @@ from coordinator.api.codecs import ErrorFeedback
 from coordinator.api.protocol import Encryption, StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
+from coordinator.enrollment import check_approval
 from coordinator.errors import InvalidInput, NotFound, Refused
 from coordinator.key_recipients import SEP, check_silo_name, check_wrap_public_key
 from coordinator.long_poll import long_poll
@@ -149,8 +150,7 @@ class Region:
             st = self._study(ans.study_id)
             if st.answered_upstream:
                 raise Refused(f"region {self.name} already answered study {st.study_id} upstream; it is no longer enrolling")
-            if ans.accept and ans.spec_sha256 != st.spec.sha256():
-                raise Refused("the approved spec hash does not match the study's spec")
+            check_approval(ans, st.spec.sha256())
             st.answers[silo] = ans
             self.audit("study_approved" if ans.accept else "study_rejected", study=st.study_id, silo=silo,
                        reason=ans.reason[:500])

@@ -16,10 +16,11 @@ from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.chunks import chunk_blob, receive_blob
 from coordinator.auth import Authenticator
+from coordinator.downloads import check_own_key, kind_name
 from coordinator.errors import InvalidInput, Refused
 from coordinator.inbound import InboundLimits, check_answer, check_report, check_silo_name
 from coordinator.regional_node.region import Region
-from coordinator.service import rpc_errors
+from coordinator.service import NO_HEADER, rpc_errors
 
 MAX_KEY_BUNDLE = 64 << 20
 MAX_BLOB = 8 << 30  # updates and final models: the study's own limit (from the round's task) applies first
@@ -66,8 +67,7 @@ class RegionalService(pb_grpc.FederationServicer):
             header.CopyFrom(upstream_header)
             header.ref.CopyFrom(request)
         elif request.kind == pb.BLOB_WRAPPED_KEY:
-            if request.silo and request.silo != silo:
-                raise Refused(f"silo {silo} may only fetch its own wrapped key")
+            check_own_key(silo, request)
             data = self.region.wrapped_key(silo, request.study_id)
             header = pb.BlobHeader(ref=request)
         elif request.kind == pb.BLOB_PUBLIC_CONTEXT:
@@ -84,7 +84,7 @@ class RegionalService(pb_grpc.FederationServicer):
     def PushBlob(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.PushReply:
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
-            raise InvalidInput("a blob stream must start with a header chunk")
+            raise InvalidInput(NO_HEADER)
         ref = first.header.ref
         silo = self.auth.silo(context, ref.silo)
         if first.header.offset:
@@ -99,7 +99,7 @@ class RegionalService(pb_grpc.FederationServicer):
         elif ref.kind == pb.BLOB_FINAL_MODEL:
             self.region.accept_final_model(silo, header, blob)
         else:
-            raise InvalidInput(f"silos may not push blobs of kind {pb.BlobKind.Name(ref.kind) if ref.kind in pb.BlobKind.values() else ref.kind}")
+            raise InvalidInput(f"silos may not push blobs of kind {kind_name(ref.kind)}")
         return pb.PushReply(accepted=True, sha256=header.sha256, size=header.size)
 
     @_rpc
