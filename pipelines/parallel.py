@@ -40,6 +40,9 @@ class Workers(BaseModel):
     # imports fhir.resources) cost 5-10 s on a loaded 2-core machine, more than 100 synthetic patients'
     # bundles took to parse there; with 300 two workers parsed 1.7x as fast (benchmarks/ingest.py).
     min_inputs: int = Field(default=128, ge=1)
+    # An uncompressed NDJSON file larger than this is parsed in chunks of lines of about this size, each one input
+    # (pipelines/ehr/ndjson.py): 1 MiB is about a thousand resources, a second of one core's work.
+    ndjson_chunk_bytes: int = Field(default=1 << 20, ge=1 << 12)
 
     def count(self) -> int:
         """The number of workers: `processes`, else the cores this process may run on."""

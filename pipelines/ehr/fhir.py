@@ -47,6 +47,7 @@ from ..quarantine import Quarantine
 from ..wearables.sampled import segments_of
 from .factstore import FactStore
 from .fhir_fields import USED_FIELDS, FhirValidation
+from .ndjson import NdjsonChunk, lines, split_ndjson
 from .observations import _date as as_date
 from .observations import facts_of
 
@@ -69,6 +70,14 @@ class FileFacts:
     records: int = 0
     unused: Counter = field(default_factory=Counter)
 
+    def extend(self, more: FileFacts) -> None:
+        """Append the facts of the next piece of the same file."""
+        self.patients += more.patients
+        self.events += more.events
+        self.segments += more.segments
+        self.records += more.records
+        self.unused.update(more.unused)
+
     def to_json(self) -> dict[str, Any]:
         return {"patients": self.patients, "events": self.events, "segments": self.segments, "records": self.records,
                 "unused": dict(self.unused)}
@@ -85,23 +94,6 @@ def ref_key(ref: str) -> str:
         return ref
     parts = [p for p in ref.split("/_history/")[0].split("/") if p]
     return "/".join(parts[-2:])
-
-
-def _ndjson(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
-    """One resource per line, streamed; a line longer than `max_document_bytes` refuses the file."""
-    with open_input(path) as f:
-        n = 0
-        while line := f.readline(limits.max_document_bytes + 1):
-            n += 1
-            if len(line) > limits.max_document_bytes and not line.endswith(b"\n"):
-                raise FhirError(f"line {n} is longer than {limits.max_document_bytes} bytes (limits.max_document_bytes); "
-                                "expected one FHIR resource per line (Bulk Data NDJSON)", reason="too_large", source=path)
-            if line.strip():
-                try:
-                    yield "", json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise FhirError(f"line {n} is not valid JSON ({e}); expected one FHIR resource per line "
-                                    "(Bulk Data NDJSON)", reason="bad_json", source=path) from None
 
 
 def _top_level_type(path: Path) -> str | None:
@@ -137,11 +129,13 @@ def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
     yield "", json.loads(data)
 
 
-def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS) -> Iterator[tuple[str, dict]]:
-    """(fullUrl or "", resource dict) for every resource of a JSON bundle/resource or an NDJSON file, streamed."""
+def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS,
+                   chunk: NdjsonChunk | None = None) -> Iterator[tuple[str, dict]]:
+    """(fullUrl or "", resource dict) for every resource of a JSON bundle/resource or an NDJSON file (or `chunk` of
+    it, `pipelines.ehr.ndjson`), streamed."""
     try:
         ndjson = data_name(path).endswith(".ndjson")
-        for full_url, doc in (_ndjson(path, limits) if ndjson else _json(path, limits)):
+        for full_url, doc in (lines(chunk or path, limits) if ndjson else _json(path, limits)):
             if not isinstance(doc, dict) or "resourceType" not in doc:
                 raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
             if doc["resourceType"] == "Bundle":  # a Bundle inside NDJSON or a nested one: small by the line bound
@@ -175,8 +169,10 @@ def validate(rtype: str, raw: dict, validation: FhirValidation) -> Any:
 
 def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[InputError],
                channels: Sequence[str] = (), limits: IngestLimits = DEFAULT_LIMITS,
-               mrn_system: str | None = None, validation: FhirValidation = FhirValidation.USED_FIELDS) -> FileFacts:
-    """De-identified facts of one file; refused records are appended to `errors` (the file may be partly used).
+               mrn_system: str | None = None, validation: FhirValidation = FhirValidation.USED_FIELDS,
+               chunk: NdjsonChunk | None = None) -> FileFacts:
+    """De-identified facts of one file (or of `chunk`, lines of an NDJSON file); refused records are appended to
+    `errors` (the file may be partly used).
 
     `channels`: the study's wearable channels, read from Observations with valueSampledData.
     `mrn_system`: the identifier system that holds the MRN when a Patient has no identifier typed MR
@@ -184,7 +180,7 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
     `validation`: the elements read (default) or every element (`pipelines.ehr.fhir_fields`).
     """
     out = FileFacts()
-    for full_url, raw in iter_resources(path, limits):
+    for full_url, raw in iter_resources(path, limits, chunk):
         rtype = raw.get("resourceType")
         if rtype not in PARSED_TYPES:
             out.unused[f"resource_{rtype}"] += 1
@@ -232,16 +228,44 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
     return out
 
 
-def parse_or_refuse(path: Path, *, deid: Deidentifier, index_date: date, channels: Sequence[str] = (),
+def parse_or_refuse(item: Path | NdjsonChunk, *, deid: Deidentifier, index_date: date, channels: Sequence[str] = (),
                     limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None,
                     validation: FhirValidation = FhirValidation.USED_FIELDS,
                     ) -> tuple[FileFacts | None, list[InputError], InputError | None]:
-    """`parse_file` as one worker's job: (facts, refused records, None), or (None, [], why the file was refused)."""
+    """`parse_file` of a file or an NDJSON chunk as one worker's job: (facts, refused records, None), or
+    (None, [], why the file was refused)."""
     errors: list[InputError] = []
+    chunk = item if isinstance(item, NdjsonChunk) else None
+    path = chunk.path if chunk is not None else item
     try:
-        return parse_file(path, deid, index_date, errors, channels, limits, mrn_system, validation), errors, None
+        return parse_file(path, deid, index_date, errors, channels, limits, mrn_system, validation, chunk), errors, None
     except (FhirError, *EXHAUSTION) as e:
         return None, [], refusal(e, path)
+
+
+def _pieces(path: Path, workers: Workers) -> list[Path | NdjsonChunk]:
+    """What the workers parse of one file: its chunks when it is a large NDJSON file and there are workers to share
+    them, else the file."""
+    if workers.count() > 1 and data_name(path).endswith(".ndjson"):
+        try:
+            chunks = split_ndjson(path, workers.ndjson_chunk_bytes)
+        except OSError:
+            return [path]  # refused, with the reason, when it is parsed
+        if len(chunks) > 1:
+            return list(chunks)
+    return [path]
+
+
+def _merged(results: list[tuple[FileFacts | None, list[InputError], InputError | None]],
+            ) -> tuple[FileFacts | None, list[InputError], InputError | None]:
+    """One file's pieces, parsed in order, as `parse_or_refuse` of the whole file: the first refusal refuses it."""
+    facts, errors = FileFacts(), []
+    for got, refused_records, refused in results:
+        if got is None:
+            return None, [], refused
+        facts.extend(got)
+        errors += refused_records
+    return facts, errors, None
 
 
 @dataclass
@@ -274,7 +298,8 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
 
     `validation`: what of each resource is validated (`pipelines.ehr.fhir_fields`).
 
-    Files not in the cache are parsed by `workers` (pipelines.parallel) and merged here in path order.
+    Files not in the cache are parsed by `workers` (pipelines.parallel) and merged here in path order; with more
+    than one worker, a large NDJSON file in chunks of lines (`pipelines.ehr.ndjson`), merged in line order.
     Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
     References are resolved later, by `FactStore.resolve`, once every EHR input is read.
     """
@@ -296,15 +321,16 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         inputs.append((path, digest, cache.get("fhir", digest) is not None))
     parse = functools.partial(parse_or_refuse, deid=deid, index_date=index_date, channels=tuple(channels),
                               limits=limits, mrn_system=mrn_system, validation=validation)
-    parsed = map_ordered(parse, [path for path, _, cached in inputs if not cached], workers)
-    for path, digest, cached in inputs:
+    pieces = [_pieces(path, workers) if not cached else [] for path, _, cached in inputs]
+    parsed = map_ordered(parse, [piece for file_pieces in pieces for piece in file_pieces], workers)
+    for (path, digest, cached), file_pieces in zip(inputs, pieces):
         hit = cache.get("fhir", digest) if cached else None
         if hit is not None:
             out.cached += 1
             facts = FileFacts.from_json(hit[0])
             errors: list[InputError] = []
         else:  # (a cache entry gone since the walk is parsed here)
-            got, errors, refused = parse(path) if cached else next(parsed)
+            got, errors, refused = parse(path) if cached else _merged([next(parsed) for _ in file_pieces])
             if got is None:  # one file never aborts the run
                 quarantine.add("ehr", refused)
                 continue

@@ -83,7 +83,8 @@ def test_parallel_dicom_equals_sequential_on_pydicoms_test_files(tmp_path: Path)
                                     image_size=32, cache=IngestCache(None, ""), quarantine=quarantine, workers=workers)
         got[name] = (chosen, stats, quarantine.entries)
     (seq, seq_stats, seq_refused), (par, par_stats, par_refused) = got["sequential"], got["parallel"]
-    assert len(seq) >= 20 and seq_stats["parsed"] >= 20 and len(seq_refused) >= 10
+    assert len(seq) >= 10 and seq_stats["parsed"] >= 50 and len(seq_refused) >= 50  # 13, 78 and 98 with pydicom 3.0
+    assert "undecodable" in {e.reason for e in seq_refused}  # refused while decoding a chosen slice, in a worker
     assert par_stats == seq_stats and par_refused == seq_refused and par.keys() == seq.keys()
     for pid, image in seq.items():
         assert np.array_equal(par[pid].image, image.image) and par[pid].source == image.source
