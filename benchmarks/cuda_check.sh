@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
-$PY benchmarks/cuda_training.py --patients 600 20000 --threads "$(nproc)" >"$OUT/cuda_training.log" 2>&1
+$PY benchmarks/cuda_training.py --patients 600 5000 --threads "$(nproc)" >"$OUT/cuda_training.log" 2>&1
 echo "cuda_training rc=$?"; grep -v '^{' "$OUT/cuda_training.log" | tail -20; tail -1 "$OUT/cuda_training.log" >"$OUT/cuda_training.json"
 timeout 420 $PY -m fedcare demo --out "$DEMO" >"$OUT/demo.log" 2>&1
 echo "demo rc=$?"; tail -25 "$OUT/demo.log"

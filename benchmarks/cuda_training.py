@@ -9,8 +9,10 @@ measures what that buys and checks that it computes the same thing:
 - seconds per local round (one epoch, the study's batch size) on each device, DP and plain, per
   model (`demo`: the demo's DP-sized model; `cnn`: the default ModelSpec, MONAI CNN encoders),
   the GPU's peak memory, and samples per second;
-- without DP the same weights and round seed give the same update on both devices, up to float
-  rounding (max |CPU - CUDA| over the delta, relative to the delta's largest entry);
+- without DP, how far the same round (same weights, same round seed) lands on the two devices:
+  max |CPU - CUDA| over the delta, relative to its largest entry. It is not float rounding alone:
+  the reparameterisation and modality-dropout noise come from torch's CPU and CUDA generators,
+  which draw different streams from one seed, so a round is reproducible per device, not across;
 - under DP on CUDA, Opacus' per-sample gradients equal each sample's own gradient, computed by a
   separate backward pass (max abs difference), and the noise comes from the silo's CSPRNG-seeded
   generator on the GPU (privacy.dp.secret_generator), never torch's global one.
@@ -70,8 +72,11 @@ def timed_round(spec: StudySpec, data: torch.utils.data.Dataset, device: torch.d
         if i:  # the first round warms up kernels and allocators
             times.append(time.perf_counter() - started)
     finite = all(np.isfinite(d).all() for d in result.delta)
+    # the node evaluates every version it gets (metrics, threshold, gate report): that path runs on `device` too
+    metrics = trainer.evaluate([w + d for w, d in zip(weights, result.delta)])
     row = {"seconds_per_round": round(min(times), 4), "samples_per_s": round(len(data) / min(times), 1),
-           "delta_finite": bool(finite), "train_loss": round(result.train_loss, 4)}
+           "delta_finite": bool(finite), "train_loss": round(result.train_loss, 4),
+           "evaluated_auroc": round(metrics["auroc"], 4)}
     if device.type == "cuda":
         row["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return row

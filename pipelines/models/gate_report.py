@@ -29,13 +29,15 @@ def mean_gate_weights(model: nn.Module, loader_or_tensors: Iterable | Sequence[T
     module = unwrap(model)
     was_training = module.training
     module.eval()
+    device = next(module.parameters()).device
     sums = torch.zeros(len(MODALITIES), dtype=torch.float64)
     counts = torch.zeros(len(MODALITIES), dtype=torch.float64)
     try:
         for batch in _batches(loader_or_tensors):
             if len(batch) < 4:
                 raise ModelInputError(f"a batch must be (ehr, image, signal, mask[, label]), got {len(batch)} tensors")
-            ehr, image, signal, mask = batch[:4]
+            # batches come from a CPU data loader; the model may be on a GPU (the node's `device`)
+            ehr, image, signal, mask = (x.to(device) for x in batch[:4])
             gate = module(ehr, image, signal, mask).gate.double().cpu()
             present = (mask > 0.5).double().cpu()
             sums += (gate * present).sum(dim=0)
