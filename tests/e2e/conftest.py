@@ -101,3 +101,26 @@ def cluster(tmp_path: Path, hospitals) -> Iterator[Cluster]:
     c = Cluster(root=tmp_path, target=f"127.0.0.1:{free_port()}", hospitals=hospitals)
     yield c
     c.stop()
+
+
+@dataclass
+class Federation:
+    """A running coordinator and the three hospitals' silos with the demo's node config."""
+
+    cluster: Cluster
+    client: ResearcherClient
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, hospitals) -> Iterator[Federation]:
+    """One federation for a module's tests that each run their own study on it and change nothing
+    else: starting a coordinator and three silos (each importing torch and MONAI) is most of a
+    short study's time."""
+    c = Cluster(root=tmp_path_factory.mktemp("federation"), target=f"127.0.0.1:{free_port()}", hospitals=hospitals)
+    try:
+        client = c.start_coordinator()
+        for h in hospitals:
+            c.start_silo(h)
+        yield Federation(c, client)
+    finally:
+        c.stop()

@@ -1,4 +1,7 @@
-"""A real federation: coordinator + three silo processes over loopback gRPC."""
+"""A real federation: coordinator + three silo processes over loopback gRPC.
+
+Tests that only run a study of their own share one federation (conftest's `federation`); those
+that restart or reconfigure a process start their own (`cluster`)."""
 
 import hashlib
 import json
@@ -7,7 +10,7 @@ import signal
 import pytest
 import torch
 
-from coordinator.api.study import AggregationSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import AggregationSpec, CompressionSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 from silo_node.pseudonym_key import KEY_FILE
 
 pytestmark = pytest.mark.slow
@@ -51,15 +54,13 @@ def test_study_learns_and_survives_a_coordinator_restart(cluster) -> None:
         assert all(v > 0 for v in r["bytes_up"].values()) and all(v > 0 for v in r["bytes_down"].values())
 
 
-def test_ckks_aggregate_equals_the_plaintext_weighted_average(cluster, tmp_path) -> None:
+def test_ckks_aggregate_equals_the_plaintext_weighted_average(federation, tmp_path) -> None:
     """A DP study under CKKS spends at most its target and says how; then the same study without DP
     twice, once CKKS-encrypted, once in the clear: rounds are seeded from the study seed, so every
     silo computes the same update in both runs and the released models may differ only by the CKKS
     error of the encrypted weighted average (stated precision: 1e-6). (Two DP runs differ by design:
     the noise comes from each silo's own CSPRNG, #16 item 0.)"""
-    client = cluster.start_coordinator()
-    for h in cluster.hospitals:
-        cluster.start_silo(h)
+    cluster, client = federation.cluster, federation.client
     study_id = client.submit(_spec(1, dp=True, target_epsilon=8.0, encryption="ckks-exact"))
     summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
     eps = [e for r in summary["rounds"][1:] for e in r["epsilon"].values()]
@@ -78,11 +79,9 @@ def test_ckks_aggregate_equals_the_plaintext_weighted_average(cluster, tmp_path)
     assert 0 < worst <= 1e-6, f"encrypted and plaintext aggregates differ by {worst}"
 
 
-def test_a_model_far_above_grpcs_message_limit_travels_in_chunks(cluster, tmp_path) -> None:
+def test_a_model_far_above_grpcs_message_limit_travels_in_chunks(federation, tmp_path) -> None:
     """A 55 MB model (gRPC's default message limit is 4 MB) goes down to and back from every silo."""
-    client = cluster.start_coordinator()
-    for h in cluster.hospitals:
-        cluster.start_silo(h)
+    cluster, client = federation.cluster, federation.client
     spec = StudySpec(name="big", modalities=("ehr",), model=ModelSpec(ehr_hidden=3700),
                      training=TrainingSpec(rounds=1, local_epochs=1, learning_rate=0.01, min_silos=3, expected_silos=3),
                      privacy=PrivacySpec(dp=False, encryption="none"))
@@ -96,14 +95,12 @@ def test_a_model_far_above_grpcs_message_limit_travels_in_chunks(cluster, tmp_pa
     assert all(v > model_bytes for v in round1["bytes_down"].values())
 
 
-def test_a_server_optimiser_under_ckks_runs_at_every_silo_and_equals_the_clear_run(cluster, tmp_path) -> None:
+def test_a_server_optimiser_under_ckks_runs_at_every_silo_and_equals_the_clear_run(federation, tmp_path) -> None:
     """#14 item 1 under CKKS: the coordinator never sees the aggregate, so each silo applies the same
     FedAvgM step after decrypting; the coordinator's model-hash check passes (the study finishes)
     and the released model equals the same study's in the clear, where the coordinator steps,
     up to the CKKS error. Without the silos' step the two would differ by the momentum term."""
-    client = cluster.start_coordinator()
-    for h in cluster.hospitals:
-        cluster.start_silo(h)
+    cluster, client = federation.cluster, federation.client
     models = {}
     for encryption in ("ckks-exact", "none"):
         spec = StudySpec(name=f"fedavgm {encryption}", modalities=("ehr",),
@@ -118,6 +115,28 @@ def test_a_server_optimiser_under_ckks_runs_at_every_silo_and_equals_the_clear_r
         models[encryption] = torch.load(client.results(study_id, tmp_path / encryption)["model"])
     worst = max(float((models["ckks-exact"][k] - models["none"][k]).abs().max()) for k in models["none"])
     assert worst <= 1e-5, f"CKKS + FedAvgM at the silos and FedAvgM at the coordinator differ by {worst}"
+
+
+def test_topk_study_completes_and_counts_fewer_bytes(federation) -> None:
+    """A compressed study: top-k updates with error feedback, q8 downlink."""
+    cluster, client = federation.cluster, federation.client
+    spec = StudySpec(name="e2e-topk",
+                     training=TrainingSpec(rounds=2, local_epochs=2, min_silos=2, expected_silos=3, round_timeout_s=120),
+                     privacy=PrivacySpec(dp=False, encryption="none"),
+                     compression=CompressionSpec(codec="topk", fraction=0.05, zstd=True, downlink="q8"))
+    study_id = client.submit(spec)
+    summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
+    rounds = summary["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert summary["final"]["auroc"] > 0.5
+    up = [v for r in rounds[1:] for v in r["bytes_up"].values()]
+    down = [v for r in rounds[1:] for v in r["bytes_down"].values()]
+    full = 4 * 24_820  # the default model's float32 parameters, as uncompressed tensors
+    assert len(up) == 6 and all(0 < v < 0.2 * full for v in up), up
+    # version 0 travels as its hash (rebuilt from the seed at each silo), later versions as q8 deltas
+    assert all(0 < v < 0.3 * full for v in down), down
+    for h in cluster.hospitals:  # the residual is kept on disk at each silo
+        assert list((cluster.root / "silos" / h.name).rglob(f"feedback/{study_id}.fcup"))
 
 
 def test_a_proposal_the_silo_cannot_handle_is_refused_not_looped(cluster) -> None:
