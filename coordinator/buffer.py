@@ -118,23 +118,49 @@ class UpdateBuffer:
         """The buffer holds training.buffer_size updates: build the next version."""
         return is_async(spec) and len(updates) >= spec.training.buffer_size
 
+    def note_budget_spent(self, spec: StudySpec, buffer: RoundRow, silo: str) -> None:
+        """`silo` skipped `buffer` because its privacy budget allows no further local run (ε only
+        grows with each run, so none ever will): in an asynchronous study it is offered no more
+        tasks, and the buffer no longer waits for it; the study goes on with the others. Noted in
+        the buffer's outcome (the caller stores it with the skip), so a restart keeps it."""
+        if not is_async(spec):
+            return  # a synchronous round asks every silo; each refuses a round it cannot pay for
+        outcome = RoundOutcome.of(buffer.outcome_json)
+        if silo not in outcome.budget_spent:
+            outcome.budget_spent.append(silo)
+            buffer.outcome_json = outcome.to_json()
+            log.info("study %s: %s has spent its privacy budget; it is offered no further tasks", buffer.study_id, silo)
+
+    def budget_spent(self, study_id: str) -> set[str]:
+        """The silos of an asynchronous study whose privacy budget allows no further local run."""
+        return {s for r in self.store.all(RoundRow, study_id=study_id) for s in RoundOutcome.of(r.outcome_json).budget_spent}
+
+    def offered(self, spec: StudySpec, study_id: str, silos: list[str]) -> list[str]:
+        """`silos` less those whose budget is spent (an asynchronous study's next buffer asks only these)."""
+        if not is_async(spec):
+            return silos
+        spent = self.budget_spent(study_id)
+        return [s for s in silos if s not in spent]
+
     def awaited(self, rnd: RoundRow, keyed: list[str]) -> list[str]:
         """Whose answer (update or skip) the buffer waits for before it closes short of K updates:
         every keyed silo that took part in the study so far. A silo still training on an older
         version is no participant of this buffer (not seen since the last one opened) yet may
-        still fill it; one whose budget is spent skips it, and when all have answered with fewer
-        than training.min_silos updates the study ends early instead of waiting for the deadline."""
+        still fill it; one whose budget is spent skips it (and is not waited for after that), and
+        when all have answered with fewer than training.min_silos updates the study ends early
+        instead of waiting for the deadline."""
+        spent = self.budget_spent(rnd.study_id)
         took_part: set[str] = set()
         for r in self.store.all(RoundRow, study_id=rnd.study_id):
             if r.number <= rnd.number:
                 took_part.update(json.loads(r.participants_json))
-        return [s for s in keyed if s in took_part]
+        return [s for s in keyed if s in took_part and s not in spent]
 
     def enlist(self, spec: StudySpec, rnd: RoundRow, silo: str, *, keyed: bool) -> bool:
         """A silo that asks for work while an asynchronous study's buffer is open gets its next task
         at once: it is added to the round's participants if it took part in the study before (a new
         silo starts at the next round, where its joining is recorded) and, under CKKS, holds the key."""
-        if not is_async(spec) or rnd.state != "open" or not keyed:
+        if not is_async(spec) or rnd.state != "open" or not keyed or silo in self.budget_spent(rnd.study_id):
             return False
         participants = json.loads(rnd.participants_json)
         if silo in participants:

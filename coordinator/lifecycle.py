@@ -241,7 +241,7 @@ class StudyLifecycle:
         a silo that neither answered `closing` nor asked for work since it opened is dropped from
         the quorum after that deadline, and is back at the next round once it asks again. If that
         leaves fewer than min_silos, everyone is asked (the round then waits for its deadline)."""
-        keyed = self.studies.keyed(row.id)
+        keyed = self.buffer.offered(self.studies.spec(row.id), row.id, self.studies.keyed(row.id))  # async: budget left
         present = []
         for s in keyed:
             seen = self.store.get(SiloRow, s)

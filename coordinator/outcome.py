@@ -44,6 +44,9 @@ class RoundOutcome(BaseModel):
     # training.mode = "async" (coordinator/buffer.py): each buffered update's staleness, versions
     # built since the one its silo trained on; stored as it arrives, so a restart resumes the buffer
     staleness: dict[str, int] = Field(default_factory=dict)
+    # ... and the silos that skipped this buffer because their privacy budget allows no further
+    # local run (MetricsReport.budget_spent): offered no more tasks in this study
+    budget_spent: list[str] = Field(default_factory=list)
     # reopening and finishing
     retries: int = 0
     last_failure: str | None = None

@@ -159,6 +159,7 @@ class RoundAggregator:
             outcome, data = self._close_encrypted(row, spec, updates, running, scales)
             base = rnd.number - 1
         outcome.staleness = previous.staleness  # the version's contributors, with how stale each was
+        outcome.budget_spent = previous.budget_spent  # and who left the study with its budget spent
         before = self.versions.get(row.id, rnd.number - 1)
         sha = self.blobs.put(data, serve=protocol.downlink_encoding is None,  # silos fetch it, or its delta
                              replaces=before.blob_sha if before is not None else None)

@@ -467,9 +467,12 @@ class SiloNode:
         except BudgetRefused as e:
             self.audit.append("budget_refused", study=task.study_id, round=task.round, epsilon_after=e.epsilon_after,
                               cap=e.cap)
+            # ε only grows: no later local run fits under the cap either (budget_spent: an
+            # asynchronous study then offers this silo no more tasks, so this is said once)
             self._report(pb.MetricsReport(study_id=task.study_id, round=task.round, nonce=task.nonce,
-                                          model_version=task.model_version, skipped=True, skip_reason=str(e)))
-            log.warning("round %d skipped: %s", task.round, e)
+                                          model_version=task.model_version, skipped=True, skip_reason=str(e),
+                                          budget_spent=True))
+            log.warning("study %s round %d skipped: %s", task.study_id, task.round, e)
             return
         self.audit.append("round_joined", study=task.study_id, round=task.round)
         result = private.train(weights, study=task.study_id, round_=task.round, round_seed=task.round_seed)

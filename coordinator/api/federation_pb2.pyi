@@ -212,7 +212,7 @@ class PrivacyReport(_message.Message):
     def __init__(self, enabled: _Optional[bool] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., noise_multiplier: _Optional[float] = ..., sample_rate: _Optional[float] = ..., steps: _Optional[int] = ..., accountant: _Optional[str] = ...) -> None: ...
 
 class MetricsReport(_message.Message):
-    __slots__ = ("silo", "study_id", "round", "model_version", "metrics", "samples", "skipped", "skip_reason", "privacy", "model_sha256", "nonce")
+    __slots__ = ("silo", "study_id", "round", "model_version", "metrics", "samples", "skipped", "skip_reason", "privacy", "model_sha256", "nonce", "budget_spent")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class MetricsReport(_message.Message):
     PRIVACY_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SPENT_FIELD_NUMBER: _ClassVar[int]
     silo: str
     study_id: str
     round: int
@@ -242,7 +243,8 @@ class MetricsReport(_message.Message):
     privacy: PrivacyReport
     model_sha256: str
     nonce: str
-    def __init__(self, silo: _Optional[str] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., samples: _Optional[int] = ..., skipped: _Optional[bool] = ..., skip_reason: _Optional[str] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ..., model_sha256: _Optional[str] = ..., nonce: _Optional[str] = ...) -> None: ...
+    budget_spent: bool
+    def __init__(self, silo: _Optional[str] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., model_version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., samples: _Optional[int] = ..., skipped: _Optional[bool] = ..., skip_reason: _Optional[str] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ..., model_sha256: _Optional[str] = ..., nonce: _Optional[str] = ..., budget_spent: _Optional[bool] = ...) -> None: ...
 
 class ScreenReport(_message.Message):
     __slots__ = ("silo", "study_id", "round", "nonce", "values")

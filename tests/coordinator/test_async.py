@@ -309,3 +309,29 @@ def test_compression_with_error_feedback_in_an_asynchronous_study(tmp_path: Path
     feedback["b"].give_back(run.sent["b"])  # what the node does with a refused update
     np.testing.assert_allclose(_flat(got1["b"]) + feedback["b"].residual,
                                _flat(run.trained["b"][0]) + _flat(run.trained["b"][1]), atol=1e-6)
+
+
+def test_a_silo_whose_budget_is_spent_is_offered_no_further_tasks(tmp_path: Path) -> None:
+    """a skips buffer 2 with budget_spent (its ε cap allows no further local run): it is asked to
+    no later buffer, also after a restart, and the buffers do not wait for it; b and c build the
+    versions on and the study finishes."""
+    run = Run(tmp_path)
+    tasks = {s: run.task(s, 1) for s in WEIGHTS}
+    run.upload("a", tasks["a"])
+    run.upload("b", tasks["b"])
+    task_a = run.task("a", 2)
+    run.fed.report_metrics("a", pb.MetricsReport(study_id=run.study, round=2, nonce=task_a.nonce, model_version=1,
+                                                 skipped=True, skip_reason="privacy budget: above the cap",
+                                                 budget_spent=True))
+    assert ("round_skipped", {"study": run.study, "silo": "a", "round": 2,
+                              "reason": "privacy budget: above the cap"}) in run.events
+    run.upload("c", tasks["c"])  # c's stale update of round 1 and b's fill buffer 2
+    run.upload("b", run.task("b", 2))
+    run.restart()
+    for r in (3, 4):
+        assert json.loads(run.store.get(RoundRow, run.study, r).participants_json) == ["b", "c"]
+        assert run.fed.next_task("a", 0).kind == pb.TASK_WAIT  # not enlisted either
+        run.upload("b", run.task("b", r))
+        run.upload("c", run.task("c", r))
+    row = run.store.get(StudyRow, run.study)
+    assert (row.state, row.current_round) == ("finalizing", 5)
