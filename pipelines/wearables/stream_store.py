@@ -18,7 +18,9 @@ readers (`pipelines.wearables.registry`), keyed by pseudonym; `snapshot_step` wi
 ingestion (`pipelines.ingest.STEPS`) exactly as a recording file is windowed: before each patient's own
 index date, taking the windows the receivers keep up to date as samples arrive where they stand for
 exactly the snapshot's rows (incremental windowing: `pipelines.wearables.stream_windows`).
-Malformed messages and refused ones (rate limits) are recorded with their reason, never stored as samples.
+Malformed messages and refused ones (rate limits) are recorded with their reason, never stored as samples;
+the receivers write the first of each reason in an interval as its own row and the rest as one row
+with their number (`messages`), so a flood of refusals cannot fill the disk (`silo_node.streams.refusals`).
 """
 
 from __future__ import annotations
@@ -55,10 +57,11 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (seq INTEGER PRIMARY KEY, received REAL NOT NULL, patient TEXT NOT NULL,
     device TEXT NOT NULL, channel TEXT NOT NULL, t REAL NOT NULL, v REAL NOT NULL, UNIQUE (patient, device, channel, t));
 CREATE TABLE IF NOT EXISTS quarantine (id INTEGER PRIMARY KEY, received REAL NOT NULL, source TEXT NOT NULL,
-    reason TEXT NOT NULL, message TEXT NOT NULL);
+    reason TEXT NOT NULL, message TEXT NOT NULL, messages INTEGER NOT NULL DEFAULT 1);
 CREATE TABLE IF NOT EXISTS refusals (id INTEGER PRIMARY KEY, received REAL NOT NULL, device TEXT NOT NULL,
-    reason TEXT NOT NULL, samples INTEGER NOT NULL);
+    reason TEXT NOT NULL, samples INTEGER NOT NULL, messages INTEGER NOT NULL DEFAULT 1);
 """
+REFUSAL_TABLES = ("quarantine", "refusals")  # `messages`: how many refused messages a row stands for
 
 
 class StreamStoreError(PipelineError):
@@ -90,6 +93,9 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA synchronous=FULL")  # a commit is on disk before it returns: acks follow commits
         db.execute("PRAGMA busy_timeout=10000")
         db.executescript(_SCHEMA)
+        for table in REFUSAL_TABLES:  # a store written before rows could stand for several messages
+            if "messages" not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN messages INTEGER NOT NULL DEFAULT 1")
     except sqlite3.Error as e:
         raise StreamStoreError(f"stream store {path} cannot be opened ({e}); expected a writable SQLite file under the "
                                "node's state_dir. Check the disk and the file's permissions") from None
@@ -183,11 +189,24 @@ class StreamStore:
             self._db.execute("INSERT INTO refusals (received, device, reason, samples) VALUES (?, ?, ?, ?)",
                              (time.time(), device, reason, samples))
 
+    def quarantine_more(self, reason: str, messages: int, detail: str) -> None:
+        """`messages` more malformed messages of `reason` in one row (a flood is counted, not written row by row)."""
+        with self._lock:
+            self._db.execute("INSERT INTO quarantine (received, source, reason, message, messages) VALUES (?, ?, ?, ?, ?)",
+                             (time.time(), detail[:MAX_DETAIL], reason, f"{messages} more messages refused as {reason}",
+                              messages))
+
+    def refuse_more(self, reason: str, messages: int, samples: int) -> None:
+        """`messages` more refusals of `reason` (`samples` in all, from any device) in one row."""
+        with self._lock:
+            self._db.execute("INSERT INTO refusals (received, device, reason, samples, messages) VALUES (?, ?, ?, ?, ?)",
+                             (time.time(), "", reason, samples, messages))
+
     def counts(self) -> dict[str, object]:
         """Samples stored, quarantined messages and refusals by reason."""
         with self._lock:
-            q = self._db.execute("SELECT reason, COUNT(*) FROM quarantine GROUP BY reason").fetchall()
-            r = self._db.execute("SELECT reason, COUNT(*) FROM refusals GROUP BY reason").fetchall()
+            q = self._db.execute("SELECT reason, SUM(messages) FROM quarantine GROUP BY reason").fetchall()
+            r = self._db.execute("SELECT reason, SUM(messages) FROM refusals GROUP BY reason").fetchall()
             n = self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
         return {"samples": int(n), "quarantined": dict(q), "refused": dict(r)}
 
@@ -205,9 +224,9 @@ class StreamStore:
                                         (upto,)):
                 h.update("\0".join(row[:3]).encode() + struct.pack("<dd", row[3], row[4]))
                 n += 1
-            by_reason = {table: dict(self._db.execute(f"SELECT reason, COUNT(*) FROM {table} WHERE received <= ? "
+            by_reason = {table: dict(self._db.execute(f"SELECT reason, SUM(messages) FROM {table} WHERE received <= ? "
                                                       "GROUP BY reason ORDER BY reason", (at,)).fetchall())
-                         for table in ("quarantine", "refusals")}
+                         for table in REFUSAL_TABLES}
         return Snapshot(self.path, at, int(upto), n, h.hexdigest(), by_reason["quarantine"], by_reason["refusals"])
 
 

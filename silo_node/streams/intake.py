@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from enum import StrEnum
 
 from pipelines.deid import Deidentifier
 from pipelines.errors import SignalError
@@ -28,18 +27,12 @@ from pipelines.wearables.stream_store import (
 )
 
 from .messages import parse_message
+from .outcome import Outcome
 from .refusals import RefusalAudit
 from .settings import RateSettings, StreamsConfig
 
 log = logging.getLogger(__name__)
 RATE_LIMITED = "rate_limited"
-
-
-class Outcome(StrEnum):
-    STORED = "stored"  # committed to disk: acknowledge
-    QUARANTINED = "quarantined"  # malformed: recorded with its reason, no sample stored
-    REFUSED = "refused"  # well-formed but over the device's rate limit: recorded, no sample stored
-    BUSY = "busy"  # the store is behind: nothing recorded, the sender retries
 
 
 #: done(outcome, reason or None)
@@ -82,9 +75,9 @@ class StreamIntake:
 
     def quarantine(self, *, device: str, via: str, error: SignalError, done: Done) -> None:
         """A malformed message: recorded with its reason, counted and audited, then `done(QUARANTINED, reason)`."""
-        self.store.quarantine(f"{via} device {self.device_token(device)}", error)  # the token: stays de-identified
+        if self.refusals.record(Outcome.QUARANTINED, error.reason, via):  # the first of its interval: its own row
+            self.store.quarantine(f"{via} device {self.device_token(device)}", error)  # the token: stays de-identified
         self.stats[f"quarantined_{error.reason}"] += 1
-        self.refusals.record(Outcome.QUARANTINED, error.reason, via)
         done(Outcome.QUARANTINED, error.reason)
 
     def offer(self, *, device: str, patient: str, payload: bytes, via: str, done: Done, wait_s: float = 0.0) -> None:
@@ -104,9 +97,9 @@ class StreamIntake:
         batches = [SampleBatch(pid, token, channel, t, v) for channel, t, v in parsed]
         n = sum(len(b) for b in batches)
         if not self.limits.take(device, n):
-            self.store.refuse(token, RATE_LIMITED, n)
+            if self.refusals.record(Outcome.REFUSED, RATE_LIMITED, via, samples=n):
+                self.store.refuse(token, RATE_LIMITED, n)
             self.stats["refused"] += 1
-            self.refusals.record(Outcome.REFUSED, RATE_LIMITED, via)
             done(Outcome.REFUSED, RATE_LIMITED)
             return
 

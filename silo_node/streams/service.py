@@ -41,7 +41,7 @@ class StreamService:
         self.windows = WindowKeeper(self.store.connect, every_s=config.window_every_s)  # incremental windowing
         self.writer = StreamWriter(self.store, capacity=config.queue_batches,
                                    on_commit=lambda batches: self.windows.touched(pairs_of(batches)))
-        self.refusals = RefusalAudit(audit, interval_s=config.audit_interval_s)
+        self.refusals = RefusalAudit(audit, self.store, interval_s=config.audit_interval_s)
         self.intake = StreamIntake(self.store, self.writer, Deidentifier(pseudonym_key), config, self.refusals)
         self.mqtt = None
         if config.mqtt is not None:
@@ -49,7 +49,7 @@ class StreamService:
 
             try:
                 self.mqtt = MqttReceiver(config.mqtt, self.intake)
-            except Exception:  # noqa: BLE001 - a receiver that cannot be built: close what was opened, then say why
+            except Exception:
                 self.stop()
                 raise
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from compliance.audit import AuditLog, Event
 from compliance.verify import verify_log
+from pipelines.wearables.stream_store import StreamStore
+from silo_node.streams.service import stream_store_dir
 
 from .test_streams import START, _intake_app, heart_rate_observation, wait_for
 
@@ -33,10 +35,15 @@ def test_a_flood_of_refusals_is_audited_as_counts_per_reason_not_one_entry_each(
     assert client.post("/streams/w/MRN-1", content=heart_rate_observation(START, [70.0])).status_code == 201
     # the first refusal of each reason is in the log at once, the rest wait for the end of the interval
     assert sorted((f["reason"], f["count"]) for f in refusals(node_audit)) == [("bad_json", 1), ("too_large", 1)]
-    assert service.store.counts()["quarantined"] == {"bad_json": 30, "too_large": 1}  # each one in the quarantine
+    assert service.store.counts()["quarantined"] == {"bad_json": 1, "too_large": 1}  # the first of each, with its message
     service.stop()  # ends the interval: the remaining counts are written
     assert counted(node_audit) == {("quarantined", "bad_json"): 30, ("quarantined", "too_large"): 1}
     assert len(refusals(node_audit)) == 3  # 31 refused messages, 3 entries
+    with StreamStore(stream_store_dir(tmp_path)) as store:  # the store likewise: every message counted, 3 rows
+        assert store.counts()["quarantined"] == {"bad_json": 30, "too_large": 1}
+        rows = store._db.execute("SELECT reason, messages, message FROM quarantine ORDER BY id").fetchall()
+    assert [r[:2] for r in rows] == [("bad_json", 1), ("too_large", 1), ("bad_json", 29)]
+    assert "is not JSON" in rows[0][2] and "29 more messages refused as bad_json" in rows[2][2]
     assert verify_log(node_audit.path).ok
 
 
@@ -52,3 +59,19 @@ def test_counts_reach_the_log_when_the_interval_ends_without_stopping_the_receiv
     assert service.refusals.totals[("quarantined", "unknown_unit", "http")] == 12
     service.stop()
     assert counted(node_audit) == {("quarantined", "unknown_unit"): 12}
+
+
+def test_a_store_written_before_counted_rows_is_read_with_its_rows_as_one_message_each(tmp_path: Path):
+    import sqlite3
+
+    (tmp_path / "streams").mkdir()
+    with sqlite3.connect(tmp_path / "streams" / "streams.sqlite") as db:  # the tables as the store wrote them before
+        db.execute("CREATE TABLE quarantine (id INTEGER PRIMARY KEY, received REAL NOT NULL, source TEXT NOT NULL, "
+                   "reason TEXT NOT NULL, message TEXT NOT NULL)")
+        db.execute("CREATE TABLE refusals (id INTEGER PRIMARY KEY, received REAL NOT NULL, device TEXT NOT NULL, "
+                   "reason TEXT NOT NULL, samples INTEGER NOT NULL)")
+        db.executemany("INSERT INTO quarantine VALUES (?, 1.0, 'http device x', 'bad_json', 'is not JSON')", [(1,), (2,)])
+        db.execute("INSERT INTO refusals VALUES (1, 1.0, 'x', 'rate_limited', 25)")
+    with StreamStore(stream_store_dir(tmp_path)) as store:
+        store.quarantine_more("bad_json", 5, "http")
+        assert store.counts() == {"samples": 0, "quarantined": {"bad_json": 7}, "refused": {"rate_limited": 1}}
