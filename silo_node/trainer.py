@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from coordinator.api.protocol import MODALITIES
 from coordinator.api.study import StudySpec
 from pipelines.models import (
+    MultimodalModel,
     build_model,
     get_shared_weights,
     mean_gate_weights,
@@ -86,6 +87,9 @@ class LocalTrainer:
         self.device = device or torch.device("cpu")
         torch.manual_seed(spec.training.seed)
         self.model = build_model(**spec.model_arguments()).to(self.device)
+        if isinstance(self.model, MultimodalModel):  # fixed image/signal statistics standardised on the training split
+            self.model.fit_feature_scaling((image.to(self.device), signal.to(self.device), mask.to(self.device))
+                                           for _, image, signal, mask, _ in DataLoader(train, batch_size=256))
         self.personal = tuple(spec.model.personal_layers)
 
     def initial_weights(self) -> tuple[list[str], list[np.ndarray]]:

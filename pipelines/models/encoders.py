@@ -16,7 +16,7 @@ from monai.networks.blocks import Convolution
 from opacus.layers import DPGRU
 from torch import Tensor, nn
 
-from .features import IMAGE_FEATURES, SIGNAL_STATISTICS, ImageStatistics, SignalStatistics
+from .features import IMAGE_FEATURES, SIGNAL_STATISTICS, FeatureScaling, ImageStatistics, SignalStatistics
 
 # Log-variances are squashed into (-LOGVAR_BOUND, LOGVAR_BOUND) with a tanh, a soft clamp that
 # keeps exp(logvar) finite without killing the gradient the way a hard clamp does.
@@ -166,25 +166,29 @@ class GRUSignalEncoder(nn.Module):
         return self.embedding(torch.cat([last[-1], out.mean(dim=1)], dim=-1))
 
 
-class ImageFeatureEncoder(nn.Module):
-    """Fixed first-order radiomics statistics of a slice or volume, then a linear Gaussian head."""
+class FixedFeatureEncoder(nn.Module):
+    """Fixed statistics (`body`, no parameters), standardised on the silo's training samples, then a
+    linear Gaussian head: the only trained part."""
+
+    def __init__(self, body: nn.Module, features: int, embed_dim: int) -> None:
+        super().__init__()
+        self.body = body
+        self.scaling = FeatureScaling(features)
+        self.embedding = GaussianHead(features, embed_dim)
+
+    def forward(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        return self.embedding(self.scaling(self.body(inputs)))
+
+
+class ImageFeatureEncoder(FixedFeatureEncoder):
+    """Fixed first-order radiomics statistics of a slice or volume."""
 
     def __init__(self, embed_dim: int) -> None:
-        super().__init__()
-        self.body = ImageStatistics()
-        self.embedding = GaussianHead(IMAGE_FEATURES, embed_dim)
-
-    def forward(self, image: Tensor) -> tuple[Tensor, Tensor]:
-        return self.embedding(self.body(image))
+        super().__init__(ImageStatistics(), IMAGE_FEATURES, embed_dim)
 
 
-class SignalFeatureEncoder(nn.Module):
-    """Fixed per-channel time-domain statistics (HRV's RMSSD among them), then a linear Gaussian head."""
+class SignalFeatureEncoder(FixedFeatureEncoder):
+    """Fixed per-channel time-domain statistics (HRV's RMSSD among them)."""
 
     def __init__(self, channels: int, embed_dim: int) -> None:
-        super().__init__()
-        self.body = SignalStatistics()
-        self.embedding = GaussianHead(SIGNAL_STATISTICS * channels, embed_dim)
-
-    def forward(self, signal: Tensor) -> tuple[Tensor, Tensor]:
-        return self.embedding(self.body(signal))
+        super().__init__(SignalStatistics(), SIGNAL_STATISTICS * channels, embed_dim)

@@ -19,12 +19,22 @@ nothing to download): only the linear head on top of them is trained.
 
 Every statistic is computed per sample, so a patient's features depend on that patient alone
 (record-level DP stays record-level).
+
+The statistics are then standardised (`FeatureScaling`) with their mean and standard deviation on
+the silo's training samples, as an EHR column without a reference interval is (pipelines.normalise):
+their spreads differ by two orders of magnitude (on the demo's hospitals the skewness and the
+bright-tail energy, among the most informative, vary by 0.01-0.02 while the quantiles vary by 0.3),
+so a linear head on the raw values needs weights of ~50 on exactly the informative ones, which
+DP-SGD's clipped, noisy steps do not reach within a study (measured with benchmarks/demo_learning.py:
+the demo's AUROC 0.75 -> 0.83 on the same data and settings).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from pipelines.normalise import CLIP
 
 IMAGE_QUANTILES = (0.5, 0.75, 0.9, 0.97, 0.99)
 
@@ -73,3 +83,31 @@ class SignalStatistics(nn.Module):
 
 
 SIGNAL_STATISTICS = 6
+
+
+MIN_SCALE = 1e-4  # a statistic constant on the training samples stays constant, not divided by ~0
+
+
+class FeatureScaling(nn.Module):
+    """`(x - center) / scale` per feature, clipped at ±CLIP (pipelines.normalise: keeps DP clipping
+    meaningful); the identity until `fit` sets center and scale from the silo's training samples.
+
+    The buffers are not persistent: they are no part of the update or of the released weights,
+    like the EHR columns' training statistics, which also stay at the silo.
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("center", torch.zeros(features), persistent=False)
+        self.register_buffer("scale", torch.ones(features), persistent=False)
+
+    @torch.no_grad()
+    def fit(self, features: Tensor) -> None:
+        """Mean and standard deviation of `features` `[N, F]`; fewer than two samples leave the identity."""
+        if features.shape[0] < 2:
+            return
+        self.center.copy_(features.mean(dim=0))
+        self.scale.copy_(features.std(dim=0, correction=0).clamp(min=MIN_SCALE))
+
+    def forward(self, features: Tensor) -> Tensor:
+        return ((features - self.center) / self.scale).clamp(-CLIP, CLIP)

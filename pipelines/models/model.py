@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import Iterable, Literal, Sequence, get_args
 
 import torch
 from torch import Tensor, nn
 
 from .encoders import (
-    EHREncoder, GRUSignalEncoder, ImageEncoder, ImageFeatureEncoder, SignalEncoder, SignalFeatureEncoder,
+    EHREncoder, FixedFeatureEncoder, GRUSignalEncoder, ImageEncoder, ImageFeatureEncoder, SignalEncoder, SignalFeatureEncoder,
 )
 from .errors import ModelConfigError, ModelInputError
 from .fusion import MODALITIES, ConcatFusion, MixtureOfExpertsFusion, drop_modalities
@@ -92,6 +92,24 @@ class MultimodalModel(nn.Module):
         self.fusion = fusion_cls(self.modalities, embed_dim, hidden)
         self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.register_buffer("enabled", torch.tensor([m in self.modalities for m in MODALITIES]), persistent=False)
+
+    @torch.no_grad()
+    def fit_feature_scaling(self, batches: Iterable[tuple[Tensor, Tensor, Tensor]]) -> None:
+        """Standardise the fixed-statistics encoders (pipelines.models.features.FeatureScaling) on the
+        (image, signal, mask) `batches` of the silo's training split, each modality over the samples
+        that have it. Encoders with trained bodies (CNN, GRU) have nothing to fit."""
+        fixed = {m: e for m, e in self.encoders.items() if isinstance(e, FixedFeatureEncoder)}
+        if not fixed:
+            return
+        statistics: dict[str, list[Tensor]] = {m: [] for m in fixed}
+        for image, signal, mask in batches:
+            for m, inputs in (("image", image), ("signal", signal)):
+                if m in fixed:
+                    rows = mask[:, MODALITIES.index(m)] > 0.5
+                    statistics[m].append(fixed[m].body(inputs[rows]))
+        for m, encoder in fixed.items():
+            if statistics[m]:
+                encoder.scaling.fit(torch.cat(statistics[m]))
 
     def image_shape(self) -> tuple[int, ...]:
         """Shape of one image input: `[1, S, S]` (2D slice) or `[1, D, S, S]` (3D volume)."""

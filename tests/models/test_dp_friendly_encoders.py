@@ -86,3 +86,26 @@ def test_a_dp_run_at_epsilon_8_learns_on_held_out_patients():
             weights = [w + d for w, d in zip(weights, result.delta)]
     metrics = trainer.evaluate(weights)
     assert metrics["auroc"] > 0.75, metrics
+
+
+def test_statistics_are_standardised_on_the_training_split_of_patients_with_the_modality():
+    """The trainer fits each fixed-statistics encoder's scaling on its training samples that have the
+    modality: those standardise to mean 0, sd 1, whatever the raw spreads; nothing of it travels."""
+    s = study(rounds=1)
+    train = cohort(60, len(s.cohort.ehr_columns), 0)
+    ehr, image, signal, mask, label = train.tensors
+    mask = mask.clone()
+    mask[:10, 1] = 0.0  # ten patients without an image: their (empty) images must not enter the fit
+    image = image.clone()
+    image[:10] = 100.0
+    trainer = LocalTrainer(s, TensorDataset(ehr, image, signal, mask, label), cohort(20, len(s.cohort.ehr_columns), 1))
+    encoder = trainer.model.encoders["image"]
+    raw = ImageStatistics()(image[10:])
+    assert raw.std(dim=0).min() < 0.1 < raw.std(dim=0).max()  # the raw spreads differ by an order of magnitude
+    scaled = encoder.scaling(raw)
+    assert torch.allclose(scaled.mean(dim=0), torch.zeros(IMAGE_FEATURES), atol=1e-4)
+    informative = raw.std(dim=0) > 1e-3  # constant statistics stay constant (0), not divided by ~0
+    assert torch.allclose(scaled.std(dim=0, correction=0)[informative], torch.ones(int(informative.sum())), atol=1e-3)
+    assert not any("scaling" in name for name in trainer.model.state_dict())  # not in updates nor the released model
+    signal_scaling = trainer.model.encoders["signal"].scaling
+    assert torch.allclose(signal_scaling.center, SignalStatistics()(signal).mean(dim=0), atol=1e-5)
