@@ -67,7 +67,8 @@ class Finalization:
         participants = json.loads(rnd.participants_json)
         timed_out = self.clock() >= rnd.deadline
         # Under CKKS the key holder's answer is the published model (and its evaluation of it).
-        reported = [s for s in participants if self.store.get(MetricsRow, row.id, rnd.number - 1, s)
+        evaluated = self.store.column(MetricsRow.silo, study_id=row.id, model_version=rnd.number - 1)
+        reported = [s for s in participants if s in evaluated
                     or (encrypted and s == row.key_holder and RoundOutcome.of(rnd.outcome_json).release_evaluated)]
         needs_model = encrypted and not row.final_model_sha
         if (len(reported) == len(participants) or (timed_out and reported)) and not needs_model:

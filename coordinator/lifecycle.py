@@ -170,11 +170,14 @@ class StudyLifecycle:
             if failure is not None:
                 self.fail(row, failure)
             return
-        updates = self.store.all(UpdateRow, study_id=row.id, round=rnd.number)
         # An asynchronous buffer also waits for silos still training on an older version (no participants of it).
         awaited = self.buffer.awaited(rnd, self.studies.keyed(row.id)) if is_async(spec) else participants
-        all_answered = (all(self.studies.answered(row.id, rnd.number, s) for s in awaited)
-                        or self.buffer.full(spec, updates))
+        answered = self.studies.answered_silos(row.id, rnd.number)  # one set: every message settles, N silos each
+        all_answered = all(s in answered for s in awaited)
+        if not (all_answered or timed_out or is_async(spec)):
+            return  # the round's updates are read once it may close
+        updates = self.store.all(UpdateRow, study_id=row.id, round=rnd.number)
+        all_answered = all_answered or self.buffer.full(spec, updates)
         if not (all_answered or timed_out):
             return
         if spec.kind is StudyKind.ANALYSIS:

@@ -47,6 +47,11 @@ class Studies:
         awaiting = set(self.awaiting_key(study_id))
         return [s for s in self.accepted(study_id) if s not in awaiting]
 
+    def answered_silos(self, study_id: str, round_: int) -> set[str]:
+        """The silos that sent their update for the round or said they skip it (two queries for any number)."""
+        where = {"study_id": study_id, "round": round_}
+        return self.store.column(UpdateRow.silo, **where) | self.store.column(SkipRow.silo, **where)
+
     def answered(self, study_id: str, round_: int, silo: str) -> bool:
         """The silo sent its update for the round, or said it skips it."""
         return (self.store.get(UpdateRow, study_id, round_, silo) is not None
