@@ -78,9 +78,12 @@ def demo_spec(opts: DemoOptions) -> StudySpec:
         name="demo-heart-failure",
         description="Synthetic multimodal heart-failure prediction across hospitals (fedcare demo).",
         # sized for DP-SGD at ε = 8 on ~165 training patients per hospital (#14, measured with benchmarks/utility.py):
-        # fixed image/signal statistics and linear heads (2.2k parameters, not 31k), batches of 64, lr 0.3
+        # fixed image/signal statistics and linear heads (2.2k parameters, not 31k), batches of 64, lr 0.3;
+        # momentum 0.5, not 0.9: with 0.9 the DP noise made the validation loss jump after round 2-3
+        # (benchmarks/demo_learning.py)
         model=ModelSpec(image_encoder="features", signal_encoder="features", embed_dim=8, ehr_hidden=16, fusion="concat"),
         training=TrainingSpec(rounds=opts.rounds, local_epochs=opts.local_epochs, batch_size=64, learning_rate=0.3,
+                              momentum=0.5,
                               min_silos=max(1, opts.silos - 1), expected_silos=opts.silos, seed=opts.seed,
                               # every silo the demo started is waited for (a slow one on a loaded machine
                               # too); one that dies ends the demo, one that is late joins the next round
