@@ -103,14 +103,14 @@ class StudyLifecycle:
     def _maybe_start(self, row: StudyRow) -> None:
         spec = self.studies.spec(row.id)
         accepted = self.studies.accepted(row.id)
-        answered = {e.silo for e in self.store.all(EnrollmentRow, study_id=row.id)}
-        recent = {s.name for s in self.store.all(SiloRow) if self.clock() - s.last_seen < RECENTLY_SEEN_S}
+        answered = self.store.column(EnrollmentRow.silo, study_id=row.id)
         t = spec.training
         enough = len(accepted) >= t.min_silos
         waited_out = self.clock() - row.created_at >= t.enrollment_timeout_s
         if t.expected_silos is not None:  # wait for the silos the researcher expects (a slow one too)
             ready = len(accepted) >= t.expected_silos or (enough and (len(answered) >= t.expected_silos or waited_out))
         else:
+            recent = {s.name for s in self.store.all(SiloRow) if self.clock() - s.last_seen < RECENTLY_SEEN_S}
             ready = enough and (recent <= answered or waited_out)
         if not ready:
             return

@@ -33,7 +33,7 @@ class Studies:
         self._specs[study_id] = spec
 
     def accepted(self, study_id: str) -> list[str]:
-        return sorted(e.silo for e in self.store.all(EnrollmentRow, study_id=study_id, accepted=True))
+        return sorted(self.store.column(EnrollmentRow.silo, study_id=study_id, accepted=True))
 
     def awaiting_key(self, study_id: str) -> list[str]:
         """Under CKKS once the keys exist: the accepted silos the secret was not yet wrapped for (late joiners)."""

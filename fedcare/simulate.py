@@ -50,7 +50,9 @@ from pipelines.parallel import Workers
 from silo_node.node import SiloNode
 
 log = logging.getLogger(__name__)
-POLL_S = 0.01  # a stepped node's long-poll: the simulator, not the node, decides when it is its turn
+# A stepped node's long-poll: the simulator, not the node, decides when it is its turn. Every node of a host
+# that has no work waits this long in each turn, so a thousand of them 1 s a turn (10 ms: 10 s).
+POLL_S = 0.001
 IDLE_PAUSE_S = 0.05  # a turn in which no hospital had work: wait this long before the next
 DURABILITY = Durability.PROCESS_CRASH  # of the simulation's coordinator and nodes (module docstring)
 
