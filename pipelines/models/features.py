@@ -34,8 +34,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from pipelines.normalise import CLIP
-
 IMAGE_QUANTILES = (0.5, 0.75, 0.9, 0.97, 0.99)
 
 
@@ -86,11 +84,14 @@ SIGNAL_STATISTICS = 6
 
 
 MIN_SCALE = 1e-4  # a statistic constant on the training samples stays constant, not divided by ~0
+# standardised statistics are clipped at ± this many training standard deviations: an outlier image or
+# recording cannot dominate the clipped per-sample gradient (DP-SGD) of the linear head above it
+FEATURE_CLIP = 10.0
 
 
 class FeatureScaling(nn.Module):
-    """`(x - center) / scale` per feature, clipped at ±CLIP (pipelines.normalise: keeps DP clipping
-    meaningful); the identity until `fit` sets center and scale from the silo's training samples.
+    """`(x - center) / scale` per feature, clipped at ±FEATURE_CLIP; the identity until `fit` sets
+    center and scale from the silo's training samples.
 
     The buffers are not persistent: they are no part of the update or of the released weights,
     like the EHR columns' training statistics, which also stay at the silo.
@@ -110,4 +111,4 @@ class FeatureScaling(nn.Module):
         self.scale.copy_(features.std(dim=0, correction=0).clamp(min=MIN_SCALE))
 
     def forward(self, features: Tensor) -> Tensor:
-        return ((features - self.center) / self.scale).clamp(-CLIP, CLIP)
+        return ((features - self.center) / self.scale).clamp(-FEATURE_CLIP, FEATURE_CLIP)
