@@ -1,6 +1,7 @@
 """Late joining with real processes: a hospital that answers its proposal after the study
-started takes part from the next round (under CKKS once the key holder has wrapped the
-study's secret for it), and the study finishes with it. With `training.late_join = false`
+started takes part from the next round (under CKKS once a silo holding the study's secret has
+wrapped it for it: the other early hospital, since the key holder is paused), and the study
+finishes with it. With `training.late_join = false`
 the late answer is refused, and the node logs, audits and goes on instead of exiting."""
 
 from __future__ import annotations
@@ -11,12 +12,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from compliance.audit import Event
 from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
+from coordinator.server import STATE_DATABASE
+from coordinator.store import Store, StudyRow, open_engine
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +37,7 @@ def _spec(*, encryption: str, late_join: bool = True) -> StudySpec:
 def _approve(cluster, cfg, study: str) -> None:
     """Hospital IT approves the study by hand, after it started (`fedcare silo approve`)."""
     proc = subprocess.run([sys.executable, "-m", "fedcare", "silo", "approve", study, "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=120, cwd=cluster.root)
+                          capture_output=True, text=True, timeout=120, cwd=cluster.root, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -46,9 +50,18 @@ def _events(path: Path, event: Event) -> list[dict]:
         conn.close()
 
 
+def _key_holder(cluster, study: str) -> str | None:
+    store = Store(open_engine(f"sqlite:///{cluster.root / 'coordinator' / STATE_DATABASE}"))
+    try:
+        return store.get(StudyRow, study).key_holder
+    finally:
+        store.engine.dispose()
+
+
 def _start_with_a_late_hospital(cluster, spec: StudySpec):
     """Two hospitals that approve at once and a third whose IT has not decided yet; the study
-    runs round 1, held open (one early hospital paused) until the late answer has been given."""
+    runs round 1, held open (one early hospital paused: under CKKS the key holder) until the
+    late answer has been given. Returns the paused hospital's name last."""
     client = cluster.start_coordinator()
     early, late = cluster.hospitals[:2], cluster.hospitals[2]
     for h in early:
@@ -60,21 +73,28 @@ def _start_with_a_late_hospital(cluster, spec: StudySpec):
     # The late hospital got the proposal while the study enrolled and left it undecided.
     cluster.wait_for_log(late.name, f"study {study} awaits a decision", timeout=240)
     cluster.wait_for(client, study, lambda st, s: st.state == "running" and st.current_round >= 1, timeout=300)
-    os.kill(cluster.procs[early[0].name].pid, signal.SIGSTOP)  # round 1 cannot close before its deadline
-    return client, study, late.name, late_cfg
+    paused = _key_holder(cluster, study) or early[0].name
+    os.kill(cluster.procs[paused].pid, signal.SIGSTOP)  # round 1 cannot close before its deadline
+    return client, study, late.name, late_cfg, paused
 
 
-def _resume_round_1(cluster) -> None:
-    os.kill(cluster.procs[cluster.hospitals[0].name].pid, signal.SIGCONT)
+def _resume_round_1(cluster, paused: str) -> None:
+    os.kill(cluster.procs[paused].pid, signal.SIGCONT)
 
 
 @pytest.mark.parametrize("encryption", ["none", "ckks-exact"])
 def test_a_silo_that_answers_after_the_start_joins_the_next_round(cluster, encryption: str) -> None:
-    client, study, late, late_cfg = _start_with_a_late_hospital(cluster, _spec(encryption=encryption))
+    client, study, late, late_cfg, paused = _start_with_a_late_hospital(cluster, _spec(encryption=encryption))
     _approve(cluster, late_cfg, study)
     cluster.wait_for(client, study, lambda st, s: late in st.silos, timeout=300)
+    audit = cluster.root / "coordinator" / "audit.sqlite"
+    if encryption != "none":  # keyed while the key holder is paused, by the other early hospital
+        deadline = time.monotonic() + 300
+        while not [e for e in _events(audit, Event.MESSAGE_RECEIVED) if e["kind"] == "key_bundle" and e["round"] > 0]:
+            assert time.monotonic() < deadline, "no silo wrapped the key for the late joiner while the key holder was away"
+            time.sleep(1)
     assert client.status(study)[0].current_round == 1  # it accepted while round 1 ran
-    _resume_round_1(cluster)
+    _resume_round_1(cluster, paused)
     summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=900)
 
     assert cluster.procs[late].poll() is None, cluster.log(late)[-3000:]  # alive, no exit on a late answer
@@ -87,18 +107,19 @@ def test_a_silo_that_answers_after_the_start_joins_the_next_round(cluster, encry
     assert all(late not in r["aggregation"]["accepted"] for r in summary["rounds"][1:joined[late]])
     assert summary["final"]["auroc"] is not None and late in summary["rounds"][-1]["metrics_per_silo"]
     # The coordinator's audit trail says when it took part first.
-    audit = cluster.root / "coordinator" / "audit.sqlite"
     assert {"study": study, "silo": late, "round": joined[late]} in _events(audit, Event.SILO_JOINED)
-    if encryption != "none":  # the key holder wrapped the existing secret for it: one public context
+    if encryption != "none":  # a silo holding the key, not the (paused) key holder, wrapped the existing secret
         received = [e for e in _events(audit, Event.MESSAGE_RECEIVED) if e["kind"] == "key_bundle"]
-        assert [e["wrapped_for"] for e in received][-1] == [late], received
+        assert [(e["silo"], e["wrapped_for"]) for e in received][1:] == [(h.name, [late]) for h in cluster.hospitals[:2]
+                                                                         if h.name != paused], received
 
 
 def test_a_late_answer_refused_by_the_study_does_not_end_the_node(cluster) -> None:
-    client, study, late, late_cfg = _start_with_a_late_hospital(cluster, _spec(encryption="none", late_join=False))
+    client, study, late, late_cfg, paused = _start_with_a_late_hospital(cluster, _spec(encryption="none",
+                                                                                       late_join=False))
     _approve(cluster, late_cfg, study)
     cluster.wait_for_log(late, "no longer enrolling", timeout=240)
-    _resume_round_1(cluster)
+    _resume_round_1(cluster, paused)
     summary = cluster.wait_for(client, study, lambda st, s: st.state == "done", timeout=900)
 
     assert cluster.procs[late].poll() is None, cluster.log(late)[-3000:]
