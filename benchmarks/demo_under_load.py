@@ -9,7 +9,8 @@ whole benchmark. A run passes when `fedcare demo` exits 0 and its summary.json s
 study is done with a final AUROC. Failed runs keep their results folder (logs/) for a look.
 Prints one JSON object on its last line: the tally (runs, passed, failed, the longest run of
 passes in a row) and each run's outcome ("pass", or what failed: the exit status, a timeout, a
-summary without a final AUROC), exit status and seconds. Run it on a snapshot of the code
+summary without a final AUROC), exit status and seconds; each run is also appended to
+runs.jsonl in the --out folder as it finishes. Run it on a snapshot of the code
 (`git archive HEAD`), not a working tree others edit, with PYTHONPATH pointing at it.
 """
 
@@ -34,6 +35,7 @@ def _spin() -> None:
 
 
 PASS = "pass"
+RUNS_FILE = "runs.jsonl"  # one line per finished run, in the --out folder
 
 
 def _outcome(code: int | None, summary: dict) -> str:
@@ -94,6 +96,8 @@ def main() -> None:
         for i in range(args.runs):
             run = _one_demo(root / f"run-{i}", args.demo_args, args.timeout_s)
             runs.append(run)
+            with (root / RUNS_FILE).open("a") as f:  # kept as it goes: a benchmark stopped early still has its runs
+                f.write(json.dumps({"run": i, **run}) + "\n")
             print(f"run {i}: {run['outcome']} in {run['seconds']} s", file=sys.stderr, flush=True)
     finally:
         for h in hogs:

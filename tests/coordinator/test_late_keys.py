@@ -24,14 +24,7 @@ from coordinator.federation import Federation
 from coordinator.late_keys import HOLDERS_AWAY_S, WRAP_TASK_S
 from coordinator.store import Store, StudyRow, open_engine
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.coordinator.test_late_join import Clock  # the clock the late-join tests move
 
 
 class Run:
