@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("demo_args", nargs="*", help="extra `fedcare demo` options, after --")
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="demo-under-load-"))
+    root.mkdir(parents=True, exist_ok=True)
     hogs = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.hogs)]
     for h in hogs:
         h.start()
