@@ -3,6 +3,7 @@
 Usage: python benchmarks/ingest.py [--patients 10000] [--small 1000] [--workers 1,all] [--workdir DIR]
                                   [--fhir-validation used-fields|full]
        python benchmarks/ingest.py --bundle-mb 200   # one FHIR bundle of that size: streamed, peak RSS
+       python benchmarks/ingest.py --ndjson-mb 50    # one NDJSON export: records/s with 1 worker and every core
 Each size and worker count is ingested in a fresh subprocess so peak RSS (ru_maxrss) is that run's own
 (the ingesting process's; its workers are the forkserver's children): the FHIR read alone into a fact store
 (`fhir_read_*`: parsing, validation, de-identification, storing; `fhir_read_records_per_cpu_s`, with one worker,
@@ -86,23 +87,28 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             "rss_before_ingest_mb": round(rss_before / 1024, 1), "samples": rep.samples}
 
 
+PATIENT = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "female",
+           "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
+                           "value": "MRN-1"}]}
+
+
+def _observation(n: int, subject: str) -> dict:
+    return {"resourceType": "Observation", "id": f"o{n}", "status": "final", "subject": {"reference": subject},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
+            "effectiveDateTime": "2023-10-01", "note": [{"text": "x" * 300}],
+            "valueQuantity": {"value": 90 + n % 17, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
+                              "code": "mg/dL"}}
+
+
 def _write_bundle(path: Path, megabytes: int) -> int:
     """A collection Bundle of one patient's Observations, written entry by entry (never held whole)."""
-    patient = {"resourceType": "Patient", "id": "p1", "birthDate": "1950-01-01", "gender": "female",
-               "identifier": [{"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]},
-                               "value": "MRN-1"}]}
     n = 0
     with path.open("w") as f:
         f.write('{"resourceType": "Bundle", "type": "collection", "entry": [')
-        f.write(json.dumps({"fullUrl": "urn:uuid:p1", "resource": patient}))
+        f.write(json.dumps({"fullUrl": "urn:uuid:p1", "resource": PATIENT}))
         while f.tell() < megabytes << 20:
             n += 1
-            obs = {"resourceType": "Observation", "id": f"o{n}", "status": "final", "subject": {"reference": "urn:uuid:p1"},
-                   "code": {"coding": [{"system": "http://loinc.org", "code": "2345-7"}]},
-                   "effectiveDateTime": "2023-10-01", "note": [{"text": "x" * 300}],
-                   "valueQuantity": {"value": 90 + n % 17, "unit": "mg/dL", "system": "http://unitsofmeasure.org",
-                                     "code": "mg/dL"}}
-            f.write("," + json.dumps({"fullUrl": f"urn:uuid:o{n}", "resource": obs}))
+            f.write("," + json.dumps({"fullUrl": f"urn:uuid:o{n}", "resource": _observation(n, "urn:uuid:p1")}))
         f.write("]}")
     return n + 1
 
@@ -123,6 +129,37 @@ def _bundle(megabytes: int, workdir: Path) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
 
+def _ndjson(megabytes: int, workdir: Path) -> dict:
+    """A Bulk Data export (Patient.ndjson, one Observation.ndjson of `megabytes`) read with one worker and with every
+    core (the file in chunks of lines, pipelines/ehr/ndjson.py): records/s and the speedup."""
+    from pipelines.cohort import INDEX_DATE
+    from pipelines.deid import Deidentifier
+    from pipelines.ehr.factstore import FactStore
+    from pipelines.ehr.fhir import read_fhir
+    from pipelines.parallel import Workers, cores
+    from pipelines.quarantine import Quarantine
+
+    export = workdir / f"ndjson-{megabytes}mb"
+    export.mkdir(parents=True, exist_ok=True)
+    (export / "Patient.ndjson").write_text(json.dumps(PATIENT) + "\n")
+    n = 0
+    with (export / "Observation.ndjson").open("w") as f:
+        while f.tell() < megabytes << 20:
+            n += 1
+            f.write(json.dumps(_observation(n, "Patient/p1")) + "\n")
+    rates = {}
+    for w in sorted({1, cores()}):
+        with FactStore() as store:
+            t0 = time.perf_counter()
+            read = read_fhir([export], Quarantine(), deid=Deidentifier(KEY), index_date=INDEX_DATE, store=store,
+                             workers=Workers(processes=w, min_inputs=1))
+            rates[w] = round(read.records / (time.perf_counter() - t0), 1)
+    one, most = min(rates), max(rates)
+    return {"benchmark": "ingest_ndjson", "ndjson_mb": megabytes, "records": n + 1, "cores": cores(),
+            "records_per_s_by_workers": rates, "speedup_all_cores": round(rates[most] / rates[one], 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
 def main() -> None:
     from pipelines.ehr.fhir_fields import FhirValidation
 
@@ -134,12 +171,17 @@ def main() -> None:
     ap.add_argument("--fhir-validation", choices=[v.value for v in FhirValidation], default=FhirValidation.USED_FIELDS.value,
                     help="what of each FHIR resource is validated (pipelines.ehr.fhir_fields)")
     ap.add_argument("--bundle-mb", type=int, default=None, help="ingest one FHIR bundle of this size instead")
+    ap.add_argument("--ndjson-mb", type=int, default=None,
+                    help="read one NDJSON export of this size instead, with one worker and with every core")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="fedcare-ingest-bench-"))
     if args.bundle_mb is not None:
         print(json.dumps(_bundle(args.bundle_mb, workdir)))
+        return
+    if args.ndjson_mb is not None:
+        print(json.dumps(_ndjson(args.ndjson_mb, workdir)))
         return
     if args.one is not None:
         print(json.dumps(_one(args.one, workdir, args.one_workers, args.fhir_validation)))
