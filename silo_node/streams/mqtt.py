@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 QOS = 1
 VIA = "mqtt"  # the receiver's name in the quarantine and the audit log
 CONNECT_WAIT_S = 15.0  # how long `start` waits for the broker's answer before going on retrying in the background
+#: connections the broker closes before answering the sign-in, at start, before the receiver gives up: a broker that
+#: requires a client certificate does so under TLS 1.3 (the handshake itself succeeded)
+CLOSED_BEFORE_ANSWER = 2
 #: the CONNACK reasons of a refused sign-in (MQTT 3.1.1 §3.2.2.3: 4 and 5; Mosquitto answers 5 to a wrong password)
 SIGN_IN_REFUSALS = {"Bad user name or password", "Not authorized"}
 
@@ -59,6 +62,7 @@ class MqttReceiver:
         self._answered = threading.Event()  # connected, or refused
         self._starting = True  # until the first connection or the end of `start`'s wait: a refusal stops the receiver
         self._thread: threading.Thread | None = None
+        self._closed_before_answer = 0
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id, clean_session=False,
                         protocol=mqtt.MQTTv311, manual_ack=True)
         c.max_inflight_messages_set(100)
@@ -126,6 +130,15 @@ class MqttReceiver:
         self.connected.clear()
         if self.refused is not None:
             return  # said once, in `_refuse`
+        if self._starting:
+            self._closed_before_answer += 1
+            if self._closed_before_answer >= CLOSED_BEFORE_ANSWER:
+                hint = ("if it requires a client certificate, set [streams.mqtt] cert and key (issued by its CA)"
+                        if self.settings.cert is None else "check that its CA issued [streams.mqtt] cert")
+                self._refuse(f"MQTT broker {self.settings.host}:{self.settings.port} closed the connection before "
+                             f"answering the sign-in, {self._closed_before_answer} times ({reason}); {hint}, "
+                             "else see the broker's log")
+                return
         log.warning("MQTT: disconnected from %s:%d (%s); reconnecting", self.settings.host, self.settings.port, reason)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:

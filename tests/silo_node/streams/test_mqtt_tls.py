@@ -82,3 +82,22 @@ def test_the_receiver_signs_in_over_tls_and_a_wrong_password_or_ca_is_refused_in
         with pytest.raises(UserError, match=f"^{config}: MQTT broker 127.0.0.1:{port} refused user 'silo-st-mary'"):
             stream(config)
     assert not [t for t in threading.enumerate() if t.name == "mqtt" and t.is_alive()]
+
+
+def test_a_broker_that_requires_client_certificates_takes_the_silos_from_fedcare_pki(tmp_path: Path,
+                                                                                    node_audit: AuditLog):
+    ca = init_ca(tmp_path / "pki")
+    cert, key = issue(tmp_path / "pki", name="broker", role="coordinator")
+    silo_cert, silo_key = issue(tmp_path / "pki", name="st-mary", role="silo")  # clientAuth
+    with local_broker(tmp_path, tls=BrokerTls(cert=cert, key=key, ca_cert=ca, require_client=True)) as port:
+        settings = MqttSettings(host="127.0.0.1", port=port, client_id="silo-mtls", ca_cert=ca, cert=silo_cert,
+                                key=silo_key)
+        service = StreamService(StreamsConfig(mqtt=settings), state_dir=tmp_path, pseudonym_key=KEY, audit=node_audit)
+        service.mqtt.start()
+        assert service.mqtt.connected.is_set()
+        service.stop()
+        without = settings.model_copy(update={"client_id": "silo-no-cert", "cert": None, "key": None})
+        with pytest.raises(MqttRefused, match="closed the connection before answering the sign-in.*set "
+                                              r"\[streams.mqtt\] cert and key"):
+            StreamService(StreamsConfig(mqtt=without), state_dir=tmp_path / "b", pseudonym_key=KEY,
+                          audit=node_audit).run()
