@@ -13,7 +13,8 @@ RECHECK_S = 1.0  # deadlines and timers move without a notify; look again at lea
 
 
 def long_poll(changed: threading.Condition, wait_s: float, find: Callable[[], pb.Task | None]) -> pb.Task:
-    """`find()`'s task as soon as it has one, else TASK_WAIT once `wait_s` (at most MAX_WAIT_S) has passed.
+    """`find()`'s task as soon as it has one, else TASK_WAIT once `wait_s` (at most MAX_WAIT_S) has passed
+    (`find`'s own TASK_WAIT, which says why, if it gave one: that is no work, so the poll goes on).
 
     The caller holds `changed`'s lock; `find` runs under it, and the wait releases it until state
     changes (a notify) or RECHECK_S passes."""
@@ -21,6 +22,6 @@ def long_poll(changed: threading.Condition, wait_s: float, find: Callable[[], pb
     while True:
         task = find()
         remaining = deadline - time.monotonic()
-        if task is not None or remaining <= 0:
+        if (task is not None and task.kind != pb.TASK_WAIT) or remaining <= 0:
             return task or pb.Task(kind=pb.TASK_WAIT)
         changed.wait(timeout=min(remaining, RECHECK_S))

@@ -30,14 +30,17 @@ class Tasks:
         self.versions, self.buffer, self.finalization = versions, buffer, finalization
 
     def for_silo(self, silo: str, deferred: frozenset[str]) -> pb.Task | None:
-        """The silo's next task, or None; `deferred`: studies whose proposal it has not decided yet."""
+        """The silo's next task, or None; `deferred`: studies whose proposal it has not decided yet.
+        With no work but a reason to say (TASK_WAIT with wait_reason), that wait."""
+        waiting = None
         for row in sorted(self.store.all(StudyRow), key=lambda r: r.created_at):
             if row.state not in ACTIVE_STATES:
                 continue
             task = self._in_study(row, silo, deferred)
-            if task is not None:
+            if task is not None and task.kind != pb.TASK_WAIT:
                 return task
-        return None
+            waiting = waiting or task
+        return waiting
 
     def _in_study(self, row: StudyRow, silo: str, deferred: frozenset[str]) -> pb.Task | None:
         enrollment = self.store.get(EnrollmentRow, row.id, silo)
@@ -54,8 +57,9 @@ class Tasks:
             if self.late_keys.wraps(row.id, silo, waiting=late, holders=holders):
                 return pb.Task(kind=pb.TASK_WRAP_KEY, study_id=row.id, round=row.current_round,
                                participant_keys=self.enrollment.key_recipients(row.id, only=late), spec_json=row.spec_json)
-            if silo in late:
-                self.late_keys.waits(row.id, silo, holders)
+            reason = self.late_keys.waits(row.id, silo, holders) if silo in late else None
+            if reason is not None:
+                return pb.Task(kind=pb.TASK_WAIT, study_id=row.id, wait_reason=reason)
         rnd = self.store.get(RoundRow, row.id, row.current_round)
         if rnd is None or rnd.state != "open" or not self._takes_part(row, rnd, silo):
             return None

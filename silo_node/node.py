@@ -99,6 +99,7 @@ class SiloNode:
         self.device = pick_device(config.device)
         self.attack = config.attack.build() if config.attack is not None else None
         self._refusals_seen: set[tuple[str, str, int, str]] = set()
+        self._wait_reason_said = ""  # the last TASK_WAIT reason logged
         self._idle_said_at = time.monotonic()
 
     # --- the loop ----------------------------------------------------------------------------
@@ -130,6 +131,9 @@ class SiloNode:
         if task is None:
             return None
         if task.kind == pb.TASK_WAIT:
+            if task.wait_reason and task.wait_reason != self._wait_reason_said:  # the coordinator's why, said once
+                self._wait_reason_said = task.wait_reason
+                log.warning("waiting: %s", task.wait_reason)
             self._say_what_we_wait_for()
         else:
             self._idle_said_at = time.monotonic()

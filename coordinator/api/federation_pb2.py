@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n coordinator/api/federation.proto\x12\nfedcare.v1\"!\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"b\n\x0bJoinRequest\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x12\n\nmodalities\x18\x02 \x03(\t\x12\x17\n\x0fwrap_public_key\x18\x03 \x01(\x0c\x12\x18\n\x10software_version\x18\x04 \x01(\t\" \n\tJoinReply\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\"I\n\x0fPullTaskRequest\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x12\x18\n\x10\x64\x65\x66\x65rred_studies\x18\x03 \x03(\t\"\xd7\x02\n\x04Task\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedcare.v1.TaskKind\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x11\n\tspec_json\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r\x12?\n\x10participant_keys\x18\x07 \x03(\x0b\x32%.fedcare.v1.Task.ParticipantKeysEntry\x12\x18\n\x10max_update_bytes\x18\x08 \x01(\x04\x12\x12\n\nround_seed\x18\t \x01(\x04\x12\x15\n\rpublish_model\x18\n \x01(\x08\x12\x13\n\x0bother_silos\x18\x0b \x03(\t\x1a\x36\n\x14ParticipantKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x93\x02\n\x0eProposalAnswer\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0bspec_sha256\x18\x05 \x01(\t\x12\x15\n\rtrain_samples\x18\x06 \x01(\x04\x12\x14\n\x0ctest_samples\x18\x07 \x01(\x04\x12H\n\x10member_wrap_keys\x18\x08 \x03(\x0b\x32..fedcare.v1.ProposalAnswer.MemberWrapKeysEntry\x1a\x35\n\x13MemberWrapKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"^\n\x07\x42lobRef\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedcare.v1.BlobKind\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0c\n\x04silo\x18\x04 \x01(\t\"\xb3\x01\n\nBlobHeader\x12 \n\x03ref\x18\x01 \x01(\x0b\x32\x13.fedcare.v1.BlobRef\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\r\n\x05nonce\x18\x05 \x01(\t\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x10\n\x08\x65ncoding\x18\x07 \x01(\t\x12\x15\n\rmetadata_json\x18\x08 \x01(\t\x12\x0e\n\x06offset\x18\t \x01(\x04\"I\n\x05\x43hunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedcare.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"K\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"\x92\x01\n\rPrivacyReport\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\x04\x12\x12\n\naccountant\x18\x07 \x01(\t\"\xdc\x02\n\rMetricsReport\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\r\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.fedcare.v1.MetricsReport.MetricsEntry\x12\x0f\n\x07samples\x18\x06 \x01(\x04\x12\x0f\n\x07skipped\x18\x07 \x01(\x08\x12\x13\n\x0bskip_reason\x18\x08 \x01(\t\x12*\n\x07privacy\x18\t \x01(\x0b\x32\x19.fedcare.v1.PrivacyReport\x12\x14\n\x0cmodel_sha256\x18\n \x01(\t\x12\r\n\x05nonce\x18\x0b \x01(\t\x12\x14\n\x0c\x62udget_spent\x18\x0c \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\\\n\x0cScreenReport\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x0e\n\x06values\x18\x05 \x03(\x01\"\'\n\x12SubmitStudyRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"$\n\x10SubmitStudyReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x1c\n\x08StudyRef\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x97\x01\n\x0bStudyStatus\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x0e\n\x06rounds\x18\x05 \x01(\r\x12\r\n\x05silos\x18\x06 \x03(\t\x12\x14\n\x0csummary_json\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"#\n\x12ListStudiesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"H\n\tStudyList\x12(\n\x07studies\x18\x01 \x03(\x0b\x32\x17.fedcare.v1.StudyStatus\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"^\n\nSignedHead\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\t*\x84\x01\n\x08TaskKind\x12\r\n\tTASK_WAIT\x10\x00\x12\x11\n\rTASK_PROPOSAL\x10\x01\x12\x0f\n\x0bTASK_KEYGEN\x10\x02\x12\x0e\n\nTASK_TRAIN\x10\x03\x12\x11\n\rTASK_FINALIZE\x10\x04\x12\x0f\n\x0bTASK_SCREEN\x10\x05\x12\x11\n\rTASK_WRAP_KEY\x10\x06*\xb4\x01\n\x08\x42lobKind\x12\x14\n\x10\x42LOB_UNSPECIFIED\x10\x00\x12\x0e\n\nBLOB_MODEL\x10\x01\x12\x0f\n\x0b\x42LOB_UPDATE\x10\x02\x12\x17\n\x13\x42LOB_PUBLIC_CONTEXT\x10\x03\x12\x14\n\x10\x42LOB_WRAPPED_KEY\x10\x04\x12\x14\n\x10\x42LOB_FINAL_MODEL\x10\x05\x12\x13\n\x0f\x42LOB_KEY_BUNDLE\x10\x06\x12\x17\n\x13\x42LOB_SCREEN_SCALARS\x10\x07\x32\xf8\x05\n\nFederation\x12\x36\n\x04Join\x12\x17.fedcare.v1.JoinRequest\x1a\x15.fedcare.v1.JoinReply\x12\x39\n\x08PullTask\x12\x1b.fedcare.v1.PullTaskRequest\x1a\x10.fedcare.v1.Task\x12=\n\x0e\x41nswerProposal\x12\x1a.fedcare.v1.ProposalAnswer\x1a\x0f.fedcare.v1.Ack\x12\x35\n\tFetchBlob\x12\x13.fedcare.v1.BlobRef\x1a\x11.fedcare.v1.Chunk0\x01\x12\x36\n\x08PushBlob\x12\x11.fedcare.v1.Chunk\x1a\x15.fedcare.v1.PushReply(\x01\x12<\n\x0bQueryUpload\x12\x16.fedcare.v1.BlobHeader\x1a\x15.fedcare.v1.PushReply\x12;\n\rReportMetrics\x12\x19.fedcare.v1.MetricsReport\x1a\x0f.fedcare.v1.Ack\x12\x39\n\x0cReportScreen\x12\x18.fedcare.v1.ScreenReport\x1a\x0f.fedcare.v1.Ack\x12?\n\rExchangeHeads\x12\x16.fedcare.v1.SignedHead\x1a\x16.fedcare.v1.SignedHead\x12K\n\x0bSubmitStudy\x12\x1e.fedcare.v1.SubmitStudyRequest\x1a\x1c.fedcare.v1.SubmitStudyReply\x12?\n\x0eGetStudyStatus\x12\x14.fedcare.v1.StudyRef\x1a\x17.fedcare.v1.StudyStatus\x12\x44\n\x0bListStudies\x12\x1e.fedcare.v1.ListStudiesRequest\x1a\x15.fedcare.v1.StudyListb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n coordinator/api/federation.proto\x12\nfedcare.v1\"!\n\x03\x41\x63k\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"b\n\x0bJoinRequest\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x12\n\nmodalities\x18\x02 \x03(\t\x12\x17\n\x0fwrap_public_key\x18\x03 \x01(\x0c\x12\x18\n\x10software_version\x18\x04 \x01(\t\" \n\tJoinReply\x12\x13\n\x0b\x63oordinator\x18\x01 \x01(\t\"I\n\x0fPullTaskRequest\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x0e\n\x06wait_s\x18\x02 \x01(\x01\x12\x18\n\x10\x64\x65\x66\x65rred_studies\x18\x03 \x03(\t\"\xec\x02\n\x04Task\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.fedcare.v1.TaskKind\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x11\n\tspec_json\x18\x05 \x01(\t\x12\x15\n\rmodel_version\x18\x06 \x01(\r\x12?\n\x10participant_keys\x18\x07 \x03(\x0b\x32%.fedcare.v1.Task.ParticipantKeysEntry\x12\x18\n\x10max_update_bytes\x18\x08 \x01(\x04\x12\x12\n\nround_seed\x18\t \x01(\x04\x12\x15\n\rpublish_model\x18\n \x01(\x08\x12\x13\n\x0bother_silos\x18\x0b \x03(\t\x12\x13\n\x0bwait_reason\x18\x0c \x01(\t\x1a\x36\n\x14ParticipantKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x93\x02\n\x0eProposalAnswer\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x03 \x01(\x08\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x13\n\x0bspec_sha256\x18\x05 \x01(\t\x12\x15\n\rtrain_samples\x18\x06 \x01(\x04\x12\x14\n\x0ctest_samples\x18\x07 \x01(\x04\x12H\n\x10member_wrap_keys\x18\x08 \x03(\x0b\x32..fedcare.v1.ProposalAnswer.MemberWrapKeysEntry\x1a\x35\n\x13MemberWrapKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"^\n\x07\x42lobRef\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\"\n\x04kind\x18\x02 \x01(\x0e\x32\x14.fedcare.v1.BlobKind\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0c\n\x04silo\x18\x04 \x01(\t\"\xb3\x01\n\nBlobHeader\x12 \n\x03ref\x18\x01 \x01(\x0b\x32\x13.fedcare.v1.BlobRef\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\r\n\x05nonce\x18\x05 \x01(\t\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x10\n\x08\x65ncoding\x18\x07 \x01(\t\x12\x15\n\rmetadata_json\x18\x08 \x01(\t\x12\x0e\n\x06offset\x18\t \x01(\x04\"I\n\x05\x43hunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.fedcare.v1.BlobHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04\x62ody\"K\n\tPushReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\"\x92\x01\n\rPrivacyReport\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x18\n\x10noise_multiplier\x18\x04 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x05 \x01(\x01\x12\r\n\x05steps\x18\x06 \x01(\x04\x12\x12\n\naccountant\x18\x07 \x01(\t\"\xdc\x02\n\rMetricsReport\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x15\n\rmodel_version\x18\x04 \x01(\r\x12\x37\n\x07metrics\x18\x05 \x03(\x0b\x32&.fedcare.v1.MetricsReport.MetricsEntry\x12\x0f\n\x07samples\x18\x06 \x01(\x04\x12\x0f\n\x07skipped\x18\x07 \x01(\x08\x12\x13\n\x0bskip_reason\x18\x08 \x01(\t\x12*\n\x07privacy\x18\t \x01(\x0b\x32\x19.fedcare.v1.PrivacyReport\x12\x14\n\x0cmodel_sha256\x18\n \x01(\t\x12\r\n\x05nonce\x18\x0b \x01(\t\x12\x14\n\x0c\x62udget_spent\x18\x0c \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\\\n\x0cScreenReport\x12\x0c\n\x04silo\x18\x01 \x01(\t\x12\x10\n\x08study_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\r\n\x05nonce\x18\x04 \x01(\t\x12\x0e\n\x06values\x18\x05 \x03(\x01\"\'\n\x12SubmitStudyRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"$\n\x10SubmitStudyReply\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x1c\n\x08StudyRef\x12\x10\n\x08study_id\x18\x01 \x01(\t\"\x97\x01\n\x0bStudyStatus\x12\x10\n\x08study_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x15\n\rcurrent_round\x18\x04 \x01(\r\x12\x0e\n\x06rounds\x18\x05 \x01(\r\x12\r\n\x05silos\x18\x06 \x03(\t\x12\x14\n\x0csummary_json\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"#\n\x12ListStudiesRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"H\n\tStudyList\x12(\n\x07studies\x18\x01 \x03(\x0b\x32\x17.fedcare.v1.StudyStatus\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"^\n\nSignedHead\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x12\n\npublic_key\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x0c\n\x04hash\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\t*\x84\x01\n\x08TaskKind\x12\r\n\tTASK_WAIT\x10\x00\x12\x11\n\rTASK_PROPOSAL\x10\x01\x12\x0f\n\x0bTASK_KEYGEN\x10\x02\x12\x0e\n\nTASK_TRAIN\x10\x03\x12\x11\n\rTASK_FINALIZE\x10\x04\x12\x0f\n\x0bTASK_SCREEN\x10\x05\x12\x11\n\rTASK_WRAP_KEY\x10\x06*\xb4\x01\n\x08\x42lobKind\x12\x14\n\x10\x42LOB_UNSPECIFIED\x10\x00\x12\x0e\n\nBLOB_MODEL\x10\x01\x12\x0f\n\x0b\x42LOB_UPDATE\x10\x02\x12\x17\n\x13\x42LOB_PUBLIC_CONTEXT\x10\x03\x12\x14\n\x10\x42LOB_WRAPPED_KEY\x10\x04\x12\x14\n\x10\x42LOB_FINAL_MODEL\x10\x05\x12\x13\n\x0f\x42LOB_KEY_BUNDLE\x10\x06\x12\x17\n\x13\x42LOB_SCREEN_SCALARS\x10\x07\x32\xf8\x05\n\nFederation\x12\x36\n\x04Join\x12\x17.fedcare.v1.JoinRequest\x1a\x15.fedcare.v1.JoinReply\x12\x39\n\x08PullTask\x12\x1b.fedcare.v1.PullTaskRequest\x1a\x10.fedcare.v1.Task\x12=\n\x0e\x41nswerProposal\x12\x1a.fedcare.v1.ProposalAnswer\x1a\x0f.fedcare.v1.Ack\x12\x35\n\tFetchBlob\x12\x13.fedcare.v1.BlobRef\x1a\x11.fedcare.v1.Chunk0\x01\x12\x36\n\x08PushBlob\x12\x11.fedcare.v1.Chunk\x1a\x15.fedcare.v1.PushReply(\x01\x12<\n\x0bQueryUpload\x12\x16.fedcare.v1.BlobHeader\x1a\x15.fedcare.v1.PushReply\x12;\n\rReportMetrics\x12\x19.fedcare.v1.MetricsReport\x1a\x0f.fedcare.v1.Ack\x12\x39\n\x0cReportScreen\x12\x18.fedcare.v1.ScreenReport\x1a\x0f.fedcare.v1.Ack\x12?\n\rExchangeHeads\x12\x16.fedcare.v1.SignedHead\x1a\x16.fedcare.v1.SignedHead\x12K\n\x0bSubmitStudy\x12\x1e.fedcare.v1.SubmitStudyRequest\x1a\x1c.fedcare.v1.SubmitStudyReply\x12?\n\x0eGetStudyStatus\x12\x14.fedcare.v1.StudyRef\x1a\x17.fedcare.v1.StudyStatus\x12\x44\n\x0bListStudies\x12\x1e.fedcare.v1.ListStudiesRequest\x1a\x15.fedcare.v1.StudyListb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPOSALANSWER_MEMBERWRAPKEYSENTRY']._serialized_options = b'8\001'
   _globals['_METRICSREPORT_METRICSENTRY']._loaded_options = None
   _globals['_METRICSREPORT_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=2411
-  _globals['_TASKKIND']._serialized_end=2543
-  _globals['_BLOBKIND']._serialized_start=2546
-  _globals['_BLOBKIND']._serialized_end=2726
+  _globals['_TASKKIND']._serialized_start=2432
+  _globals['_TASKKIND']._serialized_end=2564
+  _globals['_BLOBKIND']._serialized_start=2567
+  _globals['_BLOBKIND']._serialized_end=2747
   _globals['_ACK']._serialized_start=48
   _globals['_ACK']._serialized_end=81
   _globals['_JOINREQUEST']._serialized_start=83
@@ -50,43 +50,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLTASKREQUEST']._serialized_start=217
   _globals['_PULLTASKREQUEST']._serialized_end=290
   _globals['_TASK']._serialized_start=293
-  _globals['_TASK']._serialized_end=636
-  _globals['_TASK_PARTICIPANTKEYSENTRY']._serialized_start=582
-  _globals['_TASK_PARTICIPANTKEYSENTRY']._serialized_end=636
-  _globals['_PROPOSALANSWER']._serialized_start=639
-  _globals['_PROPOSALANSWER']._serialized_end=914
-  _globals['_PROPOSALANSWER_MEMBERWRAPKEYSENTRY']._serialized_start=861
-  _globals['_PROPOSALANSWER_MEMBERWRAPKEYSENTRY']._serialized_end=914
-  _globals['_BLOBREF']._serialized_start=916
-  _globals['_BLOBREF']._serialized_end=1010
-  _globals['_BLOBHEADER']._serialized_start=1013
-  _globals['_BLOBHEADER']._serialized_end=1192
-  _globals['_CHUNK']._serialized_start=1194
-  _globals['_CHUNK']._serialized_end=1267
-  _globals['_PUSHREPLY']._serialized_start=1269
-  _globals['_PUSHREPLY']._serialized_end=1344
-  _globals['_PRIVACYREPORT']._serialized_start=1347
-  _globals['_PRIVACYREPORT']._serialized_end=1493
-  _globals['_METRICSREPORT']._serialized_start=1496
-  _globals['_METRICSREPORT']._serialized_end=1844
-  _globals['_METRICSREPORT_METRICSENTRY']._serialized_start=1798
-  _globals['_METRICSREPORT_METRICSENTRY']._serialized_end=1844
-  _globals['_SCREENREPORT']._serialized_start=1846
-  _globals['_SCREENREPORT']._serialized_end=1938
-  _globals['_SUBMITSTUDYREQUEST']._serialized_start=1940
-  _globals['_SUBMITSTUDYREQUEST']._serialized_end=1979
-  _globals['_SUBMITSTUDYREPLY']._serialized_start=1981
-  _globals['_SUBMITSTUDYREPLY']._serialized_end=2017
-  _globals['_STUDYREF']._serialized_start=2019
-  _globals['_STUDYREF']._serialized_end=2047
-  _globals['_STUDYSTATUS']._serialized_start=2050
-  _globals['_STUDYSTATUS']._serialized_end=2201
-  _globals['_LISTSTUDIESREQUEST']._serialized_start=2203
-  _globals['_LISTSTUDIESREQUEST']._serialized_end=2238
-  _globals['_STUDYLIST']._serialized_start=2240
-  _globals['_STUDYLIST']._serialized_end=2312
-  _globals['_SIGNEDHEAD']._serialized_start=2314
-  _globals['_SIGNEDHEAD']._serialized_end=2408
-  _globals['_FEDERATION']._serialized_start=2729
-  _globals['_FEDERATION']._serialized_end=3489
+  _globals['_TASK']._serialized_end=657
+  _globals['_TASK_PARTICIPANTKEYSENTRY']._serialized_start=603
+  _globals['_TASK_PARTICIPANTKEYSENTRY']._serialized_end=657
+  _globals['_PROPOSALANSWER']._serialized_start=660
+  _globals['_PROPOSALANSWER']._serialized_end=935
+  _globals['_PROPOSALANSWER_MEMBERWRAPKEYSENTRY']._serialized_start=882
+  _globals['_PROPOSALANSWER_MEMBERWRAPKEYSENTRY']._serialized_end=935
+  _globals['_BLOBREF']._serialized_start=937
+  _globals['_BLOBREF']._serialized_end=1031
+  _globals['_BLOBHEADER']._serialized_start=1034
+  _globals['_BLOBHEADER']._serialized_end=1213
+  _globals['_CHUNK']._serialized_start=1215
+  _globals['_CHUNK']._serialized_end=1288
+  _globals['_PUSHREPLY']._serialized_start=1290
+  _globals['_PUSHREPLY']._serialized_end=1365
+  _globals['_PRIVACYREPORT']._serialized_start=1368
+  _globals['_PRIVACYREPORT']._serialized_end=1514
+  _globals['_METRICSREPORT']._serialized_start=1517
+  _globals['_METRICSREPORT']._serialized_end=1865
+  _globals['_METRICSREPORT_METRICSENTRY']._serialized_start=1819
+  _globals['_METRICSREPORT_METRICSENTRY']._serialized_end=1865
+  _globals['_SCREENREPORT']._serialized_start=1867
+  _globals['_SCREENREPORT']._serialized_end=1959
+  _globals['_SUBMITSTUDYREQUEST']._serialized_start=1961
+  _globals['_SUBMITSTUDYREQUEST']._serialized_end=2000
+  _globals['_SUBMITSTUDYREPLY']._serialized_start=2002
+  _globals['_SUBMITSTUDYREPLY']._serialized_end=2038
+  _globals['_STUDYREF']._serialized_start=2040
+  _globals['_STUDYREF']._serialized_end=2068
+  _globals['_STUDYSTATUS']._serialized_start=2071
+  _globals['_STUDYSTATUS']._serialized_end=2222
+  _globals['_LISTSTUDIESREQUEST']._serialized_start=2224
+  _globals['_LISTSTUDIESREQUEST']._serialized_end=2259
+  _globals['_STUDYLIST']._serialized_start=2261
+  _globals['_STUDYLIST']._serialized_end=2333
+  _globals['_SIGNEDHEAD']._serialized_start=2335
+  _globals['_SIGNEDHEAD']._serialized_end=2429
+  _globals['_FEDERATION']._serialized_start=2750
+  _globals['_FEDERATION']._serialized_end=3510
 # @@protoc_insertion_point(module_scope)

@@ -80,7 +80,7 @@ class PullTaskRequest(_message.Message):
     def __init__(self, silo: _Optional[str] = ..., wait_s: _Optional[float] = ..., deferred_studies: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("kind", "study_id", "round", "nonce", "spec_json", "model_version", "participant_keys", "max_update_bytes", "round_seed", "publish_model", "other_silos")
+    __slots__ = ("kind", "study_id", "round", "nonce", "spec_json", "model_version", "participant_keys", "max_update_bytes", "round_seed", "publish_model", "other_silos", "wait_reason")
     class ParticipantKeysEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -99,6 +99,7 @@ class Task(_message.Message):
     ROUND_SEED_FIELD_NUMBER: _ClassVar[int]
     PUBLISH_MODEL_FIELD_NUMBER: _ClassVar[int]
     OTHER_SILOS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_REASON_FIELD_NUMBER: _ClassVar[int]
     kind: TaskKind
     study_id: str
     round: int
@@ -110,7 +111,8 @@ class Task(_message.Message):
     round_seed: int
     publish_model: bool
     other_silos: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[str] = ..., spec_json: _Optional[str] = ..., model_version: _Optional[int] = ..., participant_keys: _Optional[_Mapping[str, bytes]] = ..., max_update_bytes: _Optional[int] = ..., round_seed: _Optional[int] = ..., publish_model: _Optional[bool] = ..., other_silos: _Optional[_Iterable[str]] = ...) -> None: ...
+    wait_reason: str
+    def __init__(self, kind: _Optional[_Union[TaskKind, str]] = ..., study_id: _Optional[str] = ..., round: _Optional[int] = ..., nonce: _Optional[str] = ..., spec_json: _Optional[str] = ..., model_version: _Optional[int] = ..., participant_keys: _Optional[_Mapping[str, bytes]] = ..., max_update_bytes: _Optional[int] = ..., round_seed: _Optional[int] = ..., publish_model: _Optional[bool] = ..., other_silos: _Optional[_Iterable[str]] = ..., wait_reason: _Optional[str] = ...) -> None: ...
 
 class ProposalAnswer(_message.Message):
     __slots__ = ("silo", "study_id", "accept", "reason", "spec_sha256", "train_samples", "test_samples", "member_wrap_keys")

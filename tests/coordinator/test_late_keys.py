@@ -116,11 +116,12 @@ def test_with_no_holder_about_the_late_joiner_waits_with_the_reason_and_joins_wh
     run.late_c()
     run.clock.now += HOLDERS_AWAY_S + 1  # neither a nor b has asked for work since
     with caplog.at_level(logging.WARNING, logger="coordinator.late_keys"):
-        for _ in range(3):
-            assert run.fed.next_task("c", 0).kind == pb.TASK_WAIT
+        waits = [run.fed.next_task("c", 0) for _ in range(3)]
     said = [r.getMessage() for r in caplog.records if "waits for the study's CKKS key" in r.getMessage()]
     assert len(said) == 1 and "none of the silos holding it (a, b)" in said[0], said  # one line, once
     assert "\n" not in said[0]
+    # The late joiner is told too: its TASK_WAIT carries the reason (its node logs it once).
+    assert all((t.kind, t.study_id, t.wait_reason) == (pb.TASK_WAIT, run.study, said[0]) for t in waits), waits
     run.clock.now += 500
     run.wrap_for_late("b", run.fed.next_task("b", 0))  # b comes back: it wraps at once
     assert run.own_secret("c") == run.secret
