@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from coordinator.api import federation_pb2 as pb
-from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 from coordinator.blobs import BlobStore
 from coordinator.errors import InvalidInput, Refused
 from coordinator.federation import Federation
 from coordinator.regional_node.work import MetricsBook
-from coordinator.store import MetricsRow, Store, StudyRow, open_engine
+from coordinator.store import MetricsRow, Store, open_engine
+from tests.coordinator.enrolled import enrolled, small_spec
 
 SILOS = ("h1", "h2", "h3")
 
@@ -27,14 +27,7 @@ def test_a_silo_that_evaluated_another_model_or_reports_nan_is_refused_and_audit
     store = Store(open_engine(f"sqlite:///{tmp_path / 'c.sqlite'}"))
     events: list[tuple[str, dict]] = []
     fed = Federation(store, BlobStore(tmp_path / "blobs"), audit=lambda e, **f: events.append((e, f)))
-    spec = StudySpec(name="same model", modalities=("ehr",), model=ModelSpec(ehr_hidden=8, embed_dim=4),
-                     training=TrainingSpec(rounds=1, min_silos=3, expected_silos=3),
-                     privacy=PrivacySpec(dp=False, encryption="none"))
-    study = fed.submit_study(spec.to_json())
-    sha = store.get(StudyRow, study).spec_sha256
-    for s in SILOS:
-        fed.join(s, ["ehr"], b"")
-        fed.answer_proposal(s, pb.ProposalAnswer(study_id=study, accept=True, spec_sha256=sha, train_samples=10))
+    study = enrolled(fed, small_spec("same model", encryption="none", silos=len(SILOS)), SILOS)
     tasks = {s: fed.next_task(s, 0) for s in SILOS}
     assert {t.kind for t in tasks.values()} == {pb.TASK_TRAIN}
     fed.report_metrics("h1", _report(tasks["h1"], "a" * 64))
