@@ -3,7 +3,7 @@
     python benchmarks/dp_cost.py [--patients 600] [--repeats 3] [--models demo cnn]
 
 For each model (`demo`: the demo's DP-sized model, fixed image/signal statistics and linear
-heads, fedcare.demo's spec; `cnn`: the default ModelSpec, MONAI CNN image and signal encoders)
+heads, fedcare.demo's spec; `cnn`: MONAI CNN image and signal encoders, otherwise the default ModelSpec)
 and each Opacus per-sample-gradient mode (module hooks, torch.func vmap, expanded weights, ghost clipping), one
 epoch over `patients` synthetic patients' tensors of the demo's shapes, one thread, best of
 `repeats`; plain SGD on the same model and loader is the reference. Poisson sampling and noise
@@ -31,7 +31,8 @@ from pipelines.models import build_model, per_sample_loss  # noqa: E402
 from privacy.dp import GRAD_SAMPLE_MODES, make_private, mean_backward  # noqa: E402
 
 DEMO = demo_spec(DemoOptions(out=Path(".")))
-MODELS = {"demo": (DEMO.model, DEMO.training), "cnn": (ModelSpec(), TrainingSpec())}
+MODELS = {"demo": (DEMO.model, DEMO.training),
+          "cnn": (ModelSpec(image_encoder="cnn", signal_encoder="cnn"), TrainingSpec())}
 
 
 def synthetic_tensors(spec: StudySpec, patients: int, *, seed: int = 0) -> TensorDataset:

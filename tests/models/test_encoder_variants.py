@@ -15,7 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from coordinator.api.study import CohortSpec, ModelSpec, StudySpec
 from pipelines.models import MODALITIES, ModelConfigError, ModelInputError, build_model, multimodal_loss
-from pipelines.models.encoders import GRUSignalEncoder, ImageEncoder, SignalEncoder
+from pipelines.models.encoders import (
+    GRUSignalEncoder, ImageEncoder, ImageFeatureEncoder, SignalEncoder, SignalFeatureEncoder,
+)
 
 F_, S, D, C, L = 4, 16, 8, 2, 16
 # (image_dims, signal_encoder): every encoder variant a study can choose
@@ -40,14 +42,17 @@ def batch(b, image_dims, seed=1):
 
 def test_the_spec_chooses_the_encoders():
     spec = StudySpec(name="x", cohort=CohortSpec(image_size=S, image_dims=3, image_depth=D, signal_length=L),
-                     model=ModelSpec(signal_encoder="gru", embed_dim=4, image_channels=(4, 8), signal_hidden=8))
+                     model=ModelSpec(image_encoder="cnn", signal_encoder="gru", embed_dim=4, image_channels=(4, 8), signal_hidden=8))
     model = build_model(**spec.model_arguments())
     assert isinstance(model.encoders["image"], ImageEncoder) and model.encoders["image"].spatial_dims == 3
     assert any(isinstance(m, nn.Conv3d) for m in model.encoders["image"].modules())
     assert isinstance(model.encoders["signal"], GRUSignalEncoder)
     assert any(isinstance(m, DPGRU) for m in model.encoders["signal"].modules())
-    default = build_model(**StudySpec(name="y").model_arguments())
-    assert default.encoders["image"].spatial_dims == 2 and isinstance(default.encoders["signal"], SignalEncoder)
+    cnn = build_model(**StudySpec(name="y", model=ModelSpec(image_encoder="cnn", signal_encoder="cnn")).model_arguments())
+    assert cnn.encoders["image"].spatial_dims == 2 and isinstance(cnn.encoders["signal"], SignalEncoder)
+    default = build_model(**StudySpec(name="z").model_arguments())  # sized for DP-SGD, which studies run by default
+    assert isinstance(default.encoders["image"], ImageFeatureEncoder)
+    assert isinstance(default.encoders["signal"], SignalFeatureEncoder)
 
 
 @pytest.mark.parametrize(("field", "section"), [("image_dims", "cohort"), ("signal_encoder", "model")])

@@ -55,7 +55,7 @@ def test_a_dicom_series_becomes_a_volume_the_3d_study_model_trains_on(tmp_path: 
     spacing = tuple(float(x) for x in pydicom.dcmread(ordered[0], stop_before_pixels=True).PixelSpacing)
     spec = StudySpec(name="ct-3d", modalities=("ehr", "image"),
                      cohort=CohortSpec(image_size=16, image_dims=3, image_depth=8),
-                     model=ModelSpec(embed_dim=4, ehr_hidden=8, image_channels=(4, 8)))
+                     model=ModelSpec(image_encoder="cnn", embed_dim=4, ehr_hidden=8, image_channels=(4, 8)))
     volume = series_volume(frames, image_size=spec.cohort.image_size, depth=spec.cohort.image_depth, spacing=spacing)
     assert volume.shape == (1, 8, 16, 16) and volume.dtype == np.float32
     assert abs(volume.mean()) < 1e-4 and volume.std() == pytest.approx(1.0, abs=1e-3)

@@ -39,7 +39,7 @@ def test_one_dp_round_on_a_3d_study_from_dicom_files(tmp_path: Path):
     fhir, dicom = _silo(tmp_path)
     spec = StudySpec(name="ct-3d", modalities=("ehr", "image"),
                      cohort=CohortSpec(image_size=16, image_dims=3, image_depth=8),
-                     model=ModelSpec(embed_dim=4, ehr_hidden=8, image_channels=(4, 8)),
+                     model=ModelSpec(image_encoder="cnn", embed_dim=4, ehr_hidden=8, image_channels=(4, 8)),
                      training=TrainingSpec(batch_size=4, local_epochs=1, learning_rate=0.1),
                      privacy=PrivacySpec(dp=True, noise_multiplier=1.0, target_epsilon=None, encryption="none"))
     result = ingest_silo(fhir=[fhir], dicom=[dicom], wearables=[], cohort=spec.cohort, pseudonym_key=KEY)

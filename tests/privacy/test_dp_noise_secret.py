@@ -35,7 +35,7 @@ def spec(dp: bool) -> StudySpec:
     return StudySpec(
         name="noise-secret",
         cohort=CohortSpec(image_size=S, signal_length=L),
-        model=ModelSpec(embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4),
+        model=ModelSpec(image_encoder="cnn", signal_encoder="cnn", embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4),
         training=TrainingSpec(rounds=1, batch_size=16, learning_rate=0.05),
         privacy=PrivacySpec(dp=dp, noise_multiplier=1.0 if dp else None, target_epsilon=None if dp else 8.0,
                             max_grad_norm=1.0, encryption="none"),

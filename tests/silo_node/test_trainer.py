@@ -30,7 +30,7 @@ def spec(*, dp: bool, clipping: str = "flat", seed: int = 0) -> StudySpec:
     return StudySpec(
         name="trainer",
         cohort=CohortSpec(image_size=S, signal_length=L),
-        model=ModelSpec(embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4),
+        model=ModelSpec(image_encoder="cnn", signal_encoder="cnn", embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4),
         training=TrainingSpec(rounds=1, local_epochs=2, batch_size=16, learning_rate=0.05, seed=seed),
         privacy=PrivacySpec(dp=dp, noise_multiplier=1.0 if dp else None, target_epsilon=None if dp else 8.0,
                             encryption="none", clipping=clipping, max_grad_norm=10.0),
