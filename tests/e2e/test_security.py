@@ -83,16 +83,17 @@ def test_mutual_tls_roles_and_revocation(cluster, tmp_path: Path) -> None:
     # A silo with a valid certificate joins, enrols and trains (a real `fedcare silo run`).
     hospitals = {h.name: h for h in cluster.hospitals}
     cluster.start_silo(hospitals[good], insecure=False, tls=tls_table(pki, "silo", good))
+    # A silo whose certificate comes from another CA (started now, so that its start overlaps the good one's).
+    cluster.start_silo(hospitals[foreign], insecure=False, max_retries=1, max_retry_s=5, tls={
+        "ca_cert": str(pki / "ca.pem"), "cert": str(rogue / "silo" / f"{foreign}.pem"),
+        "key": str(rogue / "silo" / f"{foreign}.key")})
     spec = StudySpec(name="mtls", training=TrainingSpec(rounds=1, local_epochs=1, min_silos=1, expected_silos=1,
                                                         round_timeout_s=120),
                      privacy=PrivacySpec(dp=False, encryption="none"))
     study = researcher.submit(spec)
     cluster.wait_for(researcher, study, lambda st, s: good in st.silos and st.current_round >= 1, timeout=240)
 
-    # A silo whose certificate comes from another CA: the TLS handshake fails, no call reaches the service.
-    cluster.start_silo(hospitals[foreign], insecure=False, max_retries=1, max_retry_s=5, tls={
-        "ca_cert": str(pki / "ca.pem"), "cert": str(rogue / "silo" / f"{foreign}.pem"),
-        "key": str(rogue / "silo" / f"{foreign}.key")})
+    # The silo from another CA: the TLS handshake fails, no call reaches the service.
     assert wait_exit(cluster.procs[foreign], 180) == 2
     assert "unreachable" in cluster.log(foreign) and "UNAVAILABLE" in cluster.log(foreign)
     rogue_client = CoordinatorClient(open_channel(cluster.target, credentials=credentials(
