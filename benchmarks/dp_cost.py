@@ -25,10 +25,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator.api.study import ModelSpec, StudySpec, TrainingSpec  # noqa: E402
-from fedcare.demo import DemoOptions, demo_spec  # noqa: E402
-from pipelines.models import build_model, per_sample_loss  # noqa: E402
-from privacy.dp import GRAD_SAMPLE_MODES, make_private, mean_backward  # noqa: E402
+from coordinator.api.study import ModelSpec, StudySpec, TrainingSpec
+from fedcare.demo import DemoOptions, demo_spec
+from pipelines.models import build_model, per_sample_loss
+from privacy.dp import GRAD_SAMPLE_MODES, make_private, mean_backward
 
 DEMO = demo_spec(DemoOptions(out=Path(".")))
 MODELS = {"demo": (DEMO.model, DEMO.training),

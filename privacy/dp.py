@@ -13,8 +13,9 @@ import logging
 import math
 import secrets
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import torch
 from opacus import PrivacyEngine

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from coordinator.api.protocol import MODALITIES
 from coordinator.api.study import StudySpec
 from pipelines.models import (
     MultimodalModel,
@@ -31,16 +30,29 @@ from pipelines.models import (
     shared_parameter_names,
 )
 from pipelines.models.weights import shared_parameters
-from privacy.dp import AdaptiveClipping, DPStep, GradSampleMode, make_private, mean_backward
-from silo_node.evaluation import DEFAULT_THRESHOLD, VALIDATION_PREFIX, choose_threshold, clinical_metrics
+from privacy.dp import (
+    AdaptiveClipping,
+    DPStep,
+    GradSampleMode,
+    make_private,
+    mean_backward,
+)
+from silo_node.evaluation import (
+    DEFAULT_THRESHOLD,
+    VALIDATION_PREFIX,
+    choose_threshold,
+    clinical_metrics,
+)
 
 log = logging.getLogger(__name__)
-# How Opacus computes per-sample gradients, chosen by measurement (benchmarks/dp_cost.py, one thread, 600
-# patients, a loaded 2-core machine): on the demo's DP-sized model (fixed statistics, linear heads) hooks ran an
-# epoch in 1.65 s against 1.55 s for plain SGD (1.07x), expanded weights 2.63 s, functorch 2.93 s; on the CNN
-# model hooks 10.5 s, expanded weights 13.3 s, functorch 21.4 s (plain SGD 2.8 s). Hooks also serve Opacus'
-# adaptive-clipping optimizer, which cannot read expanded weights' per-sample gradients.
-GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
+# How Opacus computes per-sample gradients, chosen by measurement (benchmarks/dp_cost.py, one thread, 600 patients,
+# best of 3, two runs on a loaded 2-core machine; seconds per epoch over plain SGD's): on the demo's model expanded
+# weights 1.44x / 1.13x, ghost clipping 2.03x / 1.28x, hooks 2.13x / 1.36x, functorch 2.75x / 2.09x; on the CNN
+# expanded weights 3.19x / 2.84x, hooks 3.47x / 4.08x, ghost clipping 5.28x / 3.69x (Opacus 1.6 has ghost norms
+# for Linear layers only: convolutions still materialise per-sample gradients, and it runs two backward passes).
+GRAD_SAMPLE_MODE: GradSampleMode = "ew"
+# Opacus' adaptive-clipping optimizer reads per-sample gradients, which expanded weights and ghost clipping do not keep
+ADAPTIVE_CLIPPING_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
 
 
 class DeviceUnavailable(ValueError):
@@ -137,7 +149,7 @@ class LocalTrainer:
             private = make_private(module=model, optimizer=optimizer, data_loader=loader,
                                    noise_multiplier=noise, max_grad_norm=self.clip_bound,
                                    accountant=p.accountant, device=self.device, adaptive=adaptive,
-                                   grad_sample_mode=GRAD_SAMPLE_MODE)
+                                   grad_sample_mode=GRAD_SAMPLE_MODE if adaptive is None else ADAPTIVE_CLIPPING_GRAD_SAMPLE_MODE)
             trained, optimizer, loader = private.module, private.optimizer, private.data_loader
             backward = private.backward
         anchors = {n: w.detach().clone() for n, w in model.named_parameters()}

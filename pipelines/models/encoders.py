@@ -9,14 +9,20 @@ BatchNorm anywhere, because batch statistics mix patients and break record-level
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution
 from opacus.layers import DPGRU
 from torch import Tensor, nn
 
-from .features import IMAGE_FEATURES, SIGNAL_STATISTICS, FeatureScaling, ImageStatistics, SignalStatistics
+from .features import (
+    IMAGE_FEATURES,
+    SIGNAL_STATISTICS,
+    FeatureScaling,
+    ImageStatistics,
+    SignalStatistics,
+)
 
 # Log-variances are squashed into (-LOGVAR_BOUND, LOGVAR_BOUND) with a tanh, a soft clamp that
 # keeps exp(logvar) finite without killing the gradient the way a hard clamp does.

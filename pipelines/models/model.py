@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from .encoders import (
-    EHREncoder, FixedFeatureEncoder, GRUSignalEncoder, ImageEncoder, ImageFeatureEncoder, SignalEncoder, SignalFeatureEncoder,
+    EHREncoder,
+    FixedFeatureEncoder,
+    GRUSignalEncoder,
+    ImageEncoder,
+    ImageFeatureEncoder,
+    SignalEncoder,
+    SignalFeatureEncoder,
 )
 from .errors import ModelConfigError, ModelInputError
 from .fusion import MODALITIES, ConcatFusion, MixtureOfExpertsFusion, drop_modalities
-
 
 Architecture = Literal["multimodal", "linear", "mlp"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)

@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
-import pytest
 import torch
-from sklearn.metrics import roc_auc_score
 from torch.utils.data import TensorDataset
 
-from coordinator.api.study import CohortSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import (
+    CohortSpec,
+    ModelSpec,
+    PrivacySpec,
+    StudySpec,
+    TrainingSpec,
+)
 from pipelines.models import build_model, get_shared_weights
-from pipelines.models.features import IMAGE_FEATURES, SIGNAL_STATISTICS, ImageStatistics, SignalStatistics
+from pipelines.models.features import (
+    IMAGE_FEATURES,
+    SIGNAL_STATISTICS,
+    ImageStatistics,
+    SignalStatistics,
+)
 from privacy.dp import noise_for_target
 from silo_node.trainer import LocalTrainer
 
@@ -65,7 +73,7 @@ def test_features_model_is_an_order_of_magnitude_smaller_than_the_cnn_model():
     s = study(rounds=1)
     cnn = build_model(**{**s.model_arguments(), "image_encoder": "cnn", "signal_encoder": "cnn"})
     features = build_model(**s.model_arguments())
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    count = lambda m: sum(p.numel() for p in m.parameters())
     assert count(features) * 5 < count(cnn)
 
 

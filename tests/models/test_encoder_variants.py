@@ -14,9 +14,19 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from coordinator.api.study import CohortSpec, ModelSpec, StudySpec
-from pipelines.models import MODALITIES, ModelConfigError, ModelInputError, build_model, multimodal_loss
+from pipelines.models import (
+    MODALITIES,
+    ModelConfigError,
+    ModelInputError,
+    build_model,
+    multimodal_loss,
+)
 from pipelines.models.encoders import (
-    GRUSignalEncoder, ImageEncoder, ImageFeatureEncoder, SignalEncoder, SignalFeatureEncoder,
+    GRUSignalEncoder,
+    ImageEncoder,
+    ImageFeatureEncoder,
+    SignalEncoder,
+    SignalFeatureEncoder,
 )
 
 F_, S, D, C, L = 4, 16, 8, 2, 16

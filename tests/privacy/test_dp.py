@@ -8,7 +8,14 @@ from dp_accounting import dp_event
 from dp_accounting.rdp import rdp_privacy_accountant
 from opacus.accountants.rdp import RDPAccountant
 
-from privacy.dp import DPStep, PrivateTraining, epsilon_spent, make_private, noise_for_target, would_exceed
+from privacy.dp import (
+    DPStep,
+    PrivateTraining,
+    epsilon_spent,
+    make_private,
+    noise_for_target,
+    would_exceed,
+)
 from privacy.errors import DPError
 
 CASES = [  # (sigma, q, steps, delta)
