@@ -30,8 +30,8 @@ REGION = "region-east"
 
 
 def _spec(rounds: int, encryption: str) -> StudySpec:
-    # min_silos = 1 and no expected_silos: the same spec starts with 3 silos (flat) or with the
-    # region and one direct silo; the studies are submitted once everyone has joined.
+    # min_silos = 1: the same spec starts with 3 silos (flat) or with the region and one direct
+    # silo (_run sets expected_silos to match); the studies are submitted once everyone has joined.
     return StudySpec(name="regional", modalities=("ehr", "signal"), model=ModelSpec(ehr_hidden=32),
                      training=TrainingSpec(rounds=rounds, local_epochs=1, learning_rate=0.05, min_silos=1,
                                            round_timeout_s=300, seed=7),
@@ -53,6 +53,10 @@ def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Pa
     Both topologies use the same silo state folders: a silo's pseudonym key (hence its
     train/test split) lives there, and the ingestion cache makes the second run faster.
     """
+    # The study waits for every participant of this topology (the region counts as one), so a silo
+    # slow to answer its proposal on a loaded machine is not left out of round 1.
+    spec = spec.model_copy(update={"training": spec.training.model_copy(
+        update={"expected_silos": len(direct) + (1 if behind_region else 0)})})
     client = cluster.start_coordinator()
     region = cluster.start_regional(REGION, expected_silos=len(behind_region)) if behind_region else None
     for h in behind_region:
