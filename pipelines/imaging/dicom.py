@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
+from monai.transforms import Compose, NormalizeIntensity, Resize
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -33,9 +33,6 @@ from ..inputs import COMPRESSED, input_files
 from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..quarantine import Quarantine
 from ..wearables.waveform_dicom import WaveformNotImage, is_waveform
-
-if TYPE_CHECKING:
-    from monai.transforms import Compose
 
 log = logging.getLogger(__name__)
 _ENCAPSULATED_MIN = 4  # bytes: an encapsulated Pixel Data element holds at least an item tag
@@ -267,16 +264,11 @@ def _values(arr: np.ndarray, ds: Dataset, source: str) -> np.ndarray:
 
 def image_transform(image_size: int) -> Compose:
     """[1, H, W] square-pixel values -> [1, S, S] float32, zero mean and unit variance."""
-    # MONAI (and torch) only where pixels are decoded: a header-pass worker starts without them
-    from monai.transforms import Compose, NormalizeIntensity, Resize
-
     return Compose([Resize(spatial_size=(image_size, image_size), mode="area"), NormalizeIntensity()])
 
 
 def normalise_slice(pixels: np.ndarray, image_size: int, spacing: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
     """Square pixels (PixelSpacing), square field of view (padded with the minimum), resize, z-score."""
-    from monai.transforms import Resize  # as in image_transform
-
     img = pixels[None].astype(np.float32)
     row, col = spacing
     if abs(row - col) > 1e-3 * max(row, col):
