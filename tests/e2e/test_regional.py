@@ -31,11 +31,18 @@ REGION = "region-east"
 
 def _spec(rounds: int, encryption: str) -> StudySpec:
     # min_silos = 1: the same spec starts with 3 silos (flat) or with the region and one direct
-    # silo (_run sets expected_silos to match); the studies are submitted once everyone has joined.
+    # silo (_expecting sets expected_silos to match); the studies are submitted once everyone has joined.
     return StudySpec(name="regional", modalities=("ehr", "signal"), model=ModelSpec(ehr_hidden=32),
                      training=TrainingSpec(rounds=rounds, local_epochs=1, learning_rate=0.05, min_silos=1,
                                            round_timeout_s=300, seed=7),
                      privacy=PrivacySpec(dp=False, encryption=encryption))  # type: ignore[arg-type]
+
+
+def _expecting(spec: StudySpec, *, behind_region: list, direct: list) -> StudySpec:
+    """The study waits for every participant of this topology (the region counts as one), so a silo
+    slow to answer its proposal on a loaded machine is not left out of round 1."""
+    return spec.model_copy(update={"training": spec.training.model_copy(
+        update={"expected_silos": len(direct) + (1 if behind_region else 0)})})
 
 
 def _new_cluster(like, root: Path):  # noqa: ANN001, ANN202 - conftest's Cluster, a second one beside the fixture's
@@ -47,16 +54,12 @@ def _state_dir(root: Path, hospital) -> Path:  # noqa: ANN001 - HospitalFiles
     return root / "silo-state" / hospital.name
 
 
-def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Path, silo_state: Path) -> tuple[dict, dict]:
-    """Start the coordinator, the region (if any silo is behind one) and the silos; run one study.
+def _start(cluster, *, behind_region: list, direct: list, silo_state: Path):  # noqa: ANN001, ANN202 - ResearcherClient
+    """Start the coordinator, the region (if any silo is behind one) and the silos; wait until all joined.
 
     Both topologies use the same silo state folders: a silo's pseudonym key (hence its
     train/test split) lives there, and the ingestion cache makes the second run faster.
     """
-    # The study waits for every participant of this topology (the region counts as one), so a silo
-    # slow to answer its proposal on a loaded machine is not left out of round 1.
-    spec = spec.model_copy(update={"training": spec.training.model_copy(
-        update={"expected_silos": len(direct) + (1 if behind_region else 0)})})
     client = cluster.start_coordinator()
     region = cluster.start_regional(REGION, expected_silos=len(behind_region)) if behind_region else None
     for h in behind_region:
@@ -70,10 +73,20 @@ def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Pa
         cluster.wait_for_log(h.name, "joined the coordinator")
     if region is not None:
         cluster.wait_for_log(REGION, "joined the central coordinator")
+    return client
+
+
+def _study(cluster, client, spec: StudySpec, out: Path) -> tuple[dict, dict]:  # noqa: ANN001 - Cluster, ResearcherClient
+    """Run one study to its end: its summary and its released model."""
     study_id = client.submit(spec)
     summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=900)
-    model = torch.load(client.results(study_id, out)["model"])
-    return summary, model
+    return summary, torch.load(client.results(study_id, out)["model"])
+
+
+def _run(cluster, spec: StudySpec, *, behind_region: list, direct: list, out: Path, silo_state: Path) -> tuple[dict, dict]:
+    """One federation, one study."""
+    client = _start(cluster, behind_region=behind_region, direct=direct, silo_state=silo_state)
+    return _study(cluster, client, _expecting(spec, behind_region=behind_region, direct=direct), out)
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -81,32 +94,49 @@ def _max_difference(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_regional_fedavg_equals_the_flat_federation(cluster, tmp_path, hospitals) -> None:
-    spec = _spec(2, "none")
+def test_regional_equals_flat_in_the_clear_and_under_ckks_with_a_direct_key_holder(cluster, tmp_path, hospitals) -> None:
+    """Two studies over the same two federations (flat, and a region beside a direct silo), in the
+    order they were submitted to each: FedAvg in the clear, then CKKS.
+
+    Under CKKS the key holder is the direct silo (northgate sorts before region-east): it wraps the
+    secret for each of the region's members ("region-east/<member>"), never for the region, and the
+    region hands each member its own wrapped key. One federation of each kind for both studies: a
+    federation's processes take most of a test's time to start."""
+    clear, ckks = _spec(2, "none"), _spec(1, "ckks-exact")
+    direct = [h for h in hospitals if h.name < REGION]
+    members = [h for h in hospitals if h.name > REGION]
+    assert len(direct) == 1 and len(members) == 2, [h.name for h in hospitals]
     flat = _new_cluster(cluster, tmp_path / "flat")
     try:
-        flat_summary, flat_model = _run(flat, spec, behind_region=[], direct=hospitals, out=tmp_path / "flat-out", silo_state=tmp_path)
+        client = _start(flat, behind_region=[], direct=hospitals, silo_state=tmp_path)
+        flat_summary, flat_model = _study(flat, client, _expecting(clear, behind_region=[], direct=hospitals),
+                                          tmp_path / "flat-out")
+        _, flat_ckks_model = _study(flat, client, _expecting(ckks, behind_region=[], direct=hospitals),
+                                    tmp_path / "flat-ckks-out")
     finally:
         flat.stop()
     tree = _new_cluster(cluster, tmp_path / "tree")
     try:
-        summary, model = _run(tree, spec, behind_region=hospitals[:2], direct=hospitals[2:], out=tmp_path / "tree-out", silo_state=tmp_path)
+        client = _start(tree, behind_region=members, direct=direct, silo_state=tmp_path)
+        summary, model = _study(tree, client, _expecting(clear, behind_region=members, direct=direct), tmp_path / "tree-out")
+        ckks_summary, ckks_model = _study(tree, client, _expecting(ckks, behind_region=members, direct=direct),
+                                          tmp_path / "tree-ckks-out")
         region_log = tree.log(REGION)
     finally:
         tree.stop()
 
-    # Upstream the region is ONE participant next to the direct silo, in every round.
-    assert summary["silos"] == sorted([REGION, hospitals[2].name])
+    # In the clear. Upstream the region is ONE participant next to the direct silo, in every round.
+    assert summary["silos"] == sorted([REGION, direct[0].name])
     for r in summary["rounds"][1:]:
-        assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, hospitals[2].name])
+        assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, direct[0].name])
     assert "forwarded one update of weight" in region_log
     # The region's audit log is intact and records each member's update in and one update out per round.
     region_audit = tmp_path / "tree" / REGION / "audit.sqlite"
     assert verify_log(region_audit).ok
-    entries = [e.fields for e in read_log(region_audit).entries]
+    entries = [e.fields for e in read_log(region_audit).entries if e.fields.get("study") == summary["study"]]
     received = [(f["silo"], f["round"]) for f in entries if f.get("kind") == "update" and "silo" in f]
     sent = [f["round"] for f in entries if f.get("kind") == "update" and "silo" not in f]
-    assert sorted(received) == sorted((h.name, r) for h in hospitals[:2] for r in (1, 2))
+    assert sorted(received) == sorted((h.name, r) for h in members for r in (1, 2))
     assert sent == [1, 2]
     # The model learned something, and the two-level FedAvg equals the flat one.
     assert summary["rounds"][-1]["metrics"]["auroc"] != summary["rounds"][0]["metrics"]["auroc"]
@@ -115,6 +145,22 @@ def test_regional_fedavg_equals_the_flat_federation(cluster, tmp_path, hospitals
     # Both evaluated the same models: round metrics agree (the region reports its silos' sample-weighted mean).
     for ours, theirs in zip(summary["rounds"], flat_summary["rounds"]):
         assert ours["metrics"]["auroc"] == pytest.approx(theirs["metrics"]["auroc"], abs=1e-4)
+
+    # Under CKKS, with the direct silo as the key holder.
+    assert ckks_summary["silos"] == sorted([REGION, direct[0].name])
+    for r in ckks_summary["rounds"][1:]:
+        assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, direct[0].name])
+    assert "forwarded the key bundle" not in region_log  # the region was not the key holder
+    assert f"and the wrapped keys of {', '.join(sorted(h.name for h in members))}" in region_log  # fetched upstream
+    worst = _max_difference(ckks_model, flat_ckks_model)
+    assert 0 < worst <= 1e-5, f"regional and flat CKKS aggregates differ by {worst}"
+
+    # The central coordinator's audit says whom the secret was wrapped for: the region's members, not the region.
+    central = [e.fields for e in read_log(tmp_path / "tree" / "coordinator" / "audit.sqlite").entries]
+    [bundle_event] = [f for f in central if f.get("kind") == "key_bundle"]
+    assert bundle_event["silo"] == direct[0].name
+    assert bundle_event["wrapped_for"] == sorted([direct[0].name] + [f"{REGION}/{h.name}" for h in members])
+    _assert_region_holds_no_secret(tmp_path, members, ckks_summary["study"])
 
 
 def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key(cluster, tmp_path, hospitals) -> None:
@@ -136,41 +182,6 @@ def test_regional_ckks_sums_ciphertexts_equal_flat_and_never_hold_the_secret_key
     central = [e.fields for e in read_log(tmp_path / "tree" / "coordinator" / "audit.sqlite").entries]
     [bundle_event] = [f for f in central if f.get("kind") == "key_bundle"]
     assert bundle_event["wrapped_for"] == sorted(f"{REGION}/{h.name}" for h in members)
-    _assert_region_holds_no_secret(tmp_path, members, summary["study"])
-
-
-def test_regional_ckks_with_a_direct_key_holder_equals_flat(cluster, tmp_path, hospitals) -> None:
-    """The key holder is a direct silo (northgate sorts before region-east): it wraps the secret for
-    each of the region's members ("region-east/<member>"), never for the region, and the region
-    hands each member its own wrapped key."""
-    spec = _spec(1, "ckks-exact")
-    direct = [h for h in hospitals if h.name < REGION]
-    members = [h for h in hospitals if h.name > REGION]
-    assert len(direct) == 1 and len(members) == 2, [h.name for h in hospitals]
-    flat = _new_cluster(cluster, tmp_path / "flat")
-    try:
-        _, flat_model = _run(flat, spec, behind_region=[], direct=hospitals, out=tmp_path / "flat-out", silo_state=tmp_path)
-    finally:
-        flat.stop()
-    tree = _new_cluster(cluster, tmp_path / "tree")
-    try:
-        summary, model = _run(tree, spec, behind_region=members, direct=direct, out=tmp_path / "tree-out", silo_state=tmp_path)
-        region_log = tree.log(REGION)
-    finally:
-        tree.stop()
-    assert summary["silos"] == sorted([REGION, direct[0].name])
-    for r in summary["rounds"][1:]:
-        assert sorted(r["aggregation"]["accepted"]) == sorted([REGION, direct[0].name])
-    assert "forwarded the key bundle" not in region_log  # the region was not the key holder
-    assert f"and the wrapped keys of {', '.join(sorted(h.name for h in members))}" in region_log  # fetched upstream
-    worst = _max_difference(model, flat_model)
-    assert 0 < worst <= 1e-5, f"regional and flat CKKS aggregates differ by {worst}"
-
-    # The central coordinator's audit says whom the secret was wrapped for: the region's members, not the region.
-    central = [e.fields for e in read_log(tmp_path / "tree" / "coordinator" / "audit.sqlite").entries]
-    [bundle_event] = [f for f in central if f.get("kind") == "key_bundle"]
-    assert bundle_event["silo"] == direct[0].name
-    assert bundle_event["wrapped_for"] == sorted([direct[0].name] + [f"{REGION}/{h.name}" for h in members])
     _assert_region_holds_no_secret(tmp_path, members, summary["study"])
 
 
