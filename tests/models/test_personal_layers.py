@@ -35,7 +35,7 @@ def test_personal_layers_never_leave_the_silo(dp, signal_encoder):
     spec = StudySpec(
         name="personal",
         cohort=CohortSpec(image_size=S, signal_length=L),
-        model=ModelSpec(image_encoder="cnn", signal_encoder="cnn", embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4,
+        model=ModelSpec(image_encoder="cnn", embed_dim=4, ehr_hidden=8, image_channels=(4,), signal_hidden=4,
                         signal_encoder=signal_encoder, personal_layers=("head", "fusion.gate")),
         training=TrainingSpec(rounds=1, batch_size=8, learning_rate=0.05),
         privacy=PrivacySpec(dp=dp, noise_multiplier=0.5 if dp else None, target_epsilon=None if dp else 8.0,
