@@ -100,7 +100,11 @@ def test_submit_approve_watch_and_download_from_the_browser(chromium, cluster, t
     assert "approved" in spage.inner_text("main")
 
     # Rounds arrive on the researcher's page without a reload (server-sent events).
-    rpage.wait_for_selector("#status[data-round='1']", timeout=900_000)
+    # at least one aggregated round (a fast model can aggregate round 2 before the page hears of round 1)
+    deadline = time.monotonic() + 900
+    while int(rpage.get_attribute("#status", "data-round") or 0) < 1:  # the page's CSP forbids wait_for_function's eval
+        assert time.monotonic() < deadline, "no aggregated round reached the researcher's page"
+        rpage.wait_for_timeout(200)
     rpage.screenshot(path=tmp_path / "study-round-1.png", full_page=True)
     rpage.wait_for_selector("#status[data-state='done']", timeout=900_000)
     assert rpage.locator("#chart-auroc canvas").count() == 1
