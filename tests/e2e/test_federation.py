@@ -120,19 +120,21 @@ def test_a_server_optimiser_under_ckks_runs_at_every_silo_and_equals_the_clear_r
 def test_topk_study_completes_and_counts_fewer_bytes(federation) -> None:
     """A compressed study: top-k updates with error feedback, q8 downlink."""
     cluster, client = federation.cluster, federation.client
+    # the CNN model: enough parameters that 5 % of them is far above the update's fixed overhead; three
+    # rounds of three epochs, as two of two left its AUROC at chance on some runs (0.488 once)
     spec = StudySpec(name="e2e-topk", model=ModelSpec(image_encoder="cnn", signal_encoder="cnn"),
-                     training=TrainingSpec(rounds=2, local_epochs=2, min_silos=2, expected_silos=3, round_timeout_s=120),
+                     training=TrainingSpec(rounds=3, local_epochs=3, min_silos=2, expected_silos=3, round_timeout_s=120),
                      privacy=PrivacySpec(dp=False, encryption="none"),
                      compression=CompressionSpec(codec="topk", fraction=0.05, zstd=True, downlink="q8"))
     study_id = client.submit(spec)
     summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
     rounds = summary["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
     assert summary["final"]["auroc"] > 0.5
     up = [v for r in rounds[1:] for v in r["bytes_up"].values()]
     down = [v for r in rounds[1:] for v in r["bytes_down"].values()]
     full = 4 * 24_820  # the CNN model's float32 parameters, as uncompressed tensors
-    assert len(up) == 6 and all(0 < v < 0.2 * full for v in up), up
+    assert len(up) == 9 and all(0 < v < 0.2 * full for v in up), up
     # version 0 travels as its hash (rebuilt from the seed at each silo), later versions as q8 deltas
     assert all(0 < v < 0.3 * full for v in down), down
     for h in cluster.hospitals:  # the residual is kept on disk at each silo

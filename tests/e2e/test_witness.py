@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from compliance import read_log, verify_logs
-from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 
 pytestmark = pytest.mark.slow
 
@@ -30,8 +30,11 @@ def test_witnessed_heads_catch_a_rolled_back_silo_log(cluster, tmp_path: Path) -
     client = cluster.start_coordinator()
     for h in cluster.hospitals:
         cluster.start_silo(h)
-    spec = StudySpec(name="witness", training=TrainingSpec(rounds=2, local_epochs=1, min_silos=2, expected_silos=3,
-                                                           round_timeout_s=120),
+    # the CNN model: rounds long enough that the older copy below is taken before the study ends (with
+    # the ~1 s rounds of the default model it came after the final exchange of heads, so nothing was cut)
+    spec = StudySpec(name="witness", model=ModelSpec(image_encoder="cnn", signal_encoder="cnn"),
+                     training=TrainingSpec(rounds=3, local_epochs=1, min_silos=2, expected_silos=3,
+                                           round_timeout_s=120),
                      privacy=PrivacySpec(dp=False, encryption="none"))
     study_id = client.submit(spec)
     silo = cluster.hospitals[0].name
@@ -41,6 +44,7 @@ def test_witnessed_heads_catch_a_rolled_back_silo_log(cluster, tmp_path: Path) -
     older = tmp_path / "older.sqlite"
     with sqlite3.connect(silo_log) as live, sqlite3.connect(older) as copy:
         live.backup(copy)  # an older state the node itself signed (what its -wal file keeps)
+    assert client.status(study_id)[0].state == "running", "the study ended before the older copy was taken"
     cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
     cluster.wait_for_log(silo, "finished at this silo")
     cluster.stop()
