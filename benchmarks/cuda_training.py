@@ -38,12 +38,12 @@ from torch.utils.data import DataLoader
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dp_cost import MODELS, synthetic_tensors  # noqa: E402
+from dp_cost import MODELS, synthetic_tensors
 
-from coordinator.api.study import PrivacySpec, StudySpec  # noqa: E402
-from pipelines.models import build_model  # noqa: E402
-from privacy.dp import make_private  # noqa: E402
-from silo_node.trainer import LocalTrainer  # noqa: E402
+from coordinator.api.study import PrivacySpec, StudySpec
+from pipelines.models import build_model
+from privacy.dp import make_private
+from silo_node.trainer import LocalTrainer
 
 NOISE_MULTIPLIER = 1.0
 
@@ -111,7 +111,7 @@ def per_sample_gradients_match(spec: StudySpec, data: torch.utils.data.Dataset, 
         warnings.simplefilter("ignore")
         private = make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=0.0,
                                max_grad_norm=1e6, device=device, grad_sample_mode="hooks")
-    ehr, image, signal, mask, label = (x[:samples].to(device) for x in next(iter(DataLoader(data, batch_size=samples))))
+    ehr, image, signal, mask, label = (x.to(device) for x in next(iter(loader)))  # the plain loader: one batch of `samples`
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     torch.manual_seed(5)
     bce(private.module(ehr, image, signal, mask).logits, label).backward()
