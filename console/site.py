@@ -32,7 +32,7 @@ from console.client_certs import ConsoleTLS
 from console.web import DEFAULT_SESSION_TTL_S, ConsoleCore, Session, Sessions
 from silo_node.approval import ApprovalBook
 from silo_node.config import NodeConfig
-from silo_node.node import LEDGER_FILE, STATE_FILES
+from silo_node.state_files import LEDGER_FILE, STATE_FILES
 
 SITE_ROLES = (Role.SITE_ADMIN, Role.AUDITOR)
 MAX_REASON_CHARS = 500

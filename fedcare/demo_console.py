@@ -18,7 +18,7 @@ from console.accounts import Role
 from console.researcher import FOLLOWED_FILE, FollowedStudies, accounts_in
 from console.site import accounts_of
 from silo_node.config import NodeConfig
-from silo_node.node import LEDGER_FILE
+from silo_node.state_files import LEDGER_FILE
 
 Spawn = Callable[[list[str], Path], subprocess.Popen]
 CONSOLE_DIR = "console"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import importlib.util
 import json
 import os
 import time
@@ -19,11 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pipelines.models as models_pkg
 from compliance.phi import check_no_phi
 from coordinator.api.protocol import StudyKind
 from coordinator.api.study import StudySpec
-from silo_node.analysis import describe_analysis
 from silo_node.config import ApprovalConfig, BudgetConfig
 
 MAX_OTHERS = 1000  # names of other silos kept with a proposal
@@ -32,7 +31,9 @@ MAX_OTHERS = 1000  # names of other silos kept with a proposal
 def model_code_version() -> str:
     """SHA-256 over the model package's source: what the approval binds to besides the spec."""
     digest = hashlib.sha256()
-    root = Path(models_pkg.__file__).parent
+    found = importlib.util.find_spec("pipelines.models")  # found, not imported: that would import torch
+    assert found is not None and found.submodule_search_locations, "pipelines.models is not installed"
+    root = Path(next(iter(found.submodule_search_locations)))
     for path in sorted(root.glob("*.py")):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -42,6 +43,8 @@ def model_code_version() -> str:
 def describe(spec: StudySpec) -> dict[str, Any]:
     """What a study will do at this silo, in the words hospital IT needs to decide."""
     if spec.kind is StudyKind.ANALYSIS:
+        from silo_node.analysis import describe_analysis  # here: it imports the DP accountant, so torch
+
         return describe_analysis(spec)
     p = spec.privacy
     return {

@@ -20,7 +20,7 @@ silo_app = typer.Typer(help="Run and manage a hospital silo node.", **HELP_STYLE
 def silo_init(config: ConfigOpt) -> None:
     """Create the node's audit log and signing key; print the public key to register out of band."""
     from compliance.node_log import open_node_log
-    from silo_node.node import STATE_FILES
+    from silo_node.state_files import STATE_FILES
 
     cfg = node_config(config)
     with open_node_log(Path(cfg.state_dir), node=cfg.name, role="silo", state_files=STATE_FILES) as audit:
