@@ -97,6 +97,11 @@ def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iter
 
     if not ray.is_initialized():
         ray.init(address=workers.ray_address, log_to_driver=False)
-    task = ray.remote(num_cpus=1)(fn)
+    # The readers' fn is a functools.partial (which ray.remote refuses): a task that calls it, shipped once
+    task, fn_ref = ray.remote(num_cpus=1)(_call), ray.put(fn)
     window = max(1, int(ray.cluster_resources().get("CPU", 1))) * IN_FLIGHT_PER_WORKER
-    yield from _windowed(task.remote, ray.get, items, window=window)
+    yield from _windowed(lambda item: task.remote(fn_ref, item), ray.get, items, window=window)
+
+
+def _call(fn: Callable[[T], R], item: T) -> R:
+    return fn(item)
