@@ -38,6 +38,25 @@ def check_approval(ans: pb.ProposalAnswer, spec_sha256: str) -> None:
                       f"({spec_sha256[:12]}…); approve the study's current spec and answer again")
 
 
+def check_join(silo: str, wrap_public_key: bytes) -> None:
+    """Who may join: a silo name the protocol allows (no "/") and a wrap key that is none or a 32-byte
+    X25519 public key (coordinator.key_recipients). A region applies it to its own silos."""
+    check_silo_name(silo)
+    check_wrap_public_key(wrap_public_key)
+
+
+def repeats(recorded: bool | None, ans: pb.ProposalAnswer) -> bool:
+    """The answer repeats the one recorded (`recorded`: its accept, None if there is none): a retry
+    after a lost reply, which keeps what was recorded and is not audited again."""
+    return recorded is not None and recorded == ans.accept
+
+
+def audit_answer(audit: Callable[..., None], silo: str, ans: pb.ProposalAnswer, **fields: Any) -> None:
+    """A recorded answer's audit entry: study_approved or study_rejected, with the site's reason."""
+    audit("study_approved" if ans.accept else "study_rejected", study=ans.study_id, silo=silo, reason=ans.reason,
+          **fields)
+
+
 def may_enroll(studies: Studies, row: StudyRow) -> bool:
     """A silo may still be proposed (and accept) the study now."""
     return row.state == ENROLLING or (row.state in LATE_JOIN_STATES and studies.spec(row.id).training.late_join)
@@ -51,8 +70,7 @@ class Enrollment:
         self.audit, self.clock, self.audit_received = audit, clock, audit_received
 
     def join(self, silo: str, modalities: list[str], wrap_public_key: bytes) -> None:
-        check_silo_name(silo)
-        check_wrap_public_key(wrap_public_key)
+        check_join(silo, wrap_public_key)
         self.store.add(SiloRow(name=silo, modalities_json=json.dumps(sorted(modalities)),
                                wrap_public_key=wrap_public_key, last_seen=self.clock()))
         log.info("silo %s joined (%s)", silo, ", ".join(modalities))
@@ -62,7 +80,7 @@ class Enrollment:
         row = self.studies.row(ans.study_id)
         self.audit_received("proposal_answer", silo, row.id, 0, ans)
         existing = self.store.get(EnrollmentRow, row.id, silo)
-        if existing is not None and existing.accepted == ans.accept:
+        if repeats(existing.accepted if existing is not None else None, ans):
             return False
         late = row.state != ENROLLING
         if late and not (ans.accept and may_enroll(self.studies, row)):
@@ -74,8 +92,7 @@ class Enrollment:
         self.store.add(EnrollmentRow(study_id=ans.study_id, silo=silo, accepted=ans.accept, reason=ans.reason,
                                      train_samples=ans.train_samples, test_samples=ans.test_samples,
                                      member_wrap_keys_json=member_keys_to_json(members)))
-        self.audit("study_approved" if ans.accept else "study_rejected", study=ans.study_id, silo=silo, reason=ans.reason,
-                   **({"late": True, "state": row.state} if late else {}))
+        audit_answer(self.audit, silo, ans, **({"late": True, "state": row.state} if late else {}))
         if late:
             log.info("study %s: %s accepted late (state %s); it joins from the next round", row.id, silo, row.state)
         return True

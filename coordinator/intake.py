@@ -48,6 +48,14 @@ def check_same_model(silo: str, rep: pb.MetricsReport, others: Mapping[str, str]
                       f"{', '.join(differing)}: the aggregate was not the same for every silo")
 
 
+def audit_received(audit: Callable[..., None], kind: str, silo: str, study: str, round_: int, message: Any) -> None:
+    """`message_received` for a silo's message (its deterministic wire bytes): the counterpart of the
+    silo's message_sent entry, for reconciliation (compliance.reconcile). A region records its silos' too."""
+    wire = message.SerializeToString(deterministic=True)
+    audit("message_received", study=study, silo=silo, kind=kind, round=round_, size=len(wire),
+          sha256=hashlib.sha256(wire).hexdigest())
+
+
 class Intake:
     def __init__(self, store: Store, blobs: BlobStore, studies: Studies, *, versions: ModelVersions,
                  rounds: RoundAggregator, buffer: UpdateBuffer, audit: Callable[..., None],
@@ -57,10 +65,7 @@ class Intake:
         self.audit, self.clock = audit, clock
 
     def audit_received(self, kind: str, silo: str, study: str, round_: int, message: Any) -> None:
-        """The counterpart of the silo's message_sent entry, for reconciliation."""
-        wire = message.SerializeToString(deterministic=True)
-        self.audit("message_received", study=study, silo=silo, kind=kind, round=round_, size=len(wire),
-                   sha256=hashlib.sha256(wire).hexdigest())
+        audit_received(self.audit, kind, silo, study, round_, message)
 
     def check_round(self, study_id: str, silo: str, round_: int, nonce: str) -> tuple[StudyRow, RoundRow]:
         """The study and its open round, if the message names that round and its nonce and the silo takes part."""

@@ -70,6 +70,18 @@ def recipients(participants: Mapping[str, tuple[bytes, Mapping[str, bytes]]]) ->
     return keys
 
 
+def participants_of(recipient_keys: Mapping[str, bytes]) -> dict[str, list[str]]:
+    """`recipients` read back: {participant: its members, [] for a direct silo} from a KEYGEN task's
+    participant_keys (a region relaying the task checks its key holder's bundle with it)."""
+    members: dict[str, list[str]] = {}
+    for name in recipient_keys:
+        participant, _, member = name.partition(SEP)
+        members.setdefault(participant, [])
+        if member:
+            members[participant].append(member)
+    return {p: sorted(m) for p, m in members.items()}
+
+
 def split_wrapped(wrapped: Mapping[str, bytes], members: Mapping[str, list[str]]) -> tuple[dict[str, bytes], list[str]]:
     """The key holder's wrapped keys as one blob per participant, and the recipients wrapped for.
 

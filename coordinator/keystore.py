@@ -35,6 +35,16 @@ def parse_key_bundle(data: bytes | bytearray | memoryview) -> KeyBundle:
         raise InvalidInput(str(e)) from None
 
 
+def open_bundle(data: bytes | bytearray | memoryview, members: dict[str, list[str]]) -> tuple[bytes, dict[str, bytes], list[str]]:
+    """The key holder's bundle, checked: its public context (without a secret key), one wrapped-key
+    blob per participant (`split_wrapped`; `members`: {participant: its members, [] for a direct
+    silo}) and the recipients the secret was wrapped for. InvalidInput says what is wrong; the
+    coordinator and a region relaying a KEYGEN task both check a bundle with it."""
+    bundle = parse_key_bundle(data)
+    wrapped, wrapped_for = split_wrapped(bundle.wrapped, members)
+    return public_only(bundle.public_context, "key bundle"), wrapped, wrapped_for
+
+
 class KeyStore:
     def __init__(self, blobs: BlobStore) -> None:
         self.blobs = blobs
@@ -44,7 +54,5 @@ class KeyStore:
 
         Returns the public context's sha, each participant's wrapped-key blob sha and the
         recipients the secret was wrapped for."""
-        bundle = parse_key_bundle(data)
-        wrapped, wrapped_for = split_wrapped(bundle.wrapped, members)
-        public_only(bundle.public_context, "key bundle")
-        return self.blobs.put(bundle.public_context), {s: self.blobs.put(w) for s, w in wrapped.items()}, wrapped_for
+        public, wrapped, wrapped_for = open_bundle(data, members)
+        return self.blobs.put(public), {s: self.blobs.put(w) for s, w in wrapped.items()}, wrapped_for

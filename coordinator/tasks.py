@@ -9,6 +9,7 @@ round, or an asynchronous study's buffer) and finalize (coordinator/finalizing.p
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 from coordinator.api import federation_pb2 as pb
 from coordinator.buffer import UpdateBuffer
@@ -23,6 +24,26 @@ from coordinator.versions import ModelVersions
 ACTIVE_STATES = (ENROLLING, "keygen", "running", "finalizing")
 
 
+def first_task(tasks: Iterable[pb.Task | None]) -> pb.Task | None:
+    """The first task with work in `tasks` (a silo's task in each study, oldest study first; read
+    only as far as needed), else the first TASK_WAIT, which says why, else None. A region picks
+    its silos' next task by the same rule."""
+    waiting = None
+    for task in tasks:
+        if task is not None and task.kind != pb.TASK_WAIT:
+            return task
+        waiting = waiting or task
+    return waiting
+
+
+def proposal(study_id: str, spec_json: str, *, enrolling: bool, answered: bool, deferred: frozenset[str]) -> pb.Task | None:
+    """A study that may still take the silo is proposed to it until it answers, unless the silo put
+    it off (`deferred`: PullTaskRequest.deferred_studies, whose site has not decided yet)."""
+    if enrolling and not answered and study_id not in deferred:
+        return pb.Task(kind=pb.TASK_PROPOSAL, study_id=study_id, spec_json=spec_json)
+    return None
+
+
 class Tasks:
     def __init__(self, store: Store, studies: Studies, enrollment: Enrollment, versions: ModelVersions,
                  buffer: UpdateBuffer, finalization: Finalization, late_keys: LateKeys) -> None:
@@ -32,20 +53,15 @@ class Tasks:
     def for_silo(self, silo: str, deferred: frozenset[str]) -> pb.Task | None:
         """The silo's next task, or None; `deferred`: studies whose proposal it has not decided yet.
         With no work but a reason to say (TASK_WAIT with wait_reason), that wait."""
-        waiting = None
-        for row in sorted(self.store.all(StudyRow), key=lambda r: r.created_at):
-            if row.state not in ACTIVE_STATES:
-                continue
-            task = self._in_study(row, silo, deferred)
-            if task is not None and task.kind != pb.TASK_WAIT:
-                return task
-            waiting = waiting or task
-        return waiting
+        rows = sorted(self.store.all(StudyRow), key=lambda r: r.created_at)
+        return first_task(self._in_study(row, silo, deferred) for row in rows if row.state in ACTIVE_STATES)
 
     def _in_study(self, row: StudyRow, silo: str, deferred: frozenset[str]) -> pb.Task | None:
         enrollment = self.store.get(EnrollmentRow, row.id, silo)
-        if enrollment is None and may_enroll(self.studies, row) and row.id not in deferred:
-            return pb.Task(kind=pb.TASK_PROPOSAL, study_id=row.id, spec_json=row.spec_json)
+        offer = proposal(row.id, row.spec_json, enrolling=may_enroll(self.studies, row), answered=enrollment is not None,
+                         deferred=deferred)
+        if offer is not None:
+            return offer
         if row.state == ENROLLING or enrollment is None or not enrollment.accepted:
             return None
         if row.state == "keygen" and row.key_holder == silo and not row.public_context_sha:

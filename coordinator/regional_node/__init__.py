@@ -12,8 +12,8 @@ whoever the key holder is; the region only passes each silo its own wrapped key.
     config.py    RegionalConfig (pydantic)
     region.py    its silos, the studies proposed to them, the next task of each silo
     work.py      what one relayed task gathers and the one answer forwarded upstream
-    relay.py     the upstream loop (one silo of the central coordinator)
+    relay.py     the upstream loop (one silo of the central coordinator, through the silo's own
+                 client, coordinator.api.client)
     service.py   the downstream gRPC servicer
-    upstream.py  the gRPC client to the central coordinator
     server.py    RegionalAggregator: wires the above into one process
 """

@@ -34,6 +34,8 @@ class RegionalConfig(BaseModel):
     # Share of the study's round_timeout_s the region waits for its silos before forwarding what it has.
     deadline_share: float = Field(default=0.8, gt=0, lt=1)
     poll_wait_s: float = Field(default=10.0, gt=0, le=60)
+    # Quick retries of a failed upstream call; then the central coordinator counts as away and the
+    # call waits for it with backoff, as a silo's does (coordinator.api.client).
     max_retries: int = Field(default=8, ge=0)
     workers: int = Field(default=32, ge=4)
     inbound: InboundLimits = InboundLimits()  # sizes of names, reasons and metric maps its silos may send

@@ -26,11 +26,13 @@ from coordinator.api.codecs import ErrorFeedback
 from coordinator.api.protocol import Encryption, StudyKind
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import decode_tensors
-from coordinator.enrollment import check_approval
+from coordinator.enrollment import audit_answer, check_approval, check_join, repeats
 from coordinator.errors import InvalidInput, NotFound, Refused
-from coordinator.key_recipients import SEP, check_silo_name, check_wrap_public_key
+from coordinator.intake import audit_received
+from coordinator.key_recipients import SEP
 from coordinator.long_poll import long_poll
 from coordinator.regional_node.work import FinalizeWork, KeygenWork, KeyMaterial, RoundWork, Work, keys_from_upstream
+from coordinator.tasks import first_task, proposal
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,9 @@ class Region:
 
     # --- silos ------------------------------------------------------------------------------------
     def join(self, silo: str, modalities: list[str], wrap_public_key: bytes) -> None:
-        check_silo_name(silo)
+        check_join(silo, wrap_public_key)
         if silo == self.name:
             raise InvalidInput(f"a silo may not take the region's own name {silo!r}")
-        check_wrap_public_key(wrap_public_key)
         with self._lock:
             self.silos[silo] = SiloLink(silo, sorted(modalities), wrap_public_key, self.clock())
             log.info("silo %s joined region %s (%s)", silo, self.name, ", ".join(modalities))
@@ -119,15 +120,16 @@ class Region:
             return long_poll(self._changed, wait_s, find)
 
     def _task_for(self, silo: str, deferred: frozenset[str]) -> pb.Task | None:
-        for st in sorted(self.studies.values(), key=lambda s: s.proposed_at):
-            if not st.answered_upstream:
-                if silo not in st.answers and st.study_id not in deferred:
-                    return pb.Task(kind=pb.TASK_PROPOSAL, study_id=st.study_id, spec_json=st.spec_json)
-                continue
-            if st.work is not None and silo in st.work.participants:
-                task = st.work.task_for(silo)
-                if task is not None:
-                    return task
+        """As at the coordinator (coordinator.tasks): the first study, oldest first, with work for the silo."""
+        studies = sorted(self.studies.values(), key=lambda s: s.proposed_at)
+        return first_task(self._task_in(st, silo, deferred) for st in studies)
+
+    def _task_in(self, st: RegionalStudy, silo: str, deferred: frozenset[str]) -> pb.Task | None:
+        """A proposal until the region answered upstream, then the relayed task the silo takes part in."""
+        if not st.answered_upstream:
+            return proposal(st.study_id, st.spec_json, enrolling=True, answered=silo in st.answers, deferred=deferred)
+        if st.work is not None and silo in st.work.participants:
+            return st.work.task_for(silo)
         return None
 
     # --- proposals ----------------------------------------------------------------------------------
@@ -146,14 +148,19 @@ class Region:
             return [s.study_id for s in self.studies.values() if not s.answered_upstream]
 
     def answer_proposal(self, silo: str, ans: pb.ProposalAnswer) -> None:
+        """Recorded by the coordinator's rules (coordinator.enrollment): received and audited, a retried
+        answer kept as it was, an acceptance only of the spec the study has."""
         with self._lock:
             st = self._study(ans.study_id)
+            audit_received(self.audit, "proposal_answer", silo, st.study_id, 0, ans)
+            recorded = st.answers.get(silo)
+            if repeats(recorded.accept if recorded is not None else None, ans):
+                return
             if st.answered_upstream:
                 raise Refused(f"region {self.name} already answered study {st.study_id} upstream; it is no longer enrolling")
             check_approval(ans, st.spec.sha256())
             st.answers[silo] = ans
-            self.audit("study_approved" if ans.accept else "study_rejected", study=st.study_id, silo=silo,
-                       reason=ans.reason[:500])
+            audit_answer(self.audit, silo, ans)
             self._changed.notify_all()
 
     def ready_answers(self) -> list[pb.ProposalAnswer]:
@@ -308,14 +315,14 @@ class Region:
             self._audit_received("final_model", silo, work, len(data), header.sha256)
             self._changed.notify_all()
 
-    def report_metrics(self, silo: str, rep: pb.MetricsReport, wire: bytes) -> None:
+    def report_metrics(self, silo: str, rep: pb.MetricsReport) -> None:
         with self._lock:
             st = self._study(rep.study_id)
             work = st.work
             if not isinstance(work, (RoundWork, FinalizeWork)):
                 raise Refused(f"study {rep.study_id} has no open regional round for silo {silo}")
             work.check(silo, rep.round, rep.nonce)
-            self._audit_received("metrics", silo, work, len(wire), sha256_hex(wire))
+            audit_received(self.audit, "metrics", silo, st.study_id, rep.round, rep)
             if rep.skipped:
                 if not isinstance(work, RoundWork):
                     raise Refused("a round can only be skipped while the study is training")

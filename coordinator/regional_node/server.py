@@ -17,13 +17,13 @@ import grpc
 from compliance.node_log import open_node_log
 from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
+from coordinator.api.client import SOFTWARE_VERSION, CoordinatorClient
 from coordinator.api.transport import open_channel
 from coordinator.auth import Authenticator
 from coordinator.regional_node.config import RegionalConfig
 from coordinator.regional_node.region import Region
 from coordinator.regional_node.relay import Relay
 from coordinator.regional_node.service import RegionalService
-from coordinator.regional_node.upstream import UpstreamClient
 from coordinator.server import GRPC_OPTIONS, listen_on
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ class RegionalAggregator:
         state.mkdir(parents=True, exist_ok=True)
         self.audit_log = open_node_log(state, node=config.name, role="coordinator", state_files=("keys",))
         channel = open_channel(config.upstream, credentials=_upstream_credentials(config))
-        self.upstream = UpstreamClient(channel, name=config.name, max_retries=config.max_retries)
+        # To the central coordinator the region is one silo, with a silo's client: an outage is waited out.
+        self.upstream = CoordinatorClient(channel, silo=config.name, max_retries=config.max_retries,
+                                          peer="central coordinator", software_version=f"{SOFTWARE_VERSION}+regional")
         self.region = Region(config.name, fetch_model=self._fetch_model, audit=self.audit,
                              expected_silos=config.expected_silos, enrollment_timeout_s=config.enrollment_timeout_s,
                              keys_dir=state / "keys")
@@ -67,7 +69,8 @@ class RegionalAggregator:
         self.audit_log.append(event, **fields)
 
     def _fetch_model(self, study_id: str, version: int) -> tuple[pb.BlobHeader, bytes]:
-        return self.upstream.fetch(study_id, pb.BLOB_MODEL, version=version)
+        header, data = self.upstream.fetch(study_id, pb.BLOB_MODEL, version=version)
+        return header, bytes(data)
 
     def start(self) -> "RegionalAggregator":
         self.server.start()
@@ -79,6 +82,7 @@ class RegionalAggregator:
     def stop(self, grace: float = 1.0) -> None:
         self._stop.set()
         self.server.stop(grace).wait()
+        self.upstream.channel.close()  # ends a call that waits for the central coordinator; the relay then stops
 
     def wait(self) -> None:
         self.server.wait_for_termination()

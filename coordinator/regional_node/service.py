@@ -9,6 +9,7 @@ its first byte (QueryUpload always answers 0: the region keeps no partial upload
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -49,12 +50,17 @@ class RegionalService(pb_grpc.FederationServicer):
         silo = self.auth.silo(context, request.silo)
         return self.region.next_task(silo, request.wait_s, frozenset(request.deferred_studies[:1000]))
 
+    def _take(self, request: Any, context: grpc.ServicerContext, check: Callable[[Any, InboundLimits], None],
+              take: Callable[[str, Any], None]) -> pb.Ack:
+        """A silo's message: its caller identified, its free text within the inbound limits, then taken."""
+        silo = self.auth.silo(context, request.silo)
+        check(request, self.limits)
+        take(silo, request)
+        return pb.Ack(ok=True)
+
     @_rpc
     def AnswerProposal(self, request: pb.ProposalAnswer, context: grpc.ServicerContext) -> pb.Ack:
-        silo = self.auth.silo(context, request.silo)
-        check_answer(request, self.limits)
-        self.region.answer_proposal(silo, request)
-        return pb.Ack(ok=True)
+        return self._take(request, context, check_answer, self.region.answer_proposal)
 
     @_rpc
     def FetchBlob(self, request: pb.BlobRef, context: grpc.ServicerContext) -> Iterator[pb.Chunk]:
@@ -109,10 +115,7 @@ class RegionalService(pb_grpc.FederationServicer):
 
     @_rpc
     def ReportMetrics(self, request: pb.MetricsReport, context: grpc.ServicerContext) -> pb.Ack:
-        silo = self.auth.silo(context, request.silo)
-        check_report(request, self.limits)
-        self.region.report_metrics(silo, request, request.SerializeToString(deterministic=True))
-        return pb.Ack(ok=True)
+        return self._take(request, context, check_report, self.region.report_metrics)
 
     @_rpc
     def ReportScreen(self, request: pb.ScreenReport, context: grpc.ServicerContext) -> pb.Ack:

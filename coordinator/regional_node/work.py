@@ -2,9 +2,11 @@
 
 - `KeygenWork`: when the central coordinator picks the region as the study's key holder, one silo
   of the region generates the keys and wraps the secret for every recipient of the KEYGEN task
-  (the region's members as "<region>/<member>", coordinator.key_recipients); the region keeps
-  its members' wrapped keys (it cannot open them) and forwards the bundle upstream. When the key
-  holder is elsewhere, `keys_from_upstream` takes the same material from the central coordinator.
+  (the region's members as "<region>/<member>", coordinator.key_recipients); the region checks
+  the bundle with the coordinator's own check (coordinator.keystore.open_bundle), keeps its
+  members' wrapped keys (it cannot open them) and forwards the bundle upstream. When the key
+  holder is elsewhere, `keys_from_upstream` takes the same material from the central coordinator;
+  both go through `region_keys`.
 - `RoundWork`: a training round relayed to every member silo; their updates are aggregated into
   ONE update (the study's rule in the clear, a ciphertext sum under CKKS) whose weight is the
   sum of the accepted weights, and their evaluations into one sample-weighted metrics report.
@@ -39,8 +41,8 @@ from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 from coordinator.errors import InvalidInput, Refused
 from coordinator.intake import check_same_model, finite_metrics
-from coordinator.key_recipients import SEP
-from coordinator.keystore import parse_key_bundle, public_only
+from coordinator.key_recipients import participants_of
+from coordinator.keystore import open_bundle, public_only
 from coordinator.regional import EncryptedRegionalAggregate, RegionalAggregate
 from coordinator.release import pool
 from privacy.errors import HEError
@@ -117,18 +119,24 @@ class KeyMaterial:
         return KeyBundle(public_context=self.public_context, wrapped=self.wrapped).to_json()
 
 
-def keys_from_upstream(public: bytes, wrapped_blob: bytes, members: list[str]) -> KeyMaterial:
-    """The region's keys as the central coordinator serves them when the key holder is outside the
-    region: the public context, and its wrapped-key blob `{member: base64(wrapped)}`."""
+def region_keys(public_context: bytes, region_blob: bytes, members: list[str]) -> KeyMaterial:
+    """The region's share of a study's keys, wherever its key holder is: the public context (checked
+    by the caller: `public_only`) and its members' wrapped keys from the region's blob
+    `{member: base64(wrapped)}` (coordinator.key_recipients), as the coordinator keeps it."""
     try:
-        wrapped = decode_wrapped_keys(wrapped_blob)
+        wrapped = decode_wrapped_keys(region_blob)
     except ProtocolError as e:
-        raise InvalidInput(f"from the central coordinator: {e}") from None
+        raise InvalidInput(f"the region's wrapped keys: {e}") from None
     missing = sorted(set(members) - set(wrapped))
     if missing:
         raise InvalidInput(f"the study's key holder wrapped no key for member(s) {', '.join(missing)} of this region")
-    return KeyMaterial(public_context=public_only(public, "public context from the central coordinator"),
-                       wrapped={s: wrapped[s] for s in members})
+    return KeyMaterial(public_context=public_context, wrapped={s: wrapped[s] for s in members})
+
+
+def keys_from_upstream(public: bytes, wrapped_blob: bytes, members: list[str]) -> KeyMaterial:
+    """The region's keys as the central coordinator serves them when the key holder is outside the
+    region: the public context, and the region's wrapped-key blob."""
+    return region_keys(public_only(public, "public context from the central coordinator"), wrapped_blob, members)
 
 
 @dataclass
@@ -150,20 +158,16 @@ class KeygenWork(Work):
         return silo != self.key_holder or self.bundle is not None
 
     def accept_bundle(self, silo: str, data: bytes, members: list[str], region: str) -> KeyMaterial:
-        """Check the key holder's bundle and keep the region's members' wrapped keys (which neither
-        the region nor the central coordinator can open); the bundle goes upstream as it is, where
-        the central coordinator checks it again. A 'public' context that carries a secret key is
-        refused and not kept."""
+        """Check the key holder's bundle as the central coordinator does (coordinator.keystore:
+        every recipient the task names, no secret in the public context) and keep the region's
+        members' wrapped keys, which neither the region nor the central coordinator can open. The
+        bundle goes upstream as it is; a refused one is not kept."""
         if silo != self.key_holder or self.bundle is not None:
             raise Refused(f"silo {silo} is not expected to send keys for study {self.upstream.study_id}")
-        bundle = parse_key_bundle(data)
-        missing = sorted(set(self.participant_keys) - set(bundle.wrapped))
-        if missing:
-            raise InvalidInput(f"key bundle lacks the wrapped key of {', '.join(missing)}")
-        public_only(bundle.public_context, "key bundle")
+        public, blobs, _ = open_bundle(data, participants_of(self.participant_keys))
+        keys = region_keys(public, blobs[region], members)
         self.bundle = data
-        return KeyMaterial(public_context=bundle.public_context,
-                           wrapped={m: bundle.wrapped[f"{region}{SEP}{m}"] for m in members})
+        return keys
 
 
 # --- training rounds -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 
 from compliance.audit import Event
 from coordinator.api import federation_pb2 as pb
+from coordinator.api.chunks import sha256_hex
 from coordinator.api.study import AggregationSpec, PrivacySpec, StudySpec
 from coordinator.api.tensors import decode_tensors, encode_tensors
 from coordinator.errors import InvalidInput, NotFound, Refused
@@ -100,6 +101,26 @@ def test_region_answers_a_ckks_study_with_its_members_wrap_keys() -> None:
     assert answer.accept and dict(answer.member_wrap_keys) == {"a": silos["a"].public_bytes()}  # accepting members only
     with pytest.raises(InvalidInput, match="may not contain '/'"):
         fresh.join("x/y", ["ehr"], SiloKeyPair.generate().public_bytes())
+
+
+def test_region_records_a_members_answer_as_the_coordinator_does() -> None:
+    """The receipt of a member's answer is audited as the member's message_sent describes it (so the
+    two logs reconcile, compliance.reconcile), and a retried answer is neither recorded nor
+    audited again (coordinator.enrollment's rules)."""
+    entries: list[tuple[Event, dict]] = []
+    spec = StudySpec(name="answers", privacy=PrivacySpec(dp=False, encryption="none"))
+    region = Region("region-east", fetch_model=_no_fetch, audit=lambda e, **f: entries.append((Event(e), f)),
+                    expected_silos=2)
+    region.join("a", ["ehr"], b"")
+    region.open_proposal(STUDY, spec.to_json())
+    answer = pb.ProposalAnswer(silo="a", study_id=STUDY, accept=True, spec_sha256=spec.sha256(), train_samples=5)
+    region.answer_proposal("a", answer)
+    region.answer_proposal("a", answer)  # the reply was lost; the silo's client sent it again
+    wire = answer.SerializeToString(deterministic=True)
+    receipts = [f for e, f in entries if e == Event.MESSAGE_RECEIVED and f["kind"] == "proposal_answer"]
+    assert receipts[0] == {"study": STUDY, "silo": "a", "kind": "proposal_answer", "round": 0, "size": len(wire),
+                           "sha256": sha256_hex(wire)}
+    assert [e for e, _ in entries].count(Event.STUDY_APPROVED) == 1
 
 
 def test_region_takes_its_members_keys_from_upstream_when_the_key_holder_is_elsewhere() -> None:

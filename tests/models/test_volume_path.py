@@ -8,14 +8,15 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from coordinator.api.study import CohortSpec, ModelSpec, StudySpec
-from pipelines.imaging.dicom import read_frame
 from pipelines.errors import InputError
-from pipelines.models import build_model, multimodal_loss
+from pipelines.imaging.dicom import read_frame
 from pipelines.imaging.volumes import series_volume
+from pipelines.models import build_model, multimodal_loss
+
+from ..pipelines.dicom_series import new_instance
 
 ROWS, COLS, SLICES = 24, 20, 6
 
@@ -25,12 +26,7 @@ def write_series(folder: Path) -> list[Path]:
     series, frame = generate_uid(), generate_uid()
     paths = []
     for k in np.random.default_rng(0).permutation(SLICES):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID = CTImageStorage, ExplicitVRLittleEndian
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = new_instance()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = generate_uid(), series, frame
         ds.PatientID, ds.Modality, ds.InstanceNumber = "P1", "CT", int(k) + 1
         ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 5.0 * int(k)], [1, 0, 0, 0, 1, 0]

@@ -16,6 +16,17 @@ THICKNESS = 5.0
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+def new_instance(sop_class: str = CTImageStorage, syntax: str = ExplicitVRLittleEndian) -> Dataset:
+    """An empty instance of `sop_class` with its file meta: the SOP class and a fresh instance UID in both."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID = sop_class, syntax
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    return ds
+
+
 def tilted(degrees: float) -> tuple[float, ...]:
     """An axial orientation tilted about the row direction (gantry tilt)."""
     r = math.radians(degrees)
@@ -47,12 +58,7 @@ def write_series(folder: Path, mrn: str, slices: int, *, study_date: str = "2023
     for k in (int(k) for k in order):
         if k in skip:
             continue
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.TransferSyntaxUID = CTImageStorage, ExplicitVRLittleEndian
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+        ds = new_instance()
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientID, ds.PatientName, ds.PatientBirthDate = mrn, "Lestrade^Gregory", "19500517"
         ds.Modality, ds.InstanceNumber, ds.StudyDate = "CT", k + 1, study_date

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import (
+    CTImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    RLELossless,
+    generate_uid,
+)
 
 from coordinator.api.study import CohortSpec
 from pipelines.ehr.fhir import iter_resources
@@ -22,6 +26,7 @@ from pipelines.ingest import ingest_silo
 from pipelines.limits import IngestLimits
 from pipelines.quarantine import MAX_MESSAGE, Quarantine
 
+from .dicom_series import new_instance
 from .fixtures import patient, quantity, write_bundle
 
 KEY = b"b" * 32
@@ -40,12 +45,7 @@ def _ingest(tmp_path: Path, **kwargs):
 
 
 def _dicom(path: Path, *, rows: int, cols: int, frames: int = 1, syntax=RLELossless, pixels: bytes | None = None) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-    meta.TransferSyntaxUID = syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(CTImageStorage, syntax)
     ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = "MRN-1", generate_uid(), generate_uid()
     ds.Modality, ds.StudyDate = "CT", "20231201"
     ds.Rows, ds.Columns, ds.NumberOfFrames = rows, cols, frames

@@ -25,7 +25,7 @@ def _waiting_lines(caplog) -> list[str]:
 
 def test_max_retry_s_ends_the_wait_with_one_clear_error(caplog) -> None:
     client = _client(free_port(), max_retry_s=1.0)
-    with caplog.at_level(logging.INFO, logger="silo_node.client"), pytest.raises(CoordinatorUnreachable) as e:
+    with caplog.at_level(logging.INFO, logger="coordinator.api.client"), pytest.raises(CoordinatorUnreachable) as e:
         client.join(["ehr"], b"")
     assert "join" in str(e.value) and "gave up after" in str(e.value) and "max_retry_s = 1" in str(e.value)
     assert len(_waiting_lines(caplog)) == 1  # said once (every few minutes), not at every try
@@ -40,7 +40,7 @@ def test_without_max_retry_s_a_call_waits_for_a_coordinator_that_comes_later(tmp
         client.join(["ehr"], bytes(32))
         joined.set()
 
-    with caplog.at_level(logging.INFO, logger="silo_node.client"):
+    with caplog.at_level(logging.INFO, logger="coordinator.api.client"):
         caller = threading.Thread(target=join, daemon=True)
         caller.start()
         for _ in range(600):  # until the client has said that it waits

@@ -7,13 +7,15 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from coordinator.api.study import CohortSpec
 from pipelines.ingest import ingest_silo
 from pipelines.synthetic import generate_federation
+
+from ..dicom_series import new_instance
 
 TWELVE_LEAD = "1.2.840.10008.5.1.4.1.1.9.1.1"
 LEADS = ("Lead I (Einthoven)", "Lead II", "Lead III", "Lead aVR", "Lead aVL", "Lead aVF",
@@ -22,12 +24,7 @@ FS = 500.0
 
 
 def ecg(path: Path, mrn: str, *, when: str | None = "20231231100000", seconds: float = 2.0) -> Path:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = TWELVE_LEAD, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = TWELVE_LEAD, meta.MediaStorageSOPInstanceUID
+    ds = new_instance(TWELVE_LEAD)
     ds.PatientID, ds.PatientName, ds.Modality = mrn, "Doe^Jane", "ECG"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     if when:
