@@ -40,7 +40,7 @@ from .ehr.table_source import TableSource
 from .errors import ConfigurationError
 from .imaging.dicom import DicomInput
 from .limits import DEFAULT_LIMITS, IngestLimits
-from .parallel import Workers
+from .parallel import WorkerPool, Workers
 from .quarantine import Quarantine
 from .rowfiles import RowFiles
 from .splits import NO_PART
@@ -126,7 +126,7 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     reference date relative dates count from (default: the cohort's, else `INDEX_DATE`); `limits`: bounds on
     what one input may make ingestion allocate (`pipelines.limits`); `wearable_mapping`: the node's `[wearables]`
     (`pipelines.wearables.mapping`); `fhir_validation`: the elements of each FHIR resource read, or every one
-    (`pipelines.ehr.fhir_fields`); `workers`: who parses the inputs (`pipelines.parallel`; default every core).
+    (`pipelines.ehr.fhir_fields`); `workers`: who parses the inputs (`pipelines.parallel`; default every core), one pool for the whole run.
     """
     index_date = index_date or cohort.index_date or INDEX_DATE
     if not isinstance(pseudonym_key, bytes) or len(pseudonym_key) < MIN_KEY_BYTES:
@@ -137,10 +137,10 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
                       wearables=wearables, tables=tables, split_file=split_file, fhir_mrn_system=fhir_mrn_system,
                       fhir_validation=fhir_validation, wearable_mapping=wearable_mapping)
-    with FactStore() as store, RowFiles(cache_dir) as files:
+    with FactStore() as store, RowFiles(cache_dir) as files, WorkerPool(workers) as pool:
         run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
                         cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),
-                        quarantine=Quarantine(), store=store, files=files, limits=limits, workers=workers)
+                        quarantine=Quarantine(), store=store, files=files, limits=limits, pool=pool)
         for step in steps:
             step(run)
         assert run.dataset is not None, "the steps end with build_dataset"

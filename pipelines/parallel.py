@@ -6,6 +6,11 @@ merges them into the same on-disk stores, quarantine and report as a sequential 
 entry for entry. The workers are a `concurrent.futures.ProcessPoolExecutor` on this
 machine's cores (a forkserver: a silo node's gRPC and torch threads are never forked), or
 Ray tasks when the node names a cluster (`Workers.ray_address`).
+
+One ingestion run holds one `WorkerPool`: started by the first reader that has enough inputs,
+shared by the readers after it (FHIR, DICOM headers, chosen slices, volumes, wearable files),
+shut down when the run ends. Inputs that are fetched over the network (a PACS) are read by
+threads instead (`fetch_ordered`): waiting for a server needs no core.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import multiprocessing
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from types import TracebackType
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +30,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 #: Modules a worker imports once, before its first input (fhir.resources' models, pydicom and MONAI take seconds).
-PRELOAD = ["pipelines.ehr.fhir", "pipelines.imaging.instances"]
+PRELOAD = ["pipelines.ehr.fhir", "pipelines.imaging.instances", "pipelines.wearables.signals"]
 #: Inputs in flight per worker: enough to keep each busy, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 4
 
@@ -39,10 +45,13 @@ class Workers(BaseModel):
     # Fewer inputs than this are parsed in the ingesting process: starting workers (a forkserver that
     # imports fhir.resources) cost 5-10 s on a loaded 2-core machine, more than 100 synthetic patients'
     # bundles took to parse there; with 300 two workers parsed 1.7x as fast (benchmarks/ingest.py).
+    # Once a run's pool is started, every later reader's inputs go to it, however few.
     min_inputs: int = Field(default=128, ge=1)
     # An uncompressed NDJSON file larger than this is parsed in chunks of lines of about this size, each one input
     # (pipelines/ehr/ndjson.py): 1 MiB is about a thousand resources, a second of one core's work.
     ndjson_chunk_bytes: int = Field(default=1 << 20, ge=1 << 12)
+    # PACS (DICOMweb) instances fetched at a time, by threads of the ingesting process
+    fetches: int = Field(default=8, ge=1)
 
     def count(self) -> int:
         """The number of workers: `processes`, else the cores this process may run on."""
@@ -60,23 +69,84 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers) -> Iterator[R]:
-    """fn(item) for every item, in the order of `items`. In this process with one worker or fewer than
-    `workers.min_inputs` items; otherwise at most IN_FLIGHT_PER_WORKER inputs per worker are pending
-    at a time, so results stream as they are merged and memory stays flat."""
-    items = items if isinstance(items, Sequence) else list(items)
-    n = workers.count()
-    if n <= 1 or len(items) < workers.min_inputs:
-        yield from map(fn, items)
-        return
-    if workers.ray_address is not None:
-        yield from _ray_map(fn, items, workers)
-        return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
-    with ProcessPoolExecutor(max_workers=min(n, len(items)), mp_context=context) as pool:
+class WorkerPool:
+    """The worker processes of one ingestion run, as a context manager: started on first use, shut down on exit.
+
+    Every reader of the run maps its inputs through the same pool, so the workers (and what they import and
+    warm up) start once per run, not once per reader.
+    """
+
+    def __init__(self, workers: Workers = SEQUENTIAL) -> None:
+        self.settings = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self.starts = 0  # times a process pool was started (once per run at most)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers; inputs still queued (a reader that stopped early) are dropped."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def map_ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """fn(item) for every item, in the order of `items`. In this process with one worker, or with fewer than
+        `Workers.min_inputs` items while no pool is started yet; otherwise at most IN_FLIGHT_PER_WORKER inputs per
+        worker are pending at a time, so results stream as they are merged and memory stays flat."""
+        items = items if isinstance(items, Sequence) else list(items)
+        n = self.settings.count()
+        if n <= 1 or not items or (len(items) < self.settings.min_inputs and not self.started):
+            yield from map(fn, items)
+            return
+        if self.settings.ray_address is not None:
+            yield from _ray_map(fn, items, self.settings)
+            return
+        pool = self._start(n)
         yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items,
                              window=n * IN_FLIGHT_PER_WORKER)
+
+    def _start(self, n: int) -> ProcessPoolExecutor:
+        if self._pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(PRELOAD)
+            self._pool = ProcessPoolExecutor(max_workers=n, mp_context=context)
+            self.starts += 1
+            log.debug("started %d ingestion workers", n)
+        return self._pool
+
+
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers | WorkerPool) -> Iterator[R]:
+    """`WorkerPool.map_ordered` on the run's pool, or on a pool of its own for these items when given `Workers`."""
+    if isinstance(workers, WorkerPool):
+        yield from workers.map_ordered(fn, items)
+        return
+    with WorkerPool(workers) as pool:
+        yield from pool.map_ordered(fn, items)
+
+
+def settings_of(workers: Workers | WorkerPool) -> Workers:
+    """The `Workers` settings of a run's pool, or the settings themselves."""
+    return workers.settings if isinstance(workers, WorkerPool) else workers
+
+
+def fetch_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers | WorkerPool) -> Iterator[R]:
+    """fn(item) for every item, in order, by `Workers.fetches` threads of this process: for network reads
+    (a PACS answers one request while the next is on its way), at most that many pending at a time."""
+    items = items if isinstance(items, Sequence) else list(items)
+    threads = settings_of(workers).fetches
+    if threads <= 1 or len(items) <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fedcare-fetch") as pool:
+        yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items, window=threads)
 
 
 def _windowed(submit: Callable[[T], Any], result: Callable[[Any], R], items: Sequence[T], *,

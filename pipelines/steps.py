@@ -40,7 +40,7 @@ from .errors import InputError
 from .imaging.dicom import DicomInput, file_inputs
 from .imaging.images import ChosenImage, read_images
 from .limits import DEFAULT_LIMITS, IngestLimits
-from .parallel import Workers
+from .parallel import WorkerPool
 from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
@@ -97,7 +97,7 @@ class IngestRun:
     store: FactStore
     files: RowFiles
     limits: IngestLimits = DEFAULT_LIMITS
-    workers: Workers = field(default_factory=Workers)  # who parses the inputs (pipelines.parallel)
+    pool: WorkerPool = field(default_factory=WorkerPool)  # the run's workers, shared by its readers (pipelines.parallel)
     reports: dict[str, ModalityReport] = field(default_factory=lambda: {m: ModalityReport() for m in MODALITIES})
     ehr_unused: Counter = field(default_factory=Counter)
     fhir_sampled: int = 0  # Observations with valueSampledData for a study channel
@@ -178,7 +178,7 @@ class EhrReader:
 def _fhir(run: IngestRun) -> EhrRead:
     got = read_fhir(run.sources.fhir, run.quarantine, deid=run.deid, index_date=run.index_date, store=run.store,
                     channels=tuple(run.cohort.signal_channels), cache=run.cache, limits=run.limits,
-                    mrn_system=run.sources.fhir_mrn_system, workers=run.workers,
+                    mrn_system=run.sources.fhir_mrn_system, workers=run.pool,
                     validation=run.sources.fhir_validation)
     run.fhir_sampled += got.sampled
     return got
@@ -273,7 +273,7 @@ def read_dicom(run: IngestRun) -> None:
                                     quarantine=run.quarantine, patients=run.known,
                                     study_owners=run.store.study_owners(), into=(run.row_of, run.image),
                                     image_dims=c.image_dims, image_depth=c.image_depth, limits=run.limits,
-                                    workers=run.workers)
+                                    workers=run.pool)
     _fill(run.reports["image"], stats)
     run.reports["image"].patients = len(run.images)
 
@@ -284,13 +284,13 @@ def read_wearable_files(run: IngestRun) -> None:
     run.signal_stats.update(read_signals(run.sources.wearables, cohort=run.cohort, deid=run.deid,
                                          index_date=run.index_date, cache=run.cache, quarantine=run.quarantine,
                                          latest=run.latest, limits=run.limits, mapping=run.sources.wearable_mapping,
-                                         notes=run.wearable_notes, index_days=run.index_days))
+                                         notes=run.wearable_notes, index_days=run.index_days, workers=run.pool))
     if run.sources.dicom:  # DICOM waveforms (12-lead ECG) among the node's DICOM files are signals, not images
         run.signal_stats.update(read_signals(run.sources.dicom, cohort=run.cohort, deid=run.deid, index_date=run.index_date,
                                              cache=run.cache, quarantine=run.quarantine, latest=run.latest,
                                              limits=run.limits, mapping=run.sources.wearable_mapping,
                                              notes=run.wearable_notes, devices=(WAVEFORM_DEVICE,),
-                                             index_days=run.index_days))
+                                             index_days=run.index_days, workers=run.pool))
 
 
 def read_sampled_data(run: IngestRun) -> None:

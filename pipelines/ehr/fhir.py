@@ -42,7 +42,7 @@ from ..deid import Deidentifier, age_years
 from ..errors import EXHAUSTION, FhirError, InputError, SignalError, refusal
 from ..inputs import data_name, input_files, open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from ..parallel import SEQUENTIAL, Workers, map_ordered
+from ..parallel import SEQUENTIAL, WorkerPool, Workers, map_ordered, settings_of
 from ..quarantine import Quarantine
 from ..wearables.sampled import segments_of
 from .factstore import FactStore
@@ -293,13 +293,15 @@ def _store(store: FactStore, path: str, facts: FileFacts) -> None:
 def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifier, index_date: date, store: FactStore,
               channels: Sequence[str] = (), cache: IngestCache | None = None,
               limits: IngestLimits = DEFAULT_LIMITS, mrn_system: str | None = None,
-              workers: Workers = SEQUENTIAL, validation: FhirValidation = FhirValidation.USED_FIELDS) -> FhirRead:
+              workers: Workers | WorkerPool = SEQUENTIAL,
+              validation: FhirValidation = FhirValidation.USED_FIELDS) -> FhirRead:
     """Read FHIR files and folders (`*.json`, `*.ndjson`) into `store`, one file at a time.
 
     `validation`: what of each resource is validated (`pipelines.ehr.fhir_fields`).
 
-    Files not in the cache are parsed by `workers` (pipelines.parallel) and merged here in path order; with more
-    than one worker, a large NDJSON file in chunks of lines (`pipelines.ehr.ndjson`), merged in line order.
+    Files not in the cache are parsed by `workers` (pipelines.parallel: the run's pool, or a pool of their own) and
+    merged here in path order; with more than one worker, a large NDJSON file in chunks of lines
+    (`pipelines.ehr.ndjson`), merged in line order.
     Refused inputs and records go to `quarantine` (sampled-data problems under "signal").
     References are resolved later, by `FactStore.resolve`, once every EHR input is read.
     """
@@ -321,7 +323,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         inputs.append((path, digest, cache.get("fhir", digest) is not None))
     parse = functools.partial(parse_or_refuse, deid=deid, index_date=index_date, channels=tuple(channels),
                               limits=limits, mrn_system=mrn_system, validation=validation)
-    pieces = [_pieces(path, workers) if not cached else [] for path, _, cached in inputs]
+    pieces = [_pieces(path, settings_of(workers)) if not cached else [] for path, _, cached in inputs]
     parsed = map_ordered(parse, [piece for file_pieces in pieces for piece in file_pieces], workers)
     for (path, digest, cached), file_pieces in zip(inputs, pieces):
         hit = cache.get("fhir", digest) if cached else None

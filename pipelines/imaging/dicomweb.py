@@ -1,8 +1,8 @@
 """DICOM instances from a PACS over DICOMweb (PS3.18): QIDO-RS to list, WADO-RS to fetch.
 
 Instances are listed study by study (QIDO-RS `/studies`, then `/studies/{uid}/instances`)
-and fetched one at a time, when ingestion reads them, so memory does not grow with the
-archive. Each becomes a `DicomInput` whose bytes are a Part-10 file, so the same header
+and fetched when ingestion reads them, a few at a time by its threads (`pipelines.parallel.fetch_ordered`),
+each thread with its own HTTP session, so memory does not grow with the archive. Each becomes a `DicomInput` whose bytes are a Part-10 file, so the same header
 reading, de-identification, quarantine and cache apply as for files.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 
 import pydicom
@@ -41,6 +42,13 @@ def _fetch(client: DICOMwebClient, study: str, series: str, sop: str, source: st
 def dicomweb_inputs(url: str) -> Iterator[DicomInput]:
     """Every instance of every study at the DICOMweb base `url` (e.g. http://pacs:8042/dicom-web)."""
     client = DICOMwebClient(url=url)
+    sessions = threading.local()
+
+    def thread_client() -> DICOMwebClient:  # a requests session is not documented as thread-safe: one per thread
+        if not hasattr(sessions, "client"):
+            sessions.client = DICOMwebClient(url=url)
+        return sessions.client
+
     offset = 0
     while True:
         try:
@@ -57,7 +65,7 @@ def dicomweb_inputs(url: str) -> Iterator[DicomInput]:
                 series_uid, sop_uid = _value(inst, SERIES_UID), _value(inst, SOP_UID)
                 if series_uid and sop_uid:
                     source = f"{url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
-                    yield DicomInput(source, lambda a=(study_uid, series_uid, sop_uid, source): _fetch(client, *a))
+                    yield DicomInput(source, lambda a=(study_uid, series_uid, sop_uid, source): _fetch(thread_client(), *a))
         if len(studies) < PAGE:
             return
         offset += PAGE

@@ -31,15 +31,14 @@ from ..cache import IngestCache, content_hash
 from ..deid import Deidentifier
 from ..errors import DicomError, InputError
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from ..parallel import SEQUENTIAL, Workers, map_ordered
+from ..parallel import SEQUENTIAL, WorkerPool, Workers, fetch_ordered, map_ordered
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
 from ..wearables.waveform_dicom import WaveformNotImage
 from .dicom import DicomInput
-from .instances import decode_local, decode_slice, headers
+from .instances import build_volume, decode_local, decode_slice, fetch, headers, read_member, replay, volume_local
 from .series import Member, Series, SeriesIndex
-from .series_frames import GEOMETRY, check_geometry, series_frames, series_source
-from .volumes import series_volume
+from .series_frames import GEOMETRY
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +58,7 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                 study_owners: Mapping[str, str] | None = None,
                 into: tuple[Mapping[str, int], RowFile] | None = None, image_dims: int = 2,
                 image_depth: int = 16, limits: IngestLimits = DEFAULT_LIMITS,
-                workers: Workers = SEQUENTIAL) -> tuple[dict[str, ChosenImage], Counter]:
+                workers: Workers | WorkerPool = SEQUENTIAL) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
@@ -70,7 +69,8 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
     does not grow with the number of patients. `image_dims` 3: a `[1, image_depth, S, S]` volume of the
     whole chosen series instead of its middle slice. With `into`, only the images of patients with a row are
     decoded (the series the cohort chooses); another patient's chosen series is reported, never decoded.
-    `workers` parse the local files' headers and decode their chosen slices (`pipelines.imaging.instances`).
+    `workers` (a run's pool, or settings for a pool of this read's own) parse the local files' headers, decode their
+    chosen slices and build their volumes (`pipelines.imaging.instances`); a PACS's instances are fetched by threads.
     """
     if image_dims not in (2, 3):
         raise ValueError(f"image_dims must be 2 (slices) or 3 (volumes), got {image_dims!r}")
@@ -101,9 +101,12 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
         eligible: Counter = Counter()
         _choose_latest(index, stats, eligible)
         picks = [(s, index.members(s)) for s in index.chosen()]
-        decoded = iter(()) if image_dims == 3 else _decode_slices(
-            [members[len(members) // 2] for s, members in picks if into is None or s.pid in into[0]], remote,
-            image_size, cache, workers)
+        wanted = [(s, members) for s, members in picks if into is None or s.pid in into[0]]
+        if image_dims == 3:
+            decoded = _build_volumes(wanted, remote, image_size, image_depth, cache, workers)
+        else:
+            decoded = _decode_slices([members[len(members) // 2] for s, members in wanted], remote, image_size, cache,
+                                     workers)
         for s, members in picks:
             mid = members[len(members) // 2]
             slices = len(members) if len(members) > 1 else mid.frames
@@ -112,7 +115,7 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
             if into is not None and row is None:
                 pass  # an excluded or unknown patient's image is not needed: never decoded
             elif image_dims == 3:
-                image = _volume(s, members, slices, remote, image_size, image_depth, cache, quarantine, stats)
+                image = _volume(members, slices, next(decoded), cache, quarantine, stats)
             else:
                 image = _slice(mid, slices, next(decoded), cache, quarantine)
             if image is None and (into is None or row is not None):
@@ -154,19 +157,24 @@ def _choose_latest(index: SeriesIndex, stats: Counter, eligible: Counter) -> Non
 
 
 def _decode_slices(mids: list[Member], remote: Mapping[int, DicomInput], image_size: int, cache: IngestCache,
-                   workers: Workers) -> Iterator[tuple[np.ndarray | DicomError, bool]]:
+                   workers: Workers | WorkerPool) -> Iterator[tuple[np.ndarray | DicomError, bool]]:
     """For each chosen middle slice in order: (its image or why it cannot be decoded, whether from the cache).
-    Slices not in the cache are decoded: local files by `workers`, PACS instances here."""
+    Slices not in the cache are decoded: local files by `workers`, PACS instances here (fetched by threads)."""
     cached = [cache.get("image", m.digest) is not None for m in mids]
     local = [(m.source, m.path, m.spacing) for m, hit in zip(mids, cached) if not hit and m.path is not None]
     decoded = map_ordered(partial(decode_local, image_size=image_size), local, workers)
+    fetched = fetch_ordered(fetch, [remote[m.k] for m, hit in zip(mids, cached) if not hit and m.path is None], workers)
     for m, hit in zip(mids, cached):
         entry = cache.get("image", m.digest) if hit else None
         if entry is not None:
             yield entry[1]["image"], True
-        elif not hit and m.path is not None:
-            yield next(decoded), False
-        else:  # a PACS instance, or a cache entry gone since it was listed
+        elif not hit:
+            if m.path is not None:
+                yield next(decoded), False
+            else:
+                yield decode_slice(m.source, partial(replay, next(fetched)), spacing=m.spacing,
+                                   image_size=image_size), False
+        else:  # a cache entry gone since it was listed
             read = remote[m.k].read if m.path is None else Path(m.path).read_bytes
             yield decode_slice(m.source, read, spacing=m.spacing, image_size=image_size), False
 
@@ -183,30 +191,50 @@ def _slice(mid: Member, slices: int, decoded: tuple[np.ndarray | DicomError, boo
     return image
 
 
-def _volume(s: Series, members: list[Member], slices: int, remote: Mapping[int, DicomInput], image_size: int, depth: int,
-            cache: IngestCache, quarantine: Quarantine, stats: Counter) -> np.ndarray | None:
-    """The chosen series as `[1, depth, S, S]`, from the cache or built slice by slice; None (quarantined) if it cannot be."""
-    key = content_hash("\n".join(m.digest for m in members).encode())  # the series' content, in slice order
-    hit = cache.get("volume", key)
-    if hit is not None:
-        return hit[1]["image"]
-    source = series_source(s.uid, members)
+def _volume_key(members: list[Member]) -> str:
+    return content_hash("\n".join(m.digest for m in members).encode())  # the series' content, in slice order
+
+
+def _build_volumes(picks: list[tuple[Series, list[Member]]], remote: Mapping[int, DicomInput], image_size: int,
+                   depth: int, cache: IngestCache,
+                   workers: Workers | WorkerPool) -> Iterator[tuple[np.ndarray | InputError, bool]]:
+    """For each chosen series in order: (its volume or why it cannot be built, whether from the cache). Series not
+    in the cache are built: of local files by `workers`; with a PACS instance here, its instances fetched one by one."""
+    keys = [_volume_key(members) for _, members in picks]
+    cached = [cache.get("volume", key) is not None for key in keys]
+    local = [all(m.path is not None for m in members) for _, members in picks]
+    built = map_ordered(partial(volume_local, image_size=image_size, depth=depth),
+                        [(s.uid, members) for (s, members), hit, ok in zip(picks, cached, local) if not hit and ok],
+                        workers)
 
     def read(m: Member) -> bytes:
+        if m.path is not None:
+            return read_member(m)
         try:
-            return remote[m.k].read() if m.path is None else Path(m.path).read_bytes()
+            return remote[m.k].read()
         except OSError as e:
             raise DicomError(str(e), reason="unreadable", source=m.source) from None
 
-    try:
-        check_geometry(members, source)
-        volume = series_volume(series_frames(members, read, source), image_size=image_size, depth=depth,
-                               spacing=members[0].spacing, source=source)
-    except InputError as e:
-        quarantine.add("image", e)
-        if e.reason != GEOMETRY:  # one instance failed: the rest of its series is valid but cannot be used alone
+    for (s, members), key, hit, ok in zip(picks, keys, cached, local):
+        entry = cache.get("volume", key) if hit else None
+        if entry is not None:
+            yield entry[1]["image"], True
+        elif not hit and ok:
+            yield next(built), False
+        else:  # a PACS instance among its members, or a cache entry gone since it was listed
+            yield build_volume(s.uid, members, read, image_size=image_size, depth=depth), False
+
+
+def _volume(members: list[Member], slices: int, built: tuple[np.ndarray | InputError, bool], cache: IngestCache,
+            quarantine: Quarantine, stats: Counter) -> np.ndarray | None:
+    """The chosen series as `[1, depth, S, S]` (cached once built); None (quarantined) if it could not be built."""
+    volume, from_cache = built
+    if isinstance(volume, InputError):
+        quarantine.add("image", volume)
+        if volume.reason != GEOMETRY:  # one instance failed: the rest of its series is valid but cannot be used alone
             stats["unused_incomplete_series"] += len(members) - 1
         return None
-    log.debug("%s: %d slices -> volume of depth %d", source, slices, depth)
-    cache.put("volume", key, {"slices": slices}, {"image": volume})
+    if not from_cache:
+        log.debug("%s: %d slices -> volume of depth %d", members[0].source, slices, volume.shape[1])
+        cache.put("volume", _volume_key(members), {"slices": slices}, {"image": volume})
     return volume

@@ -12,7 +12,8 @@ import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, timedelta
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,16 @@ import numpy as np
 from ..cache import IngestCache, content_hash
 from ..cohort import CohortLike
 from ..deid import Deidentifier
-from ..errors import EXHAUSTION, SignalError, refusal
-from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..ehr.factstore import FactStore
+from ..errors import EXHAUSTION, InputError, SignalError, refusal
+from ..limits import DEFAULT_LIMITS, IngestLimits
+from ..parallel import SEQUENTIAL, WorkerPool, Workers, map_ordered
 from ..quarantine import Quarantine
 from ..rowfiles import RowFile
 from .mapping import WearableMapping, WearableNotes, channel_map, to_recording
 from .recordings import window
 from .registry import WearableReader, input_digest, unread_files, wearable_inputs
+from .registry import reader as device_reader
 from .sampled import cutoff, sampled_hours, sampled_window
 
 log = logging.getLogger(__name__)
@@ -78,12 +81,16 @@ class LatestWindows:
 def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifier, index_date: date, cache: IngestCache,
                  quarantine: Quarantine, latest: LatestWindows, limits: IngestLimits = DEFAULT_LIMITS,
                  mapping: WearableMapping = WearableMapping(), notes: WearableNotes | None = None,
-                 devices: Sequence[str] | None = None, index_days: Mapping[str, int] | None = None) -> Counter:
+                 devices: Sequence[str] | None = None, index_days: Mapping[str, int] | None = None,
+                 workers: Workers | WorkerPool = SEQUENTIAL) -> Counter:
     """Offer each patient's window of each wearable input (any reader of `pipelines.wearables.registry`) to
     `latest`; counters (inputs_read, records, parsed, cached, unused_after_index_date; superseded windows are
     counted by `latest`); the devices, the mapping used and the channels left out go to `notes`; `devices`: only
     the files these readers claim (`pipelines.wearables.registry.wearable_inputs`); `index_days`: per pseudonym, the
-    patient's own index date in days after `index_date` (`pipelines.ehr.timeline.index_day`), 0 if not named."""
+    patient's own index date in days after `index_date` (`pipelines.ehr.timeline.index_day`), 0 if not named.
+
+    Inputs not in the cache are read by `workers` (`pipelines.parallel`: the run's pool, or a pool of this read's
+    own) and merged here in walk order, so windows, refusals, counts and cache are those of a sequential read."""
     index_days = index_days or {}
     channels = tuple(cohort.signal_channels)
     notes = notes if notes is not None else WearableNotes()
@@ -91,19 +98,27 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
     walk_quarantine = quarantine if devices is None else None  # another modality's folders report their own files
     unclaimed: list[Path] = []
     inputs: list[tuple[WearableReader, Path]] = []
+    listed: list[tuple[WearableReader, Path, str | SignalError, bool]] = []  # (reader, input, its digest, in the cache)
     for reader, path in wearable_inputs(paths, walk_quarantine, mapping.device_for, devices, unclaimed):
         inputs.append((reader, path))
-        stats["inputs_read"] += 1
-        notes.devices[reader.device] += 1
         try:
             digest = content_hash((input_digest(reader, path) + mapping.model_dump_json()).encode())
         except OSError as e:
-            quarantine.add("signal", SignalError(f"cannot be read ({e})", reason="unreadable", source=path))
+            listed.append((reader, path, SignalError(f"cannot be read ({e})", reason="unreadable", source=path), False))
             continue
-        hit = cache.get("wearable", digest)
-        if hit is not None and ("days" not in hit[0] or
-                                any(index_days.get(pid, 0) != day for pid, day in hit[0]["days"].items())):
-            hit = None  # a patient's index date moved since: the windows are cut again
+        listed.append((reader, path, digest, _cached(cache, digest, index_days) is not None))
+    read = partial(read_input, channels=channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, deid=deid,
+                   index_date=index_date, limits=limits, mapping=mapping,
+                   index_days={pid: day for pid, day in index_days.items() if day})  # only what differs from 0 travels
+    parsed = map_ordered(read, [(r.device, str(p)) for r, p, digest, cached in listed
+                                if not cached and isinstance(digest, str)], workers)
+    for reader, path, digest, cached in listed:
+        stats["inputs_read"] += 1
+        notes.devices[reader.device] += 1
+        if not isinstance(digest, str):
+            quarantine.add("signal", digest)
+            continue
+        hit = _cached(cache, digest, index_days) if cached else None
         if hit is not None:
             stats["cached"] += 1
             meta, arrays = hit
@@ -112,18 +127,20 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
                      for k, w in enumerate(meta["windows"])]
             notes.add(reader.device, meta["used"], meta["unused"])
             _count(stats, meta, found)
-        else:
-            try:
-                found, meta, clean = _read_input(reader, path, channels, cohort=cohort, deid=deid, index_date=index_date,
-                                                 quarantine=quarantine, limits=limits, mapping=mapping,
-                                                 index_days=index_days)
-            except (SignalError, *EXHAUSTION) as e:  # one file never aborts the run
-                quarantine.add("signal", refusal(e, path))
+        else:  # (a cache entry gone since the walk is read here)
+            got = read((reader.device, str(path))) if cached else next(parsed)
+            for source, note in got.notes:
+                log.info("%s: %s", source, note)
+            for e in got.refused:
+                quarantine.add("signal", e)
+            if got.error is not None:  # one file never aborts the run
+                quarantine.add("signal", got.error)
                 continue
+            found, meta = got.found, got.meta
             stats["parsed"] += 1
             notes.add(reader.device, meta["used"], meta["unused"])
             _count(stats, meta, found)
-            if clean:  # an input with a refused patient record is read again next time, so the refusal is reported again
+            if not got.refused:  # an input with a refused patient record is read again next time, so the refusal is reported again
                 cache.put("wearable", digest, meta, {f"values_{k}": c.values for k, (_, c) in enumerate(found)})
         for pid, chosen in found:
             latest.offer(pid, chosen)
@@ -136,47 +153,82 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
     return stats
 
 
+def _cached(cache: IngestCache, digest: str, index_days: Mapping[str, int]) -> tuple | None:
+    """The cached windows of an input, unless a patient's index date moved since (then they are cut again)."""
+    hit = cache.get("wearable", digest)
+    if hit is None or "days" not in hit[0] or any(index_days.get(pid, 0) != day for pid, day in hit[0]["days"].items()):
+        return None
+    return hit
+
+
 def _count(stats: Counter, meta: dict, found: list) -> None:
     stats["records"] += meta["records"]
     if meta["records"] > len(found):
         stats["unused_after_index_date"] += meta["records"] - len(found)
 
 
-def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *, cohort: CohortLike,
-                deid: Deidentifier, index_date: date, quarantine: Quarantine, limits: IngestLimits,
-                mapping: WearableMapping, index_days: Mapping[str, int]) -> tuple[list[tuple[str, ChosenSignal]], dict, bool]:
-    """Each patient recording of one input, windowed before the patient's own index date: ([(pseudonym, window)],
-    cache meta, no record refused). A window's `end` counts from the end of that patient's index date."""
+@dataclass(frozen=True)
+class InputRead:
+    """What one wearable input holds for the study, as a worker hands it back (`read_input`)."""
+
+    found: list[tuple[str, ChosenSignal]]  # (pseudonym, window) per patient recording with a window
+    meta: dict  # what the cache keeps beside the windows' values
+    refused: list[SignalError]  # patient records refused (the file's other records are used)
+    notes: list[tuple[str, str]]  # (source, note) of the device readers, logged by the ingesting process
+    error: InputError | None = None  # why the whole input is refused (after the records refused before it)
+
+
+def read_input(item: tuple[str, str], *, channels: tuple[str, ...], rate_hz: float, length: int, deid: Deidentifier,
+               index_date: date, limits: IngestLimits, mapping: WearableMapping,
+               index_days: Mapping[str, int]) -> InputRead:
+    """One input (device, path), windowed before each patient's own index date; a refusal of the whole input is
+    returned in `InputRead.error`, never raised: a pure function of the file, run by a worker (`pipelines.parallel`)."""
+    device, name = item
+    path = Path(name)
+    refused: list[SignalError] = []
+    notes: list[tuple[str, str]] = []
+    try:
+        return _read_input(device_reader(device), path, channels, rate_hz=rate_hz, length=length, deid=deid,
+                           index_date=index_date, limits=limits, mapping=mapping, index_days=index_days,
+                           refused=refused, notes=notes)
+    except (SignalError, *EXHAUSTION) as e:
+        return InputRead([], {}, refused, notes, refusal(e, path))
+
+
+def _read_input(reader: WearableReader, path: Path, channels: tuple[str, ...], *, rate_hz: float, length: int,
+                deid: Deidentifier, index_date: date, limits: IngestLimits, mapping: WearableMapping,
+                index_days: Mapping[str, int], refused: list[SignalError], notes: list[tuple[str, str]]) -> InputRead:
+    """Each patient recording of one input, windowed before the patient's own index date (refused records and the
+    readers' notes are appended to `refused` and `notes` as they come). A window's `end` counts from the end of that
+    patient's index date."""
     days: dict[str, int] = {}
     found: list[tuple[str, ChosenSignal]] = []
     used: dict[str, str] = {}
     unused: set[str] = set()
-    records, clean = 0, True
+    records = 0
     for dev in reader.read(path, lambda n: mapping.study_channel(n, channels) is not None, limits):
         unused.update(dev.unused)
-        for note in dev.notes:
-            log.info("%s: %s", dev.source, note)
+        notes += [(dev.source, note) for note in dev.notes]
         pid = deid.pseudonym(dev.patient_id)
         days[pid] = index_days.get(pid, 0)
         own = index_date + timedelta(days=days[pid])
         used.update(channel_map(dev, channels, mapping))  # reported even when the recording is then refused
         try:
             rec, _ = to_recording(dev, channels, mapping)
-            w = window(rec, channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, index_date=own)
+            w = window(rec, channels, rate_hz=rate_hz, length=length, index_date=own)
         except SignalError as e:  # one patient's record of a multi-patient file; the others go on
-            quarantine.add("signal", e)
-            clean = False
+            refused.append(e)
             continue
         records += 1
         if w is not None:
             end = RELATIVE_END if rec.relative else w.end - cutoff(own)
             found.append((pid, ChosenSignal(w.values, w.coverage, end, str(path), w.hours)))
-    if not records and clean:
+    if not records and not refused:
         raise SignalError(f"holds no patient recording {reader.device} exports; expected one (docs/wearables.md)",
                           reason="no_samples", source=path)
     meta = {"device": reader.device, "used": used, "unused": sorted(unused), "records": records, "days": days,
             "windows": [{"pseudonym": pid, "coverage": c.coverage, "end": c.end, "hours": c.hours} for pid, c in found]}
-    return found, meta, clean
+    return InputRead(found, meta, refused, notes)
 
 
 def sampled_signals(store: FactStore, *, cohort: CohortLike, index_date: date, quarantine: Quarantine,

@@ -16,6 +16,7 @@ from pydicom.data import get_testdata_file
 from coordinator.api.study import CohortSpec
 from pipelines.deid import Deidentifier
 from pipelines.ingest import ingest_silo
+from pipelines.parallel import Workers
 
 from .fixtures import patient, write_bundle
 
@@ -84,6 +85,11 @@ def test_orthanc_round_trip(orthanc: str, tmp_path: Path):
     assert rep.inputs_read == 3 and rep.patients == 3 and result.dataset.modality_counts()["image"] == 3
     pids = {Deidentifier(KEY).pseudonym(m) for m in ("1CT1", "4MR1", "ID1")}
     assert pids == set(result.dataset.pseudonyms)
+    # the instances were fetched by threads (Workers.fetches); fetched one at a time, the same images and counts
+    one_by_one = ingest_silo(fhir=[fhir], dicom=[], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY,
+                             dicomweb=[f"{orthanc}/dicom-web"], workers=Workers(processes=1, fetches=1))
+    assert one_by_one.report.model_dump() == result.report.model_dump()
+    assert (one_by_one.dataset.image == result.dataset.image).all()
     again = ingest_silo(fhir=[fhir], dicom=[], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY,
                         dicomweb=[f"{orthanc}/dicom-web"], cache_dir=tmp_path / "cache")
     assert again.report.modalities["image"].parsed == 0 and (again.dataset.image == result.dataset.image).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,10 +16,14 @@ from pipelines.cohort import INDEX_DATE
 from pipelines.deid import Deidentifier
 from pipelines.imaging.dicom import file_inputs
 from pipelines.imaging.images import read_images
-from pipelines.ingest import ingest_silo
-from pipelines.parallel import SEQUENTIAL, Workers, map_ordered
+from pipelines.ingest import STEPS, ingest_silo
+from pipelines.parallel import SEQUENTIAL, WorkerPool, Workers, map_ordered
 from pipelines.quarantine import Quarantine
+from pipelines.steps import IngestRun
 from pipelines.synthetic import HospitalFiles
+
+from .dicom_series import tilted, write_series
+from .fixtures import patient, write_bundle
 
 KEY = b"fedcare-test-pseudonym-key-32byt"
 
@@ -27,8 +32,28 @@ def _square(x: int) -> int:
     return x * x
 
 
+def _pid(_: int) -> int:
+    return os.getpid()
+
+
 def test_map_ordered_keeps_the_order_of_the_inputs() -> None:
     assert list(map_ordered(_square, range(50), Workers(processes=2, min_inputs=1))) == [x * x for x in range(50)]
+
+
+def test_one_pool_serves_every_map_of_a_run_and_stops_with_it() -> None:
+    with WorkerPool(Workers(processes=2, min_inputs=8)) as pool:
+        assert list(pool.map_ordered(_square, range(3))) == [0, 1, 4] and not pool.started  # few: in this process
+        pids = [set(pool.map_ordered(_pid, range(40))) for _ in range(3)]
+        pids.append(set(pool.map_ordered(_pid, range(2))))  # fewer than min_inputs, but the workers are up
+        workers = set().union(*pids)
+        assert os.getpid() not in workers and len(workers) <= 2 and pool.starts == 1  # a pool per map: 4 or more
+    assert not pool.started
+    for pid in workers:  # shut down with the run
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"worker {pid} outlived its pool")
 
 
 def test_parallel_ingest_equals_sequential(small_hospital: HospitalFiles) -> None:
@@ -38,18 +63,48 @@ def test_parallel_ingest_equals_sequential(small_hospital: HospitalFiles) -> Non
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     patient["gender"] = 42  # a record refused, the rest of the file used
     files[1].write_text(json.dumps(bundle))
-    runs = {}
+    (small_hospital.wearables_dir / "notes.csv").write_text("time;hr\n1;2\n")  # a wearable file refused, in a worker
+    runs, pools = {}, []
+
+    def keep_pool(run: IngestRun) -> None:
+        pools.append((run.pool, run.pool.starts))
+
     for name, workers in (("sequential", SEQUENTIAL), ("parallel", Workers(processes=2, min_inputs=1))):
         runs[name] = ingest_silo(fhir=[small_hospital.fhir_dir], dicom=[small_hospital.dicom_dir],
                                  wearables=[small_hospital.wearables_dir], cohort=CohortSpec(), pseudonym_key=KEY,
-                                 workers=workers)
+                                 workers=workers, steps=(*STEPS, keep_pool))
     seq, par = runs["sequential"], runs["parallel"]
     assert par.report.model_dump() == seq.report.model_dump()
     assert par.quarantine.entries == seq.quarantine.entries
-    assert {e.reason for e in seq.quarantine.entries} >= {"bad_json", "invalid_fhir"}
+    assert {e.reason for e in seq.quarantine.entries} >= {"bad_json", "invalid_fhir", "missing_column"}
+    assert seq.report.modalities["signal"].samples >= 10 and seq.report.modalities["image"].samples >= 10
     assert par.dataset.pseudonyms == seq.dataset.pseudonyms
-    for field in ("ehr", "label", "mask"):
+    for field in ("ehr", "image", "signal", "label", "mask"):
         assert torch.equal(getattr(par.dataset, field), getattr(seq.dataset, field))
+    assert [starts for _, starts in pools] == [0, 1]  # FHIR, DICOM and wearables: one pool, started once
+    assert not any(pool.started for pool, _ in pools)  # and stopped when the run ended
+
+
+def test_parallel_volumes_equal_sequential(tmp_path: Path) -> None:
+    """A 3D study's volumes built by workers (pipelines.imaging.instances.volume_local): same volumes and refusals."""
+    fhir, dicom = tmp_path / "fhir", tmp_path / "dicom"
+    fhir.mkdir()
+    mrns = ["MRN-SHORT", "MRN-LONG", "MRN-GAP", "MRN-TILT", "MRN-NONE"]
+    write_bundle(fhir / "patients.json", [patient(f"p{k}", mrn) for k, mrn in enumerate(mrns)])
+    write_series(dicom / "a", "MRN-SHORT", 3)
+    write_series(dicom / "b", "MRN-LONG", 10, level=50.0, window=None)
+    write_series(dicom / "c", "MRN-GAP", 6, skip=(2,))  # refused by its headers' geometry, in a worker
+    write_series(dicom / "d", "MRN-TILT", 5, orientations={3: tilted(5.0)})  # refused while decoding, in a worker
+    cohort = CohortSpec(image_size=16, image_dims=3, image_depth=8)
+    runs = {name: ingest_silo(fhir=[fhir], dicom=[dicom], wearables=[], cohort=cohort, pseudonym_key=KEY,
+                              workers=workers)
+            for name, workers in (("sequential", SEQUENTIAL), ("parallel", Workers(processes=2, min_inputs=1)))}
+    seq, par = runs["sequential"], runs["parallel"]
+    assert seq.report.modalities["image"].samples == 2
+    assert seq.report.modalities["image"].quarantined == {"inconsistent_series_geometry": 2}
+    assert par.report.model_dump() == seq.report.model_dump()
+    assert par.quarantine.entries == seq.quarantine.entries
+    assert torch.equal(par.dataset.image, seq.dataset.image) and torch.equal(par.dataset.mask, seq.dataset.mask)
 
 
 def test_parallel_dicom_equals_sequential_on_a_hospital_with_broken_files(small_hospital: HospitalFiles) -> None:
