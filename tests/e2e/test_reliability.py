@@ -11,6 +11,8 @@ import pytest
 
 from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
 
+from .specs import SECONDS_PER_ROUND_MODEL
+
 pytestmark = pytest.mark.slow
 
 
@@ -51,9 +53,8 @@ def test_a_silo_killed_mid_round_is_dropped_then_rejoins(cluster) -> None:
     # Round 1 closes at its deadline (the victim never answers). Not shorter: the restarted victim must
     # join before round 2's deadline passes while the survivors are paused, or the round is reopened
     # with the victim in it (40 s failed that way on a loaded machine).
-    # The CNN model, three epochs: survivors' rounds long enough (seconds) that they are paused inside
-    # round 2; the default model's rounds (~0.2 s) let them finish the study before the pause.
-    study = client.submit(_spec(round_timeout_s=60, rounds=4, model=ModelSpec(image_encoder="cnn", signal_encoder="cnn"),
+    # Three epochs of seconds-long rounds: the survivors are paused inside round 2, not after the study.
+    study = client.submit(_spec(round_timeout_s=60, rounds=4, model=SECONDS_PER_ROUND_MODEL,
                                 local_epochs=3))
     cluster.wait_for(client, study, lambda st, s: st.state == "running" and st.current_round == 1, timeout=240)
     cluster.kill(victim, signal.SIGKILL)  # mid round 1: the silo is training or about to

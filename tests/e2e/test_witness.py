@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from compliance import read_log, verify_logs
-from coordinator.api.study import ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
+
+from .specs import SECONDS_PER_ROUND_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -30,9 +32,9 @@ def test_witnessed_heads_catch_a_rolled_back_silo_log(cluster, tmp_path: Path) -
     client = cluster.start_coordinator()
     for h in cluster.hospitals:
         cluster.start_silo(h)
-    # the CNN model: rounds long enough that the older copy below is taken before the study ends (with
-    # the ~1 s rounds of the default model it came after the final exchange of heads, so nothing was cut)
-    spec = StudySpec(name="witness", model=ModelSpec(image_encoder="cnn", signal_encoder="cnn"),
+    # rounds of seconds: the older copy below is taken before the study ends (with the default model's
+    # short rounds it came after the final exchange of heads, so nothing was cut)
+    spec = StudySpec(name="witness", model=SECONDS_PER_ROUND_MODEL,
                      training=TrainingSpec(rounds=3, local_epochs=1, min_silos=2, expected_silos=3,
                                            round_timeout_s=120),
                      privacy=PrivacySpec(dp=False, encryption="none"))
