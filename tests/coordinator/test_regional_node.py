@@ -67,9 +67,14 @@ def test_region_keeps_only_wrapped_keys_and_refuses_a_secret_public_context() ->
     wrapped = {s: base64.b64encode(wrap_secret(secret, k, context=STUDY.encode())).decode()
                for s, k in relayed.participant_keys.items()}
 
-    def bundle(public: bytes) -> bytes:
-        return json.dumps({"public_context": base64.b64encode(public).decode(), "wrapped": wrapped}).encode()
+    def bundle(public: bytes, extra: dict[str, str] | None = None) -> bytes:
+        return json.dumps({"public_context": base64.b64encode(public).decode(),
+                           "wrapped": {**wrapped, **(extra or {})}}).encode()
 
+    # Checked as the central coordinator checks it (coordinator.keystore.open_bundle), before anything is kept.
+    with pytest.raises(InvalidInput, match="wraps a key for 'region-east/stranger'"):
+        region.accept_key_bundle("a", STUDY, bundle(keys.public_context(), {"region-east/stranger": wrapped["direct"]}),
+                                 "sha")
     with pytest.raises(InvalidInput, match="carries a secret key"):
         region.accept_key_bundle("a", STUDY, bundle(secret), "sha")
     assert region.studies[STUDY].keys is None and work.bundle is None
