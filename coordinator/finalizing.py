@@ -64,9 +64,13 @@ class Finalization:
         """Release and finish once every participant reported (at the deadline: once some did); the
         reason the study fails when the deadline passes without a published final model, else None."""
         encrypted = self.spec(row.id).protocol.encrypted
-        participants = json.loads(rnd.participants_json)
+        participants = rnd.participant_set()
         timed_out = self.clock() >= rnd.deadline
-        # Under CKKS the key holder's answer is the published model (and its evaluation of it).
+        # Every report settles the study: counted first (no row read), as in lifecycle._maybe_close_round. Under
+        # CKKS the key holder's answer is the published model and its evaluation of it (maybe another version).
+        reports = self.store.count(MetricsRow, study_id=row.id, model_version=rnd.number - 1)
+        if not timed_out and reports + int(encrypted) < len(participants):
+            return None
         evaluated = self.store.column(MetricsRow.silo, study_id=row.id, model_version=rnd.number - 1)
         reported = [s for s in participants if s in evaluated
                     or (encrypted and s == row.key_holder and RoundOutcome.of(rnd.outcome_json).release_evaluated)]

@@ -11,7 +11,6 @@ as it arrives; a refused one is audited with the reason. Each accepted message i
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -75,7 +74,7 @@ class Intake:
             raise Refused(f"round {round_} of study {study_id} is not open (current round {row.current_round})")
         if nonce != rnd.nonce:
             raise Refused(f"round nonce does not match round {round_}: a replayed or late message")
-        if silo not in json.loads(rnd.participants_json):
+        if silo not in rnd.participant_set():
             raise Refused(f"silo {silo!r} is not a participant of round {round_}")
         return row, rnd
 
@@ -184,6 +183,9 @@ class Intake:
 
     def _check_same_aggregate(self, row: StudyRow, silo: str, rep: pb.MetricsReport) -> None:
         """`check_same_model` against the stored reports of the version; a refusal is audited."""
+        shas = self.store.column(MetricsRow.model_sha, study_id=row.id, model_version=rep.model_version)
+        if shas <= {rep.model_sha256, ""}:  # the same model everywhere: one distinct value, not N reports, read
+            return
         others = {m.silo: m.model_sha for m in self.store.all(MetricsRow, study_id=row.id, model_version=rep.model_version)}
         try:
             check_same_model(silo, rep, others)

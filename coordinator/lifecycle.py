@@ -163,7 +163,6 @@ class StudyLifecycle:
         if rnd is None or rnd.state != "open":
             return
         spec = self.studies.spec(row.id)
-        participants = json.loads(rnd.participants_json)
         timed_out = self.clock() >= rnd.deadline
         if row.state == "finalizing":
             failure = self.finalization.close(row, rnd)
@@ -171,8 +170,12 @@ class StudyLifecycle:
                 self.fail(row, failure)
             return
         # An asynchronous buffer also waits for silos still training on an older version (no participants of it).
-        awaited = self.buffer.awaited(rnd, self.studies.keyed(row.id)) if is_async(spec) else participants
-        answered = self.studies.answered_silos(row.id, rnd.number)  # one set: every message settles, N silos each
+        awaited = self.buffer.awaited(rnd, self.studies.keyed(row.id)) if is_async(spec) else rnd.participant_set()
+        # Every message settles the study: at N silos, N checks a round. Counted first (no row read), the
+        # answers are read as a set only once there may be one from every participant.
+        if not (timed_out or is_async(spec)) and self.studies.answer_count(row.id, rnd.number) < len(awaited):
+            return
+        answered = self.studies.answered_silos(row.id, rnd.number)
         all_answered = all(s in answered for s in awaited)
         if not (all_answered or timed_out or is_async(spec)):
             return  # the round's updates are read once it may close

@@ -12,6 +12,7 @@ while models and migrations disagree.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    func,
     inspect,
     select,
 )
@@ -91,6 +93,15 @@ class RoundRow(Base):
     deadline: Mapped[float] = mapped_column(Float)
     closed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     outcome_json: Mapped[str | None] = mapped_column(Text, nullable=True)  # accepted / refused silos
+
+    def participant_set(self) -> frozenset[str]:
+        """The round's participants. Every message of a round checks them: the list is parsed once, not per message."""
+        return _participant_set(self.participants_json)
+
+
+@functools.lru_cache(maxsize=64)
+def _participant_set(participants_json: str) -> frozenset[str]:
+    return frozenset(json.loads(participants_json))
 
 
 class UpdateRow(Base):
@@ -244,7 +255,14 @@ class Store:
         if not _storable_key(*where.values()):
             return set()
         with self.session() as s:
-            return set(s.scalars(select(column).filter_by(**where)))
+            return set(s.scalars(select(column).filter_by(**where).distinct()))
+
+    def count(self, cls: type[Any], **where: Any) -> int:
+        """The number of rows of `cls` matching `where`, counted by the database (no row is read)."""
+        if not _storable_key(*where.values()):
+            return 0
+        with self.session() as s:
+            return int(s.scalar(select(func.count()).select_from(cls).filter_by(**where)) or 0)
 
     def add_traffic(self, study_id: str, round_: int, silo: str, *, up: int = 0, down: int = 0) -> None:
         with self.session.begin() as s:

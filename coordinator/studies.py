@@ -52,6 +52,12 @@ class Studies:
         where = {"study_id": study_id, "round": round_}
         return self.store.column(UpdateRow.silo, **where) | self.store.column(SkipRow.silo, **where)
 
+    def answer_count(self, study_id: str, round_: int) -> int:
+        """How many updates and skips the round holds, counted by the store: fewer than its participants, and
+        someone has not answered yet (what every message's check asks, without reading N rows each time)."""
+        where = {"study_id": study_id, "round": round_}
+        return self.store.count(UpdateRow, **where) + self.store.count(SkipRow, **where)
+
     def answered(self, study_id: str, round_: int, silo: str) -> bool:
         """The silo sent its update for the round, or said it skips it."""
         return (self.store.get(UpdateRow, study_id, round_, silo) is not None

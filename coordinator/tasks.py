@@ -8,7 +8,6 @@ round, or an asynchronous study's buffer) and finalize (coordinator/finalizing.p
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 from coordinator.api import federation_pb2 as pb
@@ -95,7 +94,7 @@ class Tasks:
 
     def _takes_part(self, row: StudyRow, rnd: RoundRow, silo: str) -> bool:
         """A participant of the open round, or (an asynchronous study) a keyed silo enlisted in its buffer now."""
-        if silo in json.loads(rnd.participants_json):
+        if silo in rnd.participant_set():
             return True
         return row.state == "running" and self.buffer.enlist(self.studies.spec(row.id), rnd, silo,
                                                               keyed=silo not in self.studies.awaiting_key(row.id))

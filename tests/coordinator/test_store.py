@@ -194,3 +194,17 @@ def test_a_database_from_before_migrations_is_adopted(tmp_path: Path) -> None:
     assert _version(engine) == _head()
     assert Store(engine).get(SiloRow, "kept") is not None
     engine.dispose()
+
+
+def test_counts_and_distinct_values_are_read_by_the_database(database_url: str) -> None:
+    """What a round's checks read per message (coordinator/studies.py, finalizing.py, intake.py): a count, one column's
+    distinct values; a key no row can have (NUL) counts none on either backend."""
+    store = Store(open_engine(database_url))
+    store.add(*[MetricsRow(study_id="s-1", model_version=1, silo=f"h{i}", metrics_json="{}", samples=1, model_sha="d" * 64)
+                for i in range(3)],
+              MetricsRow(study_id="s-1", model_version=2, silo="h0", metrics_json="{}", samples=1, model_sha=""))
+    assert store.count(MetricsRow, study_id="s-1", model_version=1) == 3
+    assert store.count(MetricsRow, study_id="s-1") == 4 and store.count(MetricsRow, study_id="s-2") == 0
+    assert store.count(MetricsRow, silo="h\x00") == 0
+    assert store.column(MetricsRow.model_sha, study_id="s-1") == {"d" * 64, ""}
+    store.engine.dispose()
