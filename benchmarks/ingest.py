@@ -9,7 +9,9 @@ Each size and worker count is ingested in a fresh subprocess so peak RSS (ru_max
 (`fhir_read_*`: parsing, validation, de-identification, storing; `fhir_read_records_per_cpu_s`, with one worker,
 counts this process's CPU time only, a steadier figure on a shared machine), FHIR alone through the whole ingestion (records/s,
 per core and with every core), then every modality, timing its DICOM step (`dicom_images_per_s`: headers, choice and the
-chosen slices decoded, pipelines/imaging/instances.py) and the whole (images/s). `--fhir-validation` (pipelines.ehr.fhir_fields)
+chosen slices decoded, pipelines/imaging/instances.py), its wearable step (`wearable_files_per_s`) and the whole (images/s).
+One ingestion holds one worker pool for all its readers (pipelines.parallel.WorkerPool). Each run reports the load average
+of the machine before and after it (`load_average`: 1-minute figures), which the rates depend on. `--fhir-validation` (pipelines.ehr.fhir_fields)
 chooses what of each FHIR resource is validated: the elements read (default) or every element (fhir.resources).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -40,8 +43,9 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
     from pipelines.ingest import STEPS, ingest_silo
     from pipelines.parallel import Workers
     from pipelines.quarantine import Quarantine
-    from pipelines.steps import IngestRun, read_dicom
+    from pipelines.steps import IngestRun, Step, read_dicom, read_wearable_files
 
+    load_before = os.getloadavg()[0]
     root = workdir / f"n{n}"
     h = next(d for d in sorted(root.iterdir()) if d.is_dir())
     parallel, fhir_validation = Workers(processes=workers), FhirValidation(validation)
@@ -55,19 +59,21 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
     fhir = ingest_silo(fhir=[h / "fhir"], dicom=[], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY, workers=parallel,
                        fhir_validation=fhir_validation)
     fhir_s = time.perf_counter() - t0
-    dicom_s = 0.0
+    step_s: dict[Step, float] = {read_dicom: 0.0, read_wearable_files: 0.0}
 
-    def timed_read_dicom(run: IngestRun) -> None:
-        nonlocal dicom_s
-        t = time.perf_counter()
-        read_dicom(run)
-        dicom_s = time.perf_counter() - t
+    def timed(step: Step) -> Step:
+        def run_step(run: IngestRun) -> None:
+            t = time.perf_counter()
+            step(run)
+            step_s[step] = time.perf_counter() - t
+        return run_step
 
     t0 = time.perf_counter()
     r = ingest_silo(fhir=[h / "fhir"], dicom=[h / "dicom"], wearables=[h / "wearables"], cohort=CohortSpec(),
                     pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation,
-                    steps=tuple(timed_read_dicom if step is read_dicom else step for step in STEPS))
+                    steps=tuple(timed(step) if step in step_s else step for step in STEPS))
     seconds = time.perf_counter() - t0
+    dicom_s, wearables_s = step_s[read_dicom], step_s[read_wearable_files]
     rep = r.report
     records = sum(m.records for m in rep.modalities.values())
     fhir_records = fhir.report.modalities["ehr"].records
@@ -83,6 +89,9 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             "images_per_s": round(rep.modalities["image"].records / seconds, 1),
             "dicom_s": round(dicom_s, 2), "images": rep.modalities["image"].records,
             "dicom_images_per_s": round(rep.modalities["image"].records / dicom_s, 1),
+            "wearables_s": round(wearables_s, 2), "wearable_files": rep.modalities["signal"].inputs_read,
+            "wearable_files_per_s": round(rep.modalities["signal"].inputs_read / wearables_s, 1),
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_before_ingest_mb": round(rss_before / 1024, 1), "samples": rep.samples}
 
@@ -212,6 +221,8 @@ def main() -> None:
                       "dicom_images_per_s_per_core": big(one)["dicom_images_per_s"],
                       "dicom_images_per_s_all_cores": big(most)["dicom_images_per_s"],
                       "dicom_speedup_all_cores": round(big(most)["dicom_images_per_s"] / big(one)["dicom_images_per_s"], 2),
+                      "wearable_files_per_s_per_core": big(one)["wearable_files_per_s"],
+                      "wearable_files_per_s_all_cores": big(most)["wearable_files_per_s"],
                       f"peak_rss_mb_at_{args.small}": runs[f"{args.small}_patients_{one}_workers"]["peak_rss_mb"],
                       f"peak_rss_mb_at_{args.patients}": big(one)["peak_rss_mb"]}))
 
