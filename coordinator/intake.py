@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from coordinator.analysis import parse_release
@@ -47,6 +47,21 @@ def check_same_model(silo: str, rep: pb.MetricsReport, others: Mapping[str, str]
                       f"{', '.join(differing)}: the aggregate was not the same for every silo")
 
 
+def check_in_round(silo: str, round_: int, nonce: str, *, study_id: str, open_round: int, open_nonce: str,
+                   participants: Collection[str]) -> None:
+    """A silo's message in a round must name the open round and its nonce (a replayed or late one is
+    refused) and come from one of its participants. A region checks the rounds it relays so too."""
+    if round_ != open_round:
+        why = f"round {round_} of study {study_id} is not open (current round {open_round})"
+    elif nonce != open_nonce:
+        why = f"round nonce does not match round {round_}: a replayed or late message"
+    elif silo not in participants:
+        why = f"silo {silo!r} is not a participant of round {round_}"
+    else:
+        return
+    raise Refused(why)
+
+
 def audit_received(audit: Callable[..., None], kind: str, silo: str, study: str, round_: int, message: Any) -> None:
     """`message_received` for a silo's message (its deterministic wire bytes): the counterpart of the
     silo's message_sent entry, for reconciliation (compliance.reconcile). A region records its silos' too."""
@@ -70,12 +85,10 @@ class Intake:
         """The study and its open round, if the message names that round and its nonce and the silo takes part."""
         row = self.studies.row(study_id)
         rnd = self.store.get(RoundRow, study_id, row.current_round)
-        if rnd is None or rnd.state != "open" or rnd.number != round_:
+        if rnd is None or rnd.state != "open":
             raise Refused(f"round {round_} of study {study_id} is not open (current round {row.current_round})")
-        if nonce != rnd.nonce:
-            raise Refused(f"round nonce does not match round {round_}: a replayed or late message")
-        if silo not in rnd.participant_set():
-            raise Refused(f"silo {silo!r} is not a participant of round {round_}")
+        check_in_round(silo, round_, nonce, study_id=study_id, open_round=rnd.number, open_nonce=rnd.nonce,
+                       participants=rnd.participant_set())
         return row, rnd
 
     def check_upload(self, silo: str, header: pb.BlobHeader) -> None:

@@ -40,7 +40,7 @@ from coordinator.api.protocol import (
 from coordinator.api.study import StudySpec
 from coordinator.api.tensors import TensorFormatError, TensorSpec, decode_tensors, encode_tensors
 from coordinator.errors import InvalidInput, Refused
-from coordinator.intake import check_same_model, finite_metrics
+from coordinator.intake import check_in_round, check_same_model, finite_metrics
 from coordinator.key_recipients import participants_of
 from coordinator.keystore import open_bundle, public_only
 from coordinator.regional import EncryptedRegionalAggregate, RegionalAggregate
@@ -75,11 +75,9 @@ class Work:
         return time.time() >= self.deadline
 
     def check(self, silo: str, round_: int, nonce: str) -> None:
-        if silo not in self.participants:
-            raise Refused(f"silo {silo!r} is not a participant of this regional task")
-        if round_ != self.upstream.round or nonce != self.nonce:
-            raise Refused(f"round {round_} / nonce do not match the region's open task (round {self.upstream.round}): "
-                          "a replayed or late message")
+        """As at the coordinator (coordinator.intake): the relayed round, the region's own nonce, a participant."""
+        check_in_round(silo, round_, nonce, study_id=self.upstream.study_id, open_round=self.upstream.round,
+                       open_nonce=self.nonce, participants=self.participants)
 
 
 class MetricsBook:
