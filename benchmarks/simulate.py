@@ -4,7 +4,10 @@ Usage: python benchmarks/simulate.py [--silos 100,1000] [--rounds 3] [--patients
                                      [--cpus-per-silo 1] [--workdir DIR] [--flower-python PYTHON]
 The demo's study (its model, in the clear: no DP, no encryption, 1 local epoch) on synthetic
 hospitals of --patients each. Per size: the set-up (data ingested, enrolment) until round 1
-opens, the seconds of each round (round r opens -> round r + 1 opens), and peak memory: this
+opens, the seconds of each round as the benchmark sees it (round r opens -> round r + 1 opens, seen
+after a turn of every host: quantised by the turns) and as the coordinator's store has it
+(`coordinator_round_s`: each round's opening to its closing, the finalizing round last), the
+load average (1 min) before and after, and peak memory: this
 process's (the coordinator and, with --engine local, every hospital) and, with Ray, the peak
 sum of the resident memory of the Ray hosts (read from /proc at each turn). Prints one JSON
 object on its last line.
@@ -44,6 +47,19 @@ def ray_hosts_rss_mb() -> float:
     return total / 1024
 
 
+def coordinator_round_s(out: Path, study_id: str) -> list[float | None]:
+    """Each round's opening to its closing (s), from the simulation's coordinator store: rounds 1..R, then finalizing."""
+    from coordinator.server import STATE_DATABASE
+    from coordinator.store import RoundRow, Store, open_engine
+
+    store = Store(open_engine(out / "coordinator" / STATE_DATABASE))
+    try:
+        rounds = sorted(store.all(RoundRow, study_id=study_id), key=lambda r: r.number)
+        return [round(r.closed_at - r.opened_at, 2) if r.closed_at is not None else None for r in rounds if r.number >= 1]
+    finally:
+        store.engine.dispose()
+
+
 def run(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     from fedcare.demo import DemoOptions, demo_spec
     from fedcare.simulate import Engine, SimulationOptions, simulate
@@ -64,6 +80,7 @@ def run(n: int, args: argparse.Namespace, workdir: Path) -> dict:
             peak_hosts = max(peak_hosts, ray_hosts_rss_mb())
 
     (workdir / f"spec-{n}.json").write_text(spec.to_json())  # for the Flower run
+    load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     summary = simulate(spec, silos, SimulationOptions(out=workdir / f"out-{n}", engine=Engine(args.engine),
                                                       cpus_per_silo=args.cpus_per_silo), on_turn=on_turn)
@@ -72,6 +89,8 @@ def run(n: int, args: argparse.Namespace, workdir: Path) -> dict:
     return {"silos": n, "patients_per_silo": args.patients, "rounds": args.rounds, "state": summary["state"],
             "generate_s": round(generated, 1), "setup_s": round(opened.get(1, t0) - t0, 1),
             "round_s": per_round, "mean_round_s": round(sum(per_round) / len(per_round), 2) if per_round else None,
+            "coordinator_round_s": coordinator_round_s(workdir / f"out-{n}", summary["study"]),
+            "load_average": [round(load_before, 1), round(os.getloadavg()[0], 1)],
             "total_s": round(total, 1), "final_auroc": summary["final"]["auroc"],
             "peak_rss_driver_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "peak_rss_ray_hosts_mb": round(peak_hosts, 1) if args.engine == "ray" else None}
@@ -96,7 +115,7 @@ def main() -> None:
             done = subprocess.run([str(args.flower_python), str(Path(__file__).with_name("flower_simulate.py")),
                                    "--data", str(workdir / f"data-{n}"), "--spec", str(workdir / f"spec-{n}.json"),
                                    "--keys", str(workdir / f"out-{n}" / "silos"),
-                                   "--cpus-per-silo", str(args.cpus_per_silo)], capture_output=True, text=True)
+                                   "--cpus-per-silo", str(args.cpus_per_silo)], capture_output=True, text=True, check=False)
             flower.append(json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
                           else {"silos": n, "error": done.stderr.strip().splitlines()[-1:]})
     print(json.dumps({"benchmark": "simulate", "engine": args.engine, "cores": os.cpu_count(), "runs": runs,

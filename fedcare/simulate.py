@@ -43,11 +43,11 @@ from coordinator.api import federation_pb2 as pb
 from coordinator.api.study import StudySpec
 from coordinator.server import Coordinator, CoordinatorConfig
 from fedcare.researcher import ResearcherClient, ResearcherError
+from pipelines.parallel import Workers
 from silo_node.client import CoordinatorClient
 from silo_node.config import ApprovalConfig, BudgetConfig, DataConfig, NodeConfig
-from silo_node.pseudonym_key import KEY_FILE
-from pipelines.parallel import Workers
 from silo_node.node import SiloNode
+from silo_node.pseudonym_key import KEY_FILE
 
 log = logging.getLogger(__name__)
 # A stepped node's long-poll: the simulator, not the node, decides when it is its turn. Every node of a host
@@ -149,10 +149,24 @@ def _start_ray(opts: SimulationOptions) -> Any:
         raise SimulationError("--engine ray needs Ray (pip install 'ray>=2.60'); or run with --engine local") from None
     if not ray.is_initialized():
         if opts.address:
-            ray.init(address=opts.address, log_to_driver=False)
+            try:
+                ray.init(address=opts.address, log_to_driver=False)
+            except ConnectionError as e:
+                raise SimulationError(_cluster_refused(opts.address, e)) from None
         else:
             ray.init(num_cpus=opts.local_cpus, include_dashboard=False, log_to_driver=False)
     return ray
+
+
+def _cluster_refused(address: str, error: ConnectionError) -> str:
+    """One line for a Ray cluster this driver could not join. A cluster started by `ray start` where a token
+    exists (~/.ray/auth_token, written by any local Ray) asks for it, and Ray sends it to an explicit address
+    only with RAY_AUTH_MODE=token (docs.ray.io: ray-security/token-auth)."""
+    if "InvalidAuthToken" in str(error.__cause__ or ""):
+        return (f"the Ray cluster at --address {address} asks for an authentication token: run with "
+                "RAY_AUTH_MODE=token and the cluster's token (in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+    return (f"no Ray cluster answered at --address {address}: give the head node's host:port (as `ray start "
+            "--head` prints it) and check that the cluster is up")
 
 
 def _ray_hosts(ray: Any, configs: list[NodeConfig], opts: SimulationOptions) -> tuple[Callable[[], int], Callable[[], None]]:
