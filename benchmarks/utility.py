@@ -1,6 +1,7 @@
 """Utility of federated training, with and without DP, against pooled and local-only training.
 
     python benchmarks/utility.py [--quick] [--seeds 3] [--datasets breast_cancer synthetic] [--data-dir DIR]
+        [--epsilons none inf 8] [--patients 600] [--batch-size 128] [--adaptive-clipping] [--max-grad-norm 0.5]
 
 Two federations, each split into hospitals of unequal size and label prevalence (non-IID,
 fixed seed):
@@ -24,10 +25,22 @@ trains with the silo's own code (silo_node.trainer.LocalTrainer: Opacus DP-SGD, 
 train/validation/test by pipelines.dataset.split_silo, threshold chosen on validation), and the
 released model is the round with the best federated validation AUROC (the hospitals' `val_auroc`
 weighted by validation size), as the coordinator releases it. A row is the mean ± std over
-seeds of the mean per-hospital test AUROC and accuracy.
+seeds of the mean per-hospital test AUROC and accuracy; every hospital's split follows the seed, so
+the gaps the goals judge are also given paired (the same seeds' differences, mean ± std).
+
+ε = `inf` runs the DP-SGD mechanism with a vanishing noise multiplier (`CLIP_ONLY_NOISE`, 1e-6: the
+ledger's DPStep refuses 0; per-sample clipping, Poisson sampling, the DP training settings): set beside `none` and a finite ε it splits the cost of
+privacy into what clipping and the DP settings cost and what the noise costs. The DP knobs
+(`--batch-size`, `--local-epochs`, `--learning-rate`, `--momentum`, `--optimizer`, `--max-grad-norm`,
+`--adaptive-clipping`) change
+the training and privacy sections under DP, exactly as a study spec would; each DP row reports the
+noise multiplier σ, the expected batch q·n and σ/(q·n), the noise's standard deviation on each
+coordinate of the mean clipped gradient in units of the clip bound (Abadi et al. 2016), the figure
+that falls as a hospital's patients grow at fixed ε and sampling rate. `--embed-dim` and `--ehr-hidden`
+size the model, with and without DP alike.
 
 `dp_cost`: seconds per local epoch of DP-SGD against plain SGD (benchmarks/dp_cost.py), on the
-demo's model and on the CNN model, one thread, best of 3, for each Opacus per-sample-gradient mode.
+demo's model and on the CNN model, one thread, best of 3 (CPU seconds), for each Opacus per-sample-gradient mode.
 Prints one JSON object on its last line.
 """
 
@@ -36,35 +49,46 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import platform
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import ConcatDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator.aggregation import FedAvg  # noqa: E402
-from coordinator.api.server_step import FedAdam, ServerMomentum, ServerOptimizer, ServerSGD  # noqa: E402
-from coordinator.api.study import (  # noqa: E402
-    CohortSpec, FeatureSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec,
+from dp_cost import (  # benchmarks/ is the script's folder (a site package is named benchmarks)
+    DEMO,
+    dp_cost,
 )
-from pipelines.dataset import MultimodalDataset, split_silo  # noqa: E402
 
-try:  # where the normalisation's clip lives (pipelines is being split into modules)
-    from pipelines.normalise import CLIP  # noqa: E402
-except ImportError:
-    from pipelines.dataset import CLIP  # type: ignore[attr-defined,no-redef]  # noqa: E402
-from dp_cost import DEMO, dp_cost  # noqa: E402  (benchmarks/ is the script's folder; a site package is named benchmarks)
-from pipelines.models import get_shared_weights  # noqa: E402
-from privacy.dp import noise_for_target  # noqa: E402
-from silo_node.trainer import LocalTrainer  # noqa: E402
+from coordinator.aggregation import FedAvg
+from coordinator.api.server_step import (
+    FedAdam,
+    ServerMomentum,
+    ServerOptimizer,
+    ServerSGD,
+)
+from coordinator.api.study import (
+    CohortSpec,
+    FeatureSpec,
+    ModelSpec,
+    PrivacySpec,
+    StudySpec,
+    TrainingSpec,
+)
+from pipelines.dataset import MultimodalDataset, split_silo
+from pipelines.models import build_model, get_shared_weights
+from pipelines.normalise import CLIP
+from privacy.dp import noise_for_target
+from silo_node.trainer import LocalTrainer
 
 log = logging.getLogger("benchmarks.utility")
 METHODS = ("pooled", "local", "fedavg", "fedavgm", "fedadam", "personal")
@@ -91,6 +115,20 @@ class Setting:
     spec: StudySpec  # without DP
     dp_training: TrainingSpec  # the training section under DP
     personal_layers: tuple[str, ...]
+    dp_privacy: dict[str, object] = field(default_factory=dict)  # privacy section fields set under DP
+
+
+Epsilon = float | None  # None: no DP; math.inf: DP-SGD with noise multiplier CLIP_ONLY_NOISE (clipping only)
+CLIP_ONLY_NOISE = 1e-6  # σ of the ε = inf rows: no noise to speak of (σ·C/(q·n) ~ 1e-8), > 0 as the ledger's DPStep needs
+
+
+def parse_epsilon(token: str) -> Epsilon:
+    return None if token == "none" else math.inf if token == "inf" else float(token)
+
+
+def epsilon_label(epsilon: Epsilon) -> float | str | None:
+    """The row's ε in JSON ('inf' is not a JSON number)."""
+    return "inf" if epsilon is not None and math.isinf(epsilon) else epsilon
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -166,10 +204,13 @@ def synthetic_setting(root: Path, *, rounds: int, patients: int) -> Setting:
 
 
 # --- training -------------------------------------------------------------------------------------
-def study(setting: Setting, *, epsilon: float | None, seed: int, personal: bool = False) -> StudySpec:
+def study(setting: Setting, *, epsilon: Epsilon, seed: int, personal: bool = False) -> StudySpec:
     s = setting.spec
     training = (setting.dp_training if epsilon is not None else s.training).model_copy(update={"seed": seed})
-    privacy = s.privacy.model_copy(update={"dp": epsilon is not None, "target_epsilon": epsilon, "delta": DELTA})
+    dp = {"dp": False, "target_epsilon": None} if epsilon is None else {
+        **setting.dp_privacy, "dp": True, **({"target_epsilon": None, "noise_multiplier": CLIP_ONLY_NOISE} if math.isinf(epsilon)
+                                            else {"target_epsilon": epsilon})}
+    privacy = s.privacy.model_copy(update={**dp, "delta": DELTA})
     model = s.model.model_copy(update={"personal_layers": setting.personal_layers if personal else ()})
     return s.model_copy(update={"training": training, "privacy": privacy, "model": model})
 
@@ -179,6 +220,8 @@ def noise(spec: StudySpec, trainer: LocalTrainer) -> float | None:
     p = spec.privacy
     if not p.dp:
         return None
+    if p.noise_multiplier is not None:
+        return p.noise_multiplier
     return noise_for_target(target_epsilon=p.target_epsilon, delta=p.delta, sample_rate=trainer.sample_rate(),
                             steps=trainer.steps_per_round() * spec.training.rounds, accountant=p.accountant)
 
@@ -198,7 +241,17 @@ def _validated(trainers: list[LocalTrainer], weights: list[list[np.ndarray]]) ->
     return float(np.average([m.get("val_auroc", 0.5) for m in metrics], weights=sizes)), metrics
 
 
-def run(setting: Setting, method: str, *, epsilon: float | None, seed: int) -> dict[str, float]:
+def noise_figures(trainers: list[LocalTrainer], sigmas: list[float | None]) -> dict[str, float]:
+    """Mean over hospitals of σ, the expected batch q·n and σ/(q·n): the std of the noise on each coordinate
+    of the mean clipped gradient, in units of the clip bound (the noise DP-SGD adds to one step's update)."""
+    if sigmas[0] is None:
+        return {}
+    batches = [t.sample_rate() * t.n_train for t in trainers]
+    return {"sigma": float(np.mean(sigmas)), "expected_batch": float(np.mean(batches)),
+            "noise_over_clip": float(np.mean([s / b for s, b in zip(sigmas, batches)]))}  # type: ignore[operator]
+
+
+def run(setting: Setting, method: str, *, epsilon: Epsilon, seed: int) -> dict[str, float]:
     spec = study(setting, epsilon=epsilon, seed=seed, personal=method == "personal")
     c = spec.cohort
     splits = [split_silo(h.data, test_fraction=c.test_fraction, validation_fraction=c.validation_fraction, seed=seed,
@@ -207,15 +260,17 @@ def run(setting: Setting, method: str, *, epsilon: float | None, seed: int) -> d
     start = get_shared_weights(hospitals[0].model, hospitals[0].personal)
     best: tuple[float, list[dict[str, float]]] = (-1.0, [])
     rounds = spec.training.rounds
+    sigmas = [noise(spec, t) for t in hospitals]
+    figures = noise_figures(hospitals, sigmas)
     if method == "pooled":
         pooled = LocalTrainer(spec, ConcatDataset([s.train for s in splits]), ConcatDataset([s.test for s in splits]))
         sigma, weights = noise(spec, pooled), start
+        figures = noise_figures([pooled], [sigma])
         for r in range(rounds):
             result = pooled.train_round(weights, noise_multiplier=sigma, round_seed=seed * 100_003 + r)
             weights = [w + d for w, d in zip(weights, result.delta)]
             best = max(best, _validated(hospitals, [weights] * len(hospitals)), key=lambda b: b[0])
     elif method == "local":
-        sigmas = [noise(spec, t) for t in hospitals]
         own = [start] * len(hospitals)
         bests = [(-1.0, {})] * len(hospitals)
         for r in range(rounds):
@@ -227,7 +282,6 @@ def run(setting: Setting, method: str, *, epsilon: float | None, seed: int) -> d
                     bests[i] = (m.get("val_auroc", 0.5), m)
         best = (0.0, [b[1] for b in bests])
     else:
-        sigmas = [noise(spec, t) for t in hospitals]
         server, rule, weights = server_optimizer(method), FedAvg(), start
         for r in range(rounds):
             results = [t.train_round(weights, noise_multiplier=s, round_seed=seed * 100_003 + 1000 * r + i)
@@ -238,26 +292,40 @@ def run(setting: Setting, method: str, *, epsilon: float | None, seed: int) -> d
     per_hospital = best[1]
     return {"auroc": float(np.mean([m["auroc"] for m in per_hospital])),
             "accuracy": float(np.mean([m["accuracy"] for m in per_hospital])),
-            "baseline_accuracy": float(np.mean([m["baseline_accuracy"] for m in per_hospital]))}
+            "baseline_accuracy": float(np.mean([m["baseline_accuracy"] for m in per_hospital])), **figures}
 
 
 def goals(rows: list[dict]) -> dict[str, dict[str, object]]:
-    """The issue's goals per data set, where the rows to judge them are present (AUROC means over seeds)."""
+    """The issue's goals per data set, where the rows to judge them are present (AUROC means over seeds).
+
+    A DP gap is also given paired, from the per-seed AUROCs (the same seed trains on the same split with and
+    without DP): its std is the spread of the seeds' own differences, free of the split-to-split spread."""
     out: dict[str, dict[str, object]] = {}
     for name in sorted({r["dataset"] for r in rows}):
-        def mean(method: str, epsilon: float | None, metric: str = "auroc") -> float | None:
-            hit = [r[metric]["mean"] for r in rows if r["dataset"] == name and r["method"] == method and r["epsilon"] == epsilon]
+        def row(method: str, epsilon: float | str | None, name: str = name) -> dict | None:
+            hit = [r for r in rows if r["dataset"] == name and r["method"] == method and r["epsilon"] == epsilon]
             return hit[0] if hit else None
+
+        def mean(method: str, epsilon: float | str | None, metric: str = "auroc") -> float | None:
+            r = row(method, epsilon)
+            return r[metric]["mean"] if r else None
+
+        def gap(method: str, reference: float | str | None, epsilon: float | str, tolerance: float) -> dict[str, object]:
+            a, b = row(method, reference), row(method, epsilon)
+            assert a is not None and b is not None
+            paired = np.subtract(a["auroc_per_seed"], b["auroc_per_seed"])
+            g = round(a["auroc"]["mean"] - b["auroc"]["mean"], 4)
+            return {"gap": g, "paired_std": round(float(np.std(paired)), 4), "met": g <= tolerance}
 
         checks: dict[str, object] = {}
         fed, pooled = mean("fedavg", None), mean("pooled", None)
         if fed is not None and pooled is not None:
             checks["fedavg_within_0.01_of_pooled"] = {"gap": round(pooled - fed, 4), "met": pooled - fed <= 0.01}
         for epsilon, tolerance in ((1.0, 0.03), (8.0, 0.01)):
-            private = mean("fedavg", epsilon)
-            if fed is not None and private is not None:
-                checks[f"fedavg_eps{epsilon:g}_within_{tolerance}_of_no_dp"] = {
-                    "gap": round(fed - private, 4), "met": fed - private <= tolerance}
+            if fed is not None and row("fedavg", epsilon) is not None:
+                checks[f"fedavg_eps{epsilon:g}_within_{tolerance}_of_no_dp"] = gap("fedavg", None, epsilon, tolerance)
+                if row("fedavg", "inf") is not None:  # the part of the gap the noise makes, the rest clipping/settings
+                    checks[f"fedavg_eps{epsilon:g}_noise_gap_vs_eps_inf"] = gap("fedavg", "inf", epsilon, tolerance)
         personal = mean("personal", None, "accuracy")
         others = [mean("pooled", None, "accuracy"), mean("local", None, "accuracy")]
         if personal is not None and None not in others:
@@ -271,6 +339,31 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4)}
 
 
+def dp_knobs(args: argparse.Namespace) -> tuple[dict[str, object], dict[str, object]]:
+    """(training, privacy) fields the command line sets under DP; each is a study-spec field."""
+    training = {k: v for k, v in (("batch_size", args.batch_size), ("local_epochs", args.local_epochs),
+                                  ("learning_rate", args.learning_rate), ("momentum", args.momentum),
+                                  ("optimizer", args.optimizer)) if v is not None}
+    privacy: dict[str, object] = {"max_grad_norm": args.max_grad_norm} if args.max_grad_norm is not None else {}
+    if args.adaptive_clipping:
+        privacy["clipping"] = "adaptive"
+    return training, privacy
+
+
+def with_knobs(setting: Setting, training: dict[str, object], privacy: dict[str, object],
+               model: dict[str, object], *, no_dp_training: str = "own") -> Setting:
+    """`setting` with the DP knobs under DP and the model knobs (with and without DP: the same model);
+    `no_dp_training` "dp": the rows without DP train with the DP rows' training section too."""
+    dp_training = setting.dp_training.model_copy(update=training)
+    TrainingSpec.model_validate(dp_training.model_dump())  # refused here, naming the field, not mid-run
+    PrivacySpec.model_validate({**setting.spec.privacy.model_dump(), **privacy})
+    spec = setting.spec.model_copy(update={"model": ModelSpec.model_validate({**setting.spec.model.model_dump(), **model})})
+    if no_dp_training == "dp":
+        spec = spec.model_copy(update={"training": dp_training})
+    return Setting(setting.name, setting.hospitals, spec, dp_training, setting.personal_layers,
+                   {**setting.dp_privacy, **privacy})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, ε ∈ {none, 1, 8}, fewer rounds, a small synthetic federation")
@@ -278,38 +371,59 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--datasets", nargs="+", default=["breast_cancer", "synthetic"], choices=["breast_cancer", "synthetic"])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--epsilons", nargs="+", default=None, help="'none' and/or numbers")
+    ap.add_argument("--epsilons", nargs="+", default=None,
+                    help="'none' (no DP), 'inf' (DP-SGD with a vanishing noise multiplier: clipping only) and/or numbers")
     ap.add_argument("--patients", type=int, default=None, help="synthetic patients per hospital")
     ap.add_argument("--data-dir", type=Path, default=None, help="keep the synthetic federation here (reused)")
     ap.add_argument("--no-dp-cost", action="store_true", help="skip the DP-SGD vs SGD timing (benchmarks/dp_cost.py)")
+    knobs = ap.add_argument_group("DP knobs (training.* and privacy.* of the study under DP; default: the data set's own)")
+    knobs.add_argument("--batch-size", type=int, default=None, help="training.batch_size: sampling rate 1/ceil(n/batch)")
+    knobs.add_argument("--local-epochs", type=int, default=None, help="training.local_epochs")
+    knobs.add_argument("--learning-rate", type=float, default=None, help="training.learning_rate")
+    knobs.add_argument("--momentum", type=float, default=None, help="training.momentum (SGD)")
+    knobs.add_argument("--optimizer", choices=["sgd", "adam"], default=None, help="training.optimizer")
+    knobs.add_argument("--max-grad-norm", type=float, default=None, help="privacy.max_grad_norm: the clip bound (its start if adaptive)")
+    knobs.add_argument("--adaptive-clipping", action="store_true", help='privacy.clipping = "adaptive" (Andrew et al. 2021)')
+    ap.add_argument("--no-dp-training", choices=["own", "dp"], default="own",
+                    help="the rows without DP train with their own training section (default) or the DP rows' one: "
+                         "with 'dp', none / inf / ε split the cost of privacy into settings, clipping and noise")
+    sizes = ap.add_argument_group("model knobs (model.*, with and without DP; default: the data set's own)")
+    sizes.add_argument("--embed-dim", type=int, default=None, help="model.embed_dim")
+    sizes.add_argument("--ehr-hidden", type=int, default=None, help="model.ehr_hidden")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
     seeds = range(1 if args.quick else args.seeds)
-    epsilons = ([None if e == "none" else float(e) for e in args.epsilons] if args.epsilons
+    epsilons = ([parse_epsilon(e) for e in args.epsilons] if args.epsilons
                 else [None, 1.0, 8.0] if args.quick else list(EPSILONS))
     rounds = args.rounds or (6 if args.quick else 10)
     patients = args.patients or (120 if args.quick else 200)
+    training_knobs, privacy_knobs = dp_knobs(args)
+    model_knobs = {k: v for k, v in (("embed_dim", args.embed_dim), ("ehr_hidden", args.ehr_hidden)) if v is not None}
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_dir or Path(tmp)
         settings = []
         for name in args.datasets:
             if name == "breast_cancer":
-                settings.append(breast_cancer_setting(rounds))
+                setting = breast_cancer_setting(rounds)
             else:
                 (root / f"synthetic-{patients}").mkdir(parents=True, exist_ok=True)
-                settings.append(synthetic_setting(root / f"synthetic-{patients}", rounds=rounds, patients=patients))
+                setting = synthetic_setting(root / f"synthetic-{patients}", rounds=rounds, patients=patients)
+            settings.append(with_knobs(setting, training_knobs, privacy_knobs, model_knobs, no_dp_training=args.no_dp_training))
         rows = []
         for setting in settings:
             for epsilon in epsilons:
                 for method in args.methods:
                     t0 = time.time()
                     runs = [run(setting, method, epsilon=epsilon, seed=s) for s in seeds]
-                    row = {"dataset": setting.name, "method": method, "epsilon": epsilon,
+                    row = {"dataset": setting.name, "method": method, "epsilon": epsilon_label(epsilon),
                            "auroc": summarise([r["auroc"] for r in runs]),
+                           "auroc_per_seed": [round(r["auroc"], 4) for r in runs],
                            "accuracy": summarise([r["accuracy"] for r in runs]),
                            "baseline_accuracy": round(float(np.mean([r["baseline_accuracy"] for r in runs])), 4),
+                           **{k: round(float(np.mean([r[k] for r in runs])), 4) for k in ("sigma", "expected_batch", "noise_over_clip")
+                              if k in runs[0]},
                            "seconds": round(time.time() - t0, 1)}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
@@ -320,6 +434,14 @@ def main() -> None:
         "seeds": len(seeds),
         "rounds": rounds,
         "delta": DELTA,
+        "patients_per_hospital": patients if "synthetic" in args.datasets else None,
+        "no_dp_training": args.no_dp_training,
+        "dp_settings": {s.name: {"training": s.dp_training.model_dump(include={"optimizer", "batch_size", "local_epochs",
+                                                                                "learning_rate", "momentum"}),
+                                 "privacy": {"max_grad_norm": s.spec.privacy.max_grad_norm, "clipping": s.spec.privacy.clipping,
+                                             **s.dp_privacy},
+                             "parameters": sum(p.numel() for p in build_model(**s.spec.model_arguments()).parameters())}
+                     for s in settings},
         "rows": rows,
         "goals": goals(rows),
         "dp_cost": cost,

@@ -234,7 +234,8 @@ class TrainingSpec(_Strict):
 
 class PrivacySpec(_Strict):
     dp: bool = True
-    noise_multiplier: float | None = Field(default=None, ge=0)  # None: derived from target_epsilon
+    # None: derived from target_epsilon; > 0: σ = 0 is ε = ∞, which the silo's ledger (privacy.dp.DPStep) refuses
+    noise_multiplier: float | None = Field(default=None, gt=0)
     target_epsilon: float | None = Field(default=8.0, gt=0)  # for the whole study at one silo
     delta: float = Field(default=1e-5, gt=0, lt=1)
     max_grad_norm: float = Field(default=1.0, gt=0)  # the clip bound; with adaptive clipping, its start

@@ -88,3 +88,12 @@ def test_a_node_that_insists_on_cuda_without_a_gpu_is_refused_in_one_line():
     message = str(refused.value)
     assert "\n" not in message and "sees no CUDA GPU" in message and 'device = "auto"' in message
     assert pick_device("auto") == torch.device("cpu") and pick_device("cpu") == torch.device("cpu")
+
+
+def test_a_dp_study_with_noise_multiplier_zero_is_refused_at_the_edge():
+    """σ = 0 would train a whole round and only then fail at the ledger's record (privacy.dp.DPStep needs σ > 0)."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        PrivacySpec(dp=True, noise_multiplier=0.0, target_epsilon=None)
+    assert "noise_multiplier" in str(refused.value)
