@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -79,6 +80,8 @@ class WorkerPool:
     def __init__(self, workers: Workers = SEQUENTIAL) -> None:
         self.settings = workers
         self._pool: ProcessPoolExecutor | None = None
+        self._ready = threading.Event()  # set once a worker has answered (or the start failed: `_failed`)
+        self._failed: BaseException | None = None
         self.starts = 0  # times a process pool was started (once per run at most)
 
     def __enter__(self) -> WorkerPool:
@@ -88,19 +91,30 @@ class WorkerPool:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers; inputs still queued (a reader that stopped early) are dropped."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        """Stop the workers; inputs still queued (a reader that stopped early) are dropped. Workers still starting
+        (this process did every input itself meanwhile) are not waited for: they stop once started."""
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if self._ready.is_set():
+            pool.shutdown(wait=True, cancel_futures=True)
+        else:  # the starting thread holds the pool's lock until its worker is up: stopped from a thread of its own
+            threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True}, name="fedcare-workers-stop",
+                             daemon=True).start()
 
     @property
     def started(self) -> bool:
         return self._pool is not None
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the started pool's first worker has answered; False if it has not within `timeout` s."""
+        return self._ready.wait(timeout)
+
     def map_ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """fn(item) for every item, in the order of `items`. In this process with one worker, or with fewer than
         `Workers.min_inputs` items while no pool is started yet; otherwise at most IN_FLIGHT_PER_WORKER inputs per
-        worker are pending at a time, so results stream as they are merged and memory stays flat."""
+        worker are pending at a time, so results stream as they are merged and memory stays flat. While the
+        workers start (the forkserver imports torch: seconds), this process works through the first items itself."""
         items = items if isinstance(items, Sequence) else list(items)
         n = self.settings.count()
         if n <= 1 or not items or (len(items) < self.settings.min_inputs and not self.started):
@@ -110,17 +124,35 @@ class WorkerPool:
             yield from _ray_map(fn, items, self.settings)
             return
         pool = self._start(n)
-        yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items,
+        done = 0
+        while not self._ready.is_set() and done < len(items):
+            yield fn(items[done])
+            done += 1
+        if self._failed is not None:
+            raise self._failed
+        yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items[done:],
                              window=n * IN_FLIGHT_PER_WORKER)
 
     def _start(self, n: int) -> ProcessPoolExecutor:
+        """The pool, started on first use: its first worker is started by a thread, so that this process need not
+        wait for it."""
         if self._pool is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(PRELOAD)
             self._pool = ProcessPoolExecutor(max_workers=n, mp_context=context)
             self.starts += 1
-            log.debug("started %d ingestion workers", n)
+            self._ready.clear()
+            threading.Thread(target=self._answer, args=(self._pool,), name="fedcare-workers-start", daemon=True).start()
+            log.debug("starting %d ingestion workers", n)
         return self._pool
+
+    def _answer(self, pool: ProcessPoolExecutor) -> None:
+        try:
+            pool.submit(os.getpid).result()
+        except BaseException as e:  # handed to the reader that waits for the workers, never lost
+            self._failed = e
+        finally:
+            self._ready.set()
 
 
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers | WorkerPool) -> Iterator[R]:

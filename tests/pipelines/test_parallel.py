@@ -43,10 +43,13 @@ def test_map_ordered_keeps_the_order_of_the_inputs() -> None:
 def test_one_pool_serves_every_map_of_a_run_and_stops_with_it() -> None:
     with WorkerPool(Workers(processes=2, min_inputs=8)) as pool:
         assert list(pool.map_ordered(_square, range(3))) == [0, 1, 4] and not pool.started  # few: in this process
+        first = list(pool.map_ordered(_pid, range(40)))  # the first items here while the workers start, then theirs
+        assert pool.wait(timeout=300)
         pids = [set(pool.map_ordered(_pid, range(40))) for _ in range(3)]
         pids.append(set(pool.map_ordered(_pid, range(2))))  # fewer than min_inputs, but the workers are up
         workers = set().union(*pids)
         assert os.getpid() not in workers and len(workers) <= 2 and pool.starts == 1  # a pool per map: 4 or more
+        assert set(first) - {os.getpid()} <= workers
     assert not pool.started
     for pid in workers:  # shut down with the run
         try:
