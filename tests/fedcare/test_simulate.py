@@ -75,6 +75,7 @@ def tiny_spec():
     return demo_spec(DemoOptions(out=Path("unused"), rounds=2, silos=2, dp=False, encryption="none", local_epochs=1))
 
 
+@pytest.mark.slow  # a Ray cluster of its own processes
 def test_local_engine_and_a_ray_cluster_by_address_run_the_same_study(tmp_path: Path, ray_cluster: str) -> None:
     import ray  # a dependency of fedcare: never skipped
     silos = synthetic_silos(tmp_path / "data", silos=2, patients=30, seed=3)
@@ -96,6 +97,7 @@ def test_local_engine_and_a_ray_cluster_by_address_run_the_same_study(tmp_path: 
     assert local["rounds"][-1]["metrics"] == on_ray["rounds"][-1]["metrics"]
 
 
+@pytest.mark.slow  # a Ray cluster of its own processes
 def test_ingestion_as_ray_tasks_on_a_cluster_equals_sequential(tmp_path: Path, ray_cluster: str) -> None:
     """[data.workers] ray_address: a hospital's FHIR bundles and DICOM files parsed as Ray tasks on the cluster."""
     import ray
