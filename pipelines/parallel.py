@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import PipelineError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
@@ -129,7 +131,9 @@ class WorkerPool:
             yield fn(items[done])
             done += 1
         if self._failed is not None:
-            raise self._failed
+            raise PipelineError(f"the ingestion workers could not be started ({type(self._failed).__name__}: "
+                                f"{self._failed}); expected a worker process to answer. Set [data.workers] processes "
+                                "= 1 in node.toml to parse in the node's own process") from self._failed
         yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items[done:],
                              window=n * IN_FLIGHT_PER_WORKER)
 
@@ -142,6 +146,7 @@ class WorkerPool:
             self._pool = ProcessPoolExecutor(max_workers=n, mp_context=context)
             self.starts += 1
             self._ready.clear()
+            self._failed = None
             threading.Thread(target=self._answer, args=(self._pool,), name="fedcare-workers-start", daemon=True).start()
             log.debug("starting %d ingestion workers", n)
         return self._pool
