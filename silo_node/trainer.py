@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 # weights 1.44x / 1.13x, ghost clipping 2.03x / 1.28x, hooks 2.13x / 1.36x, functorch 2.75x / 2.09x; on the CNN
 # expanded weights 3.19x / 2.84x, hooks 3.47x / 4.08x, ghost clipping 5.28x / 3.69x (Opacus 1.6 has ghost norms
 # for Linear layers only: convolutions still materialise per-sample gradients, and it runs two backward passes).
-# Re-measured in CPU seconds (dp_cost.py --profile, docs/privacy-utility.md): demo ew 1.55x, hooks 1.68x, ghost 1.80x,
-# functorch 2.25x; CNN ew 2.23x, hooks 2.82x, ghost 3.29x, functorch 4.24x, channels-last no better.
+# Re-measured in CPU seconds (dp_cost.py, two runs, docs/privacy-utility.md): demo ew 1.55x / 1.48x, hooks 1.68x / 1.33x,
+# ghost 1.80x / 1.55x, functorch 2.25x / 2.02x; CNN ew 2.23x / 2.24x, hooks 2.82x / 2.93x, ghost 3.29x / 3.09x,
+# functorch 4.24x / 4.84x; channels-last no better.
 GRAD_SAMPLE_MODE: GradSampleMode = "ew"
 # Opacus' adaptive-clipping optimizer reads per-sample gradients, which expanded weights and ghost clipping do not keep
 ADAPTIVE_CLIPPING_GRAD_SAMPLE_MODE: GradSampleMode = "hooks"
