@@ -9,7 +9,13 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from coordinator.api.study import CohortSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
+from coordinator.api.study import (
+    CohortSpec,
+    ModelSpec,
+    PrivacySpec,
+    StudySpec,
+    TrainingSpec,
+)
 from pipelines.models import get_shared_weights
 from silo_node.trainer import DeviceUnavailable, LocalTrainer, pick_device
 
