@@ -68,11 +68,11 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             step_s[step] = time.perf_counter() - t
         return run_step
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     r = ingest_silo(fhir=[h / "fhir"], dicom=[h / "dicom"], wearables=[h / "wearables"], cohort=CohortSpec(),
                     pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation,
                     steps=tuple(timed(step) if step in step_s else step for step in STEPS))
-    seconds = time.perf_counter() - t0
+    seconds, ingest_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     dicom_s, wearables_s = step_s[read_dicom], step_s[read_wearable_files]
     rep = r.report
     records = sum(m.records for m in rep.modalities.values())
@@ -82,6 +82,11 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             # CPU seconds of this process: with one worker (parsed in-process) the rate per core of a machine
             # that others share too
             "fhir_read_records_per_cpu_s": round(read.records / read_cpu_s, 1) if workers == 1 else None,
+            # with workers: what the ingesting process itself spends (unpickling the workers' results, merging
+            # them into the stores, and the first inputs it parses while the workers start): the part that more
+            # workers do not share (Amdahl's serial part)
+            "fhir_read_main_cpu_s": round(read_cpu_s, 2),
+            "ingest_main_cpu_s": round(ingest_cpu_s, 2),
             "fhir_s": round(fhir_s, 2), "fhir_records": fhir_records,
             "fhir_records_per_s": round(fhir_records / fhir_s, 1),
             "fhir_records_per_s_per_core": round(fhir_records / fhir_s / workers, 1),
