@@ -66,6 +66,11 @@ class IngestCache:
         assert self.root is not None
         return self.root / kind / key[:2] / f"{key}-{self.spec_hash}.npz"
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether an entry is stored, without reading it: readers list their inputs by this and `get` each entry
+        once, when they merge it (an entry found damaged then is a miss, and its input is parsed)."""
+        return self.root is not None and self._path(kind, key).is_file()
+
     def get(self, kind: str, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         if self.root is None:
             return None

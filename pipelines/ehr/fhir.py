@@ -320,7 +320,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
         except OSError as e:
             quarantine.add("ehr", FhirError(f"cannot be read ({e})", reason="unreadable", source=path))
             continue
-        inputs.append((path, digest, cache.get("fhir", digest) is not None))
+        inputs.append((path, digest, cache.has("fhir", digest)))
     parse = functools.partial(parse_or_refuse, deid=deid, index_date=index_date, channels=tuple(channels),
                               limits=limits, mrn_system=mrn_system, validation=validation)
     pieces = [_pieces(path, settings_of(workers)) if not cached else [] for path, _, cached in inputs]
@@ -331,7 +331,7 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
             out.cached += 1
             facts = FileFacts.from_json(hit[0])
             errors: list[InputError] = []
-        else:  # (a cache entry gone since the walk is parsed here)
+        else:  # (a cache entry gone or found damaged since the walk is parsed here)
             got, errors, refused = parse(path) if cached else _merged([next(parsed) for _ in file_pieces])
             if got is None:  # one file never aborts the run
                 quarantine.add("ehr", refused)

@@ -160,7 +160,7 @@ def _decode_slices(mids: list[Member], remote: Mapping[int, DicomInput], image_s
                    workers: Workers | WorkerPool) -> Iterator[tuple[np.ndarray | DicomError, bool]]:
     """For each chosen middle slice in order: (its image or why it cannot be decoded, whether from the cache).
     Slices not in the cache are decoded: local files by `workers`, PACS instances here (fetched by threads)."""
-    cached = [cache.get("image", m.digest) is not None for m in mids]
+    cached = [cache.has("image", m.digest) for m in mids]
     local = [(m.source, m.path, m.spacing) for m, hit in zip(mids, cached) if not hit and m.path is not None]
     decoded = map_ordered(partial(decode_local, image_size=image_size), local, workers)
     fetched = fetch_ordered(fetch, [remote[m.k] for m, hit in zip(mids, cached) if not hit and m.path is None], workers)
@@ -174,7 +174,7 @@ def _decode_slices(mids: list[Member], remote: Mapping[int, DicomInput], image_s
             else:
                 yield decode_slice(m.source, partial(replay, next(fetched)), spacing=m.spacing,
                                    image_size=image_size), False
-        else:  # a cache entry gone since it was listed
+        else:  # a cache entry gone or found damaged since it was listed
             read = remote[m.k].read if m.path is None else Path(m.path).read_bytes
             yield decode_slice(m.source, read, spacing=m.spacing, image_size=image_size), False
 
@@ -201,7 +201,7 @@ def _build_volumes(picks: list[tuple[Series, list[Member]]], remote: Mapping[int
     """For each chosen series in order: (its volume or why it cannot be built, whether from the cache). Series not
     in the cache are built: of local files by `workers`; with a PACS instance here, its instances fetched one by one."""
     keys = [_volume_key(members) for _, members in picks]
-    cached = [cache.get("volume", key) is not None for key in keys]
+    cached = [cache.has("volume", key) for key in keys]
     local = [all(m.path is not None for m in members) for _, members in picks]
     built = map_ordered(partial(volume_local, image_size=image_size, depth=depth),
                         [(s.uid, members) for (s, members), hit, ok in zip(picks, cached, local) if not hit and ok],
@@ -221,7 +221,7 @@ def _build_volumes(picks: list[tuple[Series, list[Member]]], remote: Mapping[int
             yield entry[1]["image"], True
         elif not hit and ok:
             yield next(built), False
-        else:  # a PACS instance among its members, or a cache entry gone since it was listed
+        else:  # a PACS instance among its members, or a cache entry gone or found damaged since it was listed
             yield build_volume(s.uid, members, read, image_size=image_size, depth=depth), False
 
 

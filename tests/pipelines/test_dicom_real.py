@@ -137,3 +137,18 @@ def test_no_identifier_in_cache_or_result_and_cache_reuse(tmp_path: Path):
     ds.save_as(ct)
     third = ingest_silo(**kwargs)
     assert third.report.modalities["image"].parsed == 1 and third.report.modalities["ehr"].parsed == 0
+
+
+def test_damaged_cache_entries_are_misses_and_their_inputs_parsed_again(tmp_path: Path):
+    dicom, fhir, _ = _silo(tmp_path)
+    cache = tmp_path / "cache"
+    kwargs = dict(fhir=[fhir], dicom=[dicom], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY, cache_dir=cache)
+    first = ingest_silo(**kwargs)
+    for entry in cache.rglob("*.npz"):  # listed as stored (IngestCache.has), unreadable when merged
+        entry.write_bytes(b"not a zip")
+    again = ingest_silo(**kwargs)
+    for m in ("ehr", "image"):
+        assert again.report.modalities[m].cached == 0, m
+        assert again.report.modalities[m].parsed == first.report.modalities[m].parsed, m
+    assert again.dataset.pseudonyms == first.dataset.pseudonyms
+    assert (again.dataset.image == first.dataset.image).all() and len(again.quarantine) == len(first.quarantine)
