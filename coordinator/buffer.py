@@ -87,7 +87,7 @@ class UpdateBuffer:
             raise Refused(f"round {header.round} of study {row.id} gave no training task (current round {row.current_round})")
         if header.nonce != trained.nonce:
             raise Refused(f"round nonce does not match round {header.round}: a replayed or late message")
-        if silo not in json.loads(trained.participants_json):
+        if silo not in trained.participant_set():
             raise Refused(f"silo {silo!r} is not a participant of round {header.round}")
         staleness = buffer.number - header.round
         limit = spec.training.max_staleness
@@ -165,7 +165,7 @@ class UpdateBuffer:
         participants = json.loads(rnd.participants_json)
         if silo in participants:
             return True
-        earlier = any(silo in json.loads(r.participants_json)
+        earlier = any(silo in r.participant_set()
                       for r in self.store.all(RoundRow, study_id=rnd.study_id) if r.number < rnd.number)
         if not earlier:
             return False
