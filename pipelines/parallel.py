@@ -22,6 +22,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -34,8 +35,11 @@ T = TypeVar("T")
 R = TypeVar("R")
 #: Modules a worker imports once, before its first input (fhir.resources' models, pydicom and MONAI take seconds).
 PRELOAD = ["pipelines.ehr.fhir", "pipelines.imaging.instances", "pipelines.wearables.signals"]
-#: Inputs in flight per worker: enough to keep each busy, few enough to keep memory flat.
+#: Batches in flight per worker: enough to keep each busy, few enough to keep memory flat.
 IN_FLIGHT_PER_WORKER = 4
+#: Inputs per batch (`batch_size`): at least this many batches per worker, and at most MAX_BATCH inputs in one.
+BATCHES_PER_WORKER = 16
+MAX_BATCH = 32
 
 
 class Workers(BaseModel):
@@ -114,8 +118,8 @@ class WorkerPool:
 
     def map_ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
         """fn(item) for every item, in the order of `items`. In this process with one worker, or with fewer than
-        `Workers.min_inputs` items while no pool is started yet; otherwise at most IN_FLIGHT_PER_WORKER inputs per
-        worker are pending at a time, so results stream as they are merged and memory stays flat. While the
+        `Workers.min_inputs` items while no pool is started yet; otherwise in batches, at most IN_FLIGHT_PER_WORKER per
+        worker pending at a time, so results stream as they are merged and memory stays flat. While the
         workers start (the forkserver imports torch: seconds), this process works through the first items itself."""
         items = items if isinstance(items, Sequence) else list(items)
         n = self.settings.count()
@@ -134,8 +138,8 @@ class WorkerPool:
             raise PipelineError(f"the ingestion workers could not be started ({type(self._failed).__name__}: "
                                 f"{self._failed}); expected a worker process to answer. Set [data.workers] processes "
                                 "= 1 in node.toml to parse in the node's own process") from self._failed
-        yield from _windowed(lambda item: pool.submit(fn, item), lambda future: future.result(), items[done:],
-                             window=n * IN_FLIGHT_PER_WORKER)
+        yield from _batched(lambda batch: pool.submit(_call_each, fn, batch), lambda future: future.result(),
+                            items[done:], n)
 
     def _start(self, n: int) -> ProcessPoolExecutor:
         """The pool, started on first use: its first worker is started by a thread, so that this process need not
@@ -199,16 +203,52 @@ def _windowed(submit: Callable[[T], Any], result: Callable[[Any], R], items: Seq
 
 
 def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iterator[R]:
-    """Ray tasks on the named cluster, one per input, at most IN_FLIGHT_PER_WORKER per CPU pending."""
+    """Ray tasks on the named cluster, a batch of inputs each, at most IN_FLIGHT_PER_WORKER per CPU pending."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=workers.ray_address, log_to_driver=False)
     # The readers' fn is a functools.partial (which ray.remote refuses): a task that calls it, shipped once
-    task, fn_ref = ray.remote(num_cpus=1)(_call), ray.put(fn)
-    window = max(1, int(ray.cluster_resources().get("CPU", 1))) * IN_FLIGHT_PER_WORKER
-    yield from _windowed(lambda item: task.remote(fn_ref, item), ray.get, items, window=window)
+    task, fn_ref = ray.remote(num_cpus=1)(_call_each), ray.put(fn)
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    yield from _batched(lambda batch: task.remote(fn_ref, batch), ray.get, items, cpus)
 
 
-def _call(fn: Callable[[T], R], item: T) -> R:
-    return fn(item)
+def _batched(submit: Callable[[Sequence[T]], Any], result: Callable[[Any], list[R | _Raised]], items: Sequence[T],
+             workers: int) -> Iterator[R]:
+    """fn's results in the order of `items`, handed to `workers` in batches (`batch_size`), IN_FLIGHT_PER_WORKER
+    batches per worker pending at a time; what an input raised is raised at its place."""
+    size = batch_size(len(items), workers)
+    batches = [items[k:k + size] for k in range(0, len(items), size)]
+    for results in _windowed(submit, result, batches, window=workers * IN_FLIGHT_PER_WORKER):
+        for got in results:
+            if isinstance(got, _Raised):
+                raise got.error
+            yield got
+
+
+@dataclass(frozen=True)
+class _Raised:
+    """What an input raised in a worker, handed back in its place in the batch."""
+
+    error: BaseException
+
+
+def _call_each(fn: Callable[[T], R], batch: Sequence[T]) -> list[R | _Raised]:
+    """fn over one batch in a worker; an input that raises does not lose the results of the others."""
+    results: list[R | _Raised] = []
+    for item in batch:
+        try:
+            results.append(fn(item))
+        except Exception as e:  # noqa: BLE001 - re-raised by the ingesting process at that input's place
+            results.append(_Raised(e))
+    return results
+
+
+def batch_size(items: int, workers: int) -> int:
+    """Inputs handed to a worker at a time. Each hand-over costs the ingesting process about half a millisecond of
+    CPU (pickling, a pipe, the pool's locks), as much as a synthetic patient's bundle or DICOM header takes to parse:
+    one input at a time made two workers spend 1.5x the CPU of one (benchmarks/ingest.py). Batches are small enough
+    that each worker still gets BATCHES_PER_WORKER of them, so the workers finish together, and at most MAX_BATCH
+    inputs, so the results held at a time (IN_FLIGHT_PER_WORKER batches per worker) stay bounded."""
+    return max(1, min(MAX_BATCH, items // (workers * BATCHES_PER_WORKER)))

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from coordinator.api.study import CohortSpec
@@ -17,7 +18,7 @@ from pipelines.deid import Deidentifier
 from pipelines.imaging.dicom import file_inputs
 from pipelines.imaging.images import read_images
 from pipelines.ingest import STEPS, ingest_silo
-from pipelines.parallel import SEQUENTIAL, WorkerPool, Workers, map_ordered
+from pipelines.parallel import BATCHES_PER_WORKER, MAX_BATCH, SEQUENTIAL, WorkerPool, Workers, batch_size, map_ordered
 from pipelines.quarantine import Quarantine
 from pipelines.steps import IngestRun
 from pipelines.synthetic import HospitalFiles
@@ -36,8 +37,34 @@ def _pid(_: int) -> int:
     return os.getpid()
 
 
+def _square_below_97(x: int) -> int:
+    if x == 97:
+        raise ValueError("input 97 is refused")
+    return x * x
+
+
 def test_map_ordered_keeps_the_order_of_the_inputs() -> None:
     assert list(map_ordered(_square, range(50), Workers(processes=2, min_inputs=1))) == [x * x for x in range(50)]
+    many = range(3000)  # in batches of MAX_BATCH
+    assert batch_size(len(many), 2) == MAX_BATCH
+    assert list(map_ordered(_square, many, Workers(processes=2, min_inputs=1))) == [x * x for x in many]
+
+
+def test_an_input_that_raises_in_a_batch_raises_at_its_place() -> None:
+    got: list[int] = []
+    with WorkerPool(Workers(processes=2, min_inputs=1)) as pool:
+        list(pool.map_ordered(_square, range(4)))  # start the workers, so that every input below goes to them
+        assert pool.wait(timeout=300)
+        with pytest.raises(ValueError, match="input 97 is refused"):
+            for result in pool.map_ordered(_square_below_97, range(400)):  # batches of 12: 97 is inside the 9th
+                got.append(result)
+    assert got == [x * x for x in range(97)]  # every result before it, none after it
+
+
+def test_batches_are_bounded_and_each_worker_gets_several() -> None:
+    assert batch_size(0, 2) == 1 and batch_size(10, 2) == 1  # few inputs: one at a time
+    assert batch_size(400, 2) == 400 // (2 * BATCHES_PER_WORKER)
+    assert batch_size(10**6, 2) == MAX_BATCH  # memory held: at most MAX_BATCH * IN_FLIGHT_PER_WORKER per worker
 
 
 def test_one_pool_serves_every_map_of_a_run_and_stops_with_it() -> None:
