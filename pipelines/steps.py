@@ -111,6 +111,7 @@ class IngestRun:
     image: RowFile | None = None
     signal: RowFile | None = None
     images: dict[str, ChosenImage] = field(default_factory=dict)
+    dicom_waveforms: list[Path] = field(default_factory=list)  # DICOM files the image reader found are waveforms
     latest: LatestWindows | None = None
     signal_stats: Counter = field(default_factory=Counter)
     wearable_notes: WearableNotes = field(default_factory=WearableNotes)  # devices, mapping used, channels left out
@@ -273,7 +274,7 @@ def read_dicom(run: IngestRun) -> None:
                                     quarantine=run.quarantine, patients=run.known,
                                     study_owners=run.store.study_owners(), into=(run.row_of, run.image),
                                     image_dims=c.image_dims, image_depth=c.image_depth, limits=run.limits,
-                                    workers=run.pool)
+                                    workers=run.pool, waveforms=run.dicom_waveforms)
     _fill(run.reports["image"], stats)
     run.reports["image"].patients = len(run.images)
 
@@ -285,8 +286,8 @@ def read_wearable_files(run: IngestRun) -> None:
                                          index_date=run.index_date, cache=run.cache, quarantine=run.quarantine,
                                          latest=run.latest, limits=run.limits, mapping=run.sources.wearable_mapping,
                                          notes=run.wearable_notes, index_days=run.index_days, workers=run.pool))
-    if run.sources.dicom:  # DICOM waveforms (12-lead ECG) among the node's DICOM files are signals, not images
-        run.signal_stats.update(read_signals(run.sources.dicom, cohort=run.cohort, deid=run.deid, index_date=run.index_date,
+    if run.dicom_waveforms:  # DICOM waveforms (12-lead ECG) among the node's DICOM files are signals, not images
+        run.signal_stats.update(read_signals(run.dicom_waveforms, cohort=run.cohort, deid=run.deid, index_date=run.index_date,
                                              cache=run.cache, quarantine=run.quarantine, latest=run.latest,
                                              limits=run.limits, mapping=run.sources.wearable_mapping,
                                              notes=run.wearable_notes, devices=(WAVEFORM_DEVICE,),

@@ -189,13 +189,13 @@ def read_header(data: bytes, source: str, deid: Deidentifier, index_date: date,
     beyond `limits` among it, so no pixel of such an instance is ever decoded)."""
     ds = _parse(data, source, limits)
     _check_declared_size(ds, source, limits)
+    if is_waveform(ds):  # an ECG or other waveform: no image, read (and refused, if so) on the signal path
+        raise WaveformNotImage("is a DICOM Waveform IOD, not an image; it is read as a signal recording",
+                               source=source)
     mrn = str(ds.get("PatientID", "") or "").strip()
     if not mrn:
         raise DicomError("has no PatientID (0010,0020); expected the patient's MRN to link the image",
                          reason="no_patient_id", source=source)
-    if is_waveform(ds):  # an ECG or other waveform: no image, read on the signal path (pipelines.wearables)
-        raise WaveformNotImage("is a DICOM Waveform IOD, not an image; it is read as a signal recording",
-                               source=source)
     _check_pixel_data(ds, source)
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         raise DicomError("has BurnedInAnnotation (0028,0301) = YES: its pixels may show the patient's name or ID, "

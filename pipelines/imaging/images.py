@@ -58,7 +58,8 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
                 study_owners: Mapping[str, str] | None = None,
                 into: tuple[Mapping[str, int], RowFile] | None = None, image_dims: int = 2,
                 image_depth: int = 16, limits: IngestLimits = DEFAULT_LIMITS,
-                workers: Workers | WorkerPool = SEQUENTIAL) -> tuple[dict[str, ChosenImage], Counter]:
+                workers: Workers | WorkerPool = SEQUENTIAL,
+                waveforms: list[Path] | None = None) -> tuple[dict[str, ChosenImage], Counter]:
     """Per patient pseudonym, the chosen image; plus counters (inputs_read, records, parsed, cached, series, unused_*).
 
     Linking: an instance belongs to the patient its PatientID names. When that pseudonym is not
@@ -69,6 +70,9 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
     does not grow with the number of patients. `image_dims` 3: a `[1, image_depth, S, S]` volume of the
     whole chosen series instead of its middle slice. With `into`, only the images of patients with a row are
     decoded (the series the cohort chooses); another patient's chosen series is reported, never decoded.
+    Waveform instances (an ECG) are no image: counted as unused, and the local files among them appended to
+    `waveforms` for the signal readers (`pipelines.wearables.waveform_dicom`), so that no file is opened twice to
+    find them.
     `workers` (a run's pool, or settings for a pool of this read's own) parse the local files' headers, decode their
     chosen slices and build their volumes (`pipelines.imaging.instances`); a PACS's instances are fetched by threads.
     """
@@ -83,6 +87,8 @@ def read_images(inputs: Iterable[DicomInput], *, deid: Deidentifier, index_date:
             stats["inputs_read"] += 1
             if isinstance(parsed.refused, WaveformNotImage):  # read by the wearable readers instead
                 stats[f"unused_{WaveformNotImage.reason}"] += 1
+                if waveforms is not None and inp.path is not None:
+                    waveforms.append(Path(inp.path))
                 continue
             if parsed.header is None:
                 assert parsed.refused is not None

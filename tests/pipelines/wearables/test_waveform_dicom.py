@@ -12,7 +12,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 from coordinator.api.study import CohortSpec
-from pipelines.ingest import ingest_silo
+from pipelines.ingest import STEPS, ingest_silo
 from pipelines.synthetic import generate_federation
 
 from ..dicom_series import new_instance
@@ -86,3 +86,22 @@ def test_waveforms_among_dicom_images_are_signals_not_refused_images(tmp_path: P
     assert r.modalities["image"].unused.get("waveform_read_as_signal") == 1
     sig = r.modalities["signal"]
     assert sig.sources == {"dicom_waveform": 1} and sig.patients == 1 and sig.samples == 1
+
+
+def test_the_image_reader_hands_its_waveforms_to_the_signal_readers_once(tmp_path: Path):
+    """The image reader's header pass finds the waveforms; the signal step reads those files, and a waveform that is
+    refused (no PatientID) is counted once, on the signal path, not also as a refused image."""
+    h = generate_federation(tmp_path / "fed", n_hospitals=1, patients_per_hospital=6, seed=1, missing_fraction=0.0)[0]
+    mrn = sorted(p.stem for p in Path(h.wearables_dir).glob("*.csv"))[0]
+    good = ecg(Path(h.dicom_dir) / "ecg" / "wave.dcm", mrn, when="20231231230000")
+    ecg(Path(h.dicom_dir) / "ecg" / "anonymous.dcm", "", when="20231231230000")
+    found: list[list[Path]] = []
+    cohort = CohortSpec(signal_channels=("II",), signal_rate_hz=100.0, signal_length=128)
+    r = ingest_silo(fhir=[h.fhir_dir], dicom=[h.dicom_dir], wearables=[], cohort=cohort,
+                    pseudonym_key=b"fedcare-test-pseudonym-key-32byt", index_date=date(2024, 1, 1),
+                    steps=(*STEPS, lambda run: found.append(sorted(run.dicom_waveforms)))).report
+    assert found == [sorted([good, good.with_name("anonymous.dcm")])]
+    assert r.modalities["image"].unused.get("waveform_read_as_signal") == 2
+    assert "no_patient_id" not in r.modalities["image"].quarantined
+    assert r.modalities["signal"].quarantined == {"no_patient_id": 1}
+    assert r.modalities["signal"].sources == {"dicom_waveform": 2} and r.modalities["signal"].patients == 1
