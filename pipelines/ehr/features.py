@@ -59,7 +59,11 @@ def _aggregate(p: EhrPatient, f: FeatureLike, quarantine: Quarantine, refused: s
     if not hits:
         return float("nan")
     values = [v for _, v in sorted(hits, key=lambda h: h[0])]
-    return {"last": values[-1], "mean": float(np.mean(values)), "min": min(values), "max": max(values)}[f.aggregate]
+    if f.aggregate == "last":
+        return values[-1]
+    if f.aggregate == "mean":
+        return float(np.mean(values))
+    return min(values) if f.aggregate == "min" else max(values)
 
 
 def ehr_values(p: EhrPatient, features: tuple[FeatureLike, ...], quarantine: Quarantine, refused: set[str]) -> np.ndarray:
