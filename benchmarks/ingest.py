@@ -9,7 +9,9 @@ Each size and worker count is ingested in a fresh subprocess so peak RSS (ru_max
 (`fhir_read_*`: parsing, validation, de-identification, storing; `fhir_read_records_per_cpu_s`, with one worker,
 counts this process's CPU time only, a steadier figure on a shared machine), FHIR alone through the whole ingestion (records/s,
 per core and with every core), then every modality, timing its DICOM step (`dicom_images_per_s`: headers, choice and the
-chosen slices decoded, pipelines/imaging/instances.py), its wearable step (`wearable_files_per_s`) and the whole (images/s).
+chosen slices decoded, pipelines/imaging/instances.py), its wearable step (`wearable_files_per_s`) and the whole (images/s),
+with an empty cache folder as a node's first ingestion (hashing each input, caching its result), then again with every
+input in that cache (`reingest_s`).
 One ingestion holds one worker pool for all its readers (pipelines.parallel.WorkerPool). Each run reports the load average
 of the machine before and after it (`load_average`: 1-minute figures), which the rates depend on. `--fhir-validation` (pipelines.ehr.fhir_fields)
 chooses what of each FHIR resource is validated: the elements read (default) or every element (fhir.resources).
@@ -21,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,11 +71,18 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             step_s[step] = time.perf_counter() - t
         return run_step
 
+    cache = Path(tempfile.mkdtemp(prefix="cache-", dir=workdir))  # as a node ingests: its cache, empty the first time
     t0, cpu0 = time.perf_counter(), time.process_time()
     r = ingest_silo(fhir=[h / "fhir"], dicom=[h / "dicom"], wearables=[h / "wearables"], cohort=CohortSpec(),
-                    pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation,
+                    pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation, cache_dir=cache,
                     steps=tuple(timed(step) if step in step_s else step for step in STEPS))
     seconds, ingest_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    t0 = time.perf_counter()  # again, every input in the cache (a new study on the same data)
+    again = ingest_silo(fhir=[h / "fhir"], dicom=[h / "dicom"], wearables=[h / "wearables"], cohort=CohortSpec(),
+                        pseudonym_key=KEY, workers=parallel, fhir_validation=fhir_validation, cache_dir=cache)
+    reingest_s = time.perf_counter() - t0
+    assert again.report.samples == r.report.samples and again.report.modalities["ehr"].parsed == 0
+    shutil.rmtree(cache)
     dicom_s, wearables_s = step_s[read_dicom], step_s[read_wearable_files]
     rep = r.report
     records = sum(m.records for m in rep.modalities.values())
@@ -90,7 +100,7 @@ def _one(n: int, workdir: Path, workers: int, validation: str) -> dict:
             "fhir_s": round(fhir_s, 2), "fhir_records": fhir_records,
             "fhir_records_per_s": round(fhir_records / fhir_s, 1),
             "fhir_records_per_s_per_core": round(fhir_records / fhir_s / workers, 1),
-            "ingest_s": round(seconds, 1), "records": records, "records_per_s": round(records / seconds, 1),
+            "ingest_s": round(seconds, 1), "reingest_s": round(reingest_s, 1), "records": records, "records_per_s": round(records / seconds, 1),
             "images_per_s": round(rep.modalities["image"].records / seconds, 1),
             "dicom_s": round(dicom_s, 2), "images": rep.modalities["image"].records,
             "dicom_images_per_s": round(rep.modalities["image"].records / dicom_s, 1),
@@ -227,6 +237,10 @@ def main() -> None:
                       "dicom_images_per_s_all_cores": big(most)["dicom_images_per_s"],
                       "dicom_speedup_all_cores": round(big(most)["dicom_images_per_s"] / big(one)["dicom_images_per_s"], 2),
                       "wearable_files_per_s_per_core": big(one)["wearable_files_per_s"],
+                      "wearable_speedup_all_cores": round(big(most)["wearable_files_per_s"] / big(one)["wearable_files_per_s"], 2),
+                      "ingest_s_one_core": big(one)["ingest_s"], "ingest_s_all_cores": big(most)["ingest_s"],
+                      "ingest_speedup_all_cores": round(big(one)["ingest_s"] / big(most)["ingest_s"], 2),
+                      "reingest_s_all_cores": big(most)["reingest_s"],
                       "wearable_files_per_s_all_cores": big(most)["wearable_files_per_s"],
                       f"peak_rss_mb_at_{args.small}": runs[f"{args.small}_patients_{one}_workers"]["peak_rss_mb"],
                       f"peak_rss_mb_at_{args.patients}": big(one)["peak_rss_mb"]}))
