@@ -12,8 +12,8 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from coordinator.api.protocol import UpdateMetadata
 from coordinator.analysis import analysis_summary
+from coordinator.api.protocol import UpdateMetadata
 from coordinator.outcome import RoundOutcome
 from coordinator.release import pooled_metrics
 from coordinator.store import MetricsRow, RoundRow, SkipRow, TrafficRow, UpdateRow
