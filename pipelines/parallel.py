@@ -98,7 +98,9 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop the workers; inputs still queued (a reader that stopped early) are dropped. Workers still starting
-        (this process did every input itself meanwhile) are not waited for: they stop once started."""
+        (this process did every input itself meanwhile) are not waited for: they stop once started, by a thread
+        that the interpreter waits for at exit, so that a short `fedcare silo ingest` does not exit under a
+        starting worker (which then printed a traceback, unable to find the pool's semaphores)."""
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -106,7 +108,7 @@ class WorkerPool:
             pool.shutdown(wait=True, cancel_futures=True)
         else:  # the starting thread holds the pool's lock until its worker is up: stopped from a thread of its own
             threading.Thread(target=pool.shutdown, kwargs={"cancel_futures": True}, name="fedcare-workers-stop",
-                             daemon=True).start()
+                             daemon=False).start()
 
     @property
     def started(self) -> bool:
