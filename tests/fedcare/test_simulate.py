@@ -152,7 +152,8 @@ def test_tables_partition_by_column_or_dirichlet_keeps_every_row_once(tmp_path: 
 
 @pytest.mark.parametrize("args, says", [
     (["--engine", "spark"], "--engine must be one of local, ray, not 'spark'"),
-    (["--dirichlet-alpha", "0.5"], "partition --tables; name the folder"),
+    (["--dirichlet-alpha", "0.5"], "partition --tables or --fhir; name the folder"),
+    (["--tables", "a", "--fhir", "b"], "--tables and --fhir are two populations to partition; name one folder"),
 ])
 def test_cli_refuses_options_that_cannot_work_in_one_line(args: list[str], says: str) -> None:
     from typer.testing import CliRunner
