@@ -72,6 +72,19 @@ class IngestCache:
         return self.root is not None and self._path(kind, key).is_file()
 
     def get(self, kind: str, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+        """The entry's meta and arrays, or None (not stored, or damaged: a miss, never an error)."""
+        got = self._read(kind, key, arrays=True)
+        if got is not None:
+            self.hits += 1
+        return got
+
+    def meta(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Only the entry's meta (an .npz member is read only when asked for), or None as `get`: for a reader that
+        must look inside an entry to list its input, and reads the whole entry once, when it merges it."""
+        got = self._read(kind, key, arrays=False)
+        return None if got is None else got[0]
+
+    def _read(self, kind: str, key: str, *, arrays: bool) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
         if self.root is None:
             return None
         path = self._path(kind, key)
@@ -79,13 +92,12 @@ class IngestCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in z.files if k != "meta"}
+                values = {k: z[k] for k in z.files if k != "meta"} if arrays else {}
                 meta = json.loads(str(z["meta"]))
         except (OSError, ValueError, KeyError) as e:  # a damaged entry is a miss, never an error
             log.warning("cache entry %s is unreadable (%s); re-parsing the input", path, e)
             return None
-        self.hits += 1
-        return meta, arrays
+        return meta, values
 
     def put(self, kind: str, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if self.root is None:

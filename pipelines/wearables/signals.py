@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import date, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,7 +107,7 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
         except OSError as e:
             listed.append((reader, path, SignalError(f"cannot be read ({e})", reason="unreadable", source=path), False))
             continue
-        listed.append((reader, path, digest, _cached(cache, digest, index_days) is not None))
+        listed.append((reader, path, digest, _current(cache.meta("wearable", digest), index_days)))
     read = partial(read_input, channels=channels, rate_hz=cohort.signal_rate_hz, length=cohort.signal_length, deid=deid,
                    index_date=index_date, limits=limits, mapping=mapping,
                    index_days={pid: day for pid, day in index_days.items() if day})  # only what differs from 0 travels
@@ -156,9 +157,13 @@ def read_signals(paths: Sequence[Path], *, cohort: CohortLike, deid: Deidentifie
 def _cached(cache: IngestCache, digest: str, index_days: Mapping[str, int]) -> tuple | None:
     """The cached windows of an input, unless a patient's index date moved since (then they are cut again)."""
     hit = cache.get("wearable", digest)
-    if hit is None or "days" not in hit[0] or any(index_days.get(pid, 0) != day for pid, day in hit[0]["days"].items()):
-        return None
-    return hit
+    return hit if hit is not None and _current(hit[0], index_days) else None
+
+
+def _current(meta: dict[str, Any] | None, index_days: Mapping[str, int]) -> bool:
+    """Whether a cached entry's windows were cut at every patient's index date as it is now."""
+    return meta is not None and "days" in meta and all(index_days.get(pid, 0) == day
+                                                      for pid, day in meta["days"].items())
 
 
 def _count(stats: Counter, meta: dict, found: list) -> None:
