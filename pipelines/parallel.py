@@ -40,6 +40,9 @@ IN_FLIGHT_PER_WORKER = 4
 #: Inputs per batch (`batch_size`): at least this many batches per worker, and at most MAX_BATCH inputs in one.
 BATCHES_PER_WORKER = 16
 MAX_BATCH = 32
+#: Input bytes per batch, where the reader gives each input's size: a worker's results grow with what it read (a FHIR
+#: file's facts), so a batch holds at most about this much input; an input larger than this is a batch of its own.
+BATCH_BYTES = 1 << 20
 
 
 class Workers(BaseModel):
@@ -118,18 +121,19 @@ class WorkerPool:
         """Wait until the started pool's first worker has answered; False if it has not within `timeout` s."""
         return self._ready.wait(timeout)
 
-    def map_ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_ordered(self, fn: Callable[[T], R], items: Iterable[T], sizes: Sequence[int] | None = None) -> Iterator[R]:
         """fn(item) for every item, in the order of `items`. In this process with one worker, or with fewer than
-        `Workers.min_inputs` items while no pool is started yet; otherwise in batches, at most IN_FLIGHT_PER_WORKER per
-        worker pending at a time, so results stream as they are merged and memory stays flat. While the
-        workers start (the forkserver imports torch: seconds), this process works through the first items itself."""
+        `Workers.min_inputs` items while no pool is started yet; otherwise in batches (`batches`; `sizes`: each
+        item's input bytes, to bound a batch's), at most IN_FLIGHT_PER_WORKER per worker pending at a time, so results
+        stream as they are merged and memory stays flat. While the workers start (the forkserver imports torch:
+        seconds), this process works through the first items itself."""
         items = items if isinstance(items, Sequence) else list(items)
         n = self.settings.count()
         if n <= 1 or not items or (len(items) < self.settings.min_inputs and not self.started):
             yield from map(fn, items)
             return
         if self.settings.ray_address is not None:
-            yield from _ray_map(fn, items, self.settings)
+            yield from _ray_map(fn, items, self.settings, sizes)
             return
         pool = self._start(n)
         done = 0
@@ -141,7 +145,7 @@ class WorkerPool:
                                 f"{self._failed}); expected a worker process to answer. Set [data.workers] processes "
                                 "= 1 in node.toml to parse in the node's own process") from self._failed
         yield from _batched(lambda batch: pool.submit(_call_each, fn, batch), lambda future: future.result(),
-                            items[done:], n)
+                            items[done:], n, None if sizes is None else sizes[done:])
 
     def _start(self, n: int) -> ProcessPoolExecutor:
         """The pool, started on first use: its first worker is started by a thread, so that this process need not
@@ -166,13 +170,14 @@ class WorkerPool:
             self._ready.set()
 
 
-def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers | WorkerPool) -> Iterator[R]:
+def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers | WorkerPool,
+                sizes: Sequence[int] | None = None) -> Iterator[R]:
     """`WorkerPool.map_ordered` on the run's pool, or on a pool of its own for these items when given `Workers`."""
     if isinstance(workers, WorkerPool):
-        yield from workers.map_ordered(fn, items)
+        yield from workers.map_ordered(fn, items, sizes)
         return
     with WorkerPool(workers) as pool:
-        yield from pool.map_ordered(fn, items)
+        yield from pool.map_ordered(fn, items, sizes)
 
 
 def settings_of(workers: Workers | WorkerPool) -> Workers:
@@ -204,7 +209,7 @@ def _windowed(submit: Callable[[T], Any], result: Callable[[Any], R], items: Seq
         yield result(pending.popleft())
 
 
-def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iterator[R]:
+def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers, sizes: Sequence[int] | None) -> Iterator[R]:
     """Ray tasks on the named cluster, a batch of inputs each, at most IN_FLIGHT_PER_WORKER per CPU pending."""
     import ray
 
@@ -213,16 +218,14 @@ def _ray_map(fn: Callable[[T], R], items: Sequence[T], workers: Workers) -> Iter
     # The readers' fn is a functools.partial (which ray.remote refuses): a task that calls it, shipped once
     task, fn_ref = ray.remote(num_cpus=1)(_call_each), ray.put(fn)
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    yield from _batched(lambda batch: task.remote(fn_ref, batch), ray.get, items, cpus)
+    yield from _batched(lambda batch: task.remote(fn_ref, batch), ray.get, items, cpus, sizes)
 
 
 def _batched(submit: Callable[[Sequence[T]], Any], result: Callable[[Any], list[R | _Raised]], items: Sequence[T],
-             workers: int) -> Iterator[R]:
-    """fn's results in the order of `items`, handed to `workers` in batches (`batch_size`), IN_FLIGHT_PER_WORKER
-    batches per worker pending at a time; what an input raised is raised at its place."""
-    size = batch_size(len(items), workers)
-    batches = [items[k:k + size] for k in range(0, len(items), size)]
-    for results in _windowed(submit, result, batches, window=workers * IN_FLIGHT_PER_WORKER):
+             workers: int, sizes: Sequence[int] | None) -> Iterator[R]:
+    """fn's results in the order of `items`, handed to `workers` in `batches`, IN_FLIGHT_PER_WORKER batches per worker
+    pending at a time; what an input raised is raised at its place."""
+    for results in _windowed(submit, result, batches(items, workers, sizes), window=workers * IN_FLIGHT_PER_WORKER):
         for got in results:
             if isinstance(got, _Raised):
                 raise got.error
@@ -245,6 +248,24 @@ def _call_each(fn: Callable[[T], R], batch: Sequence[T]) -> list[R | _Raised]:
         except Exception as e:  # noqa: BLE001 - re-raised by the ingesting process at that input's place
             results.append(_Raised(e))
     return results
+
+
+def batches(items: Sequence[T], workers: int, sizes: Sequence[int] | None = None) -> list[Sequence[T]]:
+    """`items` in consecutive batches of `batch_size` items; with `sizes` (each item's input bytes), a batch also
+    ends before it would hold more than BATCH_BYTES (an item larger than that is a batch of its own)."""
+    count = batch_size(len(items), workers)
+    if sizes is None:
+        return [items[k:k + count] for k in range(0, len(items), count)]
+    out: list[Sequence[T]] = []
+    start, held = 0, 0
+    for k, size in enumerate(sizes):
+        if k > start and (k - start == count or held + size > BATCH_BYTES):
+            out.append(items[start:k])
+            start, held = k, 0
+        held += size
+    if start < len(items):
+        out.append(items[start:])
+    return out
 
 
 def batch_size(items: int, workers: int) -> int:

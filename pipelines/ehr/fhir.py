@@ -256,6 +256,16 @@ def _pieces(path: Path, workers: Workers) -> list[Path | NdjsonChunk]:
     return [path]
 
 
+def _bytes(piece: Path | NdjsonChunk) -> int:
+    """The bytes a worker reads for one piece (0 for a file that cannot be read: refused when it is parsed)."""
+    if isinstance(piece, NdjsonChunk):
+        return piece.end - piece.start
+    try:
+        return piece.stat().st_size
+    except OSError:
+        return 0
+
+
 def _merged(results: list[tuple[FileFacts | None, list[InputError], InputError | None]],
             ) -> tuple[FileFacts | None, list[InputError], InputError | None]:
     """One file's pieces, parsed in order, as `parse_or_refuse` of the whole file: the first refusal refuses it."""
@@ -324,7 +334,8 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
     parse = functools.partial(parse_or_refuse, deid=deid, index_date=index_date, channels=tuple(channels),
                               limits=limits, mrn_system=mrn_system, validation=validation)
     pieces = [_pieces(path, settings_of(workers)) if not cached else [] for path, _, cached in inputs]
-    parsed = map_ordered(parse, [piece for file_pieces in pieces for piece in file_pieces], workers)
+    flat = [piece for file_pieces in pieces for piece in file_pieces]
+    parsed = map_ordered(parse, flat, workers, sizes=[_bytes(piece) for piece in flat])  # facts grow with the bytes
     for (path, digest, cached), file_pieces in zip(inputs, pieces):
         hit = cache.get("fhir", digest) if cached else None
         if hit is not None:

@@ -21,12 +21,14 @@ from pipelines.imaging.dicom import file_inputs
 from pipelines.imaging.images import read_images
 from pipelines.ingest import STEPS, ingest_silo
 from pipelines.parallel import (
+    BATCH_BYTES,
     BATCHES_PER_WORKER,
     MAX_BATCH,
     SEQUENTIAL,
     WorkerPool,
     Workers,
     batch_size,
+    batches,
     map_ordered,
 )
 from pipelines.quarantine import Quarantine
@@ -75,6 +77,14 @@ def test_batches_are_bounded_and_each_worker_gets_several() -> None:
     assert batch_size(0, 2) == 1 and batch_size(10, 2) == 1  # few inputs: one at a time
     assert batch_size(400, 2) == 400 // (2 * BATCHES_PER_WORKER)
     assert batch_size(10**6, 2) == MAX_BATCH  # memory held: at most MAX_BATCH * IN_FLIGHT_PER_WORKER per worker
+    many = list(range(10**4))
+    assert [len(b) for b in batches(many, 2)] == [MAX_BATCH] * (10**4 // MAX_BATCH) + [10**4 % MAX_BATCH]
+    # with each input's bytes, a batch holds at most BATCH_BYTES of input; a larger input is a batch of its own
+    half, big = BATCH_BYTES // 2, 3 * BATCH_BYTES
+    sized = batches(many[:1000], 2, [half, half, 1, big] + [1] * 996)  # 31 items a batch by count
+    assert sized[:4] == [[0, 1], [2], [3], list(range(4, 35))]
+    chunks = batches(many, 2, [BATCH_BYTES // 4] * len(many))  # NDJSON chunks of 256 KiB: four per batch, not 32
+    assert {len(b) for b in chunks} == {4} and [x for b in chunks for x in b] == many
 
 
 def test_one_pool_serves_every_map_of_a_run_and_stops_with_it() -> None:
