@@ -113,9 +113,15 @@ class CoordinatorClient:
             except CoordinatorUnreachable as e:
                 last = e
                 continue
-            log.info("silo %s reached the %s again after %.0f s (%s)", self.silo, self.peer,
-                     time.monotonic() - started, what)
+            except CoordinatorRefusal:  # it answered, if only to refuse (a round that closed meanwhile): it is back
+                self._reached(started, what)
+                raise
+            self._reached(started, what)
             return result
+
+    def _reached(self, started: float, what: str) -> None:
+        log.info("silo %s reached the %s again after %.0f s (%s)", self.silo, self.peer, time.monotonic() - started,
+                 what)
 
     def _counting(self, chunks: Iterator[bytes], *, up: bool) -> Iterator[bytes]:
         """Serialised chunks as they cross the wire, counted (as the coordinator counts them)."""

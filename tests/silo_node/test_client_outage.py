@@ -11,7 +11,12 @@ import pytest
 
 from coordinator.server import Coordinator, CoordinatorConfig
 from fedcare.demo import free_port
-from silo_node.client import CoordinatorClient, CoordinatorUnreachable, open_channel
+from silo_node.client import (
+    CoordinatorClient,
+    CoordinatorRefusal,
+    CoordinatorUnreachable,
+    open_channel,
+)
 
 
 def _client(port: int, **kw) -> CoordinatorClient:
@@ -55,3 +60,34 @@ def test_without_max_retry_s_a_call_waits_for_a_coordinator_that_comes_later(tmp
         finally:
             coordinator.stop(0)
     assert any("reached the coordinator again" in r.getMessage() for r in caplog.records)
+
+
+def test_a_coordinator_that_answers_a_refusal_after_an_outage_counts_as_reached(tmp_path: Path, caplog) -> None:
+    """Back after an outage, the coordinator may refuse the call that waited (its round closed meanwhile): it was
+    reached all the same, and the log says so before the refusal is raised."""
+    port = free_port()
+    client = _client(port)
+    refused: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            client.pull_task(0.1)  # never joined: a coordinator that is up refuses it
+        except CoordinatorRefusal as e:
+            refused.append(e)
+
+    with caplog.at_level(logging.INFO, logger="coordinator.api.client"):
+        caller = threading.Thread(target=pull, daemon=True)
+        caller.start()
+        for _ in range(600):
+            if _waiting_lines(caplog):
+                break
+            caller.join(0.05)
+        assert _waiting_lines(caplog) and caller.is_alive()
+        coordinator = Coordinator(CoordinatorConfig(insecure=True, listen=f"127.0.0.1:{port}", state_dir=tmp_path)).start()
+        try:
+            caller.join(timeout=120)
+        finally:
+            coordinator.stop(0)
+    assert len(refused) == 1, refused
+    assert any("reached the coordinator again" in r.getMessage() and "pull" in r.getMessage()
+               for r in caplog.records)
