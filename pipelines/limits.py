@@ -21,6 +21,9 @@ class IngestLimits(BaseModel):
     max_frames: int = Field(default=2_000, ge=1)  # NumberOfFrames of one instance
     max_inflated_bytes: int = Field(default=1 << 30, ge=1)  # a deflated DICOM's dataset once inflated
     max_document_bytes: int = Field(default=64 << 20, ge=1)  # a FHIR resource or NDJSON line read whole (bundles stream)
+    # levels of JSON nesting in a streamed FHIR Bundle (FHIR resources nest a few dozen at most; documents read whole
+    # are bounded by Python's own recursion limit)
+    max_json_depth: int = Field(default=512, ge=8)
     max_table_columns: int = Field(default=10_000, ge=1)  # columns of a CSV/TSV header
     max_line_bytes: int = Field(default=1 << 20, ge=1)  # a table's header line
 

@@ -20,7 +20,7 @@ from pydicom.uid import (
 )
 
 from coordinator.api.study import CohortSpec
-from pipelines.ehr.fhir import iter_resources
+from pipelines.ehr.fhir import WHOLE_BUNDLE_BYTES, iter_resources
 from pipelines.errors import InputError
 from pipelines.ingest import ingest_silo
 from pipelines.limits import IngestLimits
@@ -85,6 +85,31 @@ def test_json_nested_deeper_than_python_follows_is_quarantined_and_the_run_goes_
     deep.write_text('{"resourceType": "Observation", "note": ' + "[" * 200_000 + "]" * 200_000 + "}")
     result = _ingest(tmp_path, fhir=[deep])
     assert _reasons(result, "ehr") == {"too_deep": 1} and result.report.samples == 1
+
+
+def _deep_bundle(path: Path, depth: int, pad_bytes: int = 0) -> Path:
+    """A Bundle whose (last) Observation holds a note nested `depth` deep, after an entry of `pad_bytes` of text."""
+    pad = json.dumps({"resource": {"resourceType": "Basic", "text": {"status": "generated", "div": "x" * pad_bytes}}})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"resourceType": "Bundle", "type": "collection", "entry": [' + pad + ', {"resource": '
+                    '{"resourceType": "Observation", "note": ' + "[" * depth + "]" * depth + "}}]}")
+    return path
+
+
+def test_a_bundle_nested_deep_is_quarantined_at_once_without_memory_growing(tmp_path: Path):
+    """ijson keeps the path of every open level: memory grew with the square of the depth (a 400 KB Bundle nested
+    200,000 deep exhausted 24 GB and the node was killed). A Bundle read whole is refused by json's own recursion
+    bound; a streamed one (above WHOLE_BUNDLE_BYTES) by limits.max_json_depth, before ijson builds anything."""
+    folder = tmp_path / "fhir"
+    _deep_bundle(folder / "deep.json", 20_000)  # read whole
+    _deep_bundle(folder / "deep-large.json", 20_000, pad_bytes=WHOLE_BUNDLE_BYTES)  # streamed
+    tracemalloc.start()
+    result = _ingest(tmp_path, fhir=[folder])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert _reasons(result, "ehr") == {"too_deep": 2} and result.report.samples == 1
+    assert peak < 64 << 20, peak  # the old reader held about 1 GB of paths for these two
+    assert any("limits.max_json_depth (512)" in e.message for e in result.quarantine.entries)
 
 
 def test_a_large_bundle_is_streamed_not_loaded_whole(tmp_path: Path):
