@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 SCRIPT = textwrap.dedent("""
@@ -45,20 +46,44 @@ def test_the_coordinator_stops_on_sigint_even_when_its_parent_ignored_it(tmp_pat
     """A supervisor or shell that ignores SIGINT passes that on to its children; the unit's KillSignal must still work."""
     import signal
 
-    import grpc
-
     from fedcare.demo import free_port
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fedcare", "coordinator", "serve", "--insecure", "--listen",
-                             f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    for _ in range(3):  # a free port may be taken by another test's server before the coordinator binds it
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "fedcare", "coordinator", "serve", "--insecure", "--listen",
+                                 f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "state")],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        if _ready(proc, port):
+            break
+        output = proc.communicate(timeout=60)[0]
+        assert "already in use" in output, output[-2000:]  # anything else is a coordinator that failed to start
+    else:
+        raise AssertionError("three free ports in a row were taken before the coordinator bound them")
     try:
-        grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=120)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-2000:]
+
+
+def _ready(proc: subprocess.Popen, port: int, timeout_s: float = 120.0) -> bool:
+    """Whether the coordinator answers on `port`; False as soon as its process has exited."""
+    import grpc
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
+            try:
+                grpc.channel_ready_future(channel).result(timeout=1)
+                return True
+            except grpc.FutureTimeoutError:
+                continue
+        raise AssertionError(f"the coordinator did not answer on port {port} within {timeout_s:.0f} s")
+    finally:
+        channel.close()
