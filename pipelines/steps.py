@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Protocol
@@ -28,19 +29,19 @@ from .cohort import MODALITIES, CohortLike
 from .dataset import MultimodalDataset
 from .deid import Deidentifier
 from .ehr.factstore import FactStore
-from .ehr.features import ehr_values, has_observed_ehr
-from .ehr.labels import label_of
+from .ehr.features import has_observed_ehr
 from .ehr.own_tables import read_own_tables
 from .ehr.table_source import TableSource
 from .ehr.fhir import read_fhir
 from .ehr.fhir_fields import FhirValidation
 from .ehr.tabular import read_tabular
-from .ehr.timeline import index_day, no_index_reason
+from .ehr.selection import ranges as patient_ranges
+from .ehr.selection import select_patients
 from .errors import InputError
 from .imaging.dicom import DicomInput, file_inputs
 from .imaging.images import ChosenImage, read_images
 from .limits import DEFAULT_LIMITS, IngestLimits
-from .parallel import WorkerPool
+from .parallel import WorkerPool, map_ordered
 from .normalise import normalise_ehr
 from .quarantine import Quarantine
 from .rowfiles import RowFile, RowFiles
@@ -220,28 +221,25 @@ def resolve_references(run: IngestRun) -> None:
 
 def select_cohort(run: IngestRun) -> None:
     """One patient at a time, in pseudonym order: the index date, the cohort criteria, the label and the EHR
-    values of each row; patients left out are counted by reason."""
-    cohort, features = run.cohort, run.features
-    raw = np.full((len(run.known), len(cohort.ehr_columns)), np.nan)
-    labels = np.zeros(len(run.known), np.float32)
-    refused: set[str] = set()
-    for p in run.store.patients():  # in pseudonym order: no trace of MRN or file order
-        day = index_day(p, cohort)
-        if day is None:
-            run.excluded[no_index_reason(cohort)] += 1
-            continue
-        p = p.shifted(day)
-        if p.age is None or not p.age >= cohort.min_age:
-            run.excluded["below_min_age_or_unknown_age"] += 1
-            continue
-        label, why = label_of(p, cohort)
-        if label is None:
-            run.excluded[why or "no_label"] += 1
-            continue
-        n = len(run.pseudonyms)
-        raw[n], labels[n] = ehr_values(p, features, run.quarantine, refused), label
-        run.pseudonyms.append(p.pseudonym)
-        run.index_days[p.pseudonym] = day
+    values of each row; patients left out are counted by reason. Decided over ranges of patients by the run's
+    workers (`pipelines.ehr.selection`), merged in that order."""
+    cohort = run.cohort
+    pids = run.store.sorted_pseudonyms()
+    raw = np.full((len(pids), len(cohort.ehr_columns)), np.nan)
+    labels = np.zeros(len(pids), np.float32)
+    decide = partial(select_patients, cohort=cohort)
+    path = str(run.store.path)
+    for decisions in map_ordered(decide, [(path, first, last) for first, last in patient_ranges(pids)], run.pool):
+        for d in decisions:  # in pseudonym order: no trace of MRN or file order
+            for e in d.refused:
+                run.quarantine.add("ehr", e)
+            if d.excluded is not None:
+                run.excluded[d.excluded] += 1
+                continue
+            n = len(run.pseudonyms)
+            raw[n], labels[n] = d.values, d.label
+            run.pseudonyms.append(d.pseudonym)
+            run.index_days[d.pseudonym] = d.day
     n = len(run.pseudonyms)
     run.raw, run.labels = raw[:n], labels[:n]
 

@@ -102,10 +102,21 @@ class FactStore:
     """Append facts while reading, `resolve` once, then read back patient by patient."""
 
     def __init__(self, directory: Path | None = None) -> None:
-        self._dir = Path(tempfile.mkdtemp(prefix="fedcare-facts-", dir=directory))
-        self._db = sqlite3.connect(self._dir / "facts.sqlite")
+        self._dir: Path | None = Path(tempfile.mkdtemp(prefix="fedcare-facts-", dir=directory))
+        self.path = self._dir / "facts.sqlite"
+        self._db = sqlite3.connect(self.path)
         self._db.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2000;" + _SCHEMA)
         self._resolved = False
+
+    @classmethod
+    def reader(cls, path: Path) -> "FactStore":
+        """A read-only view of a resolved store's file (`path`), for a worker process: its `close` leaves the
+        file to the store that made it."""
+        store = cls.__new__(cls)
+        store._dir, store.path = None, Path(path)
+        store._db = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+        store._resolved = True
+        return store
 
     # -- writing ---------------------------------------------------------------------------
     def add_patient(self, pid: str, age: float | None, gender: str | None, refs: Iterable[str] = ()) -> None:
@@ -187,11 +198,20 @@ class FactStore:
         row = self._db.execute("SELECT pid, age, gender FROM patients WHERE pid = ?", (pid,)).fetchone()
         return None if row is None else self._load(*row)
 
-    def patients(self) -> Iterator[EhrPatient]:
-        """Every patient with its facts, in pseudonym order (no trace of MRN or file order)."""
+    def patients(self, first: str | None = None, last: str | None = None) -> Iterator[EhrPatient]:
+        """Every patient with its facts (those from `first` to `last` when given), in pseudonym order (no trace of
+        MRN or file order)."""
         self._require_resolved()
-        for row in self._db.execute("SELECT pid, age, gender FROM patients ORDER BY pid").fetchall():
+        if first is None or last is None:
+            rows = self._db.execute("SELECT pid, age, gender FROM patients ORDER BY pid").fetchall()
+        else:
+            rows = self._db.execute("SELECT pid, age, gender FROM patients WHERE pid BETWEEN ? AND ? ORDER BY pid",
+                                    (first, last)).fetchall()
+        for row in rows:
             yield self._load(*row)
+
+    def sorted_pseudonyms(self) -> list[str]:
+        return [pid for (pid,) in self._db.execute("SELECT pid FROM patients ORDER BY pid")]
 
     def segments(self) -> Iterator[tuple[str, list[tuple[str, float, float, int, bytes, str]]]]:
         """Per patient (pseudonym order): its wearable segments (channel, start, period, n, samples, source)."""
@@ -231,7 +251,8 @@ class FactStore:
 
     def close(self) -> None:
         self._db.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:  # a reader's file is its maker's
+            shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "FactStore":
         return self

@@ -17,6 +17,7 @@ from coordinator.api.study import CohortSpec
 from pipelines.cache import IngestCache
 from pipelines.cohort import INDEX_DATE
 from pipelines.deid import Deidentifier
+from pipelines.ehr import selection
 from pipelines.imaging.dicom import file_inputs
 from pipelines.imaging.images import read_images
 from pipelines.ingest import STEPS, ingest_silo
@@ -122,13 +123,24 @@ def test_a_process_that_ends_while_its_workers_start_ends_cleanly(tmp_path: Path
         assert done.stderr == "", done.stderr
 
 
-def test_parallel_ingest_equals_sequential(small_hospital: HospitalFiles) -> None:
+def test_parallel_ingest_equals_sequential(small_hospital: HospitalFiles, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(selection, "RANGE_PATIENTS", 3)  # the cohort decided over many ranges, merged in order
     files = sorted(small_hospital.fhir_dir.glob("*.json"))
     files[0].write_text("{ not json")  # a file refused as a whole, in a worker
     bundle = json.loads(files[1].read_text())
     patient = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")
     patient["gender"] = 42  # a record refused, the rest of the file used
     files[1].write_text(json.dumps(bundle))
+    for f in files[2:8]:  # facts refused when a patient's EHR values are read: in a worker, quarantined in order
+        bundle = json.loads(f.read_text())
+        for e in bundle["entry"]:
+            if "valueQuantity" in e["resource"]:
+                e["resource"]["valueQuantity"].update(unit="furlong", code="[fur_us]")
+        f.write_text(json.dumps(bundle))
+    for f in files[8:11]:  # patients left out of the cohort (too young), counted
+        bundle = json.loads(f.read_text())
+        next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Patient")["birthDate"] = "2020-01-01"
+        f.write_text(json.dumps(bundle))
     (small_hospital.wearables_dir / "notes.csv").write_text("time;hr\n1;2\n")  # a wearable file refused, in a worker
     runs, pools = {}, []
 
@@ -142,8 +154,9 @@ def test_parallel_ingest_equals_sequential(small_hospital: HospitalFiles) -> Non
     seq, par = runs["sequential"], runs["parallel"]
     assert par.report.model_dump() == seq.report.model_dump()
     assert par.quarantine.entries == seq.quarantine.entries
-    assert {e.reason for e in seq.quarantine.entries} >= {"bad_json", "invalid_fhir", "missing_column"}
-    assert seq.report.modalities["signal"].samples >= 10 and seq.report.modalities["image"].samples >= 10
+    assert {e.reason for e in seq.quarantine.entries} >= {"bad_json", "invalid_fhir", "missing_column", "unknown_unit"}
+    assert seq.report.excluded == par.report.excluded and sum(seq.report.excluded.values()) > 0
+    assert seq.report.modalities["signal"].samples >= 5 and seq.report.modalities["image"].samples >= 5
     assert par.dataset.pseudonyms == seq.dataset.pseudonyms
     for field in ("ehr", "image", "signal", "label", "mask"):
         assert torch.equal(getattr(par.dataset, field), getattr(seq.dataset, field))
