@@ -96,7 +96,7 @@ def ref_key(ref: str) -> str:
     return "/".join(parts[-2:])
 
 
-#: Bundles up to this size are read whole; larger ones are streamed, so memory stays flat however large the export.
+#: FHIR JSON files up to this size are read whole; larger Bundles are streamed, so memory stays flat however large the export.
 WHOLE_BUNDLE_BYTES = 4 << 20
 
 
@@ -121,41 +121,46 @@ def _top_level_type(path: Path) -> str | None:
 
 
 def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
-    """A resource no larger than `max_document_bytes`, or a Bundle: read whole up to WHOLE_BUNDLE_BYTES
-    (`json.loads`: twice as fast as streaming on per-patient bundles, and it refuses a nesting deeper than
-    Python follows at once), streamed entry by entry (ijson) above that, once its nesting is checked."""
-    try:
-        rtype = _top_level_type(path)
-    except ijson.JSONError as e:
-        raise FhirError(f"is not valid JSON ({' '.join(str(e).split())[:200]}); expected a FHIR Bundle or resource. "
-                        "Re-export the file from the source system", reason="bad_json", source=path) from None
-    if rtype is None:
-        raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
-    if rtype != "Bundle" or _small(path):
-        whole = WHOLE_BUNDLE_BYTES if rtype == "Bundle" else limits.max_document_bytes
+    """A file of at most WHOLE_BUNDLE_BYTES (and `max_document_bytes`) read whole (`json.loads`: twice as fast as
+    streaming on per-patient bundles, and it refuses a nesting deeper than Python follows at once); a larger one by
+    its top-level resourceType: a resource no larger than `max_document_bytes`, or a Bundle streamed entry by entry
+    (ijson), once its nesting is checked. A Bundle read whole has its entries unpacked by `iter_resources`."""
+    if _small(path, limits):
         with open_input(path) as f:
-            data = f.read(whole + 1)
-        if len(data) > whole:
+            doc = json.loads(f.read())
+        if isinstance(doc, dict) and not isinstance(doc.get("resourceType"), str):
+            raise _not_fhir(path)
+        yield "", doc
+        return
+    rtype = _top_level_type(path)
+    if rtype is None:
+        raise _not_fhir(path)
+    if rtype != "Bundle":
+        with open_input(path) as f:
+            data = f.read(limits.max_document_bytes + 1)
+        if len(data) > limits.max_document_bytes:
             raise FhirError(f"is one {rtype} of more than limits.max_document_bytes ({limits.max_document_bytes}) "
                             "bytes; expected a Bundle (streamed) or a resource of ordinary size", reason="too_large",
                             source=path)
-        yield "", json.loads(data)  # a Bundle's entries are unpacked by iter_resources
+        yield "", json.loads(data)
         return
-    try:
-        _check_depth(path, limits.max_json_depth)
-        with open_input(path) as f:
-            for entry in ijson.items(f, "entry.item", use_float=True):
-                res = entry.get("resource") if isinstance(entry, dict) else None
-                if isinstance(res, dict):
-                    yield entry.get("fullUrl") or "", res
-    except ijson.JSONError as e:
-        raise FhirError(f"is not valid JSON ({' '.join(str(e).split())[:200]}); expected a FHIR Bundle or resource. "
-                        "Re-export the file from the source system", reason="bad_json", source=path) from None
+    _check_depth(path, limits.max_json_depth)
+    with open_input(path) as f:
+        for entry in ijson.items(f, "entry.item", use_float=True):
+            res = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(res, dict):
+                yield entry.get("fullUrl") or "", res
 
 
-def _small(path: Path) -> bool:
-    """A file of at most WHOLE_BUNDLE_BYTES (a compressed one is streamed: its size is known only once read)."""
-    return data_name(path) == path.name.lower() and path.stat().st_size <= WHOLE_BUNDLE_BYTES
+def _not_fhir(path: Path) -> FhirError:
+    return FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
+
+
+def _small(path: Path, limits: IngestLimits) -> bool:
+    """A file read whole: at most WHOLE_BUNDLE_BYTES and `max_document_bytes` (a compressed one is not: its size is
+    known only once read)."""
+    return (data_name(path) == path.name.lower()
+            and path.stat().st_size <= min(WHOLE_BUNDLE_BYTES, limits.max_document_bytes))
 
 
 def _check_depth(path: Path, max_depth: int) -> None:
@@ -183,7 +188,7 @@ def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS,
         ndjson = data_name(path).endswith(".ndjson")
         for full_url, doc in (lines(chunk or path, limits) if ndjson else _json(path, limits)):
             if not isinstance(doc, dict) or "resourceType" not in doc:
-                raise FhirError("has no 'resourceType'; expected a FHIR R4 Bundle or resource", reason="not_fhir", source=path)
+                raise _not_fhir(path)
             if doc["resourceType"] == "Bundle":  # a Bundle inside NDJSON or a nested one: small by the line bound
                 for entry in doc.get("entry") or []:
                     res = entry.get("resource") if isinstance(entry, dict) else None
@@ -195,8 +200,14 @@ def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS,
         raise FhirError(f"cannot be read as UTF-8 text ({e}); expected a FHIR JSON or NDJSON file",
                         reason="unreadable", source=path) from None
     except json.JSONDecodeError as e:
-        raise FhirError(f"is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); expected a FHIR "
-                        "Bundle or resource. Re-export the file from the source system", reason="bad_json", source=path) from None
+        raise _bad_json(path, f"{e.msg} at line {e.lineno} column {e.colno}") from None
+    except ijson.JSONError as e:  # a large file's stream (its top-level resourceType, a streamed Bundle)
+        raise _bad_json(path, " ".join(str(e).split())[:200]) from None
+
+
+def _bad_json(path: Path, what: str) -> FhirError:
+    return FhirError(f"is not valid JSON ({what}); expected a FHIR Bundle or resource. Re-export the file from the "
+                     "source system", reason="bad_json", source=path)
 
 
 def validate(rtype: str, raw: dict, validation: FhirValidation) -> Any:
