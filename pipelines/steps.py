@@ -224,7 +224,7 @@ def select_cohort(run: IngestRun) -> None:
     values of each row; patients left out are counted by reason. Decided over ranges of patients by the run's
     workers (`pipelines.ehr.selection`), merged in that order."""
     cohort = run.cohort
-    pids = run.store.sorted_pseudonyms()
+    pids = sorted(run.known)  # the store's patients (resolve_references), in its order: pseudonyms are ASCII
     raw = np.full((len(pids), len(cohort.ehr_columns)), np.nan)
     labels = np.zeros(len(pids), np.float32)
     decide = partial(select_patients, cohort=cohort)

@@ -210,9 +210,6 @@ class FactStore:
         for row in rows:
             yield self._load(*row)
 
-    def sorted_pseudonyms(self) -> list[str]:
-        return [pid for (pid,) in self._db.execute("SELECT pid FROM patients ORDER BY pid")]
-
     def segments(self) -> Iterator[tuple[str, list[tuple[str, float, float, int, bytes, str]]]]:
         """Per patient (pseudonym order): its wearable segments (channel, start, period, n, samples, source)."""
         self._require_resolved()

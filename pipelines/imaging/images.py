@@ -203,9 +203,10 @@ def _volume_key(members: list[Member]) -> str:
 
 def _build_volumes(picks: list[tuple[Series, list[Member]]], remote: Mapping[int, DicomInput], image_size: int,
                    depth: int, cache: IngestCache,
-                   workers: Workers | WorkerPool) -> Iterator[tuple[np.ndarray | InputError, bool]]:
-    """For each chosen series in order: (its volume or why it cannot be built, whether from the cache). Series not
-    in the cache are built: of local files by `workers`; with a PACS instance here, its instances fetched one by one."""
+                   workers: Workers | WorkerPool) -> Iterator[tuple[np.ndarray | InputError, str | None]]:
+    """For each chosen series in order: (its volume or why it cannot be built, its cache key if it was built here,
+    None if it came from the cache). Series not in the cache are built: of local files by `workers`; with a PACS
+    instance here, its instances fetched one by one."""
     keys = [_volume_key(members) for _, members in picks]
     cached = [cache.has("volume", key) for key in keys]
     local = [all(m.path is not None for m in members) for _, members in picks]
@@ -224,23 +225,24 @@ def _build_volumes(picks: list[tuple[Series, list[Member]]], remote: Mapping[int
     for (s, members), key, hit, ok in zip(picks, keys, cached, local):
         entry = cache.get("volume", key) if hit else None
         if entry is not None:
-            yield entry[1]["image"], True
+            yield entry[1]["image"], None
         elif not hit and ok:
-            yield next(built), False
+            yield next(built), key
         else:  # a PACS instance among its members, or a cache entry gone or found damaged since it was listed
-            yield build_volume(s.uid, members, read, image_size=image_size, depth=depth), False
+            yield build_volume(s.uid, members, read, image_size=image_size, depth=depth), key
 
 
-def _volume(members: list[Member], slices: int, built: tuple[np.ndarray | InputError, bool], cache: IngestCache,
+def _volume(members: list[Member], slices: int, built: tuple[np.ndarray | InputError, str | None], cache: IngestCache,
             quarantine: Quarantine, stats: Counter) -> np.ndarray | None:
-    """The chosen series as `[1, depth, S, S]` (cached once built); None (quarantined) if it could not be built."""
-    volume, from_cache = built
+    """The chosen series as `[1, depth, S, S]` (cached under its key once built); None (quarantined) if it could not
+    be built."""
+    volume, key = built
     if isinstance(volume, InputError):
         quarantine.add("image", volume)
         if volume.reason != GEOMETRY:  # one instance failed: the rest of its series is valid but cannot be used alone
             stats["unused_incomplete_series"] += len(members) - 1
         return None
-    if not from_cache:
+    if key is not None:
         log.debug("%s: %d slices -> volume of depth %d", members[0].source, slices, volume.shape[1])
-        cache.put("volume", _volume_key(members), {"slices": slices}, {"image": volume})
+        cache.put("volume", key, {"slices": slices}, {"image": volume})
     return volume
