@@ -34,6 +34,11 @@ def synthetic_silos(out: Path, *, silos: int, patients: int, seed: int,
             for h in hospitals]
 
 
+def silo_name(i: int) -> str:
+    """The name of the i-th silo of a partitioned folder (tables or FHIR)."""
+    return f"silo-{i:04d}"
+
+
 def assign_patients(patients: list[str], silos: int, *, seed: int, groups: dict[str, str] | None = None,
                     classes: dict[str, str] | None = None, alpha: float | None = None) -> dict[str, int]:
     """Patient -> silo index: by `groups` (patient -> hospital; the hospitals in sorted order, one per silo),
@@ -90,7 +95,7 @@ def partition_tables(folder: Path, out: Path, *, silos: int, patient_column: str
                                classes=column(dirichlet_column) if dirichlet_column else None, alpha=alpha)
     result = []
     for i in range(silos):
-        name = f"silo-{i:04d}"
+        name = silo_name(i)
         mine = {p for p, s in assigned.items() if s == i}
         target = out / name / "tables"
         for f, frame in frames.items():

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from fedcare.simulate import SimulatedSilo, SimulationError
-from fedcare.simulate_data import assign_patients
+from fedcare.simulate_data import assign_patients, silo_name
 from pipelines.ehr.fhir import ref_key
 from silo_node.config import DataConfig
 
@@ -60,7 +61,7 @@ def partition_fhir(folder: Path, out: Path, *, silos: int, seed: int, by: str | 
     groups = _values(patients, by, required=True) if by else None
     classes = _values(patients, classes_element, required=False) if classes_element else None
     assigned = assign_patients(sorted(patients), silos, seed=seed, groups=groups, classes=classes, alpha=alpha)
-    names = [f"silo-{i:04d}" for i in range(silos)]
+    names = [silo_name(i) for i in range(silos)]
     targets = [out / name / "fhir" for name in names]
     for t in targets:  # a split of an earlier simulation is replaced, never mixed in
         shutil.rmtree(t, ignore_errors=True)
@@ -82,9 +83,9 @@ def partition_fhir(folder: Path, out: Path, *, silos: int, seed: int, by: str | 
             _split_ndjson(f, [t / rel for t in targets], silo_of)
         else:
             _split_json(f, [t / rel for t in targets], silo_of)
-    counts = [sum(1 for s in assigned.values() if s == i) for i in range(silos)]
-    for name, n in zip(names, counts):
-        log.info("%s: %d patients", name, n)
+    counts = Counter(assigned.values())
+    for i, name in enumerate(names):
+        log.info("%s: %d patients", name, counts[i])
     return [SimulatedSilo(name=name, data=DataConfig(dataset=f"{name}-fhir", fhir=[target]))
             for name, target in zip(names, targets)]
 
