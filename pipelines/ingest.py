@@ -137,12 +137,13 @@ def ingest_silo(*, fhir: Sequence[Path], dicom: Sequence[Path], wearables: Seque
     sources = Sources(fhir=fhir, tabular=tabular, dicom=dicom, dicomweb=dicomweb, dicom_inputs=dicom_inputs,
                       wearables=wearables, tables=tables, split_file=split_file, fhir_mrn_system=fhir_mrn_system,
                       fhir_validation=fhir_validation, wearable_mapping=wearable_mapping)
-    with FactStore() as store, RowFiles(cache_dir) as files, WorkerPool(workers) as pool:
-        run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date,
-                        cache=IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)),
+    with (FactStore() as store, RowFiles(cache_dir) as files, WorkerPool(workers) as pool,
+          IngestCache(cache_dir, cohort_hash(cohort, index_date, deid.fingerprint)) as cache):
+        run = IngestRun(sources=sources, cohort=cohort, deid=deid, index_date=index_date, cache=cache,
                         quarantine=Quarantine(), store=store, files=files, limits=limits, pool=pool)
         for step in steps:
             step(run)
+            cache.commit()  # the step's entries, kept even if a later step fails
         assert run.dataset is not None, "the steps end with build_dataset"
         report = IngestReport.of(run)
         log.info("ingested %d samples (%d positive), %d quarantined", report.samples, report.positives,

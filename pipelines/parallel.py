@@ -121,6 +121,15 @@ class WorkerPool:
         """Wait until the started pool's first worker has answered; False if it has not within `timeout` s."""
         return self._ready.wait(timeout)
 
+    def expect(self, inputs: int) -> None:
+        """`inputs` are coming: start the workers now, without waiting for them, if `map_ordered` would. A reader calls
+        this once it has listed its inputs, so that the workers start (seconds) while it hashes them."""
+        if self._uses_workers(inputs) and self.settings.ray_address is None:
+            self._start(self.settings.count())
+
+    def _uses_workers(self, inputs: int) -> bool:
+        return self.settings.count() > 1 and inputs > 0 and (inputs >= self.settings.min_inputs or self.started)
+
     def map_ordered(self, fn: Callable[[T], R], items: Iterable[T], sizes: Sequence[int] | None = None) -> Iterator[R]:
         """fn(item) for every item, in the order of `items`. In this process with one worker, or with fewer than
         `Workers.min_inputs` items while no pool is started yet; otherwise in batches (`batches`; `sizes`: each
@@ -128,13 +137,13 @@ class WorkerPool:
         stream as they are merged and memory stays flat. While the workers start (the forkserver imports torch:
         seconds), this process works through the first items itself."""
         items = items if isinstance(items, Sequence) else list(items)
-        n = self.settings.count()
-        if n <= 1 or not items or (len(items) < self.settings.min_inputs and not self.started):
+        if not self._uses_workers(len(items)):
             yield from map(fn, items)
             return
         if self.settings.ray_address is not None:
             yield from _ray_map(fn, items, self.settings, sizes)
             return
+        n = self.settings.count()
         pool = self._start(n)
         done = 0
         while not self._ready.is_set() and done < len(items):
@@ -178,6 +187,12 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: Workers | Wor
         return
     with WorkerPool(workers) as pool:
         yield from pool.map_ordered(fn, items, sizes)
+
+
+def expect(workers: Workers | WorkerPool, inputs: int) -> None:
+    """`WorkerPool.expect` on the run's pool (a reader's own pool, given `Workers`, starts when it maps)."""
+    if isinstance(workers, WorkerPool):
+        workers.expect(inputs)
 
 
 def settings_of(workers: Workers | WorkerPool) -> Workers:

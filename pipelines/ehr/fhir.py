@@ -42,7 +42,7 @@ from ..deid import Deidentifier, age_years
 from ..errors import EXHAUSTION, FhirError, InputError, SignalError, refusal
 from ..inputs import data_name, input_files, open_input
 from ..limits import DEFAULT_LIMITS, IngestLimits
-from ..parallel import SEQUENTIAL, WorkerPool, Workers, map_ordered, settings_of
+from ..parallel import SEQUENTIAL, WorkerPool, Workers, expect, map_ordered, settings_of
 from ..quarantine import Quarantine
 from ..wearables.sampled import segments_of
 from .factstore import FactStore
@@ -376,7 +376,9 @@ def read_fhir(paths: Sequence[Path], quarantine: Quarantine, *, deid: Deidentifi
     out = FhirRead()
     patients = 0
     inputs: list[tuple[Path, str, bool]] = []  # (path, content digest, in the cache)
-    for path in input_files(paths, lambda p: data_name(p).endswith(FHIR_SUFFIXES), quarantine, "ehr"):
+    files = list(input_files(paths, lambda p: data_name(p).endswith(FHIR_SUFFIXES), quarantine, "ehr"))
+    expect(workers, len(files))  # (an upper bound: cached files are not parsed)
+    for path in files:
         out.files += 1
         try:
             digest = file_hash(path)  # streamed: a large bundle is never held whole

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
-import numpy as np
 from typer.testing import CliRunner
 
 from fedcare.cli import app
+from pipelines.cache import CACHE_FILE
 
 from ..pipelines.dicom_series import write_series
 from ..pipelines.fixtures import patient, write_bundle
@@ -31,9 +32,9 @@ def test_silo_ingest_builds_volumes_for_a_3d_study_spec(tmp_path: Path):
     assert report["modalities"]["image"]["quarantined"] == {"inconsistent_series_geometry": 1}
     (entry,) = [json.loads(line) for line in (tmp_path / "out3d" / "quarantine.jsonl").read_text().splitlines()]
     assert entry["source"].startswith("series 2.25.") and "slice gaps" in entry["message"]
-    (volume,) = (tmp_path / "out3d" / "cache" / "volume").rglob("*.npz")
-    with np.load(volume) as z:
-        assert z["image"].shape == (1, 8, 16, 16)
+    with sqlite3.connect(tmp_path / "out3d" / "cache" / CACHE_FILE) as db:
+        (layout,) = db.execute("SELECT layout FROM entries WHERE kind = 'volume'").fetchone()
+    assert json.loads(layout) == [["image", "<f4", [1, 8, 16, 16]]]
 
     done = runner.invoke(app, [*args, "--out", str(tmp_path / "out2d")])  # the default study: 2D, both patients
     assert done.exit_code == 0, done.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from coordinator.api.study import CohortSpec
+from pipelines.cache import CACHE_FILE
 from pipelines.deid import Deidentifier
 from pipelines.imaging.dicom import normalise_slice, read_frame
 from pipelines.ingest import ingest_silo
@@ -118,8 +120,8 @@ def test_no_identifier_in_cache_or_result_and_cache_reuse(tmp_path: Path):
     for name in ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm"):
         ds = pydicom.dcmread(_file(name))
         identifiers |= {str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)}
-    blobs = [p.read_bytes() for p in cache.rglob("*.npz")]
-    assert blobs
+    blobs = [p.read_bytes() for p in cache.rglob("*") if p.is_file()]  # the entries' database, its WAL, row files
+    assert (cache / CACHE_FILE).is_file()
     blobs.append(pickle.dumps(first.dataset) + first.report.model_dump_json().encode())
     leaked = {s for s in identifiers for b in blobs if s.encode() in b}
     assert not leaked
@@ -144,11 +146,30 @@ def test_damaged_cache_entries_are_misses_and_their_inputs_parsed_again(tmp_path
     cache = tmp_path / "cache"
     kwargs = dict(fhir=[fhir], dicom=[dicom], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY, cache_dir=cache)
     first = ingest_silo(**kwargs)
-    for entry in cache.rglob("*.npz"):  # listed as stored (IngestCache.has), unreadable when merged
-        entry.write_bytes(b"not a zip")
+    with sqlite3.connect(cache / CACHE_FILE) as db:  # listed as stored (IngestCache.has), unreadable when merged
+        kinds = {k for (k,) in db.execute("SELECT kind FROM entries")}
+        db.execute("UPDATE entries SET meta = 'not json' WHERE kind = 'fhir'")
+        db.execute("UPDATE entries SET layout = '[[\"image\", \"|O\", [1]]]' WHERE kind = 'dicom-header'")
+        db.execute("UPDATE entries SET arrays = x'00' WHERE kind = 'image'")
+    assert {"fhir", "dicom-header", "image"} <= kinds
     again = ingest_silo(**kwargs)
     for m in ("ehr", "image"):
         assert again.report.modalities[m].cached == 0, m
         assert again.report.modalities[m].parsed == first.report.modalities[m].parsed, m
     assert again.dataset.pseudonyms == first.dataset.pseudonyms
     assert (again.dataset.image == first.dataset.image).all() and len(again.quarantine) == len(first.quarantine)
+    assert ingest_silo(**kwargs).report.modalities["image"].cached == first.report.modalities["image"].parsed
+
+
+def test_a_damaged_cache_file_is_set_aside_and_ingestion_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    dicom, fhir, _ = _silo(tmp_path)
+    cache = tmp_path / "cache"
+    kwargs = dict(fhir=[fhir], dicom=[dicom], wearables=[], cohort=CohortSpec(), pseudonym_key=KEY, cache_dir=cache)
+    first = ingest_silo(**kwargs)
+    (cache / CACHE_FILE).write_bytes(b"not a database" * 100)
+    again = ingest_silo(**kwargs)
+    assert again.report.modalities["image"].parsed == first.report.modalities["image"].parsed
+    assert (again.dataset.image == first.dataset.image).all() and len(again.quarantine) == len(first.quarantine)
+    assert (cache / f"{CACHE_FILE}.damaged").read_bytes().startswith(b"not a database")
+    assert "is damaged" in caplog.text and "set aside" in caplog.text
+    assert ingest_silo(**kwargs).report.modalities["image"].cached == first.report.modalities["image"].parsed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from coordinator.api.study import CohortSpec
-from pipelines.cache import IngestCache, cohort_hash
+from pipelines.cache import CACHE_FILE, IngestCache, cohort_hash
 from pipelines.deid import Deidentifier
 from pipelines.ehr.factstore import FactStore
 from pipelines.ingest import IngestResult, ingest_silo
@@ -90,12 +91,14 @@ def test_chunks_replay_in_order_and_a_lost_chunk_entry_is_parsed_again(tmp_path:
     assert [len(p.measurements) for p in plain] == [3, 4, 2, 2] and plain[1].diagnoses[0].source == f"{table}#row=11"
     assert read(cached=True)[1:] == (2, 0)
     assert read(cached=True) == (plain, 0, 2)  # same facts, same order, same sources
-    entries = sorted((cache / "tabular-chunk").rglob("*.npz"))
-    assert len(entries) == 6  # 3 rows a chunk: 4 chunks of long.csv, 2 of people.csv
-    third = next(e for e in entries if ".2-" in e.name)
-    third.unlink()
+    with sqlite3.connect(cache / CACHE_FILE) as db:
+        entries = [k for (k,) in db.execute("SELECT key FROM entries WHERE kind = 'tabular-chunk'")]
+        assert len(entries) == 6  # 3 rows a chunk: 4 chunks of long.csv, 2 of people.csv
+        third = next(k for k in entries if k.endswith(".2"))
+        db.execute("DELETE FROM entries WHERE kind = 'tabular-chunk' AND key = ?", (third,))
     assert read(cached=True) == (plain, 1, 1)  # chunks 1-2 of long.csv replayed, 3-4 parsed again
-    assert third.is_file()  # and the lost entry is written again
+    with sqlite3.connect(cache / CACHE_FILE) as db:  # and the lost entry is written again
+        assert db.execute("SELECT count(*) FROM entries WHERE key = ?", (third,)).fetchone() == (1,)
     assert read(cached=True) == (plain, 0, 2)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from pydicom.data import get_testdata_file
 
 from coordinator.api.study import CohortSpec
+from pipelines.cache import CACHE_FILE
 from pipelines.deid import Deidentifier
 from pipelines.imaging.dicom import normalise_slice, read_frame, read_frames
 from pipelines.ingest import IngestResult, ingest_silo
@@ -115,7 +117,8 @@ def test_2d_and_3d_caches_never_mix_and_a_volume_is_replayed_from_the_cache(silo
     assert torch.equal(first.dataset.image, again.dataset.image)
     assert torch.equal(flat.dataset.image, flat_again.dataset.image)
     assert first.report.modalities["image"].cached == 0 < again.report.modalities["image"].cached
-    assert len(list((cache / "volume").rglob("*.npz"))) == 2  # the two good series
+    with sqlite3.connect(cache / CACHE_FILE) as db:  # the two good series
+        assert db.execute("SELECT count(*) FROM entries WHERE kind = 'volume'").fetchone() == (2,)
     # the 2D path still keeps the middle slice of the same series
     short = sorted(silo["paths"]["MRN-SHORT"],
                    key=lambda p: float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))
