@@ -107,6 +107,18 @@ def test_one_pool_serves_every_map_of_a_run_and_stops_with_it() -> None:
         raise AssertionError(f"worker {pid} outlived its pool")
 
 
+def test_expected_inputs_start_the_workers_before_the_map_when_the_map_would() -> None:
+    with WorkerPool(Workers(processes=2, min_inputs=8)) as pool:
+        pool.expect(7)  # too few to start workers for
+        assert not pool.started
+        pool.expect(8)  # started, not waited for: the reader hashes its inputs meanwhile
+        assert pool.started and pool.starts == 1 and pool.wait(timeout=300)
+        assert os.getpid() not in set(pool.map_ordered(_pid, range(8))) and pool.starts == 1
+    with WorkerPool(Workers(processes=1, min_inputs=8)) as alone:
+        alone.expect(1000)  # one worker: the node's own process
+        assert not alone.started
+
+
 def test_a_process_that_ends_while_its_workers_start_ends_cleanly(tmp_path: Path) -> None:
     """Every input done here before the first worker answered (the forkserver imports for seconds), then exit: the
     pool is stopped once its workers are up, with nothing on stderr."""
