@@ -89,7 +89,8 @@ class EhrPatient:
 # An event's codes are stored as JSON text. A hospital's events use a few thousand distinct codes, so each is
 # encoded and decoded once (encoding every event's codes was a third of merging a worker's facts).
 @functools.lru_cache(maxsize=1 << 16)
-def _codes_text(codes: Codes) -> str:
+def codes_text(codes: Codes) -> str:
+    """An event's codes as stored (JSON text); the same text object for the same codes."""
     return json.dumps(codes)
 
 
@@ -129,9 +130,12 @@ class FactStore:
 
     def add_events(self, rows: Iterable[tuple[str | None, str | None, Event]]) -> None:
         """`(pid, ref, event)`: exactly one of pid (a pseudonym) and ref (a reference token) is set."""
-        self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                             ((pid, ref, kind, _codes_text(codes), value, unit, day, source)
-                              for pid, ref, (kind, codes, value, unit, day, source) in rows))
+        self.add_event_rows((pid, ref, kind, codes_text(codes), value, unit, day, source)
+                            for pid, ref, (kind, codes, value, unit, day, source) in rows)
+
+    def add_event_rows(self, rows: Iterable[tuple[str | None, str | None, str, str, float, str | None, int, str]]) -> None:
+        """Events as the table holds them: `(pid, ref, kind, codes_text(codes), value, unit, day, source)`."""
+        self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def add_segment(self, ref: str, channel: str, start: float, period: float, samples: bytes, n: int,
                     source: str) -> None:

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import sys
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from ..limits import DEFAULT_LIMITS, IngestLimits
 from ..parallel import SEQUENTIAL, WorkerPool, Workers, expect, map_ordered, settings_of
 from ..quarantine import Quarantine
 from ..wearables.sampled import segments_of
-from .factstore import FactStore
+from .factstore import FactStore, codes_text
 from .fhir_fields import USED_FIELDS, FhirValidation
 from .ndjson import NdjsonChunk, lines, split_ndjson
 from .observations import _date as as_date
@@ -63,8 +64,9 @@ class FileFacts:
     """One file's de-identified content; JSON-able (see `to_json`) for the cache."""
 
     patients: list[tuple[list[str], str, float | None, str | None]] = field(default_factory=list)  # refs, pid, age, gender
-    events: list[tuple[str, str, list[list[str]], float, str | None, int, str]] = field(default_factory=list)
-    # (kind "m"/"d"/"i", subject ref token, codes, value, unit, day, "Type/id"); for "i" codes = [[uid, ""]]
+    events: list[tuple[str, str, str, float, str | None, int, str]] = field(default_factory=list)
+    # (kind "m"/"d"/"i", subject ref token, codes as `codes_text`, value, unit, day, "Type/id"); for "i" codes = ((uid, ""),).
+    # Repeated values (a subject's token, codes, units) are one object each, so a worker's results pickle small.
     segments: list[tuple[str, str, float, float, list[float], str]] = field(default_factory=list)
     # valueSampledData: (subject ref token, channel, start s relative to the index cut-off, period s, samples, "Type/id")
     records: int = 0
@@ -237,6 +239,14 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
     `validation`: the elements read (default) or every element (`pipelines.ehr.fhir_fields`).
     """
     out = FileFacts()
+    tokens: dict[str, str] = {}  # reference -> its keyed token, once per file (an HMAC per resource was 10% of parsing)
+
+    def token(reference: str) -> str:
+        got = tokens.get(reference)
+        if got is None:
+            got = tokens[reference] = deid.reference(reference)
+        return got
+
     for full_url, raw in iter_resources(path, limits, chunk):
         rtype = raw.get("resourceType")
         if rtype not in PARSED_TYPES:
@@ -263,16 +273,16 @@ def parse_file(path: Path, deid: Deidentifier, index_date: date, errors: list[In
                                         source=f"{path}#{label}"))
                 continue
             refs = {ref_key(r) for r in (full_url, f"Patient/{res.id}") if r and not r.endswith("/None")}
-            out.patients.append(([deid.reference(r) for r in sorted(refs)], deid.pseudonym(mrn),
+            out.patients.append(([token(r) for r in sorted(refs)], deid.pseudonym(mrn),
                                  age_years(as_date(res.birthDate), index_date), res.gender))
             continue
         subject = getattr(res, "subject", None)
-        ref = deid.reference(ref_key(str(subject.reference))) if subject is not None and subject.reference else ""
+        ref = token(ref_key(str(subject.reference))) if subject is not None and subject.reference else ""
         try:
             for kind, codes, value, unit, when in facts_of(rtype, res, out.unused):
                 if kind == "i":  # an ImagingStudy: its StudyInstanceUID, remapped like the DICOM header's
                     codes = ((deid.uid(codes[0][0]), ""),)
-                out.events.append((kind, ref, [list(c) for c in codes], value, unit,
+                out.events.append((kind, ref, codes_text(codes), value, None if unit is None else sys.intern(unit),
                                    (when - index_date).days if when else 0, label))
         except FhirError as e:
             errors.append(FhirError(str(e), reason=e.reason, source=f"{path}#{label}"))
@@ -350,8 +360,8 @@ class FhirRead:
 def _store(store: FactStore, path: str, facts: FileFacts) -> None:
     for refs, pid, age, gender in facts.patients:
         store.add_patient(pid, age, gender, refs)
-    store.add_events((None, ref, (kind, tuple(map(tuple, codes)), value, unit, day, f"{path}#{label}"))
-                     for kind, ref, codes, value, unit, day, label in facts.events)
+    store.add_event_rows((None, ref, kind, codes, value, unit, day, f"{path}#{label}")
+                         for kind, ref, codes, value, unit, day, label in facts.events)
     for ref, channel, start, period, samples, label in facts.segments:
         arr = np.asarray(samples, dtype=np.float64)
         store.add_segment(ref, channel, start, period, arr.tobytes(), arr.size, f"{path}#{label}")
