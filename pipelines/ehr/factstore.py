@@ -167,16 +167,20 @@ class FactStore:
         for table in ("events", "segments"):
             db.execute(f"UPDATE {table} SET pid = (SELECT pid FROM refs WHERE refs.ref = {table}.ref) WHERE pid IS NULL")
             modality = "ehr" if table == "events" else "signal"
+            orphans = 0
             for (source,) in db.execute(f"SELECT source FROM {table} WHERE pid IS NULL"):
+                orphans += 1
                 quarantine.add(modality, FhirError("refers to a subject that is no Patient in the inputs; include the "
                                                    "patient's record", reason="unknown_subject", source=source))
             for (source,) in db.execute(f"SELECT source FROM {table} WHERE pid IS NOT NULL AND pid NOT IN "
                                         "(SELECT pid FROM patients)"):
+                orphans += 1
                 quarantine.add(modality, InputError(
                     "names a patient (by MRN) with no demographics in any input: no FHIR Patient and no tabular patient "
                     "row (OMOP person, or a row with birth_date). Include the patient's record", reason="unknown_patient",
                     source=source))
-            db.execute(f"DELETE FROM {table} WHERE pid IS NULL OR pid NOT IN (SELECT pid FROM patients)")
+            if orphans:  # (a pass over every event, for nothing in the usual case)
+                db.execute(f"DELETE FROM {table} WHERE pid IS NULL OR pid NOT IN (SELECT pid FROM patients)")
             db.execute(f"CREATE INDEX IF NOT EXISTS {table}_pid ON {table} (pid)")
         db.commit()
         self._resolved = True

@@ -358,9 +358,14 @@ class FhirRead:
 
 
 def _store(store: FactStore, path: str, facts: FileFacts) -> None:
+    """A file's facts into the store. A reference to a Patient of the same file is resolved here, as FHIR resolves a
+    reference inside a Bundle to the Bundle's own entry; the others (an NDJSON Observation's Patient in another file)
+    by `FactStore.resolve`, once every file is read."""
+    own: dict[str, str] = {}
     for refs, pid, age, gender in facts.patients:
         store.add_patient(pid, age, gender, refs)
-    store.add_event_rows((None, ref, kind, codes, value, unit, day, f"{path}#{label}")
+        own.update(dict.fromkeys(refs, pid))
+    store.add_event_rows((own.get(ref), None if ref in own else ref, kind, codes, value, unit, day, f"{path}#{label}")
                          for kind, ref, codes, value, unit, day, label in facts.events)
     for ref, channel, start, period, samples, label in facts.segments:
         arr = np.asarray(samples, dtype=np.float64)
