@@ -79,8 +79,9 @@ class IngestCache:
     """`get`/`put` de-identified ingestion results; `root=None` disables caching.
 
     The database is opened on first use, once per process (a copy handed to another process opens its own). Puts
-    are committed in groups (COMMIT_EVERY, COMMIT_AFTER_S), by `close` and when the cache is garbage-collected, so
-    another ingestion on the same folder waits at most about a second for the write lock."""
+    are committed in groups (COMMIT_EVERY, COMMIT_AFTER_S), by `commit` (ingestion commits after each step) and
+    `close`, and when the cache is garbage-collected; another ingestion on the same folder waits for the write lock
+    meanwhile (up to a minute, then its put is skipped with a warning)."""
 
     def __init__(self, root: Path | None, spec_hash: str) -> None:
         self.root = Path(root) if root is not None else None
@@ -91,6 +92,7 @@ class IngestCache:
         self._pid = 0
         self._lock = threading.Lock()
         self._pending, self._since = 0, 0.0  # puts not yet committed, since when
+        self._warned: set[str] = set()  # errors already logged: a cache that cannot be written warns once, not per input
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root, "spec_hash": self.spec_hash, "hits": self.hits}
@@ -170,7 +172,7 @@ class IngestCache:
         with self._lock:
             try:
                 return self._connection().execute(sql, (kind, key, self.spec_hash)).fetchone()
-            except sqlite3.Error as e:
+            except (sqlite3.Error, OSError) as e:
                 self._failed(e, "read")
                 return None
 
@@ -185,7 +187,7 @@ class IngestCache:
                 self._pending += 1
                 if self._pending >= COMMIT_EVERY or time.monotonic() - self._since >= COMMIT_AFTER_S:
                     db.execute("COMMIT")
-            except sqlite3.Error as e:  # the input was parsed; only its entry (or those pending with it) is not kept
+            except (sqlite3.Error, OSError) as e:  # the input was parsed; only its entry (or those pending with it) is not kept
                 self._failed(e, "write to")
 
     def _connection(self) -> sqlite3.Connection:
@@ -202,7 +204,7 @@ class IngestCache:
             self._closer = weakref.finalize(self, _commit_and_close, db, self._pid)
         return self._db
 
-    def _failed(self, e: sqlite3.Error, what: str) -> None:
+    def _failed(self, e: sqlite3.Error | OSError, what: str) -> None:
         """A damaged database is set aside (and a new one started on next use); any other error is logged."""
         assert self.path is not None
         if getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
@@ -215,13 +217,18 @@ class IngestCache:
                 for suffix in ("-wal", "-shm"):
                     Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             except OSError as moved:
-                log.warning("the ingestion cache %s is damaged (%s) and cannot be set aside (%s); remove it",
-                            self.path, e, moved)
+                self._warn_once(f"the ingestion cache {self.path} is damaged ({e}) and cannot be set aside ({moved}); "
+                                "remove it")
                 return
             log.warning("the ingestion cache %s is damaged (%s); set aside as %s, a new one is started and its inputs "
                         "are parsed again", self.path, e, aside)
             return
-        log.warning("could not %s the ingestion cache %s (%s); the input is parsed and not cached", what, self.path, e)
+        self._warn_once(f"could not {what} the ingestion cache {self.path} ({e}); its inputs are parsed and not cached")
+
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
 
 
 def _commit_and_close(db: sqlite3.Connection, pid: int) -> None:

@@ -84,3 +84,15 @@ def test_a_write_that_fails_is_logged_and_ingestion_goes_on(tmp_path: Path, capl
     blocked.close()
     with IngestCache(tmp_path, "c") as cache:
         assert cache.get("fhir", "a") == ({"n": 1}, {}) and not cache.has("fhir", "b") and cache.has("fhir", "c")
+
+
+def test_a_cache_folder_that_cannot_be_made_warns_once_and_caches_nothing(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache folder should be")
+    cache = IngestCache(blocked, "c")
+    for k in range(3):
+        cache.put("fhir", f"k{k}", {"n": k})
+    assert not cache.has("fhir", "k0") and cache.get("fhir", "k0") is None
+    warnings = [r.getMessage() for r in caplog.records if "ingestion cache" in r.getMessage()]
+    assert len(warnings) == 2 and "could not write to" in warnings[0] and "could not read" in warnings[1], warnings
