@@ -102,31 +102,37 @@ def ref_key(ref: str) -> str:
 WHOLE_BUNDLE_BYTES = 4 << 20
 
 
-def _top_level_type(path: Path) -> str | None:
-    """The document's top-level resourceType, read as a stream (a Bundle is never loaded whole). Events without
-    their prefixes (`basic_parse`), the depth counted here: ijson's prefixes grow with the nesting, so a document
-    nested 200,000 deep took 9 s to scan with them, and the scan stops at the top level's resourceType."""
-    depth, key = 0, None
+def _outline(path: Path, max_depth: int) -> str | None:
+    """One streamed pass over a document too large to read whole, before it is read: its top-level resourceType (None
+    if it has none), refusing a nesting deeper than `max_depth`. Events without their prefixes (`basic_parse`), the
+    depth counted here: ijson keeps the path of every open level, memory that grows with the square of the depth (a
+    400 KB Bundle nested 200,000 deep exhausted 24 GB), so a Bundle is streamed entry by entry only after this pass."""
+    depth, key, rtype = 0, None, None
     with open_input(path) as f:
         for event, value in ijson.basic_parse(f):
             if event in ("start_map", "start_array"):
                 depth += 1
+                if depth > max_depth:
+                    raise FhirError(f"nests deeper than limits.max_json_depth ({max_depth}) levels; expected a FHIR "
+                                    "document of ordinary depth. Raise the limit in [data.limits] if it is genuine",
+                                    reason="too_deep", source=path)
             elif event in ("end_map", "end_array"):
                 depth -= 1
             elif depth == 1 and event == "map_key":
                 key = value
                 continue
-            elif depth == 1 and key == "resourceType":
-                return str(value) if event == "string" else None
+            elif depth == 1 and key == "resourceType" and rtype is None:
+                rtype = str(value) if event == "string" else ""
             key = None
-    return None
+    return rtype or None
 
 
 def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
     """A file of at most WHOLE_BUNDLE_BYTES (and `max_document_bytes`) read whole (`json.loads`: twice as fast as
     streaming on per-patient bundles, and it refuses a nesting deeper than Python follows at once); a larger one by
-    its top-level resourceType: a resource no larger than `max_document_bytes`, or a Bundle streamed entry by entry
-    (ijson), once its nesting is checked. A Bundle read whole has its entries unpacked by `iter_resources`."""
+    its top-level resourceType, once its nesting is checked (`_outline`): a resource no larger than
+    `max_document_bytes`, or a Bundle streamed entry by entry (ijson). A Bundle read whole has its entries unpacked by
+    `iter_resources`."""
     if _small(path, limits):
         with open_input(path) as f:
             doc = json.loads(f.read())
@@ -134,7 +140,7 @@ def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
             raise _not_fhir(path)
         yield "", doc
         return
-    rtype = _top_level_type(path)
+    rtype = _outline(path, limits.max_json_depth)
     if rtype is None:
         raise _not_fhir(path)
     if rtype != "Bundle":
@@ -146,7 +152,6 @@ def _json(path: Path, limits: IngestLimits) -> Iterator[tuple[str, Any]]:
                             source=path)
         yield "", json.loads(data)
         return
-    _check_depth(path, limits.max_json_depth)
     with open_input(path) as f:
         for entry in ijson.items(f, "entry.item", use_float=True):
             res = entry.get("resource") if isinstance(entry, dict) else None
@@ -163,23 +168,6 @@ def _small(path: Path, limits: IngestLimits) -> bool:
     known only once read)."""
     return (data_name(path) == path.name.lower()
             and path.stat().st_size <= min(WHOLE_BUNDLE_BYTES, limits.max_document_bytes))
-
-
-def _check_depth(path: Path, max_depth: int) -> None:
-    """Refuse a document nested deeper than `max_depth` before ijson streams it: ijson keeps the path of every level
-    open (its prefixes), memory that grows with the square of the depth (a 400 KB Bundle nested 200,000 deep
-    exhausted 24 GB). A pass of its own, without prefixes, taken for the large Bundles that are streamed only."""
-    depth = 0
-    with open_input(path) as f:
-        for event, _ in ijson.basic_parse(f):
-            if event in ("start_map", "start_array"):
-                depth += 1
-                if depth > max_depth:
-                    raise FhirError(f"nests deeper than limits.max_json_depth ({max_depth}) levels; expected a FHIR "
-                                    "document of ordinary depth. Raise the limit in [data.limits] if it is genuine",
-                                    reason="too_deep", source=path)
-            elif event in ("end_map", "end_array"):
-                depth -= 1
 
 
 def iter_resources(path: Path, limits: IngestLimits = DEFAULT_LIMITS,

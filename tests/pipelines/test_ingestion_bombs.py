@@ -96,6 +96,24 @@ def _deep_bundle(path: Path, depth: int, pad_bytes: int = 0) -> Path:
     return path
 
 
+def test_a_streamed_document_is_outlined_in_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Above WHOLE_BUNDLE_BYTES a document is read by its top-level resourceType, found in one pass that also checks
+    its depth: a Bundle whose resourceType comes after its entries is still streamed, and a single resource nested
+    too deep is refused as a streamed Bundle is."""
+    import pipelines.ehr.fhir
+
+    monkeypatch.setattr(pipelines.ehr.fhir, "WHOLE_BUNDLE_BYTES", 64)  # every file here is "large"
+    folder = tmp_path / "fhir"
+    folder.mkdir()
+    entries = [{"fullUrl": "urn:uuid:p2", "resource": patient("p2", "MRN-2")},
+               {"fullUrl": "urn:uuid:o2", "resource": quantity("2345-7", 99, "mg/dL", "2023-06-01", "urn:uuid:p2", "o2")}]
+    (folder / "type-last.json").write_text(json.dumps({"entry": entries, "type": "collection", "resourceType": "Bundle"}))
+    (folder / "deep-observation.json").write_text('{"resourceType": "Observation", "note": ' + "[" * 600 + "]" * 600 + "}")
+    result = _ingest(tmp_path, fhir=[folder])
+    assert _reasons(result, "ehr") == {"too_deep": 1} and result.report.samples == 2
+    assert result.report.modalities["ehr"].records == 3  # two Patients and the Observation
+
+
 def test_a_bundle_nested_deep_is_quarantined_at_once_without_memory_growing(tmp_path: Path):
     """ijson keeps the path of every open level: memory grew with the square of the depth (a 400 KB Bundle nested
     200,000 deep exhausted 24 GB and the node was killed). A Bundle read whole is refused by json's own recursion
