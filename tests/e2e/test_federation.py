@@ -3,7 +3,6 @@
 Tests that only run a study of their own share one federation (conftest's `federation`); those
 that restart or reconfigure a process start their own (`cluster`)."""
 
-import hashlib
 import json
 import signal
 
@@ -11,7 +10,6 @@ import pytest
 import torch
 
 from coordinator.api.study import AggregationSpec, CompressionSpec, ModelSpec, PrivacySpec, StudySpec, TrainingSpec
-from silo_node.pseudonym_key import KEY_FILE
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +28,7 @@ def _spec(rounds: int, **privacy) -> StudySpec:
 def test_study_learns_and_survives_a_coordinator_restart(cluster) -> None:
     client = cluster.start_coordinator()
     for h in cluster.hospitals:
-        # A fixed pseudonym key gives each silo the same train/test split in every run: with about
-        # 40 test patients a silo, a fresh random split moves AUROC by more than the 0.02 asked below.
-        key = cluster.root / "silos" / h.name / "state" / KEY_FILE
-        key.parent.mkdir(parents=True, exist_ok=True)
-        key.write_bytes(hashlib.sha256(f"e2e-{h.name}".encode()).digest())
-        key.chmod(0o600)
+        cluster.fix_pseudonym_key(h)  # the same split in every run, for the 0.02 asked below
         cluster.start_silo(h)
     study_id = client.submit(_spec(3, dp=False, encryption="none"))
     # Let round 1 finish, then restart the coordinator between rounds.
@@ -130,7 +123,11 @@ def test_topk_study_completes_and_counts_fewer_bytes(federation) -> None:
     summary = cluster.wait_for(client, study_id, lambda st, s: st.state == "done", timeout=400)
     rounds = summary["rounds"]
     assert [r["round"] for r in rounds] == [0, 1, 2, 3]
-    assert summary["final"]["auroc"] > 0.5
+    # It learns under top-k: the last version beats the initial one on the same test split (the federation's fixed
+    # pseudonym keys). The released version's AUROC is not asked: the release picks by the validation metric, on
+    # about 40 patients a silo, and picked version 1 (0.53) in one of three runs where version 3 reached 0.63.
+    aurocs = [r["metrics"]["auroc"] for r in rounds]
+    assert aurocs[-1] > aurocs[0] + 0.05 and summary["final"]["auroc"] is not None, aurocs
     up = [v for r in rounds[1:] for v in r["bytes_up"].values()]
     down = [v for r in rounds[1:] for v in r["bytes_down"].values()]
     full = 4 * 24_820  # the CNN model's float32 parameters, as uncompressed tensors

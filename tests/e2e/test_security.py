@@ -20,7 +20,7 @@ from coordinator.api import federation_pb2 as pb
 from coordinator.api import federation_pb2_grpc as pb_grpc
 from coordinator.api.study import PrivacySpec, StudySpec, TrainingSpec
 from fedcare.researcher import ResearcherClient
-from silo_node.client import CoordinatorClient, CoordinatorRefusal, CoordinatorUnreachable, open_channel
+from silo_node.client import CoordinatorClient, CoordinatorUnreachable, open_channel
 
 pytestmark = pytest.mark.slow
 
