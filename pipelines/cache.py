@@ -194,6 +194,7 @@ class IngestCache:
         if self._db is None or self._pid != os.getpid():
             assert self.path is not None
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))  # the owner's only, as its WAL (SQLite copies it)
             db = sqlite3.connect(self.path, isolation_level=None, timeout=60, check_same_thread=False)
             try:
                 db.executescript("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;" + _SCHEMA)

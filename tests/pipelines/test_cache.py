@@ -21,6 +21,9 @@ def test_entries_round_trip_with_their_dtypes_and_shapes(tmp_path: Path) -> None
               "scalar": np.array(3.5), "strided": np.arange(10, dtype=np.int16)[::3]}
     cache.put("image", "k1", {"slices": 3, "uid": "é"}, arrays)
     cache.put("fhir", "k1", {"records": 2})  # another kind, same key
+    cache.commit()
+    for made in tmp_path.iterdir():  # de-identified, yet the node's own: readable by its owner only
+        assert made.stat().st_mode & 0o077 == 0, made
     meta, got = cache.get("image", "k1")
     assert meta == {"slices": 3, "uid": "é"} and list(got) == list(arrays)
     for name, value in arrays.items():
