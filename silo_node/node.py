@@ -46,6 +46,7 @@ from pipelines.dataset import split_silo
 from pipelines.ingest import STEPS, IngestResult, ingest_silo
 from pipelines.wearables.stream_store import Snapshot, StreamStore, with_snapshot
 from pipelines.normalise import fit_on_training
+from pipelines.parallel import start_forkserver
 from privacy.dp import noise_for_target
 from privacy.he import SiloKeyPair, StudyKeys, unwrap_secret, wrap_secret
 from privacy.he.screening import decrypt_scalar
@@ -111,6 +112,7 @@ class SiloNode:
         outage is waited out inside the client (silo_node.client); only a `max_retry_s` that
         runs out ends the node, with CoordinatorUnreachable.
         """
+        start_forkserver(self.config.data.workers)  # in the background: the first ingestion's workers are up at once
         self.start()
         while exit_after_studies is None or len(self.finished) < exit_after_studies:
             self.step()

@@ -31,6 +31,7 @@ from pipelines.parallel import (
     batch_size,
     batches,
     map_ordered,
+    start_forkserver,
 )
 from pipelines.quarantine import Quarantine
 from pipelines.steps import IngestRun
@@ -117,6 +118,32 @@ def test_expected_inputs_start_the_workers_before_the_map_when_the_map_would() -
     with WorkerPool(Workers(processes=1, min_inputs=8)) as alone:
         alone.expect(1000)  # one worker: the node's own process
         assert not alone.started
+
+
+def _forkservers() -> list[int]:
+    """This process's children that are a multiprocessing forkserver."""
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == os.getpid() and b"forkserver" in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_a_node_starts_the_forkserver_ahead_only_when_it_will_fork_workers() -> None:
+    assert start_forkserver(Workers(processes=1)) is None  # parsed in the node's own process
+    assert start_forkserver(Workers(processes=2, ray_address="auto")) is None  # Ray tasks
+    thread = start_forkserver(Workers(processes=2))
+    assert thread is not None
+    thread.join(300)
+    assert not thread.is_alive() and len(_forkservers()) == 1  # up, and the one every pool of this process forks from
+    with WorkerPool(Workers(processes=2, min_inputs=1)) as pool:
+        assert set(pool.map_ordered(_square, range(4))) == {0, 1, 4, 9} and pool.wait(timeout=300)
+    assert len(_forkservers()) == 1
 
 
 def test_a_process_that_ends_while_its_workers_start_ends_cleanly(tmp_path: Path) -> None:
