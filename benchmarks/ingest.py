@@ -1,7 +1,7 @@
 """Ingestion throughput and memory for a synthetic hospital; prints one JSON object on its last line.
 
 Usage: python benchmarks/ingest.py [--patients 10000] [--small 1000] [--workers 1,all] [--workdir DIR]
-                                  [--fhir-validation used-fields|full]
+                                  [--fhir-validation used-fields|full] [--repeat 3]
        python benchmarks/ingest.py --bundle-mb 200   # one FHIR bundle of that size: streamed, peak RSS
        python benchmarks/ingest.py --ndjson-mb 50    # one NDJSON export: records/s with 1 worker and every core
 Each size and worker count is ingested in a fresh subprocess so peak RSS (ru_maxrss) is that run's own
@@ -25,6 +25,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,9 @@ def main() -> None:
     ap.add_argument("--bundle-mb", type=int, default=None, help="ingest one FHIR bundle of this size instead")
     ap.add_argument("--ndjson-mb", type=int, default=None,
                     help="read one NDJSON export of this size instead, with one worker and with every core")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run every size and worker count this many times, alternating the worker counts' order (this "
+                         "machine's speed drifts); the summary gives each figure's mean, and each ratio's std and runs")
     ap.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--one-workers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -224,37 +228,52 @@ def main() -> None:
     from pipelines.synthetic import generate_federation
 
     counts = sorted({cores() if w == "all" else int(w) for w in args.workers.split(",")})
-    runs: dict[str, dict] = {}
+    repeats: list[dict[str, dict]] = [{} for _ in range(max(1, args.repeat))]
     for n in (args.small, args.patients):
         t0 = time.perf_counter()
         generate_federation(workdir / f"n{n}", n_hospitals=1, patients_per_hospital=n, seed=0)
         generated = time.perf_counter() - t0
-        for w in counts:  # each in a fresh subprocess: its peak RSS is that run's own
-            done = subprocess.run([sys.executable, __file__, "--one", str(n), "--one-workers", str(w), "--workdir",
-                                   str(workdir), "--fhir-validation", args.fhir_validation], check=True, capture_output=True, text=True)
-            runs[f"{n}_patients_{w}_workers"] = {**json.loads(done.stdout.strip().splitlines()[-1]),
-                                                 "generate_s": round(generated, 1)}
-    one, most = min(counts), max(counts)
-    big = lambda w: runs[f"{args.patients}_patients_{w}_workers"]
-    print(json.dumps({"benchmark": "ingest", "cores": cores(), "fhir_validation": args.fhir_validation, "runs": runs,
-                      "fhir_read_records_per_s_per_core": big(one)["fhir_read_records_per_s_per_core"],
-                      "fhir_read_records_per_cpu_s": big(one)["fhir_read_records_per_cpu_s"],
-                      "fhir_records_per_s_per_core": big(one)["fhir_records_per_s_per_core"],
-                      "fhir_records_per_s_all_cores": big(most)["fhir_records_per_s"],
-                      "fhir_speedup_all_cores": round(big(most)["fhir_records_per_s"] / big(one)["fhir_records_per_s"], 2),
-                      "images_per_s": big(most)["images_per_s"],
-                      "dicom_images_per_s_per_core": big(one)["dicom_images_per_s"],
-                      "dicom_images_per_s_all_cores": big(most)["dicom_images_per_s"],
-                      "dicom_speedup_all_cores": round(big(most)["dicom_images_per_s"] / big(one)["dicom_images_per_s"], 2),
-                      "wearable_files_per_s_per_core": big(one)["wearable_files_per_s"],
-                      "wearable_speedup_all_cores": round(big(most)["wearable_files_per_s"] / big(one)["wearable_files_per_s"], 2),
-                      "ingest_s_one_core": big(one)["ingest_s"], "ingest_s_all_cores": big(most)["ingest_s"],
-                      "ingest_speedup_all_cores": round(big(one)["ingest_s"] / big(most)["ingest_s"], 2),
-                      "reingest_s_all_cores": big(most)["reingest_s"],
-                      "wearable_files_per_s_all_cores": big(most)["wearable_files_per_s"],
-                      f"peak_rss_mb_at_{args.small}": runs[f"{args.small}_patients_{one}_workers"]["peak_rss_mb"],
-                      f"peak_rss_mb_at_{args.patients}": big(one)["peak_rss_mb"]}))
+        for r, runs in enumerate(repeats):
+            for w in (counts if r % 2 == 0 else counts[::-1]):  # each in a fresh subprocess: its peak RSS is its own
+                done = subprocess.run([sys.executable, __file__, "--one", str(n), "--one-workers", str(w), "--workdir",
+                                       str(workdir), "--fhir-validation", args.fhir_validation], check=True,
+                                      capture_output=True, text=True)
+                runs[f"{n}_patients_{w}_workers"] = {**json.loads(done.stdout.strip().splitlines()[-1]),
+                                                     "generate_s": round(generated, 1)}
+    summaries = [_summary(runs, counts, args.small, args.patients) for runs in repeats]
+    out = {"benchmark": "ingest", "cores": cores(), "fhir_validation": args.fhir_validation, "repeat": len(repeats),
+           "runs": repeats[0] if len(repeats) == 1 else {f"run{r}": runs for r, runs in enumerate(repeats)}}
+    for key, first in summaries[0].items():
+        values = [s[key] for s in summaries]
+        out[key] = round(statistics.fmean(values), 2) if len(values) > 1 and first is not None else first
+        if len(values) > 1 and "_speedup_all_cores" in key:
+            out[f"{key}_std"], out[f"{key}_runs"] = round(statistics.stdev(values), 3), values
+    print(json.dumps(out))
 
+
+def _summary(runs: dict[str, dict], counts: list[int], small: int, patients: int) -> dict[str, float | None]:
+    """The figures of one repeat: per core (one worker) and with every core (the most workers), at `patients`."""
+    one, most = min(counts), max(counts)
+    big = lambda w: runs[f"{patients}_patients_{w}_workers"]
+    return {"fhir_read_records_per_s_per_core": big(one)["fhir_read_records_per_s_per_core"],
+            "fhir_read_records_per_cpu_s": big(one)["fhir_read_records_per_cpu_s"],
+            "fhir_records_per_s_per_core": big(one)["fhir_records_per_s_per_core"],
+            "fhir_records_per_s_all_cores": big(most)["fhir_records_per_s"],
+            "fhir_speedup_all_cores": round(big(most)["fhir_records_per_s"] / big(one)["fhir_records_per_s"], 2),
+            "images_per_s": big(most)["images_per_s"],
+            "dicom_images_per_s_per_core": big(one)["dicom_images_per_s"],
+            "dicom_images_per_s_all_cores": big(most)["dicom_images_per_s"],
+            "dicom_speedup_all_cores": round(big(most)["dicom_images_per_s"] / big(one)["dicom_images_per_s"], 2),
+            "wearable_files_per_s_per_core": big(one)["wearable_files_per_s"],
+            "wearable_speedup_all_cores": round(big(most)["wearable_files_per_s"] / big(one)["wearable_files_per_s"], 2),
+            "ingest_s_one_core": big(one)["ingest_s"], "ingest_s_all_cores": big(most)["ingest_s"],
+            "ingest_speedup_all_cores": round(big(one)["ingest_s"] / big(most)["ingest_s"], 2),
+            f"ingest_speedup_all_cores_at_{small}": round(runs[f"{small}_patients_{one}_workers"]["ingest_s"]
+                                                          / runs[f"{small}_patients_{most}_workers"]["ingest_s"], 2),
+            "reingest_s_all_cores": big(most)["reingest_s"],
+            "wearable_files_per_s_all_cores": big(most)["wearable_files_per_s"],
+            f"peak_rss_mb_at_{small}": runs[f"{small}_patients_{one}_workers"]["peak_rss_mb"],
+            f"peak_rss_mb_at_{patients}": big(one)["peak_rss_mb"]}
 
 if __name__ == "__main__":
     main()
