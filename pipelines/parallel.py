@@ -203,19 +203,23 @@ def start_forkserver(workers: Workers) -> threading.Thread | None:
     the process; every ingestion's pool forks from it."""
     if workers.count() <= 1 or workers.ray_address is not None:
         return None
-    thread = threading.Thread(target=_start_forkserver, name="fedcare-forkserver-start", daemon=False)
+    thread = threading.Thread(target=_start_forkserver, args=(workers,), name="fedcare-forkserver-start", daemon=False)
     thread.start()
     return thread
 
 
-def _start_forkserver() -> None:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:  # a worker answers once the server is up
-            pool.submit(os.getpid).result()
-    except Exception as e:  # noqa: BLE001 - an ingestion that needs the workers reports why they cannot start
-        log.warning("the ingestion workers' forkserver could not be started ahead (%s); ingestion starts it", e)
+def _start_forkserver(workers: Workers) -> None:
+    """A pool of one worker, started as every pool is (`WorkerPool._start`: the forkserver and its PRELOAD), waited for
+    and stopped: its worker answers once the forkserver is up."""
+    with WorkerPool(workers) as pool:
+        try:
+            pool._start(1)
+            pool.wait()
+            failed = pool._failed
+        except Exception as e:  # noqa: BLE001 - (the pool itself could not be made)
+            failed = e
+        if failed is not None:  # an ingestion that needs the workers reports why they cannot start
+            log.warning("the ingestion workers' forkserver could not be started ahead (%s); ingestion starts it", failed)
 
 
 def settings_of(workers: Workers | WorkerPool) -> Workers:
