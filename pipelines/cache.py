@@ -119,8 +119,7 @@ class IngestCache:
         try:
             got = json.loads(row[0]), _arrays(json.loads(row[1]), row[2])
         except (ValueError, TypeError, KeyError) as e:  # a damaged entry is a miss, never an error
-            log.warning("cache entry %s/%s in %s is unreadable (%s); re-parsing the input", kind, key, self.path, e)
-            return None
+            return self._unreadable(kind, key, e)
         self.hits += 1
         return got
 
@@ -133,8 +132,7 @@ class IngestCache:
         try:
             return json.loads(row[0])
         except ValueError as e:
-            log.warning("cache entry %s/%s in %s is unreadable (%s); re-parsing the input", kind, key, self.path, e)
-            return None
+            return self._unreadable(kind, key, e)
 
     def put(self, kind: str, key: str, meta: dict[str, Any], arrays: dict[str, np.ndarray] | None = None) -> None:
         if self.root is None:
@@ -164,6 +162,10 @@ class IngestCache:
             if self._closer is not None:
                 self._closer()
             self._db, self._closer, self._pending = None, None, 0
+
+    def _unreadable(self, kind: str, key: str, e: Exception) -> None:
+        """A damaged entry: logged, and a miss (its input is parsed again and the entry replaced)."""
+        log.warning("cache entry %s/%s in %s is unreadable (%s); re-parsing the input", kind, key, self.path, e)
 
     # -- the database --------------------------------------------------------------------------
     def _query(self, sql: str, kind: str, key: str) -> tuple | None:
